@@ -1,0 +1,34 @@
+"""Loading and validating labelled image sets. No UI, no model code."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import storage
+from .builtin import TORCHVISION_SETS, load_digits, load_idx_dir, load_torchvision
+from .core import DataError, ImageSet, Split, split
+
+BUILTIN = ("digits", *TORCHVISION_SETS)
+
+__all__ = ["BUILTIN", "DataError", "ImageSet", "Split", "load", "split", "storage"]
+
+
+def load(spec: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> ImageSet:
+    """A data set by name (`digits`, `mnist`, `fashion-mnist`, `cifar10`) or by path: a saved
+    data set folder, a folder of MNIST-format IDX files, a folder of class folders, or a ZIP.
+    With `data_dir` given, torchvision sets are read from there and never downloaded."""
+    if spec == "digits":
+        return load_digits()
+    if spec in TORCHVISION_SETS:
+        return load_torchvision(spec, data_dir, download=download and data_dir is None)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(f"no data set named {spec!r}: use one of {', '.join(BUILTIN)}, "
+                        "or the path of a ZIP file or folder of images")
+    if path.is_dir() and storage.is_saved(path):
+        return storage.load(path)
+    if path.is_dir() and any(path.glob("*-images-idx3-ubyte*")):
+        return load_idx_dir(path)
+    from .upload import load_upload
+
+    return load_upload(path)

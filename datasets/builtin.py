@@ -1,0 +1,106 @@
+"""Built-in data sets: scikit-learn's digits (offline), torchvision's MNIST, Fashion-MNIST and
+CIFAR-10 (downloaded or read from a data directory), and raw MNIST-format IDX files."""
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .core import DataError, ImageSet
+
+TORCHVISION_SETS = {
+    "mnist": ("MNIST", "MNIST handwritten digits"),
+    "fashion-mnist": ("FashionMNIST", "Fashion-MNIST clothing"),
+    "cifar10": ("CIFAR10", "CIFAR-10 photos"),
+}
+DEFAULT_DATA_DIR = Path.home() / ".cache" / "sgd-influence" / "data"
+
+
+def load_digits() -> ImageSet:
+    """scikit-learn's bundled handwritten digits: 1,797 grayscale 8×8 images, offline."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    images = np.rint(bunch.images * (255 / 16)).astype(np.uint8)[..., None]
+    return ImageSet(images, bunch.target.astype(np.int64), [str(c) for c in bunch.target_names],
+                    [f"digits-{i:04d}" for i in range(len(images))],
+                    "scikit-learn handwritten digits (offline, 1,797 images, 8×8)")
+
+
+def data_dir(given: str | os.PathLike | None = None) -> Path:
+    """Where torchvision data sets live: --data-dir, else $DATA_DIR, else a user cache folder."""
+    return Path(given or os.environ.get("DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
+
+
+def load_torchvision(name: str, root: str | os.PathLike | None = None,
+                     download: bool = True) -> ImageSet:
+    """MNIST, Fashion-MNIST or CIFAR-10: official train and test parts joined into one set
+    (our own split re-divides it). Downloads only when `download` and no files are there."""
+    import torchvision.datasets as tvd
+
+    cls_name, title = TORCHVISION_SETS[name]
+    cls, root = getattr(tvd, cls_name), data_dir(root)
+    parts = []
+    for train in (True, False):
+        try:
+            parts.append(cls(str(root), train=train, download=download))
+        except Exception as e:  # torchvision raises RuntimeError, URLError, OSError, ...
+            how = "could not be downloaded (no network?)" if download else "was not found"
+            raise DataError(
+                f"{title} {how} under {root}. Download it where you have network "
+                f"(e.g. torchvision.datasets.{cls_name}(root, download=True)) and point "
+                f"--data-dir or the DATA_DIR environment variable at that root. ({e})"
+            ) from None
+    images = np.concatenate([np.asarray(p.data) for p in parts])
+    if images.ndim == 3:
+        images = images[..., None]
+    labels = np.concatenate([np.asarray(p.targets) for p in parts]).astype(np.int64)
+    n_train = len(parts[0].targets)
+    ids = [f"{name}-{'train' if i < n_train else 'test'}-{i if i < n_train else i - n_train:05d}"
+           for i in range(len(labels))]
+    return ImageSet(images.astype(np.uint8), labels, [str(c) for c in parts[0].classes], ids,
+                    f"{title} from torchvision ({root}, {len(labels):,} images)")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """One IDX file (the MNIST container format), optionally gzipped, as a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read {path.name}: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path.name} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path.name} is truncated: header says {tuple(dims)}")
+    return body.reshape(tuple(dims))
+
+
+def load_idx_dir(folder: Path) -> ImageSet:
+    """A folder of MNIST-format IDX files: every `*-images-idx3-ubyte[.gz]` with its
+    `*-labels-idx1-ubyte[.gz]` partner (e.g. the 10,000-image MNIST test set alone)."""
+    image_files = sorted(folder.glob("*-images-idx3-ubyte*"))
+    if not image_files:
+        raise DataError(f"no *-images-idx3-ubyte files in {folder}")
+    images, labels, ids = [], [], []
+    for img_file in image_files:
+        prefix = img_file.name.split("-images-")[0]
+        label_file = next(iter(folder.glob(f"{prefix}-labels-idx1-ubyte*")), None)
+        if label_file is None:
+            raise DataError(f"{img_file.name} has no matching {prefix}-labels-idx1-ubyte file")
+        x, y = read_idx(img_file), read_idx(label_file)
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"{img_file.name} and {label_file.name} do not match")
+        images.append(x[..., None])
+        labels.append(y.astype(np.int64))
+        ids += [f"{prefix}-{i:05d}" for i in range(len(y))]
+    labels = np.concatenate(labels)
+    classes = [str(c) for c in range(int(labels.max()) + 1)]
+    return ImageSet(np.concatenate(images), labels, classes, ids,
+                    f"MNIST-format IDX files in {folder} ({len(labels):,} images)")

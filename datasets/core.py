@@ -1,0 +1,110 @@
+"""The one in-memory type for a labelled image set, and the train/validation/test split."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+
+class DataError(ValueError):
+    """Data that cannot be used. The message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Labelled images held in memory.
+
+    images:  uint8 array N×H×W×C (C = 1 for grayscale, 3 for colour)
+    labels:  int64 array N, values in 0..len(classes)-1
+    classes: class names, index = label
+    ids:     stable string sample ids, unique
+    source:  where the data came from, in words
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    ids: list[str]
+    source: str
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        validate(self)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of one image."""
+        return tuple(self.images.shape[1:])
+
+    def subset(self, index) -> "ImageSet":
+        index = np.asarray(index, dtype=np.int64)
+        return ImageSet(self.images[index], self.labels[index], list(self.classes),
+                        [self.ids[i] for i in index], self.source, dict(self.meta))
+
+    def with_labels(self, labels: np.ndarray, note: str = "") -> "ImageSet":
+        source = f"{self.source}; {note}" if note else self.source
+        return ImageSet(self.images, np.asarray(labels, dtype=np.int64), list(self.classes),
+                        list(self.ids), source, dict(self.meta))
+
+    def fingerprint(self) -> str:
+        """A short hash of images, labels and ids: a run refuses data that changed under it."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.images).tobytes())
+        h.update(np.ascontiguousarray(self.labels).tobytes())
+        h.update("\n".join(self.ids).encode())
+        h.update("\n".join(self.classes).encode())
+        return h.hexdigest()[:16]
+
+
+def validate(data: ImageSet) -> None:
+    images, labels = data.images, data.labels
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        raise DataError("images must be a uint8 array of shape N×H×W×C")
+    if images.shape[3] not in (1, 3):
+        raise DataError(f"images must have 1 or 3 channels, not {images.shape[3]}")
+    if not isinstance(labels, np.ndarray) or labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError("labels must be a 1-D integer array")
+    if len(labels) != len(images) or len(data.ids) != len(images):
+        raise DataError(f"{len(images)} images, {len(labels)} labels and {len(data.ids)} ids "
+                        "do not match")
+    if len(images) == 0:
+        raise DataError("the data set is empty")
+    if len(set(data.ids)) != len(data.ids):
+        raise DataError("sample ids must be unique")
+    if labels.min() < 0 or labels.max() >= len(data.classes):
+        raise DataError(f"labels must lie in 0..{len(data.classes) - 1}")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Positions into an ImageSet. The test part is never used to compute influence."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def split(labels: np.ndarray, val_fraction: float = 0.2, test_fraction: float = 0.2,
+          seed: int = 0) -> Split:
+    """Deterministic stratified split of positions 0..N-1 into train, validation and test."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise DataError("validation and test fractions must be in (0, 1) and sum to less than 1")
+    positions = np.arange(n)
+    stratify = labels if np.bincount(labels).min() >= 3 else None
+    try:
+        rest, test = ((positions, positions[:0]) if test_fraction == 0 else
+                      train_test_split(positions, test_size=test_fraction, random_state=seed,
+                                       stratify=stratify))
+        stratify_rest = labels[rest] if stratify is not None else None
+        train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction),
+                                      random_state=seed, stratify=stratify_rest)
+    except ValueError as e:
+        raise DataError(f"cannot split {n} images into train/validation/test: {e}") from None
+    return Split(np.sort(train), np.sort(val), np.sort(test))

@@ -1,0 +1,47 @@
+"""An ImageSet saved in a folder without pickle: `images.npy`, `labels.npy` and `meta.json`."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .core import DataError, ImageSet
+
+META = "meta.json"
+
+
+def save(data: ImageSet, folder: str | os.PathLike) -> Path:
+    """Write atomically: into a temporary sibling folder, then rename into place."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        np.save(tmp / "images.npy", data.images, allow_pickle=False)
+        np.save(tmp / "labels.npy", data.labels, allow_pickle=False)
+        (tmp / META).write_text(json.dumps({"classes": data.classes, "ids": data.ids,
+                                            "source": data.source, "meta": data.meta}))
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def is_saved(folder: str | os.PathLike) -> bool:
+    return (Path(folder) / META).is_file()
+
+
+def load(folder: str | os.PathLike) -> ImageSet:
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / META).read_text())
+        images = np.load(folder / "images.npy", allow_pickle=False)
+        labels = np.load(folder / "labels.npy", allow_pickle=False)
+        return ImageSet(images, labels, list(meta["classes"]), list(meta["ids"]),
+                        str(meta["source"]), dict(meta.get("meta", {})))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"the saved data set in {folder} is damaged: {e}") from None

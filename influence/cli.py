@@ -1,0 +1,151 @@
+"""Command line: python -m influence {train,score,retrain,check} …
+
+train and retrain print a final JSON line; long work shows a progress bar on stderr; errors are
+one line on stderr with a non-zero exit status."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from datasets import DataError
+
+from . import models, runs
+from .sgd import Diverged
+
+EXIT_ERROR = 2
+
+
+def progress_bar():
+    """A Progress callback drawing one tqdm bar per phase on stderr."""
+    bars = {}
+
+    def report(p: runs.Progress):
+        bar = bars.get(p.phase)
+        if bar is None:
+            bar = bars[p.phase] = tqdm(total=p.total, desc=p.phase, file=sys.stderr,
+                                       leave=False, dynamic_ncols=True)
+        if p.step is not None:
+            bar.set_postfix(loss=f"{p.step.loss:.4f}", acc=f"{p.step.accuracy:.3f}",
+                            refresh=False)
+        bar.update(p.done - bar.n)
+        if p.done >= p.total and p.val is None:
+            bar.close()
+
+    return report
+
+
+def summary(run: runs.Run) -> str:
+    m = run.metrics
+    keys = ("train_size", "val_loss", "val_error", "test_error", "test_loss", "seconds",
+            "epochs", "steps", "model", "device")
+    return json.dumps({k: m[k] for k in keys if k in m} | {"run": str(run.path)})
+
+
+def cmd_train(a) -> None:
+    config = runs.RunConfig(dataset=a.dataset, data_dir=a.data_dir, model=a.model,
+                            epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, l2=a.l2,
+                            seed=a.seed, val_fraction=a.val_fraction,
+                            test_fraction=a.test_fraction, device=a.device, dtype=a.dtype,
+                            lr_decay=a.lr_decay)
+    run = runs.train_new(config, a.out, on_progress=progress_bar())
+    print(summary(run))
+
+
+def cmd_score(a) -> None:
+    run = runs.load(a.run)
+    frame = run.score(a.method, on_progress=progress_bar())
+    out = runs.write_csv(frame, a.out or Path(a.run) / "influence.csv")
+    print(json.dumps({"out": str(out), "method": a.method, "n": len(frame),
+                      "most_harmful": frame.sample_id.head(5).tolist()}))
+
+
+def read_ids(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise runs.RunError(f"cannot read the removal list {path}: {e}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def cmd_retrain(a) -> None:
+    remove = read_ids(a.remove)
+    run = runs.load(a.run)
+    child = runs.retrain_saved(run, remove, a.mode, a.out, on_progress=progress_bar())
+    print(summary(child))
+
+
+def cmd_check(a) -> None:
+    run = runs.load(a.run)
+    result = run.check(a.n, a.method, on_progress=progress_bar())
+    print(result["rows"].to_string(index=False), file=sys.stderr)
+    print(json.dumps({k: result[k] for k in ("method", "n", "tau", "p_value",
+                                             "sign_agreement")}))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m influence",
+                                description="SGD-influence: find the training images that hurt "
+                                            "a model trained with SGD (Hara et al., 2019).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model with recorded SGD")
+    t.add_argument("--dataset", default="digits",
+                   help="digits, mnist, fashion-mnist, cifar10, or a path (ZIP, folder)")
+    t.add_argument("--data-dir", help="folder holding downloaded torchvision data sets "
+                                      "(default: $DATA_DIR)")
+    t.add_argument("--model", default="auto", choices=models.CHOICES)
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, help="learning rate η (default: the model's, e.g. 0.05 "
+                                            "for the paper's CNN)")
+    t.add_argument("--lr-decay", default="constant", choices=("constant", "inv_sqrt"),
+                   help="constant η, or η/√t")
+    t.add_argument("--l2", type=float, default=0.0, help="L2 strength α (½·α·‖θ‖²)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--val-fraction", type=float, default=0.2)
+    t.add_argument("--test-fraction", type=float, default=0.2)
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    t.add_argument("--out", required=True, help="new run folder")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("score", help="SGD-influence of every training instance")
+    s.add_argument("run")
+    s.add_argument("--method", default="sgd", choices=runs.METHODS,
+                   help="sgd: retrace all epochs; sgd-last: the last epoch only (faster)")
+    s.add_argument("--out", help="CSV path (default RUN/influence.csv)")
+    s.set_defaults(func=cmd_score)
+
+    r = sub.add_parser("retrain", help="counterfactual SGD without some instances")
+    r.add_argument("run")
+    r.add_argument("--remove", required=True, help="file with one sample_id per line")
+    r.add_argument("--mode", default="all", choices=("all", "last"))
+    r.add_argument("--out", required=True, help="new run folder")
+    r.set_defaults(func=cmd_retrain)
+
+    c = sub.add_parser("check", help="compare estimates with real retraining")
+    c.add_argument("run")
+    c.add_argument("--n", type=int, default=20)
+    c.add_argument("--method", default="sgd", choices=runs.METHODS)
+    c.set_defaults(func=cmd_check)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (DataError, runs.RunError, Diverged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was saved", file=sys.stderr)
+        return 130
+    except Exception as e:  # last line of defence: one line, no traceback
+        print(f"error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,479 @@
+"""Runs: recorded training, scoring, counterfactual retraining and the trust check, on a data set
+with a split, saved in a run directory.
+
+A run directory holds
+    config.json              what was run (data set, split, model, SGD settings, removed ids)
+    checkpoints.safetensors  θ at the start of every epoch (K tensors sets)
+    weights.safetensors      θ[T], the trained model
+    schedule.safetensors     the batch order of every epoch and η_t of every step
+    log.csv                  per-step training loss and accuracy, validation at epoch ends
+    metrics.json             final numbers; written last, so its presence marks a complete run
+    influence.csv            after `score`: sample_id,label,influence, most harmful first
+It is written in a temporary sibling folder and renamed into place at the end: a crash never
+leaves a half-written run that looks complete. Weights never go through pickle.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from scipy import stats
+
+import datasets
+from datasets import DataError, ImageSet
+
+from . import models
+from .sgd import (Objective, Params, Schedule, SGDConfig, StepStats, initial_params,
+                  make_schedule, per_sample_loss, predictions, run_sgd)
+from .sgd import Diverged  # noqa: F401  (re-exported for callers)
+from .sgd_influence import loss_gradient, retrace
+
+FORMAT = "sgd-influence-run/1"
+METHODS = ("sgd", "sgd-last")
+
+
+class RunError(ValueError):
+    """A run that cannot be created, read or used; the message says what to do."""
+
+
+class Cancelled(Exception):
+    """Raised by a progress callback to stop long work; nothing is written."""
+
+
+@dataclass
+class RunConfig:
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: str = "auto"
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float | None = None  # None: the preset's default (models.DEFAULT_LR)
+    lr_decay: str = "constant"
+    l2: float = 0.0
+    seed: int = 0
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    device: str = "auto"
+    dtype: str = "float32"
+    removed: dict[str, int] = field(default_factory=dict)  # sample id → first epoch without it
+    parent: str | None = None
+    fingerprint: str | None = None
+
+    def sgd(self) -> SGDConfig:
+        return SGDConfig(self.epochs, self.batch_size, self.lr, self.lr_decay, self.l2, self.seed)
+
+    def validate(self, n_train: int | None = None) -> None:
+        problems = []
+        if not (isinstance(self.epochs, int) and 1 <= self.epochs <= 1000):
+            problems.append("epochs must be a whole number from 1 to 1000")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            problems.append("batch size must be a whole number of at least 1")
+        elif n_train is not None and self.batch_size > n_train:
+            problems.append(f"batch size {self.batch_size} is larger than the {n_train} "
+                            "training images")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr)
+                and 0 < self.lr <= 10):
+            problems.append("learning rate must be above 0 and at most 10")
+        if not (math.isfinite(self.l2) and 0 <= self.l2 <= 10):
+            problems.append("L2 must be between 0 and 10")
+        if self.lr_decay not in ("constant", "inv_sqrt"):
+            problems.append("learning-rate decay must be 'constant' or 'inv_sqrt'")
+        if self.dtype not in ("float32", "float64"):
+            problems.append("dtype must be float32 or float64")
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append("device must be auto, cpu or cuda")
+        elif self.device == "cuda" and not torch.cuda.is_available():
+            problems.append("--device cuda was asked for but no CUDA GPU is available")
+        if problems:
+            raise RunError("; ".join(problems))
+
+
+@dataclass
+class Progress:
+    """What long work reports as it goes: `done` of `total` units of `phase`."""
+
+    phase: str
+    done: int
+    total: int
+    step: StepStats | None = None
+    val: dict | None = None  # validation loss and accuracy at an epoch's end
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def device_of(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def as_inputs(images: np.ndarray, device, dtype) -> torch.Tensor:
+    """uint8 N×H×W×C → float N×C×H×W in [0, 1]."""
+    return torch.as_tensor(images).permute(0, 3, 1, 2).to(device=device, dtype=dtype) / 255
+
+
+class Run:
+    """A data set, its split and one recorded SGD schedule, with the checkpoints of a trained run
+    (or none yet). All training, scoring and retraining go through here."""
+
+    def __init__(self, config: RunConfig, data: ImageSet | None = None):
+        self.config = config
+        self.data = data if data is not None else datasets.load(config.dataset, config.data_dir)
+        fingerprint = self.data.fingerprint()
+        if config.fingerprint and config.fingerprint != fingerprint:
+            raise RunError(f"the data set {config.dataset!r} has changed since this run was "
+                           "trained; train a new run on it")
+        config.fingerprint = fingerprint
+        self.split = datasets.split(self.data.labels, config.val_fraction, config.test_fraction,
+                                    config.seed)
+        try:
+            self.preset, self.preset_reason = models.resolve(config.model, self.data.shape)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        if config.lr is None:
+            config.lr = models.DEFAULT_LR[self.preset]
+        config.validate(len(self.split.train))
+        self.train_ids = [self.data.ids[i] for i in self.split.train]
+        self.position = {sid: j for j, sid in enumerate(self.train_ids)}
+        self._check_training_ids(config.removed)
+        self.device, self.dtype = device_of(config.device), getattr(torch, config.dtype)
+        self.model = models.build(self.preset, self.data.shape, len(self.data.classes),
+                                  config.seed)
+        self.model.to(self.device, self.dtype)
+        self.objective = self._objective(self.split.train, config.l2)
+        self.schedule: Schedule = make_schedule(len(self.split.train), config.sgd())
+        self.checkpoints: dict[int, Params] = {}
+        self.metrics: dict = {}
+        self.path: Path | None = None
+
+    def _check_training_ids(self, ids) -> None:
+        unknown = [sid for sid in ids if sid not in self.position]
+        if unknown:
+            known = set(self.data.ids)
+            held_out = sum(sid in known for sid in unknown)
+            raise RunError(
+                f"{len(unknown)} id(s) are not training instances of this run: "
+                + ", ".join(repr(sid) for sid in unknown[:3]) + (" …" if len(unknown) > 3 else "")
+                + (f" ({held_out} of them are validation or test images)" if held_out else ""))
+
+    def _objective(self, positions: np.ndarray, l2: float = 0.0) -> Objective:
+        x = as_inputs(self.data.images[positions], self.device, self.dtype)
+        y = torch.as_tensor(self.data.labels[positions], device=self.device)
+        return Objective(self.model, x, y, l2)
+
+    def keep_at(self, k: int) -> torch.Tensor:
+        """Training positions used in epoch k: all but those removed from an epoch ≤ k."""
+        keep = torch.ones(len(self.train_ids), dtype=torch.bool, device=self.device)
+        gone = [self.position[sid] for sid, first in self.config.removed.items() if first <= k]
+        keep[gone] = False
+        return keep
+
+    @property
+    def theta(self) -> Params:
+        """θ[T], the trained parameters."""
+        return self.checkpoints[self.schedule.epochs]
+
+    # --- evaluation -----------------------------------------------------------------------
+    def part(self, name: str) -> Objective:
+        positions = {"train": self.split.train, "val": self.split.val, "test": self.split.test}
+        if name not in positions:
+            raise RunError(f"unknown part {name!r}")
+        if not hasattr(self, f"_part_{name}"):
+            setattr(self, f"_part_{name}", self._objective(positions[name]))
+        return getattr(self, f"_part_{name}")
+
+    def outputs(self, name: str, theta: Params | None = None) -> torch.Tensor:
+        obj, theta = self.part(name), theta or self.theta
+        with torch.no_grad():
+            return torch.cat([obj.outputs(theta, xb) for xb in obj.x.split(1024)]) \
+                if len(obj.x) else torch.zeros(0, models.n_outputs(len(self.data.classes)))
+
+    def probabilities(self, name: str, theta: Params | None = None) -> np.ndarray:
+        """Class probabilities, N × classes."""
+        out = self.outputs(name, theta).double()
+        if out.shape[-1] == 1:
+            p1 = torch.sigmoid(out[:, 0])
+            out = torch.stack([1 - p1, p1], 1)
+        else:
+            out = out.softmax(-1)
+        return out.cpu().numpy()
+
+    def evaluate(self, name: str, theta: Params | None = None) -> tuple[float, float]:
+        """Mean loss and misclassification rate on a part (NaN for an empty part)."""
+        obj = self.part(name)
+        if len(obj.y) == 0:
+            return float("nan"), float("nan")
+        out = self.outputs(name, theta)
+        loss = float(per_sample_loss(out, obj.y).mean())
+        error = float((predictions(out) != obj.y).double().mean())
+        return loss, error
+
+    def val_loss_fn(self, theta: Params) -> torch.Tensor:
+        """The mean validation loss as a function of θ: the default query of Algorithm 2."""
+        obj = self.part("val")
+        return per_sample_loss(obj.outputs(theta, obj.x), obj.y).mean()
+
+    # --- training (Algorithm 1) -----------------------------------------------------------
+    def train(self, on_progress: ProgressFn | None = None, start: int = 0,
+              checkpoints: dict[int, Params] | None = None) -> dict:
+        """Run the recorded SGD from epoch `start` (θ given by `checkpoints[start]`, or the
+        seeded initialisation) to the end. Fills checkpoints and metrics."""
+        begun = time.perf_counter()
+        theta0 = (checkpoints or {}).get(start) or initial_params(self.model, self.device,
+                                                                   self.dtype)
+        epochs = range(start, self.schedule.epochs)
+        total = len(epochs) * self.schedule.steps_per_epoch
+        first_step = epochs.start * self.schedule.steps_per_epoch
+
+        def on_step(s: StepStats):
+            on_progress(Progress("train", s.step - first_step + 1, total, step=s))
+
+        def on_epoch(k: int, theta: Params):
+            done = (k + 1 - epochs.start) * self.schedule.steps_per_epoch
+            on_progress(Progress("train", done, total, val=self._val_summary(theta, k)))
+
+        result = run_sgd(self.objective, self.schedule, theta0, self.keep_at, epochs,
+                         on_step if on_progress else None, on_epoch if on_progress else None)
+        self.checkpoints = {**{k: v for k, v in (checkpoints or {}).items() if k < start},
+                            **result}
+        val_loss, val_error = self.evaluate("val")
+        test_loss, test_error = self.evaluate("test")
+        self.metrics = {
+            "train_size": int(self.keep_at(self.schedule.epochs - 1).sum()),
+            "val_loss": val_loss, "val_error": val_error,
+            "test_loss": test_loss, "test_error": test_error,
+            "epochs": self.schedule.epochs, "steps": self.schedule.steps,
+            "model": self.preset, "device": str(self.device),
+            "seconds": round(time.perf_counter() - begun, 3),
+        }
+        return self.metrics
+
+    def _val_summary(self, theta: Params, epoch: int) -> dict:
+        loss, error = self.evaluate("val", theta)
+        return {"epoch": epoch, "val_loss": loss, "val_accuracy": 1 - error}
+
+    # --- SGD-influence (Algorithm 2) ------------------------------------------------------
+    def influence(self, method: str = "sgd", query: Params | Callable | None = None,
+                  on_progress: ProgressFn | None = None) -> np.ndarray:
+        """L̂_{−j}(u) for every training position j. The query u defaults to the gradient of the
+        mean validation loss at θ[T]; give a loss function of θ or a vector instead."""
+        if method not in METHODS:
+            raise RunError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+        if callable(query) or query is None:
+            query = loss_gradient(query or self.val_loss_fn, self.theta)
+        K = self.schedule.epochs
+        epochs = range(K) if method == "sgd" else range(K - 1, K)
+        total = len(epochs) * self.schedule.steps_per_epoch
+        done = iter(range(1, total + 1))
+        report = (lambda t: on_progress(Progress("score", next(done), total))) \
+            if on_progress else None
+        return retrace(self.objective, self.schedule, self.checkpoints, self.keep_at, query,
+                       epochs, report).cpu().double().numpy()
+
+    def score(self, method: str = "sgd", on_progress: ProgressFn | None = None) -> pd.DataFrame:
+        """sample_id, label, influence for every training instance still in use, most harmful
+        (most negative) first."""
+        scores = self.influence(method, on_progress=on_progress)
+        labels = self.data.labels[self.split.train]
+        frame = pd.DataFrame({"sample_id": self.train_ids,
+                              "label": [self.data.classes[c] for c in labels],
+                              "influence": scores})
+        frame = frame[~frame.sample_id.isin(self.config.removed)]
+        return frame.sort_values("influence", kind="stable").reset_index(drop=True)
+
+    # --- counterfactual retraining (Definition 2) -----------------------------------------
+    def without(self, remove_ids, mode: str = "all") -> "Run":
+        """A new, untrained run: the same data, split, initialisation and batch order, with
+        `remove_ids` skipped from the first epoch (mode all) or from the last (mode last)."""
+        if mode not in ("all", "last"):
+            raise RunError(f"unknown mode {mode!r}: use all or last")
+        remove_ids = list(dict.fromkeys(remove_ids))
+        self._check_training_ids(remove_ids)
+        first = 0 if mode == "all" else self.schedule.epochs - 1
+        removed = dict(self.config.removed)
+        for sid in remove_ids:
+            removed[sid] = min(removed.get(sid, first), first)
+        config = RunConfig(**{**asdict(self.config), "removed": removed,
+                              "parent": str(self.path) if self.path else None})
+        return Run(config, self.data)
+
+    def retrain(self, remove_ids, mode: str = "all", on_progress: ProgressFn | None = None) -> "Run":
+        """Counterfactual SGD without `remove_ids`; mode last starts from the last epoch's
+        checkpoint, so only that epoch is re-run."""
+        child = self.without(remove_ids, mode)
+        start = 0 if mode == "all" else self.schedule.epochs - 1
+        child.train(on_progress, start=start, checkpoints=self.checkpoints)
+        return child
+
+    # --- trust check ----------------------------------------------------------------------
+    def check(self, n: int = 20, method: str = "sgd", on_progress: ProgressFn | None = None,
+              scores: pd.DataFrame | None = None) -> dict:
+        """Compare estimates with the real effect of removal for n instances spread evenly over
+        the ranking (both ends included): Kendall τ and sign agreement."""
+        if scores is None:
+            scores = self.score(method, on_progress=on_progress)
+        n = max(2, min(n, len(scores)))
+        picked = scores.iloc[np.unique(np.linspace(0, len(scores) - 1, n).round().astype(int))]
+        base_loss = self.metrics.get("val_loss", self.evaluate("val")[0])
+        mode = "all" if method == "sgd" else "last"
+        actual = []
+        for i, sid in enumerate(picked.sample_id):
+            child = self.retrain([sid], mode)
+            actual.append(child.evaluate("val")[0] - base_loss)
+            if on_progress:
+                on_progress(Progress("check", i + 1, len(picked)))
+        estimate = picked.influence.to_numpy()
+        actual = np.asarray(actual)
+        tau = stats.kendalltau(estimate, actual)
+        return {"method": method, "n": len(picked), "tau": float(tau.statistic),
+                "p_value": float(tau.pvalue),
+                "sign_agreement": float(np.mean(np.sign(estimate) == np.sign(actual))),
+                "rows": pd.DataFrame({"sample_id": picked.sample_id.to_numpy(),
+                                      "estimate": estimate, "actual": actual})}
+
+    # --- storage --------------------------------------------------------------------------
+    def save(self, out: str | os.PathLike, log: pd.DataFrame | None = None) -> Path:
+        """Write the run directory atomically; refuses to overwrite an existing one."""
+        out = Path(out)
+        if out.exists():
+            raise RunError(f"{out} already exists; choose another output folder")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            K = self.schedule.epochs
+            (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(self.config)},
+                                                        indent=2))
+            save_file({f"epoch{k}/{name}": p.contiguous().cpu()
+                       for k in range(K) for name, p in self.checkpoints[k].items()},
+                      tmp / "checkpoints.safetensors")
+            save_file({name: p.contiguous().cpu() for name, p in self.theta.items()},
+                      tmp / "weights.safetensors")
+            save_file({"order": torch.as_tensor(self.schedule.order, dtype=torch.int32),
+                       "lr": torch.as_tensor(self.schedule.lr)}, tmp / "schedule.safetensors")
+            if log is not None:
+                log.to_csv(tmp / "log.csv", index=False)
+            (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=2))
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.path = out
+        return out
+
+
+def load(path: str | os.PathLike, data: ImageSet | None = None) -> Run:
+    """Reopen a saved run. Corrupt, foreign or incomplete run folders are refused clearly."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise RunError(f"{path} is not a run folder (no config.json)")
+    if not (path / "metrics.json").is_file():
+        raise RunError(f"{path} is incomplete (training was interrupted); train it again")
+    try:
+        raw = json.loads((path / "config.json").read_text())
+        if raw.pop("format", None) != FORMAT:
+            raise RunError(f"{path} was not written by this tool (unknown format)")
+        known = {f.name for f in fields(RunConfig)}
+        config = RunConfig(**{k: v for k, v in raw.items() if k in known})
+        metrics = json.loads((path / "metrics.json").read_text())
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: config.json or metrics.json is damaged ({e})") from None
+    run = Run(config, data)
+    try:
+        stored = load_file(path / "checkpoints.safetensors", device=str(run.device))
+        final = load_file(path / "weights.safetensors", device=str(run.device))
+        schedule = load_file(path / "schedule.safetensors")
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise RunError(f"{path}: a weights file is missing or damaged ({e})") from None
+    expected = {name: p.shape for name, p in run.model.named_parameters()}
+    K = run.schedule.epochs
+    checkpoints = {}
+    for k in range(K + 1):
+        theta = {name: (final.get(name) if k == K else stored.get(f"epoch{k}/{name}"))
+                 for name in expected}  # in the model's parameter order
+        if set(theta) != set(expected) or any(
+                theta[n] is None or theta[n].shape != s or theta[n].dtype != run.dtype
+                for n, s in expected.items()):
+            raise RunError(f"{path}: the weights do not fit the {run.preset} model of this run")
+        checkpoints[k] = theta
+    order = schedule.get("order")
+    if order is None or not np.array_equal(order.numpy(), run.schedule.order):
+        raise RunError(f"{path}: the stored batch order does not match the run's config")
+    run.checkpoints, run.metrics, run.path = checkpoints, metrics, path
+    return run
+
+
+class TrainingLog:
+    """A progress callback that keeps the training log: one row per step, with validation loss
+    and accuracy on each epoch's last row. Chains to another callback."""
+
+    def __init__(self, then: ProgressFn | None = None):
+        self.rows: list[dict] = []
+        self.then = then
+
+    def __call__(self, p: Progress) -> None:
+        if p.step is not None:
+            s = p.step
+            self.rows.append({"step": s.step + 1, "epoch": s.epoch + 1, "loss": s.loss,
+                              "accuracy": s.accuracy})
+        if p.val is not None and self.rows:
+            self.rows[-1].update(val_loss=p.val["val_loss"], val_accuracy=p.val["val_accuracy"])
+        if self.then:
+            self.then(p)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=["step", "epoch", "loss", "accuracy", "val_loss",
+                                                "val_accuracy"])
+
+
+def refuse_existing(out: str | os.PathLike) -> None:
+    if Path(out).exists():
+        raise RunError(f"{out} already exists; choose another output folder")
+
+
+def train_new(config: RunConfig, out: str | os.PathLike, data: ImageSet | None = None,
+              on_progress: ProgressFn | None = None) -> Run:
+    """Train a new recorded run and save it to `out` (which must not exist yet)."""
+    refuse_existing(out)
+    run = Run(config, data)
+    log = TrainingLog(on_progress)
+    run.train(log)
+    run.save(out, log.frame())
+    return run
+
+
+def retrain_saved(run: Run, remove_ids, mode: str, out: str | os.PathLike,
+                  on_progress: ProgressFn | None = None) -> Run:
+    """Counterfactual retraining of a saved run without `remove_ids`, saved to `out`."""
+    refuse_existing(out)
+    log = TrainingLog(on_progress)
+    child = run.retrain(remove_ids, mode, log)
+    child.save(out, log.frame())
+    return child
+
+
+def write_csv(frame: pd.DataFrame, out: str | os.PathLike) -> Path:
+    """Write a CSV atomically (temporary file, then rename)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    try:
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out

@@ -1,0 +1,210 @@
+"""Algorithm 1 (training phase): plain mini-batch SGD that records (S_t, η_t) for every step and
+θ once per epoch; deterministic replay of an epoch; counterfactual SGD (Definition 2).
+
+Notation follows the paper: θ[t] are the parameters before step t, S_t the mini-batch of step t,
+η_t its learning rate, ℓ(z; θ) the per-instance loss including the L2 term, g = ∇θ ℓ.
+One SGD step (Eq. 2):  θ[t+1] = θ[t] − η_t/|S_t| · Σ_{i∈S_t} g(z_i; θ[t]).
+Steps are counted from 0 in code.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+Params = dict[str, torch.Tensor]
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN, infinite or exploded; lowering the learning rate usually helps."""
+
+    def __init__(self, step: int, loss: float, lr: float):
+        self.step, self.loss, self.suggested_lr = step, loss, lr / 10
+        super().__init__(
+            f"training diverged at step {step + 1} (loss {loss:.3g}): the learning rate {lr:g} "
+            f"is too high for this data; try {self.suggested_lr:g}")
+
+
+def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per instance; binary cross-entropy with logits for a single output."""
+    if outputs.shape[-1] == 1:
+        return nn.functional.binary_cross_entropy_with_logits(
+            outputs[:, 0], targets.to(outputs.dtype), reduction="none")
+    return nn.functional.cross_entropy(outputs, targets, reduction="none")
+
+
+def predictions(outputs: torch.Tensor) -> torch.Tensor:
+    return (outputs[:, 0] > 0).long() if outputs.shape[-1] == 1 else outputs.argmax(-1)
+
+
+class Objective:
+    """The training loss of one model on one training set, as functions of θ.
+
+    ℓ(z_i; θ) = loss(f(x_i; θ), y_i) + ½·α·‖θ‖²  (the L2 term belongs to every instance)."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, l2: float = 0.0,
+                 loss: Callable = per_sample_loss):
+        self.model, self.x, self.y, self.l2, self.loss = model, x, y, l2, loss
+
+    def outputs(self, theta: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, theta, (x,))
+
+    def losses(self, theta: Params, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ℓ(z_i; θ) for i in idx, and the model outputs."""
+        out = self.outputs(theta, self.x[idx])
+        ell = self.loss(out, self.y[idx])
+        if self.l2:
+            ell = ell + 0.5 * self.l2 * sum((p * p).sum() for p in theta.values())
+        return ell, out
+
+    def weighted(self, theta: Params, w: torch.Tensor, idx: torch.Tensor):
+        """Σ_i w_i ℓ(z_i; θ); with w_i = 1/|S_t| this is the mean mini-batch loss.
+        Aux: per-instance losses and outputs."""
+        ell, out = self.losses(theta, idx)
+        return (w * ell).sum(), (ell, out)
+
+
+@dataclass(frozen=True)
+class SGDConfig:
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.05
+    lr_decay: str = "constant"  # "constant": η_t = lr;  "inv_sqrt": η_t = lr/√t (t from 1)
+    l2: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What Algorithm 1 records: for each epoch a seeded permutation of the training positions,
+    cut into batches of `batch_size` (the last may be smaller), and η_t for every step."""
+
+    order: np.ndarray  # K × N
+    batch_size: int
+    lr: np.ndarray  # T
+
+    @property
+    def epochs(self) -> int:
+        return self.order.shape[0]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.order.shape[1] / self.batch_size)
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def epoch_steps(self, k: int) -> range:
+        return range(k * self.steps_per_epoch, (k + 1) * self.steps_per_epoch)
+
+    def batch(self, t: int) -> np.ndarray:
+        """S_t as training positions."""
+        k, b = divmod(t, self.steps_per_epoch)
+        return self.order[k, b * self.batch_size:(b + 1) * self.batch_size]
+
+
+def make_schedule(n: int, cfg: SGDConfig) -> Schedule:
+    rng = np.random.default_rng(cfg.seed)
+    order = np.stack([rng.permutation(n) for _ in range(cfg.epochs)]).astype(np.int64)
+    steps = cfg.epochs * math.ceil(n / cfg.batch_size)
+    t = np.arange(1, steps + 1, dtype=np.float64)
+    lr = cfg.lr / np.sqrt(t) if cfg.lr_decay == "inv_sqrt" else np.full(steps, cfg.lr)
+    return Schedule(order, cfg.batch_size, lr)
+
+
+def initial_params(model: nn.Module, device, dtype) -> Params:
+    return {k: v.detach().to(device=device, dtype=dtype).clone()
+            for k, v in model.named_parameters()}
+
+
+def batch_weights(keep: torch.Tensor, idx: torch.Tensor, dtype) -> torch.Tensor:
+    """w_i = 1/|S_t| for kept instances and 0 for removed ones: Definition 2 keeps the divisor
+    |S_t| of the full batch."""
+    return keep[idx].to(dtype) / len(idx)
+
+
+@dataclass
+class StepStats:
+    step: int
+    epoch: int
+    loss: float  # mean loss over the kept instances of the batch
+    accuracy: float
+
+
+def sgd_step(obj: Objective, theta: Params, idx: torch.Tensor, lr: float, keep: torch.Tensor):
+    """θ[t+1] = θ[t] − η_t/|S_t| · Σ_{i∈S_t, kept} g(z_i; θ[t])   (Eq. 2; Definition 2)."""
+    w = batch_weights(keep, idx, obj.x.dtype)
+    g, (ell, out) = grad(obj.weighted, has_aux=True)(theta, w, idx)
+    return {k: p - lr * g[k] for k, p in theta.items()}, (ell, out)
+
+
+def batch_stats(obj: Objective, idx: torch.Tensor, keep: torch.Tensor, ell, out):
+    """Mean loss and accuracy over the kept instances of one batch, for the training log."""
+    kept = keep[idx]
+    n_kept = max(int(kept.sum()), 1)
+    correct = (predictions(out) == obj.y[idx])[kept].sum()
+    return float(ell[kept].sum()) / n_kept, float(correct) / n_kept
+
+
+def run_sgd(obj: Objective, schedule: Schedule, theta: Params, keep_at: Callable[[int], torch.Tensor],
+            epochs: range | None = None, on_step: Callable[[StepStats], None] | None = None,
+            on_epoch: Callable[[int, Params], None] | None = None):
+    """Run SGD over `epochs` (default: all) from θ at the start of the first of them.
+
+    keep_at(k) gives the boolean mask of training positions used in epoch k (all True for normal
+    SGD). on_step gets each step's batch loss and accuracy, on_epoch each epoch's final θ.
+    Returns {k: θ at the start of epoch k} for every epoch run, plus the final θ under
+    key epochs.stop: one checkpoint per epoch, never one per step."""
+    epochs = epochs if epochs is not None else range(schedule.epochs)
+    checkpoints = {epochs.start: theta}
+    first_loss = None
+    for k in epochs:
+        keep = keep_at(k)
+        for t in schedule.epoch_steps(k):
+            idx = torch.as_tensor(schedule.batch(t), device=obj.x.device)
+            lr = float(schedule.lr[t])
+            theta, (ell, out) = sgd_step(obj, theta, idx, lr, keep)
+            loss, acc = batch_stats(obj, idx, keep, ell, out)
+            first_loss = first_loss if first_loss is not None else loss
+            if not math.isfinite(loss) or loss > 100 * max(first_loss, 1.0):
+                raise Diverged(t, loss, lr)
+            if on_step:
+                on_step(StepStats(t, k, loss, acc))
+        checkpoints[k + 1] = theta
+        if on_epoch:
+            on_epoch(k, theta)
+    return checkpoints
+
+
+def replay_epoch(obj: Objective, schedule: Schedule, theta_k: Params, k: int,
+                 keep: torch.Tensor) -> list[Params]:
+    """Regenerate θ[t] for every step t of epoch k from the epoch's checkpoint (θ before each
+    step, in order). Same code and inputs as training, so bit-identical on CPU."""
+    thetas = [theta_k]
+    for t in schedule.epoch_steps(k)[:-1]:
+        idx = torch.as_tensor(schedule.batch(t), device=obj.x.device)
+        thetas.append(sgd_step(obj, thetas[-1], idx, float(schedule.lr[t]), keep)[0])
+    return thetas
+
+
+def counterfactual_sgd(obj: Objective, schedule: Schedule, theta: Params, keeps: torch.Tensor,
+                       epochs: range | None = None) -> Params:
+    """Definition 2 for many removal sets at once: θ_{−S}[T] for every row of `keeps` (M × N
+    boolean masks), by one SGD run vectorised over the masks with torch.func.vmap.
+    Returns parameters with a leading dimension M."""
+    epochs = epochs if epochs is not None else range(schedule.epochs)
+    m = keeps.shape[0]
+    thetas = {k: v.expand(m, *v.shape).clone() for k, v in theta.items()}
+    step = vmap(lambda th, keep, idx, lr: sgd_step(obj, th, idx, lr, keep)[0],
+                in_dims=(0, 0, None, None))
+    for k in epochs:
+        for t in schedule.epoch_steps(k):
+            idx = torch.as_tensor(schedule.batch(t), device=obj.x.device)
+            thetas = step(thetas, keeps, idx, float(schedule.lr[t]))
+    return thetas

@@ -1,0 +1,142 @@
+"""The command line end to end on digits, including its error cases."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "influence", *map(str, args)], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def last_json(proc):
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def one_line_error(proc):
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    summary = last_json(cli("train", "--dataset", "digits", "--epochs", 3, "--batch-size", 32,
+                            "--seed", 2, "--out", out))
+    for key in ("train_size", "val_loss", "val_error", "test_error", "seconds"):
+        assert key in summary
+    assert summary["train_size"] == 1077
+    return out, summary
+
+
+def test_train_shows_progress_on_stderr(tmp_path):
+    proc = cli("train", "--epochs", 1, "--out", tmp_path / "r")
+    last_json(proc)
+    assert "train" in proc.stderr and "%" in proc.stderr
+
+
+def test_score_writes_sorted_csv(run_dir, tmp_path):
+    out, _ = run_dir
+    last_json(cli("score", out))
+    frame = pd.read_csv(out / "influence.csv")
+    assert list(frame.columns) == ["sample_id", "label", "influence"]
+    assert len(frame) == 1077 and frame.influence.is_monotonic_increasing
+    last_json(cli("score", out, "--method", "sgd-last", "--out", tmp_path / "last.csv"))
+    assert len(pd.read_csv(tmp_path / "last.csv")) == 1077
+
+
+def test_retrain_with_empty_list_reproduces_the_run_exactly(run_dir, tmp_path):
+    out, summary = run_dir
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    for mode in ("all", "last"):
+        again = last_json(cli("retrain", out, "--remove", empty, "--mode", mode,
+                              "--out", tmp_path / f"again-{mode}"))
+        assert again["val_loss"] == summary["val_loss"]
+        assert again["test_error"] == summary["test_error"]
+
+
+def test_retrain_without_harmful_instances(run_dir, tmp_path):
+    out, summary = run_dir
+    if not (out / "influence.csv").exists():
+        last_json(cli("score", out))
+    worst = pd.read_csv(out / "influence.csv").sample_id[:10]
+    remove = tmp_path / "remove.txt"
+    remove.write_text("\n".join(worst) + "\n")
+    child = last_json(cli("retrain", out, "--remove", remove, "--out", tmp_path / "clean"))
+    assert child["train_size"] == summary["train_size"] - 10
+
+
+def test_unknown_id_is_refused_and_nothing_written(run_dir, tmp_path):
+    out, _ = run_dir
+    remove = tmp_path / "remove.txt"
+    if not (out / "influence.csv").exists():
+        last_json(cli("score", out))
+    a_training_id = pd.read_csv(out / "influence.csv").sample_id[0]
+    remove.write_text(f"{a_training_id}\nno-such-image\n")
+    proc = cli("retrain", out, "--remove", remove, "--out", tmp_path / "never")
+    assert "no-such-image" in one_line_error(proc)
+    assert not (tmp_path / "never").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["remove.txt"]
+
+
+def test_check_reports_tau(run_dir):
+    out, _ = run_dir
+    result = last_json(cli("check", out, "--n", 4, "--method", "sgd-last"))
+    assert result["n"] == 4 and -1 <= result["tau"] <= 1 and 0 <= result["sign_agreement"] <= 1
+
+
+@pytest.mark.parametrize("args,words", [
+    (["train", "--dataset", "no-such-set", "--out", "{tmp}/x"], "no data set named"),
+    (["train", "--dataset", "mnist", "--data-dir", "{tmp}", "--out", "{tmp}/x"], "DATA_DIR"),
+    (["train", "--epochs", "0", "--out", "{tmp}/x"], "epochs"),
+    (["train", "--lr", "-1", "--out", "{tmp}/x"], "learning rate"),
+    (["train", "--batch-size", "5000", "--out", "{tmp}/x"], "batch size"),
+    (["train", "--device", "cuda", "--out", "{tmp}/x"], "cuda"),
+    (["score", "{tmp}"], "not a run folder"),
+    (["retrain", "{tmp}", "--remove", "{tmp}/missing.txt", "--out", "{tmp}/x"], "removal list"),
+])
+def test_errors_are_one_line(tmp_path, args, words):
+    import torch
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    proc = cli(*[a.format(tmp=tmp_path) for a in args])
+    assert words in one_line_error(proc)
+    assert not (tmp_path / "x").exists()
+
+
+def test_existing_output_is_never_overwritten(run_dir):
+    out, _ = run_dir
+    before = (out / "metrics.json").read_bytes()
+    proc = cli("train", "--epochs", 1, "--out", out)
+    assert "already exists" in one_line_error(proc)
+    assert (out / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["config", "weights", "foreign-weights"])
+def test_damaged_run_folders_are_refused(run_dir, tmp_path, damage):
+    import shutil
+    out, _ = run_dir
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    if damage == "config":
+        (copy / "config.json").write_text("{not json")
+    elif damage == "weights":
+        (copy / "checkpoints.safetensors").write_bytes(b"\x80\x04garbage")
+    else:
+        from safetensors.torch import save_file
+        import torch
+        save_file({"w": torch.zeros(3)}, copy / "weights.safetensors")
+    one_line_error(cli("score", copy))

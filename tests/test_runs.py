@@ -1,0 +1,137 @@
+"""Runs: deterministic replay, checkpoint round trip, Definition 2, the empty-removal identity."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from influence import runs
+from influence.sgd import batch_weights, replay_epoch, sgd_step
+
+CONFIG = dict(dataset="digits", epochs=3, batch_size=32, seed=1)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    run = runs.train_new(runs.RunConfig(**CONFIG), out)
+    return run, out
+
+
+def params_equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_replay_is_bit_identical_to_training(saved):
+    run, _ = saved
+    for k in range(run.schedule.epochs):
+        keep = run.keep_at(k)
+        thetas = replay_epoch(run.objective, run.schedule, run.checkpoints[k], k, keep)
+        assert len(thetas) == run.schedule.steps_per_epoch
+        last_t = run.schedule.epoch_steps(k)[-1]
+        idx = torch.as_tensor(run.schedule.batch(last_t))
+        end, _ = sgd_step(run.objective, thetas[-1], idx, float(run.schedule.lr[last_t]), keep)
+        assert params_equal(end, run.checkpoints[k + 1])
+
+
+def test_checkpoint_round_trip(saved):
+    run, out = saved
+    loaded = runs.load(out)
+    assert loaded.checkpoints.keys() == run.checkpoints.keys()
+    for k in run.checkpoints:
+        assert params_equal(loaded.checkpoints[k], run.checkpoints[k])
+    assert loaded.evaluate("val") == run.evaluate("val")
+    np.testing.assert_array_equal(loaded.influence("sgd-last"), run.influence("sgd-last"))
+
+
+def test_run_folder_holds_one_checkpoint_per_epoch(saved):
+    run, out = saved
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["checkpoints.safetensors", "config.json", "log.csv", "metrics.json",
+                     "schedule.safetensors", "weights.safetensors"]
+    n_params = sum(p.numel() for p in run.theta.values())
+    per_step_bytes = run.schedule.steps * n_params * 4
+    stored = sum(p.stat().st_size for p in out.iterdir())
+    assert stored < per_step_bytes / 2  # (K+1) checkpoints, not one per step (3 epochs here)
+    log = (out / "log.csv").read_text().splitlines()
+    assert len(log) == run.schedule.steps + 1
+
+
+@pytest.mark.parametrize("mode", ["all", "last"])
+def test_empty_removal_reproduces_the_run_exactly(saved, mode):
+    run, _ = saved
+    child = run.retrain([], mode)
+    assert params_equal(child.theta, run.theta)
+    assert child.metrics["val_loss"] == run.metrics["val_loss"]
+    assert child.metrics["test_error"] == run.metrics["test_error"]
+
+
+def test_counterfactual_step_keeps_the_divisor(saved):
+    """Definition 2: θ − η/|S_t| Σ_{i≠j} g_i, checked against per-sample autograd."""
+    run, _ = saved
+    obj, theta = run.objective, run.checkpoints[1]
+    idx = torch.as_tensor(run.schedule.batch(0))
+    keep = torch.ones(len(run.train_ids), dtype=torch.bool)
+    keep[idx[3]] = False
+    lr = 0.1
+    new, _ = sgd_step(obj, theta, idx, lr, keep)
+    expected = {k: v.clone() for k, v in theta.items()}
+    for i in idx.tolist():
+        if not keep[i]:
+            continue
+        params = {k: v.clone().requires_grad_() for k, v in theta.items()}
+        loss = obj.losses(params, torch.tensor([i]))[0].sum()
+        grads = torch.autograd.grad(loss, list(params.values()))
+        for (k, v), g in zip(expected.items(), grads):
+            v -= lr / len(idx) * g
+    for k in new:
+        torch.testing.assert_close(new[k], expected[k], rtol=1e-5, atol=1e-6)
+    assert batch_weights(keep, idx, torch.float32).sum() == pytest.approx((len(idx) - 1) / len(idx))
+
+
+def test_removal_changes_the_run_and_is_recorded(saved, tmp_path):
+    run, out = saved
+    worst = run.score("sgd-last").sample_id[:5].tolist()
+    child = runs.retrain_saved(runs.load(out), worst, "all", tmp_path / "child")
+    assert child.metrics["train_size"] == run.metrics["train_size"] - 5
+    assert not params_equal(child.theta, run.theta)
+    config = json.loads((tmp_path / "child" / "config.json").read_text())
+    assert set(config["removed"]) == set(worst) and config["parent"] == str(out)
+    again = runs.load(tmp_path / "child")
+    assert set(again.score("sgd-last").sample_id).isdisjoint(worst)
+
+
+def test_query_can_be_any_loss(saved):
+    run, _ = saved
+    test_obj = run.part("test")
+
+    def one_test_image_loss(theta):
+        return runs.per_sample_loss(test_obj.outputs(theta, test_obj.x[:1]), test_obj.y[:1])[0]
+
+    scores = run.influence("sgd-last", query=one_test_image_loss)
+    assert scores.shape == (len(run.train_ids),) and np.isfinite(scores).all()
+    assert not np.allclose(scores, run.influence("sgd-last"))
+
+
+def test_trust_check_reports_tau_and_signs(saved):
+    run, _ = saved
+    result = run.check(n=6, method="sgd-last")
+    assert result["n"] == 6 and -1 <= result["tau"] <= 1
+    assert 0 <= result["sign_agreement"] <= 1
+    assert len(result["rows"]) == 6
+
+
+def test_divergence_is_reported_with_a_suggested_learning_rate():
+    # with η·α = 50 the L2 term alone multiplies θ by (1 − 50) each step
+    run = runs.Run(runs.RunConfig(dataset="digits", epochs=2, lr=5.0, l2=10.0, model="logreg"))
+    with pytest.raises(runs.Diverged) as err:
+        run.train()
+    assert err.value.suggested_lr == pytest.approx(0.5)
+    assert "try 0.5" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1.0), dict(batch_size=100000),
+                                 dict(model="resnet")])
+def test_bad_settings_are_refused(bad):
+    with pytest.raises(runs.RunError):
+        runs.Run(runs.RunConfig(**{**CONFIG, **bad}))
