@@ -115,9 +115,13 @@ ProgressFn = Callable[[Progress], None]
 
 
 def device_of(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """CUDA when asked for or available ("auto"), else the CPU. On CUDA, deterministic cuDNN
+    kernels keep replay as close to the recorded trajectory as the GPU allows."""
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                          "cpu" if name == "auto" else name)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    return device
 
 
 def as_inputs(images: np.ndarray, device, dtype) -> torch.Tensor:
@@ -286,7 +290,11 @@ class Run:
     def score(self, method: str = "sgd", on_progress: ProgressFn | None = None) -> pd.DataFrame:
         """sample_id, label, influence for every training instance still in use, most harmful
         (most negative) first."""
-        scores = self.influence(method, on_progress=on_progress)
+        return self.ranking(self.influence(method, on_progress=on_progress))
+
+    def ranking(self, scores: np.ndarray) -> pd.DataFrame:
+        """One score per training position as a table of the instances still in use, lowest
+        (most harmful) first."""
         labels = self.data.labels[self.split.train]
         frame = pd.DataFrame({"sample_id": self.train_ids,
                               "label": [self.data.classes[c] for c in labels],
@@ -327,7 +335,7 @@ class Run:
             scores = self.score(method, on_progress=on_progress)
         n = max(2, min(n, len(scores)))
         picked = scores.iloc[np.unique(np.linspace(0, len(scores) - 1, n).round().astype(int))]
-        base_loss = self.metrics.get("val_loss", self.evaluate("val")[0])
+        base_loss = self.evaluate("val")[0]
         mode = "all" if method == "sgd" else "last"
         actual = []
         for i, sid in enumerate(picked.sample_id):

@@ -1,0 +1,182 @@
+"""Speed, disk and memory of SGD-influence, measured side by side in one process.
+
+    python benchmarks/speed.py                 # the paper's MNIST CNN on the real 10k MNIST images
+    python benchmarks/speed.py --quick         # digits, tiny; for CI
+
+Reports
+    score_over_train      wall time of a full retrace ÷ wall time of training the same epochs
+    last_over_train       the same for the last-epoch version
+    speedup_vs_reference  the reference algorithm's inner loop (a Python loop of one backward
+                          pass per instance, plus a double-backward HVP, on stored θ[t]) ÷ ours
+                          (replay θ[t] + one forward-over-reverse pass), on the same steps
+    disk_ratio            bytes of our run folder ÷ bytes of storing θ for every step
+    peak_rss_mb           peak resident memory of `python -m influence score` in a subprocess
+Timings alternate between the things compared (train, retrace, train, retrace, …) and take
+medians, so that load from other processes hits both sides alike.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from influence import runs  # noqa: E402
+from influence.sgd import replay_epoch, sgd_step  # noqa: E402
+from influence.sgd_influence import hvp_and_dot_grads, loss_gradient  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def reference_step(obj, theta, idx, u) -> None:
+    """The authors' inner loop for one step on a stored θ[t]: one backward pass per instance
+    for ⟨u, g(z_j; θ[t])⟩, then H[t]u by double backward."""
+    params = {k: v.detach().clone().requires_grad_() for k, v in theta.items()}
+    flat = list(params.values())
+    for j in idx.tolist():
+        loss_j = obj.losses(params, torch.tensor([j], device=idx.device))[0].sum()
+        g_j = torch.autograd.grad(loss_j, flat)
+        sum(float((g * u[k]).sum()) for g, k in zip(g_j, params))
+    loss = obj.losses(params, idx)[0].mean()
+    g = torch.autograd.grad(loss, flat, create_graph=True)
+    torch.autograd.grad(sum((gi * u[k]).sum() for gi, k in zip(g, params)), flat)
+
+
+def our_step(obj, schedule, keep, t, theta_prev, idx_prev, idx, u) -> None:
+    """Ours for one step: regenerate θ[t] from θ[t−1] (replay costs one SGD step per step),
+    then one forward-over-reverse pass for H[t]u and every ⟨u, g(z_i; θ[t])⟩."""
+    theta_t, _ = sgd_step(obj, theta_prev, idx_prev, float(schedule.lr[t - 1]), keep)
+    hvp_and_dot_grads(obj, theta_t, idx, keep, u)
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", default=str(MNIST), help="folder of MNIST IDX files")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ref-steps", type=int, default=8, help="steps timed for the reference")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--quick", action="store_true", help="digits, 2 epochs, 1 repeat (for CI)")
+    ap.add_argument("--out", default=str(RESULTS / "speed.md"))
+    a = ap.parse_args(argv)
+    dataset, model = (a.data_dir, "cnn") if not a.quick else ("digits", "auto")
+    if a.quick:
+        a.epochs, a.repeats, a.ref_steps = 2, 1, 2
+    config = runs.RunConfig(dataset=dataset, model=model, epochs=a.epochs,
+                            batch_size=a.batch_size, lr=0.05, device=a.device, seed=0)
+    run = runs.Run(config)
+    obj, schedule = run.objective, run.schedule
+    print(f"{len(run.train_ids)} training images, {run.preset}, {schedule.steps} steps, "
+          f"device {run.device}", file=sys.stderr)
+
+    run.train()  # warm-up (also fills the checkpoints)
+    train_s, full_s, last_s = [], [], []
+    for _ in range(a.repeats):
+        train_s.append(timed(run.train))
+        full_s.append(timed(lambda: run.influence("sgd")))
+        last_s.append(timed(lambda: run.influence("sgd-last")))
+    train_t, full_t, last_t = (statistics.median(x) for x in (train_s, full_s, last_s))
+
+    # Reference vs ours on the same steps of the last epoch.
+    k = schedule.epochs - 1
+    steps = list(schedule.epoch_steps(k))[-a.ref_steps:]
+    thetas = replay_epoch(obj, schedule, run.checkpoints[k], k, run.keep_at(k))
+    first = schedule.epoch_steps(k).start
+    u = loss_gradient(run.val_loss_fn, run.theta)
+    keep = run.keep_at(k)
+    ref_s, ours_s = [], []
+    for t in steps:
+        idx, idx_prev = (torch.as_tensor(schedule.batch(s), device=run.device) for s in (t, t - 1))
+        theta_t, theta_prev = thetas[t - first], thetas[t - first - 1]
+        ref_s.append(timed(lambda: reference_step(obj, theta_t, idx, u)))
+        ours_s.append(timed(lambda: our_step(obj, schedule, keep, t, theta_prev, idx_prev, idx,
+                                             u)))
+    ref_t, ours_t = statistics.median(ref_s), statistics.median(ours_s)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = run.save(Path(tmp) / "run")
+        stored = folder_bytes(out)
+        theta_bytes = sum(p.numel() * p.element_size() for p in run.theta.values())
+        per_step = theta_bytes * schedule.steps
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        subprocess.run([sys.executable, "-m", "influence", "score", str(out)], cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True,
+                       capture_output=True)
+        peak_rss_mb = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
+    import_rss_mb = float(subprocess.run(
+        [sys.executable, "-c", "import resource, influence.runs; "
+         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, capture_output=True,
+        text=True).stdout.split()[-1])
+
+    result = {
+        "score_over_train": full_t / train_t,
+        "last_over_train": last_t / train_t,
+        "speedup_vs_reference": ref_t / ours_t,
+        "disk_ratio": stored / per_step,
+        "peak_rss_mb": peak_rss_mb, "import_rss_mb": import_rss_mb,
+        "train_s": train_t, "score_s": full_t, "score_last_s": last_t,
+        "ref_step_ms": 1000 * ref_t, "our_step_ms": 1000 * ours_t,
+    }
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+               f"torch {torch.__version__} ({torch.get_num_threads()} threads), device "
+               f"{run.device}" + (f" ({torch.cuda.get_device_name()})"
+                                  if run.device.type == "cuda" else ""))
+    write_report(a, argv, run, result, stored, per_step, machine)
+    print(" ".join(f"{key}={value:.3f}" for key, value in result.items()))
+    return result
+
+
+def write_report(a, argv, run, r, stored, per_step, machine) -> None:
+    command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    s = run.schedule
+    text = f"""# Speed, disk and memory
+
+Command: `{command.strip()}`
+
+Machine: {machine}. Data: {run.data.source}; {len(run.train_ids)} training images,
+model `{run.preset}`, batch {s.batch_size}, {s.epochs} epochs = {s.steps} steps.
+Medians of {a.repeats} alternating repeats; the reference and ours timed on the same
+{a.ref_steps} steps, alternating.
+
+| measure | value | target |
+|---|---|---|
+| full retrace ÷ training (`score_over_train`) | {r['score_over_train']:.2f} | ≤ 4 |
+| last-epoch retrace ÷ training (`last_over_train`) | {r['last_over_train']:.2f} | ≈ 4/K = {4 / s.epochs:.2f} |
+| reference inner loop ÷ ours, per step (`speedup_vs_reference`) | {r['speedup_vs_reference']:.1f}× | ≥ 3 |
+| run folder ÷ θ for every step (`disk_ratio`) | {r['disk_ratio']:.4f} ({stored / 1e6:.2f} MB vs {per_step / 1e6:.1f} MB) | ≤ 0.02 |
+| peak RSS of `python -m influence score` (`peak_rss_mb`) | {r['peak_rss_mb']:.0f} MB | |
+| of which importing torch and the engine (`import_rss_mb`) | {r['import_rss_mb']:.0f} MB | |
+
+Seconds: training {r['train_s']:.2f}, full retrace {r['score_s']:.2f}, last epoch
+{r['score_last_s']:.2f}; per step: reference {r['ref_step_ms']:.0f} ms, ours {r['our_step_ms']:.0f} ms.
+"""
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
