@@ -141,8 +141,9 @@ class Run:
             raise RunError(f"the data set {config.dataset!r} has changed since this run was "
                            "trained; train a new run on it")
         config.fingerprint = fingerprint
-        self.split = datasets.split(self.data.labels, config.val_fraction, config.test_fraction,
-                                    config.seed)
+        # Stratified by the labels; a demo set with planted label noise keeps its clean split.
+        strata = np.asarray(self.data.meta.get("split_labels", self.data.labels), dtype=np.int64)
+        self.split = datasets.split(strata, config.val_fraction, config.test_fraction, config.seed)
         try:
             self.preset, self.preset_reason = models.resolve(config.model, self.data.shape)
         except ValueError as e:
@@ -162,6 +163,7 @@ class Run:
         self.checkpoints: dict[int, Params] = {}
         self.metrics: dict = {}
         self.path: Path | None = None
+        self._parts: dict[str, Objective] = {}  # validation and test inputs, built when needed
 
     def _check_training_ids(self, ids) -> None:
         unknown = [sid for sid in ids if sid not in self.position]
@@ -195,9 +197,9 @@ class Run:
         positions = {"train": self.split.train, "val": self.split.val, "test": self.split.test}
         if name not in positions:
             raise RunError(f"unknown part {name!r}")
-        if not hasattr(self, f"_part_{name}"):
-            setattr(self, f"_part_{name}", self._objective(positions[name]))
-        return getattr(self, f"_part_{name}")
+        if name not in self._parts:
+            self._parts[name] = self._objective(positions[name])
+        return self._parts[name]
 
     def outputs(self, name: str, theta: Params | None = None) -> torch.Tensor:
         obj, theta = self.part(name), theta or self.theta
