@@ -3,8 +3,11 @@ CIFAR-10 (downloaded or read from a data directory), and raw MNIST-format IDX fi
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -37,7 +40,9 @@ def data_dir(given: str | os.PathLike | None = None) -> Path:
 def load_torchvision(name: str, root: str | os.PathLike | None = None,
                      download: bool = True) -> ImageSet:
     """MNIST, Fashion-MNIST or CIFAR-10: official train and test parts joined into one set
-    (our own split re-divides it). Downloads only when `download` and no files are there."""
+    (our own split re-divides it). Downloads only when `download` and no files are there.
+    MNIST-style sets also load from the gzipped IDX files alone (`<root>/MNIST/raw/*.gz`).
+    CIFAR-10's files are pickles: torchvision opens them only after their MD5 matches."""
     import torchvision.datasets as tvd
 
     cls_name, title = TORCHVISION_SETS[name]
@@ -47,6 +52,11 @@ def load_torchvision(name: str, root: str | os.PathLike | None = None,
         try:
             parts.append(cls(str(root), train=train, download=download))
         except Exception as e:  # torchvision raises RuntimeError, URLError, OSError, ...
+            raw = root / cls_name / "raw"
+            if cls_name != "CIFAR10" and len(list(raw.glob("*-idx?-ubyte.gz"))) == 4:
+                parts = idx_parts(raw, tvd.MNIST.classes if name == "mnist" else
+                                  tvd.FashionMNIST.classes)
+                break
             how = "could not be downloaded (no network?)" if download else "was not found"
             raise DataError(
                 f"{title} {how} under {root}. Download it where you have network "
@@ -64,34 +74,50 @@ def load_torchvision(name: str, root: str | os.PathLike | None = None,
                     f"{title} from torchvision ({root}, {len(labels):,} images)")
 
 
+def idx_parts(raw: Path, classes: list[str]) -> list[SimpleNamespace]:
+    """The train and test parts of an MNIST-style raw folder holding only the .gz files."""
+    parts = []
+    for prefix in ("train", "t10k"):
+        x = read_idx(raw / f"{prefix}-images-idx3-ubyte.gz")
+        y = read_idx(raw / f"{prefix}-labels-idx1-ubyte.gz")
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"the {prefix} image and label files in {raw} do not match")
+        parts.append(SimpleNamespace(data=x, targets=y, classes=classes))
+    return parts
+
+
 def read_idx(path: Path) -> np.ndarray:
     """One IDX file (the MNIST container format), optionally gzipped, as a numpy array."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
-        raise DataError(f"cannot read {path.name}: {e}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path.name} is not an unsigned-byte IDX file")
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot read {path.name} ({e}): download it again") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] == 0:
+        raise DataError(f"{path.name} is not an unsigned-byte IDX file (MNIST format)")
     ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path.name} is truncated: its header is incomplete")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise DataError(f"{path.name} is truncated: header says {tuple(dims)}")
-    return body.reshape(tuple(dims))
+    if body.size != math.prod(dims):
+        raise DataError(f"{path.name} is truncated or damaged: its header says {dims}, "
+                        f"which needs {math.prod(dims):,} bytes, but it holds {body.size:,}")
+    return body.reshape(dims)
 
 
 def load_idx_dir(folder: Path) -> ImageSet:
     """A folder of MNIST-format IDX files: every `*-images-idx3-ubyte[.gz]` with its
     `*-labels-idx1-ubyte[.gz]` partner (e.g. the 10,000-image MNIST test set alone)."""
-    image_files = sorted(folder.glob("*-images-idx3-ubyte*"))
+    image_files = {}  # prefix → file; an unpacked file wins over its .gz
+    for img_file in sorted(folder.glob("*-images-idx3-ubyte*")):
+        image_files.setdefault(img_file.name.split("-images-")[0], img_file)
     if not image_files:
         raise DataError(f"no *-images-idx3-ubyte files in {folder}")
     images, labels, ids = [], [], []
-    for img_file in image_files:
-        prefix = img_file.name.split("-images-")[0]
-        label_file = next(iter(folder.glob(f"{prefix}-labels-idx1-ubyte*")), None)
+    for prefix, img_file in image_files.items():
+        label_file = next(iter(sorted(folder.glob(f"{prefix}-labels-idx1-ubyte*"))), None)
         if label_file is None:
             raise DataError(f"{img_file.name} has no matching {prefix}-labels-idx1-ubyte file")
         x, y = read_idx(img_file), read_idx(label_file)

@@ -74,8 +74,11 @@ def validate(data: ImageSet) -> None:
                         "do not match")
     if len(images) == 0:
         raise DataError("the data set is empty")
-    if len(set(data.ids)) != len(data.ids):
-        raise DataError("sample ids must be unique")
+    if len(set(data.ids)) != len(data.ids) or not all(isinstance(i, str) for i in data.ids):
+        raise DataError("sample ids must be unique strings")
+    classes = data.classes
+    if not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
+        raise DataError("class names must be unique strings")
     if labels.min() < 0 or labels.max() >= len(data.classes):
         raise DataError(f"labels must lie in 0..{len(data.classes) - 1}")
 
@@ -96,15 +99,21 @@ def split(labels: np.ndarray, val_fraction: float = 0.2, test_fraction: float = 
     n = len(labels)
     if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DataError("validation and test fractions must be in (0, 1) and sum to less than 1")
-    positions = np.arange(n)
-    stratify = labels if np.bincount(labels).min() >= 3 else None
     try:
-        rest, test = ((positions, positions[:0]) if test_fraction == 0 else
-                      train_test_split(positions, test_size=test_fraction, random_state=seed,
-                                       stratify=stratify))
-        stratify_rest = labels[rest] if stratify is not None else None
-        train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction),
-                                      random_state=seed, stratify=stratify_rest)
+        rest, test = ((np.arange(n), np.arange(0)) if test_fraction == 0 else
+                      cut(np.arange(n), labels, test_fraction, seed))
+        train, val = cut(rest, labels, val_fraction / (1 - test_fraction), seed)
     except ValueError as e:
-        raise DataError(f"cannot split {n} images into train/validation/test: {e}") from None
+        raise DataError(f"cannot split {n} images into train/validation/test with these "
+                        f"fractions ({e}): use more images or other fractions") from None
     return Split(np.sort(train), np.sort(val), np.sort(test))
+
+
+def cut(positions: np.ndarray, labels: np.ndarray, fraction: float, seed: int):
+    """(rest, part): part holds `fraction` of positions, stratified by label when every class
+    can be represented on both sides, at random otherwise."""
+    try:
+        return train_test_split(positions, test_size=fraction, random_state=seed,
+                                stratify=labels[positions])
+    except ValueError:  # a class with < 2 members, or fewer places than classes
+        return train_test_split(positions, test_size=fraction, random_state=seed)

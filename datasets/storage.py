@@ -17,6 +17,8 @@ META = "meta.json"
 def save(data: ImageSet, folder: str | os.PathLike) -> Path:
     """Write atomically: into a temporary sibling folder, then rename into place."""
     folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise DataError(f"{folder} already exists: save the data set under a new name")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -36,12 +38,18 @@ def is_saved(folder: str | os.PathLike) -> bool:
 
 
 def load(folder: str | os.PathLike) -> ImageSet:
+    """The saved set, or a DataError if anything is missing, damaged or of the wrong type.
+    Arrays are memory-mapped first, so a forged header cannot make us allocate its shape."""
     folder = Path(folder)
     try:
-        meta = json.loads((folder / META).read_text())
-        images = np.load(folder / "images.npy", allow_pickle=False)
-        labels = np.load(folder / "labels.npy", allow_pickle=False)
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+        images = np.array(np.load(folder / "images.npy", mmap_mode="r", allow_pickle=False))
+        labels = np.array(np.load(folder / "labels.npy", mmap_mode="r", allow_pickle=False))
         return ImageSet(images, labels, list(meta["classes"]), list(meta["ids"]),
                         str(meta["source"]), dict(meta.get("meta", {})))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"the saved data set in {folder} is damaged: {e}") from None
+    except DataError as e:
+        raise DataError(f"the saved data set in {folder} is damaged ({e}): load or upload "
+                        "the data again") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, MemoryError) as e:
+        raise DataError(f"the saved data set in {folder} is damaged or incomplete "
+                        f"({type(e).__name__}: {e}): load or upload the data again") from None
