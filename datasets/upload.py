@@ -132,18 +132,19 @@ def zip_files(archive: zipfile.ZipFile, archive_bytes: int, name: str) -> list[F
             raise DataError(f"{name} uses a compression method this tool cannot read (number "
                             f"{info.compress_type}, for {path}): create the ZIP again with "
                             "standard (Deflate) compression")
-        if info.is_dir() or not path:
+        if not path or info.filename.endswith(("/", "\\")):  # a folder entry
             continue
-        ratio = info.file_size / max(info.compress_size, 1)
-        if info.file_size > limits.RATIO_CHECK_MIN_BYTES and ratio > limits.MAX_COMPRESSION_RATIO:
-            raise DataError(f"{name} is refused: {path} expands {ratio:,.0f}-fold, more than "
-                            f"the limit of {limits.MAX_COMPRESSION_RATIO} (a ZIP bomb?)")
+        check_ratio(info.file_size, info.compress_size, f"{name} is refused: {path}")
         files.append(File(path, info.file_size, partial(read_member, archive, info, path)))
-    total = check_sizes(files, name)
-    if total > limits.RATIO_CHECK_MIN_BYTES and total > limits.MAX_COMPRESSION_RATIO * archive_bytes:
-        raise DataError(f"{name} is refused: it expands {total / archive_bytes:,.0f}-fold, more "
-                        f"than the limit of {limits.MAX_COMPRESSION_RATIO} (a ZIP bomb?)")
+    check_ratio(check_sizes(files, name), archive_bytes, f"{name} is refused: the whole archive")
     return files
+
+
+def check_ratio(unpacked: int, packed: int, what: str) -> None:
+    ratio = unpacked / max(packed, 1)
+    if unpacked > limits.RATIO_CHECK_MIN_BYTES and ratio > limits.MAX_COMPRESSION_RATIO:
+        raise DataError(f"{what} expands {ratio:,.0f}-fold, more than the limit of "
+                        f"{limits.MAX_COMPRESSION_RATIO} (a ZIP bomb?)")
 
 
 def safe_member_path(info: zipfile.ZipInfo) -> str:
@@ -214,7 +215,8 @@ def read_file(full: Path, path: str) -> bytes:
 
 
 def human(n_bytes: int) -> str:
-    return f"{n_bytes / limits.MiB:,.1f} MiB" if n_bytes >= limits.MiB // 10 else f"{n_bytes:,} bytes"
+    return (f"{n_bytes / limits.MiB:,.1f} MiB" if n_bytes >= limits.MiB // 10
+            else f"{n_bytes:,} bytes")
 
 
 def check_sizes(files: list[File], name: str) -> int:
