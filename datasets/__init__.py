@@ -4,13 +4,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import storage
+from . import limits, storage
 from .builtin import TORCHVISION_SETS, load_digits, load_idx_dir, load_torchvision
 from .core import DataError, ImageSet, Split, split
+from .export import to_zip
+from .upload import load_upload
 
 BUILTIN = ("digits", *TORCHVISION_SETS)
 
-__all__ = ["BUILTIN", "DataError", "ImageSet", "Split", "load", "split", "storage"]
+__all__ = ["BUILTIN", "DataError", "ImageSet", "Split", "limits", "load", "load_upload", "split",
+           "storage", "to_zip"]
 
 
 def load(spec: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> ImageSet:
@@ -29,6 +32,4 @@ def load(spec: str, data_dir: str | os.PathLike | None = None, download: bool = 
         return storage.load(path)
     if path.is_dir() and any(path.glob("*-images-idx3-ubyte*")):
         return load_idx_dir(path)
-    from .upload import load_upload
-
     return load_upload(path)

@@ -57,11 +57,12 @@ def load_torchvision(name: str, root: str | os.PathLike | None = None,
                 parts = idx_parts(raw, tvd.MNIST.classes if name == "mnist" else
                                   tvd.FashionMNIST.classes)
                 break
-            how = "could not be downloaded (no network?)" if download else "was not found"
+            how = f"could not be downloaded (no network?) ({e})" if download else "was not found"
+            folder = "cifar-10-batches-py" if cls_name == "CIFAR10" else f"{cls_name}/raw"
             raise DataError(
-                f"{title} {how} under {root}. Download it where you have network "
-                f"(e.g. torchvision.datasets.{cls_name}(root, download=True)) and point "
-                f"--data-dir or the DATA_DIR environment variable at that root. ({e})"
+                f"{title} {how} under {root} (torchvision expects {root / folder}). Download it "
+                f"where you have network (torchvision.datasets.{cls_name}(root, download=True)) "
+                "and point --data-dir or the DATA_DIR environment variable at that root."
             ) from None
     images = np.concatenate([np.asarray(p.data) for p in parts])
     if images.ndim == 3:

@@ -105,6 +105,10 @@ def load_zip(f: BinaryIO, name: str) -> ImageSet:
     if size > limits.MAX_ARCHIVE_BYTES:
         raise DataError(f"{name} is {human(size)}, more than the limit of "
                         f"{human(limits.MAX_ARCHIVE_BYTES)}: upload fewer or smaller images")
+    entries = declared_entries(f)
+    if entries is not None and entries > limits.MAX_MEMBERS:
+        raise DataError(f"{name} holds {entries:,} entries, more than the limit of "
+                        f"{limits.MAX_MEMBERS:,}: upload fewer images")
     try:
         archive = zipfile.ZipFile(f)
     except Exception as e:  # BadZipFile, but hostile bytes also raise OSError, ValueError, ...
@@ -112,6 +116,18 @@ def load_zip(f: BinaryIO, name: str) -> ImageSet:
                         "create it again with your system's 'compress to ZIP'") from None
     with archive:
         return build(zip_files(archive, size, name), [], f"ZIP {name}")
+
+
+def declared_entries(f: BinaryIO) -> int | None:
+    """The entry count in the end-of-central-directory record, read before zipfile builds an
+    object per entry; None when there is no such record (zipfile then refuses the file)."""
+    try:
+        end = zipfile._EndRecData(f)  # zipfile's own reader of that record
+        return int(end[zipfile._ECD_ENTRIES_TOTAL]) if end else None
+    except Exception:
+        return None
+    finally:
+        f.seek(0)
 
 
 def zip_files(archive: zipfile.ZipFile, archive_bytes: int, name: str) -> list[File]:
