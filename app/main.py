@@ -1,7 +1,36 @@
-"""Entry point of the web app (the full pages are being built; see the README)."""
+"""The web app's one entry point: `streamlit run app/main.py`. Four pages, one per step."""
+import os
+import sys
+from pathlib import Path
+
 import streamlit as st
 
-st.set_page_config(page_title="Data cleansing with SGD-influence", page_icon="🧹")
-st.title("Data cleansing with SGD-influence")
-st.write("The engine is ready from the command line: `python -m influence train`, `score`, "
-         "`retrain` and `check`. The pages of the web app are not built yet.")
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `streamlit run` puts app/ first on the path, not the repo
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle CPU threads sleep, before torch loads
+
+from app import ui  # noqa: E402
+from influence import jobs  # noqa: E402
+from influence.runs import RunError  # noqa: E402
+
+jobs.use_cpu_threads()
+st.set_page_config(page_title="Data cleansing with SGD-influence", page_icon="🧹",
+                   layout="wide")
+
+PAGES = [
+    st.Page("views/data.py", title="1 · Data", icon=":material/photo_library:", default=True),
+    st.Page("views/train.py", title="2 · Train", icon=":material/model_training:"),
+    st.Page("views/harmful.py", title="3 · Harmful images", icon=":material/report:"),
+    st.Page("views/retrain.py", title="4 · Retrain and compare", icon=":material/compare:"),
+]
+
+try:
+    ui.start_session()
+except RunError as e:  # e.g. the workspace folder is not writable
+    st.error(str(e))
+    st.stop()
+page = st.navigation(PAGES)
+ui.sidebar()
+page.run()

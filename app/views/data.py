@@ -1,0 +1,181 @@
+"""Page 1: choose or upload a labelled image set, look at it, set the split and the demo."""
+import numpy as np
+import streamlit as st
+
+import datasets
+from app import ui
+from datasets import DataError, limits
+from datasets.builtin import data_dir
+from datasets.upload import load_upload
+from influence.store import flip_training_labels
+
+st.title("1 · Choose the data")
+st.caption("Pick a built-in data set or upload your own labelled images. The next pages train a "
+           "model on them, rank the training images by how much they hurt it, and retrain "
+           "without the ones you pick.")
+
+BUILTINS = {
+    "digits": "Handwritten digits (offline, 1,797 images)",
+    "mnist": "MNIST handwritten digits (70,000 images, via torchvision)",
+    "fashion-mnist": "Fashion-MNIST clothing (70,000 images, via torchvision)",
+    "cifar10": "CIFAR-10 photos (60,000 images, via torchvision)",
+}
+
+source = st.radio("Where do the images come from?",
+                  ["Built-in data set", "Upload a ZIP", "Reopen a saved data set"],
+                  horizontal=True, key="data_source")
+
+if source == "Built-in data set":
+    name = st.selectbox("Built-in data set", list(BUILTINS), format_func=BUILTINS.get,
+                        key="builtin")
+    if name != "digits":
+        st.info(f"{BUILTINS[name].split(' (')[0]} comes through torchvision: it is downloaded the "
+                "first time, which needs internet. Offline, download it on another machine "
+                f"(e.g. `torchvision.datasets.{datasets.builtin.TORCHVISION_SETS[name][0]}"
+                "(root, download=True)`) and copy the files to the folder named by the "
+                f"`DATA_DIR` environment variable (now: `{data_dir()}`), then restart the app.",
+                icon=":material/cloud_download:")
+    in_use = (ui.current_dataset() or {}).get("name") == ui.BUILTIN_NAMES[name]
+    if st.button("In use" if in_use else "Use this data set", type="primary", disabled=in_use,
+                 icon=":material/check:" if in_use else None):
+        with st.spinner(f"Loading {BUILTINS[name]} …"):
+            try:
+                ui.use_builtin(name)
+                st.rerun()
+            except DataError as e:
+                st.error(str(e))
+
+elif source == "Upload a ZIP":
+    st.markdown(
+        "Two layouts work:\n"
+        "* **class folders** — `cat/001.png`, `cat/002.jpg`, `dog/001.png`, … (the folder "
+        "name is the label);\n"
+        "* **a `labels.csv`** with columns `filename,label`, next to the images.\n\n"
+        "Any common image format. Images of mixed sizes are resized to the most common size, "
+        f"shrunk so that no side is over {limits.MAX_SIDE} pixels; if every image is grey the "
+        "set stays greyscale, otherwise all become colour (RGB). Limits: "
+        f"{limits.MAX_ARCHIVE_BYTES // limits.MiB} MB per ZIP, {limits.MIN_CLASSES}–"
+        f"{limits.MAX_CLASSES} classes, at least {limits.MIN_IMAGES_PER_CLASS} images per class.")
+    upload = st.file_uploader("ZIP file", type=["zip"], key="upload")
+    if upload is not None:
+        default = upload.name.rsplit(".", 1)[0]
+        title = st.text_input("Name of this data set", value=default, max_chars=80)
+        if st.button("Use this upload", type="primary"):
+            with st.spinner("Reading the images …"):
+                try:
+                    data = load_upload(upload)
+                    row = ui.store().add_dataset(data, title.strip() or default, ui.sid())
+                    ui.set_dataset(row)
+                    st.session_state.upload_note = data.source
+                    st.rerun()
+                except DataError as e:
+                    st.error(f"This upload cannot be used: {e}")
+    if note := st.session_state.pop("upload_note", None):
+        st.success(note)
+
+else:
+    saved = ui.store().datasets()
+    mine = [r for r in saved if r.get("session") == ui.sid()]
+    others = [r for r in saved if r.get("session") != ui.sid()]
+    options = mine + others
+    if not options:
+        st.info("No data set has been saved in this workspace yet.")
+    else:
+        choice = st.selectbox(
+            "Saved data sets (newest first)", range(len(options)),
+            format_func=lambda i: ui.dataset_label(options[i])
+            + ("" if options[i] in mine else " · from an earlier session"), key="saved_pick")
+        if st.button("Open this data set", type="primary"):
+            try:
+                ui.data_of(options[choice]["id"])  # refuses a damaged folder clearly
+                ui.set_dataset(options[choice])
+                st.rerun()
+            except DataError as e:
+                st.error(str(e))
+
+# --- the current data set --------------------------------------------------------------------------
+row = ui.current_dataset()
+if row is None:
+    st.stop()
+try:
+    data, _ = ui.data_of(row["id"])
+except DataError as e:
+    st.error(str(e))
+    st.stop()
+
+st.divider()
+st.subheader(f"Current data set: {row['name']}")
+st.caption(data.source)
+h, w, c = data.shape
+cols = st.columns(3)
+cols[0].metric("Images", f"{len(data):,}")
+cols[1].metric("Image size", f"{h}×{w} {'colour' if c == 3 else 'grey'}")
+cols[2].metric("Classes", len(data.classes))
+left, right = st.columns([2, 3])
+with left:
+    st.plotly_chart(ui.class_counts_chart(data), key="class_counts")
+with right:
+    st.markdown("**A few of the images, with their labels**")
+    rng = np.random.default_rng(0)
+    sample = rng.choice(len(data), size=min(24, len(data)), replace=False)
+    ui.image_grid(data, sample, [data.classes[data.labels[i]] for i in sample], per_row=8,
+                  side=56)
+
+# --- split and demo ----------------------------------------------------------------------------
+st.subheader("Split and demo")
+flipped = row.get("flipped") or {}
+base_id = row.get("parent") or row["id"]
+split = ui.split_settings()
+with st.form("split_form"):
+    c1, c2, c3 = st.columns(3)
+    val_pct = c1.slider("Validation share", 5, 40, int(round(split["val"] * 100)), step=5,
+                        format="%d%%", help="Images kept aside during training. Influence is "
+                        "measured on their loss: 'harmful' means it makes the model worse on "
+                        "these.")
+    test_pct = c2.slider("Test share", 5, 40, int(round(split["test"] * 100)), step=5,
+                         format="%d%%", help="Images used only to measure the model before and "
+                         "after cleaning; never used to compute influence.")
+    seed = c3.number_input("Seed", 0, 1_000_000, int(split["seed"]), help="The same seed gives "
+                           "the same split, the same initial model and the same batch order.")
+    demo = st.toggle("Demo: flip some training labels to see the tool find them",
+                     value=bool(flipped))
+    flip_pct = st.slider("Share of training labels to flip", 1, 30,
+                         ui.state().get("flip_pct", 10), format="%d%%", help="Each chosen training image gets a wrong "
+                         "label, drawn at random from the other classes. Validation and test "
+                         "images keep their true labels.")
+    applied = st.form_submit_button("Apply", type="primary")
+
+if applied:
+    settings = {"val": val_pct / 100, "test": test_pct / 100, "seed": int(seed)}
+    try:
+        datasets.split(np.asarray(data.meta.get("split_labels", data.labels)), settings["val"],
+                       settings["test"], settings["seed"])
+        base = ui.store().dataset(base_id)
+        if demo:
+            clean, _ = ui.data_of(base_id)
+            noisy, flips = flip_training_labels(clean, flip_pct / 100, settings["val"],
+                                                settings["test"], settings["seed"])
+            new = ui.store().add_dataset(noisy, base["name"], ui.sid(), parent=base_id,
+                                         flipped=flips, split=settings)
+        else:
+            new = base
+        ui.state().update(split=settings, flip_pct=flip_pct)
+        if new["id"] != row["id"]:
+            ui.set_dataset(new)
+        ui.save()
+        st.rerun()
+    except DataError as e:
+        st.error(str(e))
+
+parts = datasets.split(np.asarray(data.meta.get("split_labels", data.labels)), split["val"],
+                       split["test"], split["seed"])
+st.markdown(f"**{len(parts.train):,}** images for training, **{len(parts.val):,}** for "
+            f"validation and **{len(parts.test):,}** for the test. The test images are never "
+            "used to compute influence — only to measure the model before and after cleaning.")
+if flipped:
+    st.info(f"Demo on: **{len(flipped)}** training labels were flipped at random "
+            f"(seed {split['seed']}). Pages 3 and 4 tell you how many of them the tool finds.",
+            icon=":material/science:")
+
+st.page_link("views/train.py", label="Next: train a model on these images",
+             icon=":material/arrow_forward:")

@@ -1,0 +1,206 @@
+"""Page 3: compute SGD-influence, look at the training images ranked most harmful first, tick the
+ones to remove."""
+import math
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app import ui
+from influence import jobs
+from influence.runs import RunError
+
+ROW_HEIGHT = 44
+
+st.title("3 · Find the harmful training images")
+st.caption("For every training image, SGD-influence estimates how the loss on the validation "
+           "images would change if that image had been left out of training — the same SGD run, "
+           "replayed without it. A **negative** score means removing it would **lower** the loss: "
+           "the image hurts the model (often a wrong label or an odd image).")
+
+row = ui.current_dataset()
+run = ui.current_run()
+if row is None or run is None or run["dataset"] != row["id"]:
+    ui.need("Train a model on the current data set first.", "views/train.py", "Go to 2 · Train")
+if not ui.usable(run):
+    ui.run_status_note(run)
+    ui.need("Train a model first (or open a finished one).", "views/train.py", "Go to 2 · Train")
+data, position = ui.data_of(row["id"])
+store = ui.store()
+scored = store.score_info(run["id"])
+job = jobs.latest(ui.sid(), "score")
+busy = jobs.active(ui.sid()) is not None
+
+# --- scoring -----------------------------------------------------------------------------------
+guess = ui.estimate(row["id"], run["config"])
+epochs = run["config"]["epochs"]
+labels = {"sgd": f"Exact: retrace all {epochs} epochs ({ui.seconds(guess['seconds_score'])})",
+          "sgd-last": f"Fast: last epoch only ({ui.seconds(guess['seconds_score_last'])})"}
+with st.expander("Compute influence" + (" again or with the other method" if scored else ""),
+                 expanded=not scored):
+    chosen = st.radio("Method", list(labels), format_func=labels.get, key="score_method",
+                      help="The exact method follows the whole training run backwards (the "
+                      "paper's Algorithm 2); the fast one only its last epoch — usually a "
+                      "similar ranking, in a fraction of the time.")
+    if st.button("Compute influence", type="primary", disabled=busy,
+                 icon=":material/calculate:"):
+        try:
+            jobs.start_scoring(store, ui.sid(), run["id"], chosen)
+            ui.state()["method"][run["id"]] = chosen
+            ui.save()
+            st.rerun()
+        except (jobs.Busy, RunError) as e:
+            ui.busy_error(e)
+if job is not None and job.result.get("run") == run["id"]:
+    ui.job_panel("score", curves=False, log_after=False)
+    ui.job_outcome(job, f"Influence computed for every training image in {job.elapsed:.1f} s "
+                        f"({ui.METHOD_NAMES[job.result['method']]}).")
+
+method = ui.method()
+if method is None:
+    st.stop()
+if len(scored) > 1:
+    method = st.segmented_control("Ranking", list(scored), default=method, required=True,
+                                  format_func=ui.METHOD_NAMES.get, key=f"view-{run['id']}")
+    if method != ui.state()["method"].get(run["id"]):
+        ui.state()["method"][run["id"]] = method
+        ui.save()
+frame = ui.scores(run["id"], method)
+
+# --- trust check ------------------------------------------------------------------------------
+trust = scored[method].get("trust")
+check_job = jobs.latest(ui.sid(), "check")
+if trust:
+    st.success(f"Checked against real retraining on {trust['n']} images: Kendall τ = "
+               f"{trust['tau']:.2f} (1 = the estimates put them in exactly the true order, 0 = "
+               f"no relation), and the estimate had the right sign for "
+               f"{trust['sign_agreement']:.0%} of them.", icon=":material/verified:")
+else:
+    c1, c2 = st.columns([1, 3])
+    n_check = c1.number_input("Images to check", 4, 50, 10, key="n_check")
+    per = guess["seconds_retrain"] / (1 if method == "sgd" else epochs)
+    c2.markdown(f"How far can you trust this ranking? The check retrains the model for real "
+                f"without each of {n_check} images spread over the ranking and compares "
+                f"({ui.seconds(per * n_check)}).")
+    if c2.button("Check against real retraining", disabled=busy):
+        try:
+            jobs.start_check(store, ui.sid(), run["id"], method, int(n_check))
+            st.rerun()
+        except (jobs.Busy, RunError) as e:
+            ui.busy_error(e)
+if check_job is not None and check_job.result.get("run") == run["id"] and (
+        check_job.running or check_job.status != "done"):
+    ui.job_panel("check", curves=False, log_after=False)
+    ui.job_outcome(check_job)
+
+# --- the ranking -------------------------------------------------------------------------------
+preds = ui.predictions(run["id"]).set_index("sample_id")
+table = frame.assign(rank=np.arange(1, len(frame) + 1))
+found = preds.reindex(table.sample_id)
+table["predicted"] = [f"{data.classes[int(p)]} ({c:.0%})" for p, c in
+                      zip(found.predicted, found.confidence)]
+flipped = row.get("flipped") or {}
+ticked = ui.ticks()
+
+left, right = st.columns([3, 2])
+with left:
+    st.plotly_chart(ui.scores_histogram(frame), key="histogram")
+with right:
+    n_harmful = int((frame.influence < 0).sum())
+    st.metric("Harmful images (score below 0)", f"{n_harmful:,} of {len(frame):,}")
+    if flipped:
+        k_demo = st.session_state.get("top_k", 10)
+        top = set(frame.sample_id.head(int(k_demo)))
+        in_top = len(top & flipped.keys())
+        in_ticked = len(ticked & flipped.keys())
+        chance = k_demo * len(flipped) / len(frame)
+        st.info(f"**Demo:** {len(flipped)} labels were flipped. **{in_top}** of them are in "
+                f"the top {k_demo} (picking at random would find about {chance:.1f}), and "
+                f"**{in_ticked}** of your {len(ticked)} ticked images are flipped ones.",
+                icon=":material/science:")
+
+st.subheader("Ranked training images")
+c1, c2, c3 = st.columns([2, 2, 1])
+helpful = c1.toggle("Show the most helpful instead", key="helpful")
+class_names = ["All classes"] + list(data.classes)
+chosen_class = c2.selectbox("Given label", class_names, key="class_filter")
+per_page = c3.selectbox("Rows per page", [10, 20, 50], index=1, key="per_page")
+
+view = table.iloc[::-1] if helpful else table
+if chosen_class != "All classes":
+    view = view[view.label.astype(str) == chosen_class]
+
+c1, c2, c3, _ = st.columns([1, 1, 1, 2], vertical_alignment="bottom")
+top_k = c1.number_input("How many to tick (K)", 1, max(1, len(view)), min(10, max(1, len(view))), key="top_k")
+version = st.session_state.setdefault("tick_version", 0)
+if c2.button(f"Tick top {top_k}", icon=":material/check_box:"):
+    ui.set_ticks(ticked | set(view.sample_id.head(int(top_k))))
+    st.session_state.tick_version += 1
+    st.rerun()
+if c3.button("Untick all", icon=":material/check_box_outline_blank:", disabled=not ticked):
+    ui.set_ticks(set())
+    st.session_state.tick_version += 1
+    st.rerun()
+
+pages = max(1, math.ceil(len(view) / per_page))
+page = st.pagination(pages, key=f"page-{run['id']}-{method}-{helpful}-{chosen_class}-{per_page}")
+shown = view.iloc[(page - 1) * per_page: page * per_page]
+rows = pd.DataFrame({
+    "remove": [sid in ticked for sid in shown.sample_id],
+    "rank": shown["rank"].to_numpy(),
+    "image": [ui.data_url(data.images[position[sid]]) for sid in shown.sample_id],
+    "given label": shown.label.astype(str).to_numpy(),
+    "predicted": shown.predicted.to_numpy(),
+})
+if flipped:
+    rows["demo: true label"] = [flipped.get(sid, "") for sid in shown.sample_id]
+rows["what removing it does"] = [ui.effect(s) for s in shown.influence]
+rows["score"] = shown.influence.to_numpy()
+rows["sample id"] = shown.sample_id.to_numpy()
+
+table_col, look_col = st.columns([4, 1])
+with table_col:
+    edited = st.data_editor(
+        rows, hide_index=True, disabled=[c for c in rows.columns if c != "remove"],
+        row_height=ROW_HEIGHT, height=(len(rows) + 1) * ROW_HEIGHT + 3, key=f"editor-{run['id']}-{method}-{helpful}-{chosen_class}-{per_page}-"
+                           f"{page}-{version}",
+        column_config={
+            "remove": st.column_config.CheckboxColumn("Remove?", help="Tick to leave this "
+                                                      "image out when retraining (page 4)."),
+            "rank": st.column_config.NumberColumn("Rank", width=50),
+            "image": st.column_config.ImageColumn("Image", width=ROW_HEIGHT + 24),
+            "given label": st.column_config.TextColumn("Given label", width=80),
+            "predicted": st.column_config.TextColumn("Predicted", width=90,
+                                                     help="The model's label and how sure it "
+                                                     "is."),
+            "sample id": st.column_config.TextColumn("Sample id", width=110),
+            "demo: true label": st.column_config.TextColumn(
+                "Demo: true label", width=90, help="Filled in for the images whose label the "
+                "demo flipped."),
+            "score": st.column_config.NumberColumn("Score", format="%.2e",
+                                                   help="Estimated change of validation loss "
+                                                   "if removed."),
+            "what removing it does": st.column_config.TextColumn("What removing it does",
+                                                                 width=440),
+        })
+    now = (ticked - set(shown.sample_id)) | set(edited.loc[edited["remove"], "sample id"])
+    if now != ticked:
+        ui.set_ticks(now)
+        st.rerun()
+with look_col:
+    if len(shown):
+        pick = st.selectbox("Look closer", range(len(shown)), key="look",
+                            format_func=lambda i: f"#{shown['rank'].iloc[i]} · "
+                                                  f"{shown.sample_id.iloc[i]}")
+        pick = min(pick, len(shown) - 1)
+        item = shown.iloc[pick]
+        st.image(ui.enlarge(data.images[position[item.sample_id]], 224), width=224)
+        st.markdown(f"**Given label:** {item.label}  \n**Predicted:** {item.predicted}  \n"
+                    f"{ui.effect(item.influence).capitalize()}.")
+        if item.sample_id in flipped:
+            st.caption(f"Demo: the true label is {flipped[item.sample_id]}.")
+
+st.markdown(f"**{len(ticked)}** image{'s' * (len(ticked) != 1)} ticked. Ticks are kept while "
+            "you page, filter or switch pages.")
+st.page_link("views/retrain.py", label="Next: retrain without the ticked images and compare",
+             icon=":material/arrow_forward:")

@@ -1,0 +1,260 @@
+"""Page 4: retrain without the ticked images (counterfactual SGD), compare with the model before
+and with removing as many random images, keep the history, export the cleaned data."""
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+from sklearn.metrics import confusion_matrix
+
+from app import ui
+from datasets import DataError
+from datasets.export import to_zip
+from influence import jobs
+from influence.runs import RunError
+
+st.title("4 · Retrain without them and compare")
+st.caption("The model is trained again on exactly the same SGD schedule — same seed, same "
+           "starting point, same batches — only without the images you ticked. Then the test "
+           "images, which took no part in choosing them, tell whether the model got better.")
+
+row = ui.current_dataset()
+run = ui.current_run()
+if row is None or run is None or run["dataset"] != row["id"] or not ui.usable(run):
+    ui.need("Train a model and tick some images on page 3 first.", "views/harmful.py",
+            "Go to 3 · Harmful images")
+data, position = ui.data_of(row["id"])
+store = ui.store()
+ticked = sorted(ui.ticks())
+method = ui.method()
+busy = jobs.active(ui.sid()) is not None
+flipped = row.get("flipped") or {}
+
+# --- retrain ---------------------------------------------------------------------------------
+st.subheader("Retrain")
+if not ticked:
+    st.info("No image is ticked yet: tick the ones to remove on page 3.")
+    st.page_link("views/harmful.py", label="Go to 3 · Harmful images",
+                 icon=":material/arrow_back:")
+else:
+    demo = f" — {len(set(ticked) & flipped.keys())} of them have a flipped label" \
+        if flipped else ""
+    st.markdown(f"You ticked **{len(ticked)}** image{'s' * (len(ticked) != 1)}{demo}:")
+    shown = ticked[:32]
+    ui.image_grid(data, [position[i] for i in shown],
+                  [data.classes[data.labels[position[i]]] for i in shown], per_row=16, side=40)
+    if len(ticked) > len(shown):
+        st.caption(f"… and {len(ticked) - len(shown)} more.")
+    guess = ui.estimate(row["id"], run["config"])
+    epochs = run["config"]["epochs"]
+    c1, c2 = st.columns(2)
+    mode = c1.radio("Retrain", ["all", "last"], key="mode", format_func={
+        "all": f"all {epochs} epochs without them — the exact counterfactual "
+               f"({ui.seconds(guess['seconds_retrain'])})",
+        "last": f"only the last epoch without them — faster "
+                f"({ui.seconds(guess['seconds_retrain'] / epochs)})"}.get)
+    control = c2.checkbox(f"Also retrain without {len(ticked)} random images, as a control",
+                          value=True, key="control", help="Shows whether removing the chosen "
+                          "images beat removing the same number at random.")
+    if st.button(f"Retrain without the {len(ticked)} ticked image{'s' * (len(ticked) != 1)}",
+                 type="primary", disabled=busy, icon=":material/restart_alt:"):
+        try:
+            job = jobs.start_cleaning(store, ui.sid(), run["id"], ticked, mode, method, control,
+                                      seed=run["config"]["seed"] + len(store.rounds(row["id"])))
+            ui.state()["round"] = job.result["round"]
+            ui.save()
+            st.rerun()
+        except (jobs.Busy, RunError, DataError) as e:
+            ui.busy_error(e)
+
+job = jobs.latest(ui.sid(), "clean")
+if job is not None and store.round(job.result["round"])["base"] == run["id"] and (
+        job.running or job.status != "done"):
+    ui.job_panel("clean")
+    ui.job_outcome(job)
+
+
+# --- comparing two models ------------------------------------------------------------------------
+def test_part(run_id: str) -> pd.DataFrame:
+    preds = ui.predictions(run_id)
+    return preds[preds.part == "test"].set_index("sample_id")
+
+
+def error_chart(names: list[str], errors: list[float], colours: list[str]) -> go.Figure:
+    fig = go.Figure(go.Bar(x=names, y=errors, marker_color=colours,
+                           text=[f"{e:.2%}" for e in errors], textposition="outside"))
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10), yaxis_tickformat=".1%",
+                      title="Misclassified test images (lower is better)",
+                      yaxis_range=[0, max(errors) * 1.25 if max(errors) > 0 else 1])
+    return fig
+
+
+def compare(runs: dict[str, dict], key: str) -> None:
+    """Test error, per-class error, confusion matrices and the images that changed, for models
+    named by the keys of `runs` (the first is the reference)."""
+    names = list(runs)
+    parts = {name: test_part(r["id"]) for name, r in runs.items()}
+    errors = [r["metrics"]["test_error"] for r in runs.values()]
+    cols = st.columns(len(names) + 1)
+    mistakes = [int((p.predicted != p.label).sum()) for p in parts.values()]
+    for i, (name, err) in enumerate(zip(names, errors)):
+        change = mistakes[i] - mistakes[0]
+        delta = None if i == 0 else (f"{change:+d} mistake{'s' * (abs(change) != 1)}"
+                                     if change else "no change")
+        cols[i].metric(f"Test error — {name}", f"{err:.2%}", delta, delta_color="inverse"
+                       if change else "off", delta_arrow="auto" if change else "off")
+    n_test = len(parts[names[0]])
+    cols[-1].metric("Test images", f"{n_test:,}")
+    colours = [ui.GREY, ui.GREEN, ui.ORANGE][:len(names)]
+    left, right = st.columns(2)
+    left.plotly_chart(error_chart(names, errors, colours), key=f"{key}-errors")
+
+    per_class = pd.DataFrame({
+        name: (p.predicted != p.label).groupby(p.label).mean() for name, p in parts.items()})
+    per_class.index = [data.classes[int(i)] for i in per_class.index]
+    fig = go.Figure([go.Bar(x=per_class.index.astype(str), y=per_class[name], name=name,
+                            marker_color=c) for name, c in zip(names, colours)])
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10), barmode="group",
+                      title="Error per class", yaxis_tickformat=".0%", xaxis_type="category",
+                      legend=dict(orientation="h", y=-0.2))
+    right.plotly_chart(fig, key=f"{key}-per-class")
+
+    with st.expander("Confusion matrices"):
+        k = len(data.classes)
+        fig = make_subplots(1, len(names), subplot_titles=names, horizontal_spacing=0.08)
+        for i, (name, p) in enumerate(parts.items(), 1):
+            matrix = confusion_matrix(p.label, p.predicted, labels=range(k))
+            fig.add_trace(go.Heatmap(z=matrix, x=data.classes, y=data.classes, text=matrix,
+                                     texttemplate="%{text}", coloraxis="coloraxis"), 1, i)
+        fig.update_xaxes(title_text="predicted", type="category")
+        fig.update_yaxes(title_text="true label", type="category", autorange="reversed")
+        fig.update_layout(height=360 if k <= 10 else 600, coloraxis=dict(colorscale="Blues"),
+                          margin=dict(l=10, r=10, t=40, b=10))
+        st.plotly_chart(fig, key=f"{key}-confusion")
+        st.caption("Rows: the true class; columns: what the model said. The diagonal counts "
+                   "correct answers.")
+
+    before, after = parts[names[0]], parts[names[1]]
+    ok_before = before.predicted == before.label
+    ok_after = (after.predicted == after.label).reindex(before.index)
+    for title, ids in ((f"Test images that became right ({names[1]})",
+                        before.index[~ok_before & ok_after]),
+                       (f"Test images that became wrong ({names[1]})",
+                        before.index[ok_before & ~ok_after])):
+        st.markdown(f"**{title}: {len(ids)}**")
+        ids = list(ids)[:24]
+        if ids:
+            ui.image_grid(data, [position[i] for i in ids],
+                          [f"{data.classes[int(before.label[i])]}: "
+                           f"{data.classes[int(before.predicted[i])]}→"
+                           f"{data.classes[int(after.predicted[i])]}" for i in ids],
+                          per_row=12, side=48)
+    st.caption("Captions: true label: prediction before → after.")
+
+
+def summary(models: dict[str, dict], removed: list[str]) -> None:
+    """The outcome of a round in a few sentences."""
+    k = len(removed)
+    errs = {name: r["metrics"]["test_error"] for name, r in models.items()}
+    before, after = errs["before"], errs["after cleaning"]
+    verb = "lowered" if after < before else "raised" if after > before else "did not change"
+    text = (f"Removing the {k} ticked image{'s' * (k != 1)} **{verb}** the test error"
+            + (f" from {before:.2%} to {after:.2%}." if after != before else f" ({before:.2%})."))
+    if "random removal" in errs:
+        control = errs["random removal"]
+        text += (f" Removing {k} random images instead gave {control:.2%}: the ticked images "
+                 + ("did better than chance." if after < control else
+                    "did no better than chance." if after == control else
+                    "did worse than chance."))
+    if flipped:
+        hits = len(set(removed) & flipped.keys())
+        text += (f" *Demo:* {hits} of the {k} removed images had a flipped label "
+                 f"({len(flipped)} were flipped in all).")
+    st.markdown(text)
+
+
+# --- the latest round of this model -------------------------------------------------------------
+rounds = [r for r in store.rounds(row["id"]) if r["base"] == run["id"] and r["status"] == "done"]
+if rounds:
+    st.divider()
+    st.subheader("Before and after")
+    wanted = ui.state().get("round")
+    index = next((i for i, r in enumerate(rounds) if r["id"] == wanted), len(rounds) - 1)
+    if len(rounds) > 1:
+        index = st.selectbox("Cleaning round", range(len(rounds)), index=index,
+                             format_func=lambda i: f"Round {rounds[i]['id']}: "
+                             f"{len(rounds[i]['removed'])} removed", key="round_pick")
+    chosen = rounds[index]
+    models = {"before": run, "after cleaning": store.run(chosen["cleaned"])}
+    if chosen["control"] and ui.usable(store.run(chosen["control"])):
+        models["random removal"] = store.run(chosen["control"])
+    summary(models, chosen["removed"])
+    compare(models, f"round-{chosen['id']}")
+
+    # --- export -----------------------------------------------------------------------------------
+    st.subheader("Export")
+    cleaned = models["after cleaning"]
+    removed = list((cleaned["config"] or {}).get("removed") or {})
+    keep = np.setdiff1d(np.arange(len(data)), [position[i] for i in removed])
+
+    def cleaned_zip() -> bytes:
+        return to_zip(data.subset(keep))
+
+    ranking = ui.scores(run["id"], chosen["method"]) if chosen["method"] in \
+        store.score_info(run["id"]) else None
+    table = pd.DataFrame({"sample_id": removed,
+                          "label": [data.classes[data.labels[position[i]]] for i in removed]})
+    if ranking is not None:
+        ranked = ranking.assign(rank=np.arange(1, len(ranking) + 1)).set_index("sample_id")
+        table["influence"] = ranked.influence.reindex(removed).to_numpy()
+        table["rank"] = ranked["rank"].reindex(removed).to_numpy()
+        table["method"] = chosen["method"]
+    if flipped:
+        table["true_label_demo"] = [flipped.get(i, "") for i in removed]
+    c1, c2, c3 = st.columns(3)
+    c1.download_button("Cleaned data set (ZIP)", cleaned_zip,
+                       file_name=f"{row['name']}-cleaned.zip", mime="application/zip",
+                       icon=":material/download:", width="stretch")
+    c1.caption(f"{len(keep):,} images in one folder per class, ready to upload again.")
+    c2.download_button("Removed images (CSV)", table.to_csv(index=False),
+                       file_name=f"{row['name']}-removed.csv", mime="text/csv",
+                       icon=":material/download:", width="stretch")
+    c2.caption(f"The {len(removed)} removed ids with their labels and influence scores.")
+    if c3.button("Clean further from the cleaned model", width="stretch",
+                 icon=":material/cleaning_services:"):
+        ui.set_run(cleaned["id"])
+        st.switch_page("views/harmful.py")
+    c3.caption("Makes the cleaned model the current one: score it on page 3, remove more.")
+
+# --- history -------------------------------------------------------------------------------------
+history = store.rounds(row["id"])
+if history:
+    st.divider()
+    st.subheader("History of this data set")
+
+    def error_of(run_id):
+        if not run_id:
+            return None
+        return (store.run(run_id).get("metrics") or {}).get("test_error")
+
+    st.dataframe(pd.DataFrame([{
+        "round": r["id"], "from model": ui.run_label(store.run(r["base"])),
+        "removed": len(r["removed"]), "ranking": ui.METHOD_NAMES.get(r["method"], "—"),
+        "retrained": "all epochs" if r["mode"] == "all" else "last epoch",
+        "test error before": error_of(r["base"]), "after": error_of(r["cleaned"]),
+        "random control": error_of(r["control"]), "status": r["status"]}
+        for r in history]), hide_index=True, column_config={
+            c: st.column_config.NumberColumn(format="percent")
+            for c in ("test error before", "after", "random control")})
+    done = [r for r in store.runs(row["id"]) if ui.usable(r)]
+    if len(done) >= 2:
+        with st.expander("Compare any two models of this data set"):
+            c1, c2 = st.columns(2)
+            a = c1.selectbox("First", range(len(done)), index=len(done) - 1, key="cmp_a",
+                             format_func=lambda i: ui.run_label(done[i]))
+            b = c2.selectbox("Second", range(len(done)), index=0, key="cmp_b",
+                             format_func=lambda i: ui.run_label(done[i]))
+            if a != b:
+                compare({"first": done[a], "second": done[b]}, "history")
+            else:
+                st.info("Pick two different models.")

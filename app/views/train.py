@@ -1,0 +1,140 @@
+"""Page 2: train a model with recorded SGD, in the background, with live curves."""
+import pandas as pd
+import streamlit as st
+
+from app import ui
+from datasets import DataError
+from influence import jobs, models
+from influence.runs import RunConfig, RunError
+
+st.title("2 · Train a model")
+st.caption("Plain SGD, with every step recorded (the batch order and learning rate) so that "
+           "page 3 can trace back how each training image moved the model.")
+
+row = ui.current_dataset()
+if row is None:
+    ui.need("Choose a data set first.", "views/data.py", "Go to 1 · Data")
+data, _ = ui.data_of(row["id"])
+split = ui.split_settings()
+job = jobs.latest(ui.sid(), "train")
+running = job is not None and job.running
+
+# --- settings -------------------------------------------------------------------------------
+st.markdown(f"**Data:** {ui.dataset_label(row)}")
+choice = st.selectbox("Model", models.CHOICES, key="model_choice",
+                      format_func=lambda m: "chosen from the image size (recommended)"
+                      if m == "auto" else ui.MODEL_NAMES.get(m, m))
+try:
+    preset, reason = models.resolve(choice, data.shape)
+except ValueError as e:
+    st.error(str(e))
+    st.stop()
+st.markdown(f"→ **{ui.MODEL_NAMES[preset]}** (`{preset}`): {reason}.")
+
+c1, c2, c3, c4 = st.columns(4)
+epochs = c1.number_input("Epochs", 1, 200, 20, key="epochs",
+                         help="Passes over the training images.")
+batch = c2.number_input("Batch size", 1, 4096, 64, key="batch",
+                        help="Images per SGD step.")
+lr_key = f"lr-{preset}"
+st.session_state.setdefault(lr_key, models.DEFAULT_LR[preset])
+lr = c3.number_input("Learning rate", 0.0001, 10.0, format="%g", step=0.01, key=lr_key, help="Step size of SGD. If training diverges, the "
+                     "page suggests a smaller one.")
+seed = c4.number_input("Seed", 0, 1_000_000, int(split["seed"]), key="seed",
+                       help="Fixes the initial model and the batch order.")
+with st.expander("More settings"):
+    a1, a2, a3 = st.columns(3)
+    l2 = a1.number_input("L2 regularisation α", 0.0, 10.0, 0.0, format="%g", step=0.0001,
+                         key="l2", help="Adds ½·α·‖θ‖² to the loss of every image.")
+    decay = a2.selectbox("Learning rate over time", ["constant", "inv_sqrt"], key="decay",
+                         format_func={"constant": "constant",
+                                      "inv_sqrt": "shrinking as 1/√step"}.get)
+    dtype = a3.selectbox("Precision", ["float32", "float64"], key="dtype",
+                         help="float64 is slower but makes influence estimates more exact.")
+
+config = RunConfig(model=choice, epochs=int(epochs), batch_size=int(batch), lr=float(lr),
+                   l2=float(l2), seed=int(seed), lr_decay=decay, dtype=dtype,
+                   val_fraction=split["val"], test_fraction=split["test"])
+
+
+try:
+    guess = ui.estimate(row["id"], config.__dict__)
+    st.info(f"Before you start: training should take **{ui.seconds(guess['seconds_train'])}** "
+            f"on this machine and use **{ui.size(guess['disk_bytes'])}** of disk "
+            f"({guess['n_train']:,} training images, {guess['steps']:,} SGD steps, "
+            f"{guess['n_params']:,} parameters). Later, computing influence takes "
+            f"{ui.seconds(guess['seconds_score'])} for the exact method or "
+            f"{ui.seconds(guess['seconds_score_last'])} for the fast one.",
+            icon=":material/timer:")
+    settings_ok = True
+except (RunError, DataError) as e:
+    st.error(f"These settings cannot be used: {e}")
+    settings_ok = False
+
+if st.button("Start training", type="primary", disabled=running or not settings_ok,
+             icon=":material/play_arrow:"):
+    try:
+        job = jobs.start_training(ui.store(), ui.sid(), row["id"], config)
+        ui.state()["previous_run"] = ui.state().get("run")
+        ui.set_run(job.result["run"])
+        st.rerun()
+    except (jobs.Busy, RunError, DataError) as e:
+        ui.busy_error(e)
+
+# --- the job, or the current run --------------------------------------------------------------
+job_run = ui.store().run(job.result["run"]) if job is not None else None
+if job_run is not None and job_run["dataset"] == row["id"]:
+    st.subheader("Training")
+    ui.job_panel("train")
+    if job.status == "failed":
+        st.error(f"Training failed: {job.error}")
+        if job.suggested_lr:
+            def use_lr(value=job.suggested_lr, key=lr_key):
+                st.session_state[key] = value
+            st.button(f"Use learning rate {job.suggested_lr:g}", on_click=use_lr,
+                      icon=":material/healing:")
+    else:
+        ui.job_outcome(job)
+    if not job.running and job.status != "done" and ui.state().get("run") == job_run["id"]:
+        ui.set_run(ui.state().get("previous_run"))  # back to the model that was there before
+run = ui.current_run()
+if run is not None and run["dataset"] == row["id"] and run["id"] != (job_run or {}).get("id"):
+    st.subheader("Current model")
+    if ui.usable(run):
+        st.plotly_chart(ui.curves_chart(ui.training_log(run["id"])), key="stored_curves")
+    else:
+        ui.run_status_note(run)
+
+if ui.usable(run) and run["dataset"] == row["id"]:
+    m = run["metrics"]
+    cols = st.columns(4)
+    cols[0].metric("Validation accuracy", f"{1 - m['val_error']:.1%}")
+    cols[1].metric("Test error", f"{m['test_error']:.1%}")
+    cols[2].metric("Training images", f"{m['train_size']:,}")
+    cols[3].metric("Trained in", f"{m['seconds']:.1f} s")
+    st.page_link("views/harmful.py", label="Next: find the harmful training images",
+                 icon=":material/arrow_forward:")
+
+# --- earlier runs -----------------------------------------------------------------------------
+earlier = [r for r in ui.store().runs(row["id"]) if r["kind"] == "train"]
+if earlier:
+    with st.expander(f"Models trained on this data set ({len(earlier)})",
+                     expanded=run is None):
+        table = pd.DataFrame([{
+            "model": ui.run_label(r), "status": r["status"],
+            "epochs": (r["config"] or {}).get("epochs"),
+            "learning rate": (r["config"] or {}).get("lr"),
+            "validation error": (r["metrics"] or {}).get("val_error"),
+            "test error": (r["metrics"] or {}).get("test_error"),
+            "session": "this one" if r["session"] == ui.sid() else "another",
+        } for r in earlier])
+        st.dataframe(table, hide_index=True, column_config={
+            "validation error": st.column_config.NumberColumn(format="percent"),
+            "test error": st.column_config.NumberColumn(format="percent")})
+        done = [r for r in earlier if ui.usable(r)]
+        if done:
+            pick = st.selectbox("Open a model", range(len(done)), key="open_run",
+                                format_func=lambda i: ui.run_label(done[i]))
+            if st.button("Open this model"):
+                ui.set_run(done[pick]["id"])
+                st.rerun()

@@ -1,0 +1,438 @@
+"""Background jobs: training, scoring, the trust check and cleaning rounds, each in a thread that
+makes no UI calls. A page reads a job's progress, log and learning curves while it runs, and can
+cancel it. UI-free.
+
+Jobs live in one registry per server process, keyed by a browser-session id: a rerun, a page
+switch or a browser refresh (same session id) finds the running job again instead of starting
+a second one, and two browser sessions never see each other's jobs. Everything a job produces
+goes through the Store (status running → done / failed / cancelled; a job that dies with the
+server is marked interrupted by the store on the next start).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from datasets import DataError, ImageSet
+
+from . import runs
+from .runs import Cancelled, Progress, RunConfig, RunError, TrainingLog
+from .sgd import Diverged, initial_params, sgd_step
+from .sgd_influence import hvp_and_dot_grads
+from .store import CANCELLED, DONE, FAILED, RUNNING, Store
+
+log = logging.getLogger(__name__)
+KEEP_FINISHED = 10  # finished jobs kept per session, newest first
+PHASES = {"train": "Training", "score": "Computing influence", "check": "Checking against real "
+          "retraining", "retrain": "Retraining without the ticked images",
+          "control": "Control: retraining without as many random images"}
+
+
+class Busy(RuntimeError):
+    """This browser session already runs a job; the message names it."""
+
+
+class Job:
+    """One piece of long work in a background thread; all fields are safe to read any time."""
+
+    def __init__(self, session: str, kind: str, title: str):
+        self.id = uuid.uuid4().hex[:10]
+        self.session, self.kind, self.title = session, kind, title
+        self.status = RUNNING
+        self.phase, self.done, self.total = kind, 0, 0
+        self.curves: dict[str, TrainingLog] = {}  # phase → live training log (loss, accuracy)
+        self.epochs: dict[str, int] = {}  # phase → its number of epochs
+        self.lines: list[str] = []
+        self.result: dict = {}
+        self.error: str | None = None
+        self.suggested_lr: float | None = None
+        self.started, self.finished = time.time(), None
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- read by the page ------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.status == RUNNING
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.time()) - self.started
+
+    def progress_text(self) -> str:
+        what = PHASES.get(self.phase, self.phase.capitalize())
+        unit = "samples checked" if self.phase == "check" else "steps"
+        return f"{what}: {self.done:,} of {self.total:,} {unit} ({self.elapsed:.0f} s)"
+
+    def curve(self, phase: str | None = None) -> pd.DataFrame:
+        """The training log of a phase (default: the latest one) as a table, so far."""
+        if not self.curves:
+            return TrainingLog().frame()
+        keep = self.curves.get(phase) or list(self.curves.values())[-1]
+        return pd.DataFrame(list(keep.rows), columns=TrainingLog().frame().columns)
+
+    # --- called from the work thread -------------------------------------------------------
+    def say(self, line: str) -> None:
+        self.lines.append(f"[{self.elapsed:6.1f} s] {line}")
+
+    def report(self, p: Progress, phase: str | None = None) -> None:
+        """The engine's progress callback; raising Cancelled here stops the work."""
+        if self._cancel.is_set():
+            raise Cancelled()
+        self.phase, self.done, self.total = phase or p.phase, p.done, p.total
+        if p.val is not None and phase in self.curves:
+            self.say(epoch_line(self.curves[phase].rows, p.val, self.epochs.get(phase)))
+
+    def training_log(self, phase: str, epochs: int) -> TrainingLog:
+        """A fresh TrainingLog for a training phase, reporting to this job."""
+        self.epochs[phase] = epochs
+        self.curves[phase] = TrainingLog(lambda p: self.report(p, phase))
+        return self.curves[phase]
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def wait(self, timeout: float | None = None) -> "Job":
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self
+
+
+def epoch_line(rows: list[dict], val: dict, epochs: int | None) -> str:
+    """One line of the text log at the end of an epoch."""
+    epoch = val["epoch"] + 1
+    mine = [r for r in rows if r["epoch"] == epoch]
+    loss = np.mean([r["loss"] for r in mine]) if mine else float("nan")
+    acc = np.mean([r["accuracy"] for r in mine]) if mine else float("nan")
+    return (f"epoch {epoch}{f' of {epochs}' if epochs else ''}: training loss {loss:.4f}, accuracy {acc:.1%} · "
+            f"validation loss {val['val_loss']:.4f}, accuracy {val['val_accuracy']:.1%}")
+
+
+def use_cpu_threads(n: int | None = None) -> int:
+    """Set torch's CPU threads for this process's jobs: $INFLUENCE_THREADS, else 1. The app's
+    models are small: a second thread gains little, and on a busy machine OpenMP threads that
+    spin waiting for each other make every step many times slower (benchmarks/flow.py measures
+    both). Several jobs (one per browser session) then share the cores instead."""
+    n = n or int(os.environ.get("INFLUENCE_THREADS") or 1)
+    torch.set_num_threads(max(1, n))
+    return torch.get_num_threads()
+
+
+# --- the registry ------------------------------------------------------------------------------
+_jobs: dict[str, Job] = {}
+_lock = threading.Lock()
+
+
+def jobs_of(session: str) -> list[Job]:
+    """This session's jobs, newest first."""
+    with _lock:
+        return sorted((j for j in _jobs.values() if j.session == session),
+                      key=lambda j: j.started, reverse=True)
+
+
+def active(session: str) -> Job | None:
+    return next((j for j in jobs_of(session) if j.running), None)
+
+
+def latest(session: str, kind: str | None = None) -> Job | None:
+    return next((j for j in jobs_of(session) if kind is None or j.kind == kind), None)
+
+
+def get(job_id: str) -> Job | None:
+    with _lock:
+        return _jobs.get(job_id)
+
+
+def start(session: str, kind: str, title: str, work: Callable[[Job], dict],
+          fresh: bool = False, result: dict | None = None) -> Job:
+    """Run `work(job)` in a background thread, unless this session already runs a job: the same
+    kind is found again (never duplicated; with `fresh`, Busy is raised instead), another kind
+    raises Busy."""
+    with _lock:
+        running = next((j for j in _jobs.values() if j.session == session and j.running), None)
+        if running is not None:
+            if running.kind == kind and not fresh:
+                return running
+            raise Busy(f"{running.title} is still running: wait for it to finish or cancel it")
+        job = Job(session, kind, title)
+        job.result.update(result or {})
+        _jobs[job.id] = job
+        _prune(session)
+    job._thread = threading.Thread(target=_execute, args=(job, work), daemon=True,
+                                   name=f"job-{kind}-{job.id}")
+    job._thread.start()
+    return job
+
+
+def launch(store: Store, session: str, kind: str, title: str, work: Callable[[Job], dict],
+           run_ids: list[str], result: dict) -> Job:
+    """start(), for work on runs registered beforehand: if the job is refused or turns out to be
+    a duplicate, those runs are closed as cancelled so that none stays 'running'."""
+    try:
+        job = start(session, kind, title, work, fresh=True, result=result)
+    except Busy:
+        for run_id in run_ids:
+            store.finish_run(run_id, CANCELLED, error="another job of this session was running")
+        raise
+    return job
+
+
+def _prune(session: str) -> None:
+    finished = sorted((j for j in _jobs.values() if j.session == session and not j.running),
+                      key=lambda j: j.started, reverse=True)
+    for old in finished[KEEP_FINISHED:]:
+        del _jobs[old.id]
+
+
+def _execute(job: Job, work: Callable[[Job], dict]) -> None:
+    try:
+        job.result.update(work(job) or {})
+        job.status = DONE
+    except Cancelled:
+        job.status = CANCELLED
+        job.say("cancelled; nothing of this job was kept")
+    except Exception as e:  # every failure becomes a message; the full trace goes to the log
+        job.error = plain_message(e)
+        job.suggested_lr = getattr(e, "suggested_lr", None)
+        job.status = FAILED
+        job.say(f"stopped: {job.error}")
+        if not isinstance(e, (DataError, RunError, Diverged, OSError)):
+            log.exception("job %s (%s) failed", job.id, job.kind)
+    finally:
+        job.finished = time.time()
+
+
+def plain_message(e: BaseException) -> str:
+    if isinstance(e, Diverged):
+        what = "not a number" if not math.isfinite(e.loss) else f"{e.loss:.3g}, far too large"
+        return (f"training stopped at step {e.step + 1} because the loss became {what}. "
+                f"The learning rate {e.suggested_lr * 10:g} is too high for this data: "
+                f"try {e.suggested_lr:g}.")
+    if isinstance(e, (DataError, RunError)):
+        return str(e)
+    if isinstance(e, OSError):
+        return (f"could not write to the workspace ({e.strerror or e}); check that the disk is "
+                "not full and the folder is writable")
+    return f"unexpected {type(e).__name__}: {e}"
+
+
+@contextmanager
+def tracked(store: Store, run_id: str):
+    """Mark a stored run failed or cancelled when the work on it stops early."""
+    try:
+        yield
+    except Cancelled:
+        store.finish_run(run_id, CANCELLED, error="cancelled by the user")
+        raise
+    except BaseException as e:
+        store.finish_run(run_id, FAILED, error=plain_message(e))
+        raise
+
+
+# --- the work the app starts -------------------------------------------------------------------
+def check_settings(config: RunConfig, data: ImageSet) -> RunConfig:
+    """Refuse bad settings before a job starts (RunError / DataError with a clear message)."""
+    runs.Run(config, data)
+    return config
+
+
+def start_training(store: Store, session: str, dataset_id: str, config: RunConfig) -> Job:
+    """Train a new recorded run on a stored data set, in the background."""
+    if (job := active(session)) is not None:
+        if job.kind == "train":
+            return job
+        raise Busy(f"{job.title} is still running: wait for it to finish or cancel it")
+    data = store.load_data(dataset_id)
+    config.dataset = str(store.dataset_folder(dataset_id).resolve())
+    check_settings(config, data)
+
+    row = store.new_run(dataset_id, "train", config, session)
+
+    def work(job: Job) -> dict:
+        with tracked(store, row["id"]):
+            curve = job.training_log("train", config.epochs)
+            job.say(f"training {len(data):,} images' model for {config.epochs} epochs "
+                    f"(batch size {config.batch_size}, learning rate {config.lr:g})")
+            run = runs.train_new(config, store.root / row["folder"], data, curve)
+            write_predictions(store, row["id"], run)
+            store.finish_run(row["id"], DONE, run.metrics, config=run.config)
+        job.say(f"done in {run.metrics['seconds']:.1f} s: validation error "
+                f"{run.metrics['val_error']:.1%}, test error {run.metrics['test_error']:.1%}")
+        return {"run": row["id"]}
+
+    return launch(store, session, "train", "Training", work, [row["id"]], {"run": row["id"]})
+
+
+def start_scoring(store: Store, session: str, run_id: str, method: str) -> Job:
+    """SGD-influence of every training image of a finished run (method sgd or sgd-last)."""
+    if method not in runs.METHODS:
+        raise RunError(f"unknown method {method!r}")
+    row = store.run(run_id)
+    if row["status"] != DONE:
+        raise RunError(f"run {run_id} is {row['status']}: train a model first")
+
+    def work(job: Job) -> dict:
+        begun = time.perf_counter()
+        run = store.open_run(run_id)
+        job.say("retracing " + ("all epochs" if method == "sgd" else "the last epoch")
+                + f" of run {run_id}")
+        frame = run.score(method, on_progress=job.report)
+        seconds = time.perf_counter() - begun
+        store.add_scores(run_id, method, frame, seconds)
+        job.say(f"scored {len(frame):,} training images in {seconds:.1f} s")
+        return {"run": run_id, "method": method}
+
+    return start(session, "score", "Computing influence", work,
+                 result={"run": run_id, "method": method})
+
+
+def start_check(store: Store, session: str, run_id: str, method: str, n: int = 10) -> Job:
+    """The engine's trust check: real retraining without n instances spread over the ranking."""
+    scores = store.scores(run_id, method)
+
+    def work(job: Job) -> dict:
+        run = store.open_run(run_id)
+        job.say(f"retraining {n} times, each without one image, to compare with the estimates")
+        result = run.check(n, method, on_progress=job.report, scores=scores)
+        trust = {k: result[k] for k in ("method", "n", "tau", "p_value", "sign_agreement")}
+        store.set_trust(run_id, method, trust)
+        job.say(f"Kendall τ = {trust['tau']:.2f} over {trust['n']} images")
+        return trust
+
+    return start(session, "check", "Checking the ranking", work,
+                 result={"run": run_id, "method": method})
+
+
+def random_ids(train_ids: list[str], removed: dict, k: int, seed: int) -> list[str]:
+    """k training ids still in use, at random: the control of a cleaning round."""
+    pool = [sid for sid in train_ids if sid not in removed]
+    rng = np.random.default_rng(seed)
+    return [pool[i] for i in sorted(rng.choice(len(pool), size=min(k, len(pool)),
+                                               replace=False))]
+
+
+def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str],
+                   mode: str = "all", method: str | None = None, control: bool = True,
+                   seed: int = 0) -> Job:
+    """A cleaning round: counterfactual retraining without `remove_ids` (and, as a control,
+    without as many random training images), each saved as a run."""
+    if (job := active(session)) is not None:
+        if job.kind == "clean":
+            return job
+        raise Busy(f"{job.title} is still running: wait for it to finish or cancel it")
+    remove_ids = list(dict.fromkeys(remove_ids))
+    if not remove_ids:
+        raise RunError("tick at least one image to remove")
+    if mode not in ("all", "last"):
+        raise RunError(f"unknown mode {mode!r}: use all or last")
+    base_row = store.run(run_id)
+    base = store.open_run(run_id)
+    base._check_training_ids(remove_ids)
+    pick = random_ids(base.train_ids, base.config.removed, len(remove_ids), seed)
+
+    cleaned = store.new_run(base_row["dataset"], "cleaned", base.config, session, run_id)
+    shuffled = store.new_run(base_row["dataset"], "control", base.config, session, run_id) \
+        if control else None
+    round_id = store.new_round(base_row["dataset"], run_id, method, mode, remove_ids,
+                               cleaned["id"], shuffled["id"] if shuffled else None, session)
+
+    def work(job: Job) -> dict:
+        try:
+            todo = [("retrain", cleaned, remove_ids)]
+            if shuffled:
+                todo.append(("control", shuffled, pick))
+            for phase, row, ids in todo:
+                with tracked(store, row["id"]):
+                    curve = job.training_log(phase, base.schedule.epochs)
+                    job.say(f"{PHASES[phase].lower()} ({len(ids)} images, mode {mode})")
+                    child = runs.retrain_saved(base, ids, mode, store.root / row["folder"], curve)
+                    write_predictions(store, row["id"], child)
+                    store.finish_run(row["id"], DONE, child.metrics, config=child.config)
+                job.say(f"test error {child.metrics['test_error']:.1%} "
+                        f"(before: {base.metrics['test_error']:.1%})")
+        except Cancelled:
+            store.finish_round(round_id, CANCELLED)
+            if shuffled and store.run(shuffled["id"])["status"] == RUNNING:
+                store.finish_run(shuffled["id"], CANCELLED, error="cancelled by the user")
+            raise
+        except BaseException:
+            store.finish_round(round_id, FAILED)
+            if shuffled and store.run(shuffled["id"])["status"] == RUNNING:
+                store.finish_run(shuffled["id"], FAILED, error="the cleaned run failed")
+            raise
+        store.finish_round(round_id, DONE)
+        return {"round": round_id, "cleaned": cleaned["id"],
+                "control": shuffled["id"] if shuffled else None}
+
+    try:
+        return launch(store, session, "clean", "Retraining", work,
+                      [cleaned["id"]] + ([shuffled["id"]] if shuffled else []),
+                      {"round": round_id, "cleaned": cleaned["id"]})
+    except Busy:
+        store.finish_round(round_id, CANCELLED)
+        raise
+
+
+def write_predictions(store: Store, run_id: str, run: runs.Run) -> None:
+    """predictions.csv: the model's predicted class and its probability for every image, so the
+    pages can show and compare them without loading a model."""
+    frames = []
+    for part in ("train", "val", "test"):
+        positions = getattr(run.split, part)
+        if len(positions) == 0:
+            continue
+        prob = run.probabilities(part)
+        frames.append(pd.DataFrame({
+            "sample_id": [run.data.ids[i] for i in positions], "part": part,
+            "label": run.data.labels[positions], "predicted": prob.argmax(1),
+            "confidence": prob.max(1)}))
+    runs.write_csv(pd.concat(frames, ignore_index=True),
+                   store.run_folder(run_id) / "predictions.csv")
+
+
+# --- what to expect before starting ------------------------------------------------------------
+def estimate(data: ImageSet, config: RunConfig, repeats: int = 3) -> dict:
+    """Time and disk a run with these settings should take, from a few timed steps of the real
+    model: training, scoring (all epochs / last epoch) and one retraining."""
+    run = runs.Run(RunConfig(**{**config.__dict__, "removed": {}}), data)
+    theta = initial_params(run.model, run.device, run.dtype)
+    keep = run.keep_at(0)
+    idx = torch.as_tensor(run.schedule.batch(0), device=run.device)
+    lr = float(run.schedule.lr[0])
+
+    def timed(fn) -> float:
+        fn()  # warm up
+        begun = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - begun) / repeats
+
+    step = timed(lambda: sgd_step(run.objective, theta, idx, lr, keep))
+    retrace_step = step + timed(lambda: hvp_and_dot_grads(run.objective, theta, idx, keep, theta))
+    steps, epochs = run.schedule.steps, run.schedule.epochs
+    evaluation = timed(lambda: run.evaluate("val", theta)) * epochs
+    n_params = sum(p.numel() for p in theta.values())
+    bytes_per = torch.finfo(run.dtype).bits // 8
+    disk = ((epochs + 2) * n_params * bytes_per + run.schedule.order.size * 4 + steps * 8
+            + steps * 60 + len(data) * 40)
+    train = steps * step + evaluation
+    return {"preset": run.preset, "reason": run.preset_reason, "lr": run.config.lr,
+            "n_train": len(run.split.train), "n_val": len(run.split.val),
+            "n_test": len(run.split.test), "steps": steps, "n_params": n_params,
+            "seconds_train": train, "seconds_score": steps * retrace_step,
+            "seconds_score_last": steps / epochs * retrace_step, "seconds_retrain": train,
+            "disk_bytes": int(disk)}

@@ -1,0 +1,340 @@
+"""The workspace: every data set, run, score table and cleaning round the app made, so that all of
+it can be listed and reopened after a restart. UI-free.
+
+    $INFLUENCE_WORKSPACE (default ./workspace)
+        store.sqlite         metadata (stdlib sqlite3): data sets, runs, scores, rounds, sessions
+        datasets/<id>/       an ImageSet saved with datasets.storage (no pickle)
+        runs/<id>/           a run folder written by influence.runs (+ predictions.csv,
+                             influence-<method>.csv)
+
+Folders are written atomically (temporary sibling, then rename) and never changed afterwards; a
+data set is stored once per content (its fingerprint), so sessions can share it without
+disturbing each other. A run's status is one of STATUSES; a run whose job died with the server
+process is marked `interrupted` when the store is next opened.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from contextlib import closing, contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import datasets
+from datasets import DataError, ImageSet
+
+from . import runs
+
+RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = "running", "done", "failed", "cancelled", \
+    "interrupted"
+STATUSES = (RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED)
+BOOT = uuid.uuid4().hex[:12]  # this server process; jobs of another one cannot still be running
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, source TEXT, folder TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, n INTEGER, shape TEXT, classes TEXT, flipped TEXT,
+    split TEXT, parent TEXT, session TEXT, created REAL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, dataset TEXT NOT NULL, kind TEXT NOT NULL, parent TEXT,
+    folder TEXT NOT NULL, status TEXT NOT NULL, config TEXT, metrics TEXT, error TEXT,
+    session TEXT, owner TEXT, created REAL, finished REAL);
+CREATE TABLE IF NOT EXISTS scores (
+    run TEXT NOT NULL, method TEXT NOT NULL, file TEXT NOT NULL, seconds REAL, trust TEXT,
+    created REAL, PRIMARY KEY (run, method));
+CREATE TABLE IF NOT EXISTS rounds (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT NOT NULL, base TEXT NOT NULL,
+    method TEXT, mode TEXT, removed TEXT, cleaned TEXT, control TEXT, status TEXT NOT NULL,
+    session TEXT, created REAL);
+CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, state TEXT, updated REAL);
+"""
+JSON_COLUMNS = ("shape", "classes", "flipped", "split", "config", "metrics", "trust", "removed",
+                "state")
+
+
+def workspace_root(root: str | os.PathLike | None = None) -> Path:
+    return Path(root or os.environ.get("INFLUENCE_WORKSPACE") or "workspace").expanduser()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Is the server process that owns a running job still alive (and not a restart of us)?"""
+    try:
+        pid, boot = (owner or "").split(":")
+        pid = int(pid)
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return boot == BOOT
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """Metadata in SQLite, files in folders, under one workspace directory."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = workspace_root(root)
+        try:
+            for sub in ("datasets", "runs", "exports"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            with self._db() as db:
+                db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise runs.RunError(f"cannot use the workspace folder {self.root}: {e}. Check that "
+                                "it is writable and the disk is not full, or set "
+                                "INFLUENCE_WORKSPACE to another folder") from None
+        self.recover()
+
+    @contextmanager
+    def _db(self):
+        with closing(sqlite3.connect(self.root / "store.sqlite", timeout=30)) as db:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            with db:  # one transaction
+                yield db
+
+    def _rows(self, sql: str, args=()) -> list[dict]:
+        with self._db() as db:
+            return [decode(r) for r in db.execute(sql, args).fetchall()]
+
+    def _one(self, sql: str, args=()) -> dict | None:
+        rows = self._rows(sql, args)
+        return rows[0] if rows else None
+
+    def _write(self, sql: str, args=()) -> int:
+        try:
+            with self._db() as db:
+                return db.execute(sql, args).lastrowid
+        except sqlite3.OperationalError as e:
+            raise runs.RunError(f"cannot write to the workspace {self.root}: {e}") from None
+
+    # --- restarts --------------------------------------------------------------------------
+    def recover(self) -> list[str]:
+        """Mark runs and rounds whose job died with its server process as interrupted, and
+        remove their half-written folders. Returns the ids of the runs marked."""
+        dead = [r for r in self._rows("SELECT id, owner, folder FROM runs WHERE status = ?",
+                                      (RUNNING,)) if not owner_alive(r["owner"])]
+        for r in dead:
+            self._write("UPDATE runs SET status = ?, error = ?, finished = ? WHERE id = ? "
+                        "AND status = ?", (INTERRUPTED, "the server stopped while this ran",
+                                           time.time(), r["id"], RUNNING))
+            folder = self.root / r["folder"]
+            for partial in folder.parent.glob(f".{folder.name}.partial-*"):
+                shutil.rmtree(partial, ignore_errors=True)
+        for r in self._rows("SELECT id, cleaned, control FROM rounds WHERE status = ?",
+                            (RUNNING,)):
+            states = {self.run(i)["status"] for i in (r["cleaned"], r["control"]) if i}
+            if RUNNING not in states:
+                self._write("UPDATE rounds SET status = ? WHERE id = ?", (INTERRUPTED, r["id"]))
+        return [r["id"] for r in dead]
+
+    # --- data sets -------------------------------------------------------------------------
+    def add_dataset(self, data: ImageSet, name: str, session: str | None = None,
+                    parent: str | None = None, flipped: dict | None = None,
+                    split: dict | None = None) -> dict:
+        """Save a data set into the workspace once per content; returns its row."""
+        fingerprint = data.fingerprint()
+        found = self._one("SELECT * FROM datasets WHERE fingerprint = ?", (fingerprint,))
+        if found and (self.root / found["folder"]).is_dir():
+            return found
+        dataset_id = f"d-{fingerprint}"
+        folder = Path("datasets") / dataset_id
+        if not datasets.storage.is_saved(self.root / folder):
+            try:
+                datasets.storage.save(data, self.root / folder)
+            except (OSError, DataError) as e:
+                if not datasets.storage.is_saved(self.root / folder):  # not saved by a rival
+                    raise DataError(f"cannot save the data set into the workspace {self.root}: "
+                                    f"{e}") from None
+        self._write("INSERT OR REPLACE INTO datasets (id, name, source, folder, fingerprint, n, "
+                    "shape, classes, flipped, split, parent, session, created) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (dataset_id, name, data.source, str(folder), fingerprint, len(data),
+                     json.dumps(list(data.shape)), json.dumps(list(data.classes)),
+                     json.dumps(flipped) if flipped else None,
+                     json.dumps(split) if split else None, parent, session, time.time()))
+        return self.dataset(dataset_id)
+
+    def dataset(self, dataset_id: str) -> dict:
+        row = self._one("SELECT * FROM datasets WHERE id = ?", (dataset_id,))
+        if row is None:
+            raise DataError(f"no data set {dataset_id!r} in the workspace {self.root}")
+        return row
+
+    def datasets(self) -> list[dict]:
+        return self._rows("SELECT * FROM datasets ORDER BY created DESC")
+
+    def dataset_folder(self, dataset_id: str) -> Path:
+        return self.root / self.dataset(dataset_id)["folder"]
+
+    def load_data(self, dataset_id: str) -> ImageSet:
+        return datasets.storage.load(self.dataset_folder(dataset_id))
+
+    # --- runs ------------------------------------------------------------------------------
+    def new_run(self, dataset_id: str, kind: str, config: runs.RunConfig,
+                session: str | None = None, parent: str | None = None) -> dict:
+        """Register a run that is about to start (status running, owned by this process)."""
+        run_id = new_id("r")
+        folder = Path("runs") / run_id
+        self._write("INSERT INTO runs (id, dataset, kind, parent, folder, status, config, "
+                    "session, owner, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (run_id, dataset_id, kind, parent, str(folder), RUNNING,
+                     json.dumps(asdict(config)), session, f"{os.getpid()}:{BOOT}", time.time()))
+        return self.run(run_id)
+
+    def finish_run(self, run_id: str, status: str, metrics: dict | None = None,
+                   error: str | None = None, config: runs.RunConfig | None = None) -> dict:
+        assert status in STATUSES
+        self._write("UPDATE runs SET status = ?, metrics = COALESCE(?, metrics), error = ?, "
+                    "config = COALESCE(?, config), finished = ? WHERE id = ?",
+                    (status, json.dumps(metrics) if metrics is not None else None, error,
+                     json.dumps(asdict(config)) if config is not None else None, time.time(),
+                     run_id))
+        return self.run(run_id)
+
+    def run(self, run_id: str) -> dict:
+        row = self._one("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if row is None:
+            raise runs.RunError(f"no run {run_id!r} in the workspace {self.root}")
+        return row
+
+    def runs(self, dataset_id: str | None = None) -> list[dict]:
+        if dataset_id is None:
+            return self._rows("SELECT * FROM runs ORDER BY created DESC")
+        return self._rows("SELECT * FROM runs WHERE dataset = ? ORDER BY created DESC",
+                          (dataset_id,))
+
+    def run_folder(self, run_id: str) -> Path:
+        return self.root / self.run(run_id)["folder"]
+
+    def open_run(self, run_id: str, data: ImageSet | None = None) -> runs.Run:
+        """The saved, trained engine Run (refused clearly unless it finished)."""
+        row = self.run(run_id)
+        if row["status"] != DONE:
+            raise runs.RunError(f"run {run_id} is {row['status']}; only finished runs can be "
+                                "opened")
+        data = data if data is not None else self.load_data(row["dataset"])
+        return runs.load(self.root / row["folder"], data)
+
+    def predictions(self, run_id: str) -> pd.DataFrame:
+        """sample_id, part, label, predicted, confidence for every image (written by jobs)."""
+        path = self.run_folder(run_id) / "predictions.csv"
+        if not path.is_file():
+            raise runs.RunError(f"run {run_id} has no predictions file")
+        return pd.read_csv(path, dtype={"sample_id": str})
+
+    def training_log(self, run_id: str) -> pd.DataFrame:
+        path = self.run_folder(run_id) / "log.csv"
+        return pd.read_csv(path) if path.is_file() else runs.TrainingLog().frame()
+
+    # --- scores ----------------------------------------------------------------------------
+    def add_scores(self, run_id: str, method: str, frame: pd.DataFrame, seconds: float) -> Path:
+        path = runs.write_csv(frame, self.run_folder(run_id) / f"influence-{method}.csv")
+        self._write("INSERT OR REPLACE INTO scores (run, method, file, seconds, created) "
+                    "VALUES (?,?,?,?,?)", (run_id, method, path.name, seconds, time.time()))
+        return path
+
+    def set_trust(self, run_id: str, method: str, trust: dict) -> None:
+        self._write("UPDATE scores SET trust = ? WHERE run = ? AND method = ?",
+                    (json.dumps(trust), run_id, method))
+
+    def score_info(self, run_id: str) -> dict[str, dict]:
+        """method → its row (file, seconds, trust) for every scoring of this run."""
+        return {r["method"]: r for r in self._rows("SELECT * FROM scores WHERE run = ?",
+                                                     (run_id,))}
+
+    def scores(self, run_id: str, method: str) -> pd.DataFrame:
+        info = self.score_info(run_id).get(method)
+        if info is None:
+            raise runs.RunError(f"run {run_id} has not been scored with {method}")
+        return pd.read_csv(self.run_folder(run_id) / info["file"], dtype={"sample_id": str})
+
+    # --- cleaning rounds -------------------------------------------------------------------
+    def new_round(self, dataset_id: str, base: str, method: str | None, mode: str,
+                  removed: list[str], cleaned: str, control: str | None,
+                  session: str | None = None) -> int:
+        return self._write("INSERT INTO rounds (dataset, base, method, mode, removed, cleaned, "
+                           "control, status, session, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                           (dataset_id, base, method, mode, json.dumps(list(removed)), cleaned,
+                            control, RUNNING, session, time.time()))
+
+    def finish_round(self, round_id: int, status: str) -> None:
+        self._write("UPDATE rounds SET status = ? WHERE id = ?", (status, round_id))
+
+    def round(self, round_id: int) -> dict:
+        row = self._one("SELECT * FROM rounds WHERE id = ?", (round_id,))
+        if row is None:
+            raise runs.RunError(f"no cleaning round {round_id}")
+        return row
+
+    def rounds(self, dataset_id: str | None = None, base: str | None = None) -> list[dict]:
+        where, args = [], []
+        for column, value in (("dataset", dataset_id), ("base", base)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = "SELECT * FROM rounds" + (" WHERE " + " AND ".join(where) if where else "")
+        return self._rows(sql + " ORDER BY id", args)
+
+    # --- browser sessions ------------------------------------------------------------------
+    def session_state(self, session: str) -> dict:
+        row = self._one("SELECT state FROM sessions WHERE id = ?", (session,))
+        return row["state"] if row and isinstance(row["state"], dict) else {}
+
+    def save_session_state(self, session: str, state: dict) -> None:
+        self._write("INSERT OR REPLACE INTO sessions (id, state, updated) VALUES (?,?,?)",
+                    (session, json.dumps(state), time.time()))
+
+
+def decode(row: sqlite3.Row) -> dict:
+    out = dict(row)
+    for key in JSON_COLUMNS:
+        if isinstance(out.get(key), str):
+            try:
+                out[key] = json.loads(out[key])
+            except json.JSONDecodeError:
+                out[key] = None
+    return out
+
+
+# --- the demo: planted label noise -----------------------------------------------------------
+def flip_training_labels(data: ImageSet, fraction: float, val_fraction: float,
+                         test_fraction: float, seed: int) -> tuple[ImageSet, dict[str, str]]:
+    """A copy of `data` in which `fraction` of the *training* images (under the split with these
+    settings) carry a wrong label, drawn at random from the other classes. Returns the copy and
+    {sample id: its true class}. The copy keeps the split of the clean labels
+    (meta["split_labels"]), so validation and test stay clean and the flipped images stay in
+    training."""
+    if not 0 < fraction <= 0.5:
+        raise DataError("the share of labels to flip must be above 0 % and at most 50 %")
+    if len(data.classes) < 2:
+        raise DataError("flipping labels needs at least two classes")
+    clean = np.asarray(data.meta.get("split_labels", data.labels), dtype=np.int64)
+    train = datasets.split(clean, val_fraction, test_fraction, seed).train
+    rng = np.random.default_rng(seed + 7919)
+    chosen = rng.choice(train, size=max(1, round(fraction * len(train))), replace=False)
+    labels = data.labels.copy()
+    labels[chosen] = (labels[chosen] + rng.integers(1, len(data.classes), len(chosen))) \
+        % len(data.classes)
+    flipped = {data.ids[i]: data.classes[data.labels[i]] for i in sorted(chosen)}
+    note = f"demo: {len(chosen)} training labels ({fraction:.0%}) flipped at random"
+    noisy = data.with_labels(labels, note)
+    noisy.meta["split_labels"] = clean.tolist()
+    noisy.meta["flipped"] = flipped
+    return noisy, flipped

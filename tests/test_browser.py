@@ -1,0 +1,168 @@
+"""The whole flow in a real browser: headless Chromium (Debian's), driven by Playwright.
+
+built-in digits → train → score → tick top 10 → retrain → the comparison shows both error rates.
+Saves a screenshot of each page into assets/ for the README."""
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+ASSETS = ROOT / "assets"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason="Debian's chromium is not installed (/usr/bin/chromium); "
+                              "`make test` installs it"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`streamlit run app/main.py` on a free port with its own empty workspace."""
+    port = free_port()
+    workspace = tmp_path_factory.mktemp("workspace")
+    env = {**os.environ, "INFLUENCE_WORKSPACE": str(workspace)}
+    log = open(workspace.parent / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the streamlit server did not become healthy")
+        yield url, workspace
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def settle(page, quiet: float = 1.5, timeout: float = 60) -> None:
+    """Wait until the app has finished running (no 'running' status for `quiet` seconds)."""
+    deadline, calm_since = time.time() + timeout, None
+    while time.time() < deadline:
+        if page.get_by_test_id("stStatusWidget").filter(has_text=re.compile("Running|Stop",
+                                                                            re.I)).count():
+            calm_since = None
+        elif calm_since is None:
+            calm_since = time.time()
+        elif time.time() - calm_since >= quiet:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the app kept running")
+
+
+def wait_for_text(page, text: str, timeout: float = 120) -> None:
+    page.get_by_text(text, exact=False).first.wait_for(timeout=timeout * 1000)
+
+
+def no_errors(page) -> None:
+    assert page.get_by_test_id("stException").count() == 0, page.inner_text("body")[:3000]
+
+
+def shoot(page, name: str) -> None:
+    """A screenshot of the whole page (Streamlit scrolls inside its main container)."""
+    height = page.evaluate("() => Math.max(...Array.from(document.querySelectorAll("
+                           "'[data-testid=stMain], section.main, body')).map(e => "
+                           "e.scrollHeight))")
+    page.set_viewport_size({"width": 1400, "height": min(max(900, height + 40), 6000)})
+    time.sleep(0.8)
+    page.screenshot(path=str(ASSETS / name))
+    page.set_viewport_size({"width": 1400, "height": 900})
+
+
+def go(page, title: str) -> None:
+    page.get_by_test_id("stSidebarNav").get_by_text(title).click()
+    settle(page)
+
+
+def test_whole_flow_on_digits(server, browser):
+    url, workspace = server
+    ASSETS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(url)
+    wait_for_text(page, "Current data set: Handwritten digits")
+    settle(page)
+    no_errors(page)
+    preselected = page.get_by_role("combobox", name="Built-in data set").input_value()
+    assert preselected == "Handwritten digits (offline, 1,797 images)"
+    page.get_by_text("Demo: flip some training labels").click()  # planted label noise
+    page.get_by_role("button", name="Apply").click()
+    wait_for_text(page, "Demo on:")
+    settle(page)
+    no_errors(page)
+    shoot(page, "screenshot-1-data.png")
+
+    go(page, "2 · Train")
+    wait_for_text(page, "Before you start")
+    page.get_by_role("button", name=re.compile("Start training")).click()
+    wait_for_text(page, "Next: find the harmful training images", timeout=180)
+    settle(page)
+    no_errors(page)
+    assert "Test error" in page.inner_text("body")
+    shoot(page, "screenshot-2-train.png")
+
+    go(page, "3 · Harmful images")
+    page.get_by_role("button", name=re.compile("^Compute influence")).click()
+    wait_for_text(page, "Ranked training images", timeout=240)
+    settle(page)
+    page.get_by_role("button", name=re.compile("Tick top 10")).click()
+    settle(page)
+    wait_for_text(page, "10 images ticked")
+    no_errors(page)
+    assert "removing this is estimated to lower validation loss by" in \
+        page.inner_text("body").lower()
+    shoot(page, "screenshot-3-harmful.png")
+
+    go(page, "4 · Retrain and compare")
+    page.get_by_role("button", name=re.compile("Retrain without the 10 ticked")).click()
+    wait_for_text(page, "Before and after", timeout=240)
+    settle(page)
+    no_errors(page)
+    body = page.inner_text("body")
+    assert re.search(r"Test error — before\s+\d+\.\d\d%", body), body[:3000]
+    assert re.search(r"Test error — after cleaning\s+\d+\.\d\d%", body), body[:3000]
+    assert re.search(r"Test error — random removal\s+\d+\.\d\d%", body), body[:3000]
+    shoot(page, "screenshot-4-compare.png")
+
+    # a refresh keeps the session: same data set, run and ticks, from the URL's session id
+    page.reload()
+    wait_for_text(page, "Before and after", timeout=60)
+    settle(page)
+    assert "Ticked: 10 images" in page.inner_text("body")
