@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,22 +15,35 @@ from .core import DataError, ImageSet
 META = "meta.json"
 
 
-def save(data: ImageSet, folder: str | os.PathLike) -> Path:
-    """Write atomically: into a temporary sibling folder, then rename into place."""
-    folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise DataError(f"{folder} already exists: save the data set under a new name")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+@contextmanager
+def atomic_folder(target: str | os.PathLike):
+    """Yield a temporary sibling folder to fill; on success it is renamed to `target`, on any
+    failure removed. A crash never leaves a half-written folder under the target's name."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        np.save(tmp / "images.npy", data.images, allow_pickle=False)
-        np.save(tmp / "labels.npy", data.labels, allow_pickle=False)
-        (tmp / META).write_text(json.dumps({"classes": data.classes, "ids": data.ids,
-                                            "source": data.source, "meta": data.meta}))
-        os.replace(tmp, folder)
+        yield tmp
+        os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save(data: ImageSet, folder: str | os.PathLike) -> Path:
+    """Write atomically (see atomic_folder); never over an existing data set."""
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise DataError(f"{folder} already exists: save the data set under a new name")
+    try:
+        with atomic_folder(folder) as tmp:
+            np.save(tmp / "images.npy", data.images, allow_pickle=False)
+            np.save(tmp / "labels.npy", data.labels, allow_pickle=False)
+            (tmp / META).write_text(json.dumps({"classes": data.classes, "ids": data.ids,
+                                                "source": data.source, "meta": data.meta}))
+    except OSError as e:
+        raise DataError(f"cannot save the data set to {folder}: {e.strerror or e} "
+                        "(check free disk space and write permission)") from None
     return folder
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -32,7 +31,8 @@ from safetensors.torch import load_file, save_file
 from scipy import stats
 
 import datasets
-from datasets import DataError, ImageSet
+from datasets import ImageSet
+from datasets.storage import atomic_folder
 
 from . import models
 from .sgd import (Objective, Params, Schedule, SGDConfig, StepStats, initial_params,
@@ -358,28 +358,25 @@ class Run:
     def save(self, out: str | os.PathLike, log: pd.DataFrame | None = None) -> Path:
         """Write the run directory atomically; refuses to overwrite an existing one."""
         out = Path(out)
-        if out.exists():
-            raise RunError(f"{out} already exists; choose another output folder")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        refuse_existing(out)
+        K = self.schedule.epochs
         try:
-            K = self.schedule.epochs
-            (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(self.config)},
-                                                        indent=2))
-            save_file({f"epoch{k}/{name}": p.contiguous().cpu()
-                       for k in range(K) for name, p in self.checkpoints[k].items()},
-                      tmp / "checkpoints.safetensors")
-            save_file({name: p.contiguous().cpu() for name, p in self.theta.items()},
-                      tmp / "weights.safetensors")
-            save_file({"order": torch.as_tensor(self.schedule.order, dtype=torch.int32),
-                       "lr": torch.as_tensor(self.schedule.lr)}, tmp / "schedule.safetensors")
-            if log is not None:
-                log.to_csv(tmp / "log.csv", index=False)
-            (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=2))
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            with atomic_folder(out) as tmp:
+                (tmp / "config.json").write_text(
+                    json.dumps({"format": FORMAT, **asdict(self.config)}, indent=2))
+                save_file({f"epoch{k}/{name}": p.contiguous().cpu()
+                           for k in range(K) for name, p in self.checkpoints[k].items()},
+                          tmp / "checkpoints.safetensors")
+                save_file({name: p.contiguous().cpu() for name, p in self.theta.items()},
+                          tmp / "weights.safetensors")
+                save_file({"order": torch.as_tensor(self.schedule.order, dtype=torch.int32),
+                           "lr": torch.as_tensor(self.schedule.lr)}, tmp / "schedule.safetensors")
+                if log is not None:
+                    log.to_csv(tmp / "log.csv", index=False)
+                (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=2))
+        except OSError as e:
+            raise RunError(f"cannot write the run to {out}: {e.strerror or e} "
+                           "(check free disk space and write permission)") from None
         self.path = out
         return out
 
@@ -477,13 +474,16 @@ def retrain_saved(run: Run, remove_ids, mode: str, out: str | os.PathLike,
 def write_csv(frame: pd.DataFrame, out: str | os.PathLike) -> Path:
     """Write a CSV atomically (temporary file, then rename)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
     try:
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        os.close(fd)
+        try:
+            frame.to_csv(tmp, index=False)
+            os.replace(tmp, out)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot write {out}: {e.strerror or e} "
+                       "(check free disk space and write permission)") from None
     return out

@@ -135,3 +135,25 @@ def test_divergence_is_reported_with_a_suggested_learning_rate():
 def test_bad_settings_are_refused(bad):
     with pytest.raises(runs.RunError):
         runs.Run(runs.RunConfig(**{**CONFIG, **bad}))
+
+
+def test_unwritable_output_is_a_clear_error(saved, tmp_path):
+    run, _ = saved
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(runs.RunError, match="cannot write the run"):
+        run.save(blocker / "run")
+
+
+def test_disk_full_leaves_nothing_behind(saved, tmp_path, monkeypatch):
+    import errno
+
+    run, _ = saved
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs, "save_file", no_space)
+    with pytest.raises(runs.RunError, match="No space left on device"):
+        run.save(tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []  # no half-written run, no temporary folder
