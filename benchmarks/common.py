@@ -1,0 +1,194 @@
+"""What the benchmark scripts share: paths, data, metrics, method scores, reports and charts."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+import datasets  # noqa: E402
+from influence import baselines, runs  # noqa: E402
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def setup(threads: int) -> None:
+    """One thread per process by default: on 2 shared cores, torch's multi-threaded convolution
+    backward was measured up to 60× slower than single-threaded (threads spin-wait on a
+    busy core)."""
+    torch.set_num_threads(threads)
+
+
+def add_common_options(parser) -> None:
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for tables and plots")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small, fast version on scikit-learn's digits (used by CI)")
+
+
+def command() -> str:
+    """The command line that produced a result, as one would retype it from the repo root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(ROOT)
+    except ValueError:
+        pass
+    return " ".join(["python", str(script), *sys.argv[1:]])
+
+
+def mean_std(values) -> str:
+    values = np.asarray(values, dtype=float)
+    return f"{np.nanmean(values):.3f} ± {np.nanstd(values):.3f}"
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    return frame.to_markdown(index=False, floatfmt=".4g")
+
+
+def write_report(out: str | Path, name: str, title: str, cmd: str, sections: list[str]) -> Path:
+    """benchmarks/results/<name>.md: the command that produced it first, then the sections."""
+    path = Path(out) / f"{name}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {title}\n\nCommand: `{cmd}`\n\n" + "\n\n".join(sections) + "\n")
+    return path
+
+
+def read_command(report: Path) -> str:
+    """The command written at the top of a report by write_report."""
+    line = next(ln for ln in report.read_text().splitlines() if ln.startswith("Command: `"))
+    return line[len("Command: `"):-1]
+
+
+def summary(**values) -> None:
+    """The final `key=value …` line every script prints."""
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in values.items()), flush=True)
+
+
+def jaccard_extremes(estimate: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
+    """The paper's Jaccard index: the sets {k most negative} ∪ {k most positive} of the
+    estimate and of the truth, |A ∩ B| / |A ∪ B|."""
+    def extremes(v):
+        order = np.argsort(v, kind="stable")
+        return set(order[:k]) | set(order[-k:])
+
+    a, b = extremes(estimate), extremes(truth)
+    return len(a & b) / len(a | b)
+
+
+# --- the cleansing and label-noise experiments ------------------------------------------------
+def image_data(quick: bool, data_dir: str | None) -> datasets.ImageSet:
+    """The real MNIST test set (10,000 images) from ../shared/data/mnist, or digits when quick."""
+    if quick:
+        return datasets.load("digits")
+    folder = Path(data_dir) if data_dir else SHARED_DATA / "mnist"
+    return datasets.load(str(folder))
+
+
+def train_run(data: datasets.ImageSet, seed: int, epochs: int, name: str) -> runs.Run:
+    """The paper's Section 7.2 recipe at our scale: the preset CNN for the image size, plain SGD,
+    batch 64, the preset's learning rate (0.05 for the MNIST CNN), no momentum or decay;
+    train/validation/test = 60/20/20 % of the data, split by `seed`."""
+    run = runs.Run(runs.RunConfig(dataset=name, model="cnn", epochs=epochs, batch_size=64,
+                                  seed=seed, device="cpu"), data)
+    run.train()
+    return run
+
+
+METHODS = ["sgd", "sgd-last", "kl", "tracin", "isolation-forest", "autoencoder",
+           "confident-learning", "random"]
+
+
+def method_scores(run: runs.Run, methods: list[str], seed: int, query=None,
+                  hessian_samples: int = 1000, cg_iters: int = 30):
+    """Every method's score per training position (negative = suspicious) and the seconds it
+    took. `query` replaces the mean validation loss (the label-noise benchmark keeps validation
+    labels clean). K&L: Hessian on `hessian_samples` instances, `cg_iters` MINRES steps."""
+    options = {"sgd": {"query": query}, "sgd-last": {"query": query}, "tracin": {"query": query},
+               "kl": {"query": query, "hessian_samples": hessian_samples,
+                      "cg_iters": cg_iters, "seed": seed}}
+    scores, seconds = {}, {}
+    for m in methods:
+        began = time.perf_counter()
+        scores[m] = baselines.scores(run, m, **options.get(m, {"seed": seed}))
+        seconds[m] = time.perf_counter() - began
+    return scores, seconds
+
+
+def retrain_errors(run: runs.Run, scores: dict[str, np.ndarray], ks: list[int], mode: str,
+                   labels: np.ndarray | None = None) -> list[dict]:
+    """Test misclassification after removing each method's k most suspicious instances and
+    retraining by counterfactual SGD (Run.retrain, mode 'last' or 'all')."""
+    rows = []
+    for method, s in scores.items():
+        for k in ks:
+            child = run.retrain(most_suspicious(run, s, k), mode)
+            rows.append({"method": method, "k": k, "mode": mode,
+                         "error": test_error(child, labels)})
+    return rows
+
+
+def paired_summary(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean ± std of the test error per group, its mean change against no removal on the same
+    split, and the paired t-test p-value (scipy.stats.ttest_rel)."""
+    from scipy.stats import ttest_rel
+
+    rows = []
+    for group, part in frame.groupby(keys, sort=False):
+        diff = part["error"] - part["base_error"]
+        p = ttest_rel(part["error"], part["base_error"]).pvalue if len(part) > 1 else np.nan
+        rows.append({**dict(zip(keys, group)), "splits": len(part),
+                     "test error %": mean_std(100 * part["error"]),
+                     "change vs none (pp)": f"{100 * diff.mean():+.3f}",
+                     "p (paired t)": float(p) if np.isfinite(p) else np.nan,
+                     "_mean": part["error"].mean(), "_std": part["error"].std(ddof=0),
+                     "_change": diff.mean(), "_dstd": diff.std(ddof=0)})
+    return pd.DataFrame(rows)
+
+
+def most_suspicious(run: runs.Run, scores: np.ndarray, k: int) -> list[str]:
+    """Sample ids of the k lowest scores."""
+    return [run.train_ids[j] for j in np.argsort(scores, kind="stable")[:k]]
+
+
+def test_error(run: runs.Run, labels: np.ndarray | None = None) -> float:
+    """Test misclassification of a trained run; `labels` overrides the stored test labels
+    (the label-noise benchmark scores against the clean ones)."""
+    if labels is None:
+        return run.evaluate("test")[1]
+    predicted = run.probabilities("test").argmax(1)
+    return float(np.mean(predicted != labels[run.split.test]))
+
+
+def line_chart(path: str | Path, frame: pd.DataFrame, x: str, y: str, err: str, series: str,
+               title: str, xlabel: str, ylabel: str, baseline: float | None = None) -> Path:
+    """A Figure-2-style chart: one line with error bars per method, log-scaled x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for name, part in frame.groupby(series, sort=False):
+        ax.errorbar(part[x], part[y], yerr=part[err], marker="o", capsize=3, label=name)
+    if baseline is not None:
+        ax.axhline(baseline, color="black", linestyle="--", linewidth=1, label="no removal")
+    ax.set_xscale("log")
+    ticks = sorted(frame[x].unique())
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
