@@ -1,0 +1,225 @@
+"""The web app's logic with Streamlit's AppTest: navigation, per-session state that survives page
+switches and refreshes, background jobs re-attached, clear errors, sessions kept apart."""
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from influence import jobs
+from influence.store import Store
+
+MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
+TIMEOUT = 60
+
+
+@pytest.fixture(autouse=True)
+def workspace(tmp_path, monkeypatch):
+    monkeypatch.setenv("INFLUENCE_WORKSPACE", str(tmp_path / "workspace"))
+    return tmp_path / "workspace"
+
+
+def new_app(session: str | None = None) -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+    if session:
+        at.query_params["s"] = session
+    return at.run()
+
+
+def text(at: AppTest) -> str:
+    """Everything the page says (main area and sidebar), as one string."""
+    parts = [e.value for kind in ("markdown", "info", "success", "warning", "error", "caption",
+                                  "title", "subheader")
+             for e in getattr(at, kind)]
+    parts += [e.value for e in at.sidebar.markdown]
+    return "\n".join(str(p) for p in parts)
+
+
+def button(at: AppTest, label: str):
+    found = [b for b in at.button if b.label.startswith(label)]
+    assert found, f"no button {label!r} in {[b.label for b in at.button]}"
+    return found[0]
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def session_of(at: AppTest) -> str:
+    return at.session_state["sid"]
+
+
+def wait_for_job(at: AppTest) -> jobs.Job:
+    job = jobs.latest(session_of(at))
+    job.wait(120)
+    assert not job.running
+    return job
+
+
+def train(at: AppTest, epochs: int = 2, lr: float | None = None, l2: float | None = None):
+    at.switch_page("views/train.py").run()
+    at.number_input(key="epochs").set_value(epochs)
+    if lr is not None:
+        at.number_input(key="lr-cnn-small").set_value(lr)
+    if l2 is not None:
+        at.number_input(key="l2").set_value(l2)
+    button(at.run(), "Start training").click().run()
+    job = wait_for_job(at)
+    ok(at.run())
+    return at, job
+
+
+def test_first_launch_preselects_the_offline_digits_and_every_page_renders():
+    at = ok(new_app())
+    assert at.selectbox(key="builtin").value == "digits"
+    assert "Handwritten digits (1,797 images, 8×8)" in text(at)
+    assert "Model:** none yet" in text(at)
+    assert at.query_params["s"] in (session_of(at), [session_of(at)])  # the id sits in the URL
+    for page, says in (("views/train.py", "Before you start"),
+                       ("views/harmful.py", "Train a model on the current data set first"),
+                       ("views/retrain.py", "Train a model and tick some images")):
+        ok(at.switch_page(page).run())
+        assert says in text(at), (page, text(at))
+
+
+def test_train_score_tick_and_the_ticks_survive_pages_and_a_refresh():
+    at = new_app()
+    at, job = train(at)
+    assert job.status == "done", job.error
+    assert "Validation accuracy" in [m.label for m in at.metric]
+    run_id = at.session_state["app"]["run"]
+    assert run_id == job.result["run"]
+
+    at.switch_page("views/harmful.py").run()
+    at.radio(key="score_method").set_value("sgd-last")
+    button(at.run(), "Compute influence").click().run()
+    assert wait_for_job(at).status == "done"
+    ok(at.run())
+    assert "Ranked training images" in text(at)
+    button(at, "Tick top 10").click().run()
+    ok(at)
+    assert "**Ticked:** 10 images" in text(at)
+    ticked = set(at.session_state["app"]["ticks"][run_id])
+    assert len(ticked) == 10
+
+    at.switch_page("views/data.py").run()  # a page switch keeps them
+    assert "**Ticked:** 10 images" in text(ok(at))
+    at.switch_page("views/retrain.py").run()
+    assert "You ticked **10** images" in text(ok(at))
+
+    refreshed = ok(new_app(session_of(at)))  # a browser refresh: same id from the URL
+    assert refreshed.session_state["app"]["run"] == run_id
+    assert set(refreshed.session_state["app"]["ticks"][run_id]) == ticked
+
+    at.switch_page("views/harmful.py").run()  # untick lives on page 3
+    button(at, "Untick all").click().run()
+    assert "**Ticked:** 0 images" in text(ok(at))
+
+
+def test_a_rerun_or_page_switch_while_training_reattaches_instead_of_starting_twice():
+    at = new_app()
+    at.switch_page("views/train.py").run()
+    at.number_input(key="epochs").set_value(200)  # long enough to still run below
+    button(at.run(), "Start training").click().run()
+    first = jobs.active(session_of(at))
+    assert first is not None and first.kind == "train"
+    at.run()  # a rerun, a page switch and a refresh while it runs
+    at.switch_page("views/data.py").run()
+    at.switch_page("views/train.py").run()
+    again = new_app(session_of(at)).switch_page("views/train.py").run()
+    assert first.running, "the job should still run (200 epochs)"
+    assert jobs.jobs_of(session_of(at)) == [first]
+    assert button(at, "Start training").disabled and button(again, "Start training").disabled
+    assert any(b.label == "Cancel" for b in again.button)  # the live panel is attached again
+    first.cancel()
+    first.wait(60)
+    assert first.status == "cancelled"
+    ok(at.run())
+    assert "Cancelled" in text(at)
+    assert at.session_state["app"]["run"] is None  # back to no model: nothing half-made kept
+
+
+def test_divergence_says_why_and_offers_a_smaller_learning_rate():
+    at = new_app()
+    at, job = train(at, epochs=3, lr=5.0, l2=1.0)  # (1 − η·α) = −4: θ explodes
+    assert job.status == "failed" and job.suggested_lr == pytest.approx(0.5)
+    assert "learning rate 5 is too high for this data: try 0.5" in text(at)
+    assert at.session_state["app"]["run"] is None  # the failed run is not the current model
+    button(at, "Use learning rate 0.5").click().run()
+    assert at.number_input(key="lr-cnn-small").value == pytest.approx(0.5)
+    ok(at)
+
+
+def test_retrain_and_compare_shows_both_error_rates_and_a_history():
+    at = new_app()
+    at, _ = train(at)
+    at.switch_page("views/harmful.py").run()
+    at.radio(key="score_method").set_value("sgd-last")
+    button(at.run(), "Compute influence").click().run()
+    wait_for_job(at)
+    at.run()
+    at.number_input(key="top_k").set_value(5)
+    button(at.run(), "Tick top 5").click().run()
+    at.switch_page("views/retrain.py").run()
+    at.radio(key="mode").set_value("last")
+    button(at.run(), "Retrain without the 5 ticked").click().run()
+    assert wait_for_job(at).status == "done"
+    ok(at.run())
+    labels = [m.label for m in at.metric]
+    assert {"Test error — before", "Test error — after cleaning",
+            "Test error — random removal"} <= set(labels)
+    assert "History of this data set" in text(at)
+
+
+def test_demo_switch_remembers_the_flipped_ids():
+    at = new_app()
+    at.toggle[0].set_value(True)
+    button(at, "Apply").click().run()
+    ok(at)
+    assert "Demo on:" in text(at)
+    dataset = at.session_state["app"]["dataset"]
+    row = Store().dataset(dataset)
+    assert len(row["flipped"]) == round(0.1 * 1077)
+
+
+def make_zip(classes=("cat", "dog"), n=4) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for c, cls in enumerate(classes):
+            for i in range(n):
+                png = io.BytesIO()
+                Image.fromarray(np.full((8, 8), 40 * c + 10 * i, np.uint8)).save(png, "PNG")
+                z.writestr(f"{cls}/{i}.png", png.getvalue())
+    return buffer.getvalue()
+
+
+def test_uploads_good_and_bad():
+    at = new_app()
+    before = at.session_state["app"]["dataset"]
+    at.radio(key="data_source").set_value("Upload a ZIP").run()
+    at.file_uploader[0].set_value(("broken.zip", b"this is not a zip", "application/zip"))
+    button(at.run(), "Use this upload").click().run()
+    ok(at)
+    assert any("This upload cannot be used" in e.value for e in at.error)
+    assert at.session_state["app"]["dataset"] == before  # nothing lost or changed
+
+    at.file_uploader[0].set_value(("pets.zip", make_zip(), "application/zip"))
+    button(at.run(), "Use this upload").click().run()
+    ok(at)
+    assert at.session_state["app"]["dataset"] != before
+    assert "pets" in text(at) and "8 images" in text(at)
+
+
+def test_two_sessions_do_not_see_each_others_work():
+    a, b = new_app(), new_app()
+    assert session_of(a) != session_of(b)
+    a, _ = train(a)
+    assert a.session_state["app"]["run"] is not None
+    b.run()
+    assert b.session_state["app"]["run"] is None
+    assert jobs.latest(session_of(b)) is None
+    assert "Model:** none yet" in text(b)

@@ -1,0 +1,164 @@
+"""Background jobs: they run the engine, report progress, can be cancelled, never duplicate, keep
+sessions apart, and leave the store right whatever happens (even a killed server)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import datasets
+from influence import jobs, runs
+from influence.store import CANCELLED, DONE, FAILED, INTERRUPTED, RUNNING, Store
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = dict(epochs=2, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    return Store(tmp_path_factory.mktemp("ws"))
+
+
+@pytest.fixture(scope="module")
+def digits_id(ws):
+    return ws.add_dataset(datasets.load("digits"), "digits", "s")["id"]
+
+
+@pytest.fixture(scope="module")
+def trained(ws, digits_id):
+    job = jobs.start_training(ws, "trainer", digits_id, runs.RunConfig(**FAST)).wait(120)
+    assert job.status == DONE, job.error
+    return job
+
+
+def test_training_reports_progress_curves_log_and_predictions(ws, trained):
+    run_id = trained.result["run"]
+    row = ws.run(run_id)
+    assert row["status"] == DONE and row["config"]["lr"] == 0.2  # the preset's default
+    assert trained.done == trained.total == row["metrics"]["steps"]
+    curve = trained.curve("train")
+    assert len(curve) == row["metrics"]["steps"] and curve.val_loss.notna().sum() == 2
+    assert any(line.endswith("%") and "epoch 2 of 2" in line for line in trained.lines)
+    preds = ws.predictions(run_id)
+    test = preds[preds.part == "test"]
+    assert np.mean(test.predicted != test.label) == pytest.approx(row["metrics"]["test_error"])
+    assert ((preds.confidence > 0) & (preds.confidence <= 1)).all()
+    reopened = ws.open_run(run_id)  # the engine reads back what the job wrote
+    assert reopened.metrics["val_loss"] == row["metrics"]["val_loss"]
+
+
+def test_a_second_start_finds_the_running_job_and_another_kind_is_refused(ws, digits_id,
+                                                                           trained):
+    job = jobs.start_training(ws, "dup", digits_id, runs.RunConfig(epochs=200))
+    try:
+        assert jobs.start_training(ws, "dup", digits_id, runs.RunConfig(epochs=200)) is job
+        with pytest.raises(jobs.Busy, match="Training is still running"):
+            jobs.start_scoring(ws, "dup", trained.result["run"], "sgd-last")
+        assert [j.id for j in jobs.jobs_of("dup")] == [job.id]
+        assert jobs.active("someone-else") is None  # sessions never see each other's jobs
+        assert jobs.latest("trainer").id == trained.id
+    finally:
+        job.cancel()
+        job.wait(60)
+    assert job.status == CANCELLED
+    row = ws.run(job.result["run"])
+    assert row["status"] == CANCELLED
+    assert not ws.run_folder(row["id"]).exists()  # nothing half-written
+    assert len([r for r in ws.runs() if r["status"] == RUNNING]) == 0
+
+
+def test_divergence_fails_the_job_with_a_suggested_learning_rate(ws, digits_id):
+    job = jobs.start_training(ws, "div", digits_id,
+                              runs.RunConfig(epochs=2, lr=5.0, l2=1.0)).wait(60)
+    assert job.status == FAILED and job.suggested_lr == pytest.approx(0.5)
+    assert "too high for this data: try 0.5" in job.error
+    row = ws.run(job.result["run"])
+    assert row["status"] == FAILED and "try 0.5" in row["error"]
+
+
+def test_bad_settings_are_refused_before_anything_starts(ws, digits_id):
+    before = len(ws.runs())
+    with pytest.raises(runs.RunError, match="larger than the 1077 training images"):
+        jobs.start_training(ws, "bad", digits_id, runs.RunConfig(batch_size=5000))
+    assert len(ws.runs()) == before and jobs.latest("bad") is None
+
+
+def test_scoring_stores_the_engines_ranking(ws, trained):
+    run_id = trained.result["run"]
+    job = jobs.start_scoring(ws, "trainer", run_id, "sgd-last").wait(120)
+    assert job.status == DONE, job.error
+    stored = ws.scores(run_id, "sgd-last")
+    direct = ws.open_run(run_id).score("sgd-last")
+    assert stored.sample_id.tolist() == direct.sample_id.tolist()
+    np.testing.assert_allclose(stored.influence, direct.influence, rtol=1e-6, atol=1e-12)
+    check = jobs.start_check(ws, "trainer", run_id, "sgd-last", n=4).wait(120)
+    assert check.status == DONE, check.error
+    trust = ws.score_info(run_id)["sgd-last"]["trust"]
+    assert trust["n"] == 4 and -1 <= trust["tau"] <= 1
+
+
+def test_a_cleaning_round_retrains_without_the_ids_and_a_random_control(ws, trained):
+    run_id = trained.result["run"]
+    base = ws.open_run(run_id)
+    remove = base.train_ids[:7]
+    job = jobs.start_cleaning(ws, "trainer", run_id, remove, "last", "sgd-last").wait(120)
+    assert job.status == DONE, job.error
+    rnd = ws.round(job.result["round"])
+    assert rnd["status"] == DONE and rnd["removed"] == remove and rnd["mode"] == "last"
+    cleaned, control = ws.run(rnd["cleaned"]), ws.run(rnd["control"])
+    assert set(cleaned["config"]["removed"]) == set(remove)
+    assert len(control["config"]["removed"]) == 7
+    assert cleaned["parent"] == control["parent"] == run_id
+    assert cleaned["metrics"]["train_size"] == base.metrics["train_size"] - 7
+    direct = base.retrain(remove, "last")
+    assert cleaned["metrics"]["val_loss"] == pytest.approx(direct.metrics["val_loss"], rel=1e-6)
+    with pytest.raises(runs.RunError, match="not training instances"):
+        jobs.start_cleaning(ws, "trainer", run_id, ["no-such-id"])
+    with pytest.raises(runs.RunError, match="tick at least one"):
+        jobs.start_cleaning(ws, "trainer", run_id, [])
+
+
+def test_the_estimate_is_of_the_right_size(ws, trained):
+    run_id = trained.result["run"]
+    guess = jobs.estimate(ws.load_data(ws.run(run_id)["dataset"]), runs.RunConfig(**FAST))
+    assert guess["preset"] == "cnn-small" and guess["steps"] == ws.run(run_id)["metrics"]["steps"]
+    disk = sum(f.stat().st_size for f in ws.run_folder(run_id).iterdir())
+    assert 0.5 < guess["disk_bytes"] / disk < 2, (guess["disk_bytes"], disk)
+    assert 0 < guess["seconds_score_last"] < guess["seconds_score"]
+
+
+CRASH = """
+import sys, time
+from influence import jobs, runs
+from influence.store import Store
+import datasets
+ws = Store(sys.argv[1])
+d = ws.add_dataset(datasets.load("digits"), "digits", "x")
+job = jobs.start_training(ws, "x", d["id"], runs.RunConfig(epochs=500))
+print(job.result["run"], flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_server_leaves_an_interrupted_run_and_nothing_half_written(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", CRASH, str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        run_id = proc.stdout.readline().strip()
+        assert run_id.startswith("r-")
+        time.sleep(1.0)  # mid-training
+        assert Store(tmp_path).run(run_id)["status"] == RUNNING  # its owner is alive
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    reopened = Store(tmp_path)  # the next server start
+    row = reopened.run(run_id)
+    assert row["status"] == INTERRUPTED
+    with pytest.raises(runs.RunError):
+        runs.load(reopened.run_folder(run_id))
+    assert not list((tmp_path / "runs").glob(".*partial*"))
