@@ -13,6 +13,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle CPU threads sleep, b
 
 from app import ui  # noqa: E402
 from influence import jobs  # noqa: E402
+from datasets import DataError  # noqa: E402
 from influence.runs import RunError  # noqa: E402
 
 jobs.use_cpu_threads()
@@ -32,5 +33,8 @@ except RunError as e:  # e.g. the workspace folder is not writable
     st.error(str(e))
     st.stop()
 page = st.navigation(PAGES)
-ui.sidebar()
-page.run()
+try:
+    ui.sidebar()
+    page.run()
+except (DataError, RunError, OSError) as e:  # e.g. a damaged or deleted folder, a full disk
+    st.error(f"This could not be done: {jobs.plain_message(e)}")

@@ -97,11 +97,14 @@ def current_run() -> dict | None:
 
 
 def set_dataset(row: dict) -> None:
+    used = state().setdefault("datasets", [])  # the data sets this session has worked on
+    if row["id"] not in used:
+        used.append(row["id"])
     if state().get("dataset") != row["id"]:
         state().update(dataset=row["id"], run=None)
         if row.get("split"):
             state()["split"] = dict(row["split"])
-        save()
+    save()
 
 
 def set_run(run_id: str | None) -> None:
@@ -155,6 +158,14 @@ def estimate(dataset_id: str, config: dict) -> dict:
     keys = ("model", "epochs", "batch_size", "lr", "lr_decay", "l2", "seed", "val_fraction",
             "test_fraction", "dtype", "device")
     return _estimate(dataset_id, tuple((k, config[k]) for k in keys if k in config))
+
+
+def visible(rows: list[dict]) -> list[dict]:
+    """Saved work of this browser session; with the sidebar switch on, also that of other or
+    earlier sessions (it can be opened; nothing of theirs is changed)."""
+    if state().get("show_all"):
+        return rows
+    return [r for r in rows if r.get("session") == sid()]
 
 
 # --- words ---------------------------------------------------------------------------------
@@ -219,6 +230,15 @@ def sidebar() -> None:
             _sidebar_job(job.id)
         else:
             st.markdown("**Job:** none running")
+        st.divider()
+        show = st.toggle("Show saved work of other sessions", value=bool(state().get("show_all")),
+                         help="Data sets, models and cleaning rounds saved in this workspace by "
+                         "other browser sessions or before a restart. You can open them; "
+                         "nothing of theirs is changed.")
+        if show != bool(state().get("show_all")):
+            state()["show_all"] = show
+            save()
+            st.rerun()
 
 
 @st.fragment(run_every=POLL_SECONDS)

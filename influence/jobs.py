@@ -225,8 +225,9 @@ def plain_message(e: BaseException) -> str:
     if isinstance(e, (DataError, RunError)):
         return str(e)
     if isinstance(e, OSError):
-        return (f"could not write to the workspace ({e.strerror or e}); check that the disk is "
-                "not full and the folder is writable")
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        return (f"a workspace file could not be read or written ({e.strerror or e}{where}); "
+                "check that the disk is not full and the folder is writable")
     return f"unexpected {type(e).__name__}: {e}"
 
 

@@ -223,3 +223,8 @@ def test_two_sessions_do_not_see_each_others_work():
     assert b.session_state["app"]["run"] is None
     assert jobs.latest(session_of(b)) is None
     assert "Model:** none yet" in text(b)
+    b.switch_page("views/train.py").run()
+    assert not any(e.label.startswith("Models trained") for e in b.expander)
+    b.sidebar.toggle[0].set_value(True).run()  # other sessions' saved work, on request
+    assert any(e.label.startswith("Models trained on this data set (1)") for e in b.expander)
+    assert b.session_state["app"]["run"] is None  # seen, not taken over

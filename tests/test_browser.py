@@ -166,3 +166,45 @@ def test_whole_flow_on_digits(server, browser):
     wait_for_text(page, "Before and after", timeout=60)
     settle(page)
     assert "Ticked: 10 images" in page.inner_text("body")
+
+
+def test_two_browser_sessions_work_at_once_without_mixing(server, browser):
+    """Two browser contexts (two users): one turns the demo on, both train and score at the
+    same time; ticks, data sets and runs stay with their own session."""
+    url, workspace = server
+    a = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    b = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    for page in (a, b):
+        page.goto(url)
+        wait_for_text(page, "Current data set: Handwritten digits")
+        settle(page)
+    assert a.url != b.url  # each has its own session id
+    a.get_by_text("Demo: flip some training labels").click()
+    a.get_by_role("button", name="Apply").click()
+    wait_for_text(a, "Demo on:")
+    settle(a)
+    for page in (a, b):  # start both trainings, then wait for both
+        go(page, "2 · Train")
+        page.get_by_role("combobox", name="Model", exact=True).click()
+        page.get_by_role("option", name="logistic regression").click()
+        settle(page)
+        page.get_by_role("button", name=re.compile("Start training")).click()
+    for page in (a, b):
+        wait_for_text(page, "Next: find the harmful training images", timeout=180)
+        settle(page)
+        go(page, "3 · Harmful images")
+        page.get_by_text("Fast: last epoch only").click()
+        page.get_by_role("button", name=re.compile("^Compute influence")).click()
+    for page in (a, b):
+        wait_for_text(page, "Ranked training images", timeout=180)
+        settle(page)
+        no_errors(page)
+    a.get_by_role("button", name=re.compile("Tick top 10")).click()
+    settle(a)
+    b.reload()
+    wait_for_text(b, "Ranked training images", timeout=60)
+    settle(b)
+    body_a, body_b = a.inner_text("body"), b.inner_text("body")
+    assert "Ticked: 10 images" in body_a and "Ticked: 0 images" in body_b
+    assert "demo: 108 training labels flipped" in body_a
+    assert "flipped" not in body_b

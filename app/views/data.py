@@ -75,11 +75,14 @@ elif source == "Upload a ZIP":
 
 else:
     saved = ui.store().datasets()
-    mine = [r for r in saved if r.get("session") == ui.sid()]
-    others = [r for r in saved if r.get("session") != ui.sid()]
+    used = ui.state().get("datasets", [])
+    mine = [r for r in saved if r["id"] in used]
+    others = [r for r in saved if r["id"] not in used] if ui.state().get("show_all") else []
     options = mine + others
     if not options:
-        st.info("No data set has been saved in this workspace yet.")
+        st.info("No data set saved by this session yet. To see those of other sessions or "
+                "from before a restart, turn on *Show saved work of other sessions* in the "
+                "sidebar.")
     else:
         choice = st.selectbox(
             "Saved data sets (newest first)", range(len(options)),
@@ -136,7 +139,8 @@ with st.form("split_form"):
                          format="%d%%", help="Images used only to measure the model before and "
                          "after cleaning; never used to compute influence.")
     seed = c3.number_input("Seed", 0, 1_000_000, int(split["seed"]), help="The same seed gives "
-                           "the same split, the same initial model and the same batch order.")
+                           "the same split, the same initial model and the same batch order "
+                           "(and the same flipped labels in the demo).")
     demo = st.toggle("Demo: flip some training labels to see the tool find them",
                      value=bool(flipped))
     flip_pct = st.slider("Share of training labels to flip", 1, 30,

@@ -227,7 +227,7 @@ if rounds:
     c3.caption("Makes the cleaned model the current one: score it on page 3, remove more.")
 
 # --- history -------------------------------------------------------------------------------------
-history = store.rounds(row["id"])
+history = ui.visible(store.rounds(row["id"]))
 if history:
     st.divider()
     st.subheader("History of this data set")
@@ -246,7 +246,7 @@ if history:
         for r in history]), hide_index=True, column_config={
             c: st.column_config.NumberColumn(format="percent")
             for c in ("test error before", "after", "random control")})
-    done = [r for r in store.runs(row["id"]) if ui.usable(r)]
+    done = [r for r in ui.visible(store.runs(row["id"])) if ui.usable(r)]
     if len(done) >= 2:
         with st.expander("Compare any two models of this data set"):
             c1, c2 = st.columns(2)

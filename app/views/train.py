@@ -40,8 +40,10 @@ lr_key = f"lr-{preset}"
 st.session_state.setdefault(lr_key, models.DEFAULT_LR[preset])
 lr = c3.number_input("Learning rate", 0.0001, 10.0, format="%g", step=0.01, key=lr_key, help="Step size of SGD. If training diverges, the "
                      "page suggests a smaller one.")
-seed = c4.number_input("Seed", 0, 1_000_000, int(split["seed"]), key="seed",
-                       help="Fixes the initial model and the batch order.")
+seed = int(split["seed"])  # one seed: the split, the initial model and the batch order
+c4.markdown(f"**Seed:** {seed}", help="Set on page 1 with the split: the same seed gives the "
+            "same split, the same initial model and the same batch order.")
+c4.caption("set on page 1")
 with st.expander("More settings"):
     a1, a2, a3 = st.columns(3)
     l2 = a1.number_input("L2 regularisation α", 0.0, 10.0, 0.0, format="%g", step=0.0001,
@@ -84,7 +86,7 @@ if st.button("Start training", type="primary", disabled=running or not settings_
 # --- the job, or the current run --------------------------------------------------------------
 job_run = ui.store().run(job.result["run"]) if job is not None else None
 if job_run is not None and job_run["dataset"] == row["id"]:
-    st.subheader("Training")
+    st.subheader("Latest training")
     ui.job_panel("train")
     if job.status == "failed":
         st.error(f"Training failed: {job.error}")
@@ -112,11 +114,18 @@ if ui.usable(run) and run["dataset"] == row["id"]:
     cols[1].metric("Test error", f"{m['test_error']:.1%}")
     cols[2].metric("Training images", f"{m['train_size']:,}")
     cols[3].metric("Trained in", f"{m['seconds']:.1f} s")
+    chance = 1 / len(data.classes)
+    if 1 - m["val_error"] < 1.5 * chance:
+        used = run["config"]["lr"]
+        st.warning(f"This model barely learned: {1 - m['val_error']:.0%} of the validation images "
+                   f"are right, where guessing gives {chance:.0%}. The learning rate {used:g} "
+                   f"is probably too high — try {used / 10:g} — or train for more epochs.",
+                   icon=":material/warning:")
     st.page_link("views/harmful.py", label="Next: find the harmful training images",
                  icon=":material/arrow_forward:")
 
 # --- earlier runs -----------------------------------------------------------------------------
-earlier = [r for r in ui.store().runs(row["id"]) if r["kind"] == "train"]
+earlier = [r for r in ui.visible(ui.store().runs(row["id"])) if r["kind"] == "train"]
 if earlier:
     with st.expander(f"Models trained on this data set ({len(earlier)})",
                      expanded=run is None):
