@@ -62,6 +62,17 @@ def start_session() -> None:
             use_builtin("digits")
     if st.query_params.get("s") != ss.sid:
         st.query_params["s"] = ss.sid
+    for key in ss.setdefault("_remembered", set()):  # keep settings while on other pages:
+        if key in ss:                                 # Streamlit drops the state of widgets
+            ss[key] = ss[key]                         # that a run does not draw
+
+
+def remember(key: str, default):
+    """A widget key whose value survives page switches (the widget is then created without a
+    value of its own: st.session_state holds it)."""
+    st.session_state.setdefault(key, default)
+    st.session_state.setdefault("_remembered", set()).add(key)
+    return key
 
 
 def state() -> dict:

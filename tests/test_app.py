@@ -177,7 +177,7 @@ def test_retrain_and_compare_shows_both_error_rates_and_a_history():
 
 def test_demo_switch_remembers_the_flipped_ids():
     at = new_app()
-    at.toggle[0].set_value(True)
+    next(t for t in at.toggle if t.label.startswith("Demo:")).set_value(True)
     button(at, "Apply").click().run()
     ok(at)
     assert "Demo on:" in text(at)
@@ -228,3 +228,17 @@ def test_two_sessions_do_not_see_each_others_work():
     b.sidebar.toggle[0].set_value(True).run()  # other sessions' saved work, on request
     assert any(e.label.startswith("Models trained on this data set (1)") for e in b.expander)
     assert b.session_state["app"]["run"] is None  # seen, not taken over
+
+
+def test_settings_survive_a_page_switch_without_widget_warnings():
+    at = new_app()
+    at.switch_page("views/train.py").run()
+    at.number_input(key="epochs").set_value(7)
+    at.selectbox(key="dtype").set_value("float64")
+    at.run()
+    at.switch_page("views/data.py").run()
+    at.switch_page("views/train.py").run()
+    ok(at)
+    assert at.number_input(key="epochs").value == 7
+    assert at.selectbox(key="dtype").value == "float64"
+    assert not any("Session State" in str(w.value) for w in at.warning)

@@ -89,7 +89,8 @@ def settle(page, quiet: float = 1.5, timeout: float = 60) -> None:
 
 
 def wait_for_text(page, text: str, timeout: float = 120) -> None:
-    page.get_by_text(text, exact=False).first.wait_for(timeout=timeout * 1000)
+    page.get_by_text(text, exact=False).filter(visible=True).first.wait_for(
+        timeout=timeout * 1000)
 
 
 def no_errors(page) -> None:
@@ -101,7 +102,8 @@ def shoot(page, name: str) -> None:
     height = page.evaluate("() => Math.max(...Array.from(document.querySelectorAll("
                            "'[data-testid=stMain], section.main, body')).map(e => "
                            "e.scrollHeight))")
-    page.set_viewport_size({"width": 1400, "height": min(max(900, height + 40), 6000)})
+    page.mouse.move(1, 1)  # no hover effects (chart toolbars) in the picture
+    page.set_viewport_size({"width": 1400, "height": min(max(900, height + 120), 6000)})
     time.sleep(0.8)
     page.screenshot(path=str(ASSETS / name))
     page.set_viewport_size({"width": 1400, "height": 900})
@@ -112,21 +114,30 @@ def go(page, title: str) -> None:
     settle(page)
 
 
-def test_whole_flow_on_digits(server, browser):
-    url, workspace = server
-    ASSETS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
+def open_app(page, url: str) -> None:
     page.goto(url)
     wait_for_text(page, "Current data set: Handwritten digits")
     settle(page)
     no_errors(page)
-    preselected = page.get_by_role("combobox", name="Built-in data set").input_value()
-    assert preselected == "Handwritten digits (offline, 1,797 images)"
-    page.get_by_text("Demo: flip some training labels").click()  # planted label noise
+
+
+def demo_on(page) -> None:
+    """Page 1's demo switch: flip 10 % of the training labels."""
+    page.get_by_text("Demo: flip some training labels").click()
     page.get_by_role("button", name="Apply").click()
     wait_for_text(page, "Demo on:")
     settle(page)
     no_errors(page)
+
+
+def test_whole_flow_on_digits(server, browser):
+    url, workspace = server
+    ASSETS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    open_app(page, url)
+    preselected = page.get_by_role("combobox", name="Built-in data set").input_value()
+    assert preselected == "Handwritten digits (offline, 1,797 images)"
+    demo_on(page)  # planted label noise, for the tool to find
     shoot(page, "screenshot-1-data.png")
 
     go(page, "2 · Train")
@@ -142,12 +153,16 @@ def test_whole_flow_on_digits(server, browser):
     page.get_by_role("button", name=re.compile("^Compute influence")).click()
     wait_for_text(page, "Ranked training images", timeout=240)
     settle(page)
+    page.get_by_role("button", name="Check against real retraining").click()  # trust check
+    wait_for_text(page, "Checked against real retraining on 10 images: Kendall τ =",
+                  timeout=240)
+    settle(page)
     page.get_by_role("button", name=re.compile("Tick top 10")).click()
     settle(page)
     wait_for_text(page, "10 images ticked")
     no_errors(page)
-    assert "removing this is estimated to lower validation loss by" in \
-        page.inner_text("body").lower()
+    page.get_by_text("Look closer at one image of this page").click()  # the large view
+    wait_for_text(page, "Removing this is estimated to lower validation loss by")
     shoot(page, "screenshot-3-harmful.png")
 
     go(page, "4 · Retrain and compare")
@@ -175,14 +190,9 @@ def test_two_browser_sessions_work_at_once_without_mixing(server, browser):
     a = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
     b = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
     for page in (a, b):
-        page.goto(url)
-        wait_for_text(page, "Current data set: Handwritten digits")
-        settle(page)
+        open_app(page, url)
     assert a.url != b.url  # each has its own session id
-    a.get_by_text("Demo: flip some training labels").click()
-    a.get_by_role("button", name="Apply").click()
-    wait_for_text(a, "Demo on:")
-    settle(a)
+    demo_on(a)
     for page in (a, b):  # start both trainings, then wait for both
         go(page, "2 · Train")
         page.get_by_role("combobox", name="Model", exact=True).click()

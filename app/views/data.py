@@ -121,8 +121,11 @@ with right:
     st.markdown("**A few of the images, with their labels**")
     rng = np.random.default_rng(0)
     sample = rng.choice(len(data), size=min(24, len(data)), replace=False)
-    ui.image_grid(data, sample, [data.classes[data.labels[i]] for i in sample], per_row=8,
-                  side=56)
+    flipped_here = row.get("flipped") or {}
+    ui.image_grid(data, sample, [data.classes[data.labels[i]]
+                                 + (f" (was {flipped_here[data.ids[i]]})"
+                                    if data.ids[i] in flipped_here else "") for i in sample],
+                  per_row=8, side=56)
 
 # --- split and demo ----------------------------------------------------------------------------
 st.subheader("Split and demo")
@@ -142,7 +145,7 @@ with st.form("split_form"):
                            "the same split, the same initial model and the same batch order "
                            "(and the same flipped labels in the demo).")
     demo = st.toggle("Demo: flip some training labels to see the tool find them",
-                     value=bool(flipped))
+                     value=bool(flipped), key=f"demo-{row['id']}")
     flip_pct = st.slider("Share of training labels to flip", 1, 30,
                          ui.state().get("flip_pct", 10), format="%d%%", help="Each chosen training image gets a wrong "
                          "label, drawn at random from the other classes. Validation and test "

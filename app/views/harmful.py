@@ -11,6 +11,7 @@ from influence import jobs
 from influence.runs import RunError
 
 ROW_HEIGHT = 44
+LARGE = 192  # thumbnails are drawn this big when double-clicked (still a small PNG)
 
 st.title("3 · Find the harmful training images")
 st.caption("For every training image, SGD-influence estimates how the loss on the validation "
@@ -38,7 +39,7 @@ labels = {"sgd": f"Exact: retrace all {epochs} epochs ({ui.seconds(guess['second
           "sgd-last": f"Fast: last epoch only ({ui.seconds(guess['seconds_score_last'])})"}
 with st.expander("Compute influence" + (" again or with the other method" if scored else ""),
                  expanded=not scored):
-    chosen = st.radio("Method", list(labels), format_func=labels.get, key="score_method",
+    chosen = st.radio("Method", list(labels), format_func=labels.get, key=ui.remember("score_method", "sgd"),
                       help="The exact method follows the whole training run backwards (the "
                       "paper's Algorithm 2); the fast one only its last epoch — usually a "
                       "similar ranking, in a fraction of the time.")
@@ -77,7 +78,7 @@ if trust:
                f"{trust['sign_agreement']:.0%} of them.", icon=":material/verified:")
 else:
     c1, c2 = st.columns([1, 3])
-    n_check = c1.number_input("Images to check", 4, 50, 10, key="n_check")
+    n_check = c1.number_input("Images to check", 4, 50, key=ui.remember("n_check", 10))
     per = guess["seconds_retrain"] / (1 if method == "sgd" else epochs)
     c2.markdown(f"How far can you trust this ranking? The check retrains the model for real "
                 f"without each of {n_check} images spread over the ranking and compares "
@@ -121,17 +122,22 @@ with right:
 
 st.subheader("Ranked training images")
 c1, c2, c3 = st.columns([2, 2, 1])
-helpful = c1.toggle("Show the most helpful instead", key="helpful")
+helpful = c1.toggle("Show the most helpful instead", key=ui.remember("helpful", False))
 class_names = ["All classes"] + list(data.classes)
-chosen_class = c2.selectbox("Given label", class_names, key="class_filter")
-per_page = c3.selectbox("Rows per page", [10, 20, 50], index=1, key="per_page")
+if st.session_state.get("class_filter") not in class_names:  # another data set's class
+    st.session_state.pop("class_filter", None)
+chosen_class = c2.selectbox("Given label", class_names,
+                            key=ui.remember("class_filter", "All classes"))
+per_page = c3.selectbox("Rows per page", [10, 20, 50], key=ui.remember("per_page", 20))
 
 view = table.iloc[::-1] if helpful else table
 if chosen_class != "All classes":
     view = view[view.label.astype(str) == chosen_class]
 
 c1, c2, c3, _ = st.columns([1, 1, 1, 2], vertical_alignment="bottom")
-top_k = c1.number_input("How many to tick (K)", 1, max(1, len(view)), min(10, max(1, len(view))), key="top_k")
+most = max(1, len(view))
+st.session_state["top_k"] = min(st.session_state.get("top_k", 10), most)
+top_k = c1.number_input("How many to tick (K)", 1, most, key=ui.remember("top_k", 10))
 version = st.session_state.setdefault("tick_version", 0)
 if c2.button(f"Tick top {top_k}", icon=":material/check_box:"):
     ui.set_ticks(ticked | set(view.sample_id.head(int(top_k))))
@@ -148,57 +154,54 @@ shown = view.iloc[(page - 1) * per_page: page * per_page]
 rows = pd.DataFrame({
     "remove": [sid in ticked for sid in shown.sample_id],
     "rank": shown["rank"].to_numpy(),
-    "image": [ui.data_url(data.images[position[sid]]) for sid in shown.sample_id],
+    "image": [ui.data_url(data.images[position[sid]], LARGE) for sid in shown.sample_id],
     "given label": shown.label.astype(str).to_numpy(),
     "predicted": shown.predicted.to_numpy(),
+    "what removing it does": [ui.effect(s) for s in shown.influence],
 })
 if flipped:
     rows["demo: true label"] = [flipped.get(sid, "") for sid in shown.sample_id]
-rows["what removing it does"] = [ui.effect(s) for s in shown.influence]
 rows["score"] = shown.influence.to_numpy()
 rows["sample id"] = shown.sample_id.to_numpy()
 
-table_col, look_col = st.columns([4, 1])
-with table_col:
-    edited = st.data_editor(
-        rows, hide_index=True, disabled=[c for c in rows.columns if c != "remove"],
-        row_height=ROW_HEIGHT, height=(len(rows) + 1) * ROW_HEIGHT + 3, key=f"editor-{run['id']}-{method}-{helpful}-{chosen_class}-{per_page}-"
-                           f"{page}-{version}",
-        column_config={
-            "remove": st.column_config.CheckboxColumn("Remove?", help="Tick to leave this "
-                                                      "image out when retraining (page 4)."),
-            "rank": st.column_config.NumberColumn("Rank", width=50),
-            "image": st.column_config.ImageColumn("Image", width=ROW_HEIGHT + 24),
-            "given label": st.column_config.TextColumn("Given label", width=80),
-            "predicted": st.column_config.TextColumn("Predicted", width=90,
-                                                     help="The model's label and how sure it "
-                                                     "is."),
-            "sample id": st.column_config.TextColumn("Sample id", width=110),
-            "demo: true label": st.column_config.TextColumn(
-                "Demo: true label", width=90, help="Filled in for the images whose label the "
-                "demo flipped."),
-            "score": st.column_config.NumberColumn("Score", format="%.2e",
-                                                   help="Estimated change of validation loss "
-                                                   "if removed."),
-            "what removing it does": st.column_config.TextColumn("What removing it does",
-                                                                 width=440),
-        })
-    now = (ticked - set(shown.sample_id)) | set(edited.loc[edited["remove"], "sample id"])
-    if now != ticked:
-        ui.set_ticks(now)
-        st.rerun()
-with look_col:
-    if len(shown):
-        pick = st.selectbox("Look closer", range(len(shown)), key="look",
-                            format_func=lambda i: f"#{shown['rank'].iloc[i]} · "
-                                                  f"{shown.sample_id.iloc[i]}")
-        pick = min(pick, len(shown) - 1)
-        item = shown.iloc[pick]
-        st.image(ui.enlarge(data.images[position[item.sample_id]], 224), width=224)
-        st.markdown(f"**Given label:** {item.label}  \n**Predicted:** {item.predicted}  \n"
-                    f"{ui.effect(item.influence).capitalize()}.")
+st.caption("Tick a box to leave that image out when retraining. Double-click a thumbnail to "
+           "see it large.")
+columns = {
+    "remove": st.column_config.CheckboxColumn("Remove?", help="Tick to leave this image out "
+                                              "when retraining (page 4)."),
+    "rank": st.column_config.NumberColumn("Rank", width=50),
+    "image": st.column_config.ImageColumn("Image", width=ROW_HEIGHT + 24),
+    "given label": st.column_config.TextColumn("Given label", width=80),
+    "predicted": st.column_config.TextColumn("Predicted", width=90,
+                                             help="The model's label and how sure it is."),
+    "what removing it does": st.column_config.TextColumn("What removing it does", width=420),
+    "demo: true label": st.column_config.TextColumn("Demo: true label", width=115,
+                                                    help="Filled in for the images whose "
+                                                    "label the demo flipped."),
+    "score": st.column_config.NumberColumn("Score", format="%.2e", help="Estimated change of "
+                                           "validation loss if removed."),
+    "sample id": st.column_config.TextColumn("Sample id", width=110),
+}
+edited = st.data_editor(
+    rows, hide_index=True, disabled=[c for c in rows.columns if c != "remove"],
+    row_height=ROW_HEIGHT, height=(len(rows) + 1) * ROW_HEIGHT + 3, column_config=columns,
+    key=f"editor-{run['id']}-{method}-{helpful}-{chosen_class}-{per_page}-{page}-{version}")
+now = (ticked - set(shown.sample_id)) | set(edited.loc[edited["remove"], "sample id"])
+if now != ticked:
+    ui.set_ticks(now)
+    st.rerun()
+if len(shown):
+    with st.expander("Look closer at one image of this page"):
+        left, right = st.columns([1, 3])
+        pick = right.selectbox("Image", range(len(shown)), key="look",
+                               format_func=lambda i: f"rank {shown['rank'].iloc[i]} · "
+                                                     f"{shown.sample_id.iloc[i]}")
+        item = shown.iloc[min(pick, len(shown) - 1)]
+        left.image(ui.enlarge(data.images[position[item.sample_id]], 224), width=224)
+        right.markdown(f"**Given label:** {item.label}  \n**Predicted:** {item.predicted}  \n"
+                       f"{ui.effect(item.influence).capitalize()}.")
         if item.sample_id in flipped:
-            st.caption(f"Demo: the true label is {flipped[item.sample_id]}.")
+            right.caption(f"Demo: the true label is {flipped[item.sample_id]}.")
 
 st.markdown(f"**{len(ticked)}** image{'s' * (len(ticked) != 1)} ticked. Ticks are kept while "
             "you page, filter or switch pages.")

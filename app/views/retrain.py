@@ -48,13 +48,13 @@ else:
     guess = ui.estimate(row["id"], run["config"])
     epochs = run["config"]["epochs"]
     c1, c2 = st.columns(2)
-    mode = c1.radio("Retrain", ["all", "last"], key="mode", format_func={
+    mode = c1.radio("Retrain", ["all", "last"], key=ui.remember("mode", "all"), format_func={
         "all": f"all {epochs} epochs without them — the exact counterfactual "
                f"({ui.seconds(guess['seconds_retrain'])})",
         "last": f"only the last epoch without them — faster "
                 f"({ui.seconds(guess['seconds_retrain'] / epochs)})"}.get)
     control = c2.checkbox(f"Also retrain without {len(ticked)} random images, as a control",
-                          value=True, key="control", help="Shows whether removing the chosen "
+                          key=ui.remember("control", True), help="Shows whether removing the chosen "
                           "images beat removing the same number at random.")
     if st.button(f"Retrain without the {len(ticked)} ticked image{'s' * (len(ticked) != 1)}",
                  type="primary", disabled=busy, icon=":material/restart_alt:"):

@@ -21,7 +21,7 @@ running = job is not None and job.running
 
 # --- settings -------------------------------------------------------------------------------
 st.markdown(f"**Data:** {ui.dataset_label(row)}")
-choice = st.selectbox("Model", models.CHOICES, key="model_choice",
+choice = st.selectbox("Model", models.CHOICES, key=ui.remember("model_choice", "auto"),
                       format_func=lambda m: "chosen from the image size (recommended)"
                       if m == "auto" else ui.MODEL_NAMES.get(m, m))
 try:
@@ -32,13 +32,13 @@ except ValueError as e:
 st.markdown(f"→ **{ui.MODEL_NAMES[preset]}** (`{preset}`): {reason}.")
 
 c1, c2, c3, c4 = st.columns(4)
-epochs = c1.number_input("Epochs", 1, 200, 20, key="epochs",
+epochs = c1.number_input("Epochs", 1, 200, key=ui.remember("epochs", 20),
                          help="Passes over the training images.")
-batch = c2.number_input("Batch size", 1, 4096, 64, key="batch",
+batch = c2.number_input("Batch size", 1, 4096, key=ui.remember("batch", 64),
                         help="Images per SGD step.")
 lr_key = f"lr-{preset}"
-st.session_state.setdefault(lr_key, models.DEFAULT_LR[preset])
-lr = c3.number_input("Learning rate", 0.0001, 10.0, format="%g", step=0.01, key=lr_key, help="Step size of SGD. If training diverges, the "
+lr = c3.number_input("Learning rate", 0.0001, 10.0, format="%g", step=0.01,
+                     key=ui.remember(lr_key, models.DEFAULT_LR[preset]), help="Step size of SGD. If training diverges, the "
                      "page suggests a smaller one.")
 seed = int(split["seed"])  # one seed: the split, the initial model and the batch order
 c4.markdown(f"**Seed:** {seed}", help="Set on page 1 with the split: the same seed gives the "
@@ -46,12 +46,12 @@ c4.markdown(f"**Seed:** {seed}", help="Set on page 1 with the split: the same se
 c4.caption("set on page 1")
 with st.expander("More settings"):
     a1, a2, a3 = st.columns(3)
-    l2 = a1.number_input("L2 regularisation α", 0.0, 10.0, 0.0, format="%g", step=0.0001,
-                         key="l2", help="Adds ½·α·‖θ‖² to the loss of every image.")
-    decay = a2.selectbox("Learning rate over time", ["constant", "inv_sqrt"], key="decay",
+    l2 = a1.number_input("L2 regularisation α", 0.0, 10.0, format="%g", step=0.0001,
+                         key=ui.remember("l2", 0.0), help="Adds ½·α·‖θ‖² to the loss of every image.")
+    decay = a2.selectbox("Learning rate over time", ["constant", "inv_sqrt"], key=ui.remember("decay", "constant"),
                          format_func={"constant": "constant",
                                       "inv_sqrt": "shrinking as 1/√step"}.get)
-    dtype = a3.selectbox("Precision", ["float32", "float64"], key="dtype",
+    dtype = a3.selectbox("Precision", ["float32", "float64"], key=ui.remember("dtype", "float32"),
                          help="float64 is slower but makes influence estimates more exact.")
 
 config = RunConfig(model=choice, epochs=int(epochs), batch_size=int(batch), lr=float(lr),
