@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 import time
 import uuid
@@ -28,7 +29,7 @@ BLUE, ORANGE, GREY, GREEN, RED = "#1f77b4", "#ff7f0e", "#9e9e9e", "#2ca02c", "#d
 POLL_SECONDS = 1.0
 
 
-# --- workspace and session state ---------------------------------------------------------------
+# --- workspace and session state -----------------------------------------------------------------
 @st.cache_resource(show_spinner=False)
 def _store(root: str) -> Store:
     return Store(root)  # a handle on the shared workspace folder; holds no user's model
@@ -125,7 +126,9 @@ def set_run(run_id: str | None) -> None:
 
 def use_builtin(name: str) -> dict:
     """Load a built-in data set into the workspace (once) and make it current."""
-    data = datasets.load(name)  # torchvision sets: from DATA_DIR, else downloaded
+    # torchvision sets: read from $DATA_DIR when it is set (never downloaded then), else
+    # downloaded into the user's cache on first use
+    data = datasets.load(name, os.environ.get("DATA_DIR") or None)
     row = store().add_dataset(data, BUILTIN_NAMES.get(name, name), sid())
     set_dataset(row)
     return row
@@ -179,7 +182,7 @@ def visible(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r.get("session") == sid()]
 
 
-# --- words ---------------------------------------------------------------------------------
+# --- words ---------------------------------------------------------------------------------------
 def dataset_label(row: dict) -> str:
     h, w, c = row["shape"]
     flipped = f" · demo: {len(row['flipped'])} training labels flipped" \
@@ -227,7 +230,7 @@ def need(what: str, page: str, label: str) -> None:
     st.stop()
 
 
-# --- sidebar ---------------------------------------------------------------------------------
+# --- sidebar -------------------------------------------------------------------------------------
 def sidebar() -> None:
     with st.sidebar:
         st.markdown("#### This session")
@@ -347,7 +350,7 @@ def image_grid(data: ImageSet, positions, captions, per_row: int = 8, side: int 
             col.image(enlarge(data.images[i], side), caption=caption, width=side)
 
 
-# --- reading results -------------------------------------------------------------------------------
+# --- reading results -----------------------------------------------------------------------------
 @st.cache_data(show_spinner=False, max_entries=64)
 def _csv(path: str, mtime: float) -> pd.DataFrame:
     """A result table; ids and class names stay text ("07" must not become 7)."""
@@ -390,7 +393,7 @@ def usable(row: dict | None) -> bool:
     return row is not None and row["status"] == DONE
 
 
-# --- charts ----------------------------------------------------------------------------------------
+# --- charts --------------------------------------------------------------------------------------
 def curves_chart(log: pd.DataFrame) -> go.Figure:
     """Loss and accuracy per training step (thin) and on the validation images at each epoch's
     end (dots), against epochs."""

@@ -117,7 +117,8 @@ def main() -> None:
         "All repeats:\n\n" + frame.to_markdown(index=False, floatfmt=".3g"),
     ]
     path = write_report(a.out, "flow" if not a.quick else "flow-quick",
-                        "The app's flow on digits: train → score → retrain", command(), sections)
+                        "The app's flow on digits: train → score → retrain", command(),
+                        sections)
     values = {"total_s": float(default.total_s), "train_s": float(default.train_s),
               "score_s": float(default.score_s), "retrain_s": float(default.retrain_s),
               "threads": a.threads, "target_s": TARGET_S,

@@ -118,7 +118,8 @@ def epoch_line(rows: list[dict], val: dict, epochs: int | None) -> str:
     mine = [r for r in rows if r["epoch"] == epoch]
     loss = np.mean([r["loss"] for r in mine]) if mine else float("nan")
     acc = np.mean([r["accuracy"] for r in mine]) if mine else float("nan")
-    return (f"epoch {epoch}{f' of {epochs}' if epochs else ''}: training loss {loss:.4f}, accuracy {acc:.1%} · "
+    total = f" of {epochs}" if epochs else ""
+    return (f"epoch {epoch}{total}: training loss {loss:.4f}, accuracy {acc:.1%} · "
             f"validation loss {val['val_loss']:.4f}, accuracy {val['val_accuracy']:.1%}")
 
 

@@ -242,3 +242,15 @@ def test_settings_survive_a_page_switch_without_widget_warnings():
     assert at.number_input(key="epochs").value == 7
     assert at.selectbox(key="dtype").value == "float64"
     assert not any("Session State" in str(w.value) for w in at.warning)
+
+
+def test_a_torchvision_set_offline_says_where_to_put_the_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "empty"))  # read from here, never download
+    at = new_app()
+    before = at.session_state["app"]["dataset"]
+    at.selectbox(key="builtin").set_value("mnist").run()
+    assert any("DATA_DIR" in i.value for i in at.info)  # said before trying
+    button(at, "Use this data set").click().run()
+    ok(at)
+    assert any("was not found under" in e.value and "DATA_DIR" in e.value for e in at.error)
+    assert at.session_state["app"]["dataset"] == before

@@ -1,7 +1,9 @@
 """The whole flow in a real browser: headless Chromium (Debian's), driven by Playwright.
 
-built-in digits → train → score → tick top 10 → retrain → the comparison shows both error rates.
-Saves a screenshot of each page into assets/ for the README."""
+built-in digits (demo switch on) → train → score → trust check → tick top 10 → retrain → the
+comparison shows both error rates; a refresh keeps the session. Saves a screenshot of each page
+into assets/ for the README. A second test runs two browser sessions at once.
+"""
 import os
 import re
 import socket

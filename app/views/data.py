@@ -96,7 +96,7 @@ else:
             except DataError as e:
                 st.error(str(e))
 
-# --- the current data set --------------------------------------------------------------------------
+# --- the current data set ------------------------------------------------------------------------
 row = ui.current_dataset()
 if row is None:
     st.stop()
@@ -127,7 +127,7 @@ with right:
                                     if data.ids[i] in flipped_here else "") for i in sample],
                   per_row=8, side=56)
 
-# --- split and demo ----------------------------------------------------------------------------
+# --- split and demo ------------------------------------------------------------------------------
 st.subheader("Split and demo")
 flipped = row.get("flipped") or {}
 base_id = row.get("parent") or row["id"]
@@ -147,9 +147,10 @@ with st.form("split_form"):
     demo = st.toggle("Demo: flip some training labels to see the tool find them",
                      value=bool(flipped), key=f"demo-{row['id']}")
     flip_pct = st.slider("Share of training labels to flip", 1, 30,
-                         ui.state().get("flip_pct", 10), format="%d%%", help="Each chosen training image gets a wrong "
-                         "label, drawn at random from the other classes. Validation and test "
-                         "images keep their true labels.")
+                         ui.state().get("flip_pct", 10), format="%d%%",
+                         help="Each chosen training image gets a wrong label, drawn at random "
+                         "from the other classes. Validation and test images keep their true "
+                         "labels.")
     applied = st.form_submit_button("Apply", type="primary")
 
 if applied:

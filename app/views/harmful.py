@@ -39,10 +39,11 @@ labels = {"sgd": f"Exact: retrace all {epochs} epochs ({ui.seconds(guess['second
           "sgd-last": f"Fast: last epoch only ({ui.seconds(guess['seconds_score_last'])})"}
 with st.expander("Compute influence" + (" again or with the other method" if scored else ""),
                  expanded=not scored):
-    chosen = st.radio("Method", list(labels), format_func=labels.get, key=ui.remember("score_method", "sgd"),
+    chosen = st.radio("Method", list(labels), format_func=labels.get,
+                      key=ui.remember("score_method", "sgd"),
                       help="The exact method follows the whole training run backwards (the "
-                      "paper's Algorithm 2); the fast one only its last epoch — usually a "
-                      "similar ranking, in a fraction of the time.")
+                      "paper's Algorithm 2); the fast one follows only its last epoch, a "
+                      "cheaper approximation (the paper's Section 7.2).")
     if st.button("Compute influence", type="primary", disabled=busy,
                  icon=":material/calculate:"):
         try:

@@ -54,8 +54,9 @@ else:
         "last": f"only the last epoch without them — faster "
                 f"({ui.seconds(guess['seconds_retrain'] / epochs)})"}.get)
     control = c2.checkbox(f"Also retrain without {len(ticked)} random images, as a control",
-                          key=ui.remember("control", True), help="Shows whether removing the chosen "
-                          "images beat removing the same number at random.")
+                          key=ui.remember("control", True),
+                          help="Shows whether removing the chosen images beat removing the "
+                          "same number at random.")
     if st.button(f"Retrain without the {len(ticked)} ticked image{'s' * (len(ticked) != 1)}",
                  type="primary", disabled=busy, icon=":material/restart_alt:"):
         try:

@@ -38,8 +38,9 @@ batch = c2.number_input("Batch size", 1, 4096, key=ui.remember("batch", 64),
                         help="Images per SGD step.")
 lr_key = f"lr-{preset}"
 lr = c3.number_input("Learning rate", 0.0001, 10.0, format="%g", step=0.01,
-                     key=ui.remember(lr_key, models.DEFAULT_LR[preset]), help="Step size of SGD. If training diverges, the "
-                     "page suggests a smaller one.")
+                     key=ui.remember(lr_key, models.DEFAULT_LR[preset]),
+                     help="Step size of SGD. If training diverges, the page suggests a smaller "
+                     "one.")
 seed = int(split["seed"])  # one seed: the split, the initial model and the batch order
 c4.markdown(f"**Seed:** {seed}", help="Set on page 1 with the split: the same seed gives the "
             "same split, the same initial model and the same batch order.")
@@ -47,8 +48,10 @@ c4.caption("set on page 1")
 with st.expander("More settings"):
     a1, a2, a3 = st.columns(3)
     l2 = a1.number_input("L2 regularisation α", 0.0, 10.0, format="%g", step=0.0001,
-                         key=ui.remember("l2", 0.0), help="Adds ½·α·‖θ‖² to the loss of every image.")
-    decay = a2.selectbox("Learning rate over time", ["constant", "inv_sqrt"], key=ui.remember("decay", "constant"),
+                         key=ui.remember("l2", 0.0),
+                         help="Adds ½·α·‖θ‖² to the loss of every image.")
+    decay = a2.selectbox("Learning rate over time", ["constant", "inv_sqrt"],
+                         key=ui.remember("decay", "constant"),
                          format_func={"constant": "constant",
                                       "inv_sqrt": "shrinking as 1/√step"}.get)
     dtype = a3.selectbox("Precision", ["float32", "float64"], key=ui.remember("dtype", "float32"),
