@@ -1,6 +1,7 @@
 """The web app's logic with Streamlit's AppTest: navigation, per-session state that survives page
 switches and refreshes, background jobs re-attached, clear errors, sessions kept apart."""
 import io
+import sqlite3
 import zipfile
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from influence import jobs
+from influence import jobs, runs
 from influence.store import Store
 
 MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
@@ -173,6 +174,15 @@ def test_retrain_and_compare_shows_both_error_rates_and_a_history():
     assert {"Test error — before", "Test error — after cleaning",
             "Test error — random removal"} <= set(labels)
     assert "History of this data set" in text(at)
+    assert {"Test error — first", "Test error — second"} <= set(labels)  # any two, compared
+    downloads = [d.proto.label for d in at.get("download_button")]
+    assert downloads == ["Cleaned data set (ZIP)", "Removed images (CSV)"]
+    rnd = Store().rounds()[-1]
+    assert len(rnd["removed"]) == 5 and rnd["mode"] == "last" and rnd["method"] == "sgd-last"
+    button(at, "Clean further from the cleaned model").click().run()
+    ok(at)
+    assert at.session_state["app"]["run"] == rnd["cleaned"]  # now scored and cleaned further
+    assert "Find the harmful training images" in text(at)
 
 
 def test_demo_switch_remembers_the_flipped_ids():
@@ -254,3 +264,19 @@ def test_a_torchvision_set_offline_says_where_to_put_the_files(tmp_path, monkeyp
     ok(at)
     assert any("was not found under" in e.value and "DATA_DIR" in e.value for e in at.error)
     assert at.session_state["app"]["dataset"] == before
+
+
+def test_after_a_restart_an_interrupted_run_says_so(workspace):
+    at = new_app()
+    sid = session_of(at)
+    store = Store()
+    dataset = at.session_state["app"]["dataset"]
+    row = store.new_run(dataset, "train", runs.RunConfig(), sid)
+    with sqlite3.connect(workspace / "store.sqlite") as db:  # its server process is gone
+        db.execute("UPDATE runs SET owner = '999999999:gone' WHERE id = ?", (row["id"],))
+    store.save_session_state(sid, {**at.session_state["app"], "run": row["id"]})
+    store.recover()  # what the next server start does
+    again = ok(new_app(sid).switch_page("views/harmful.py").run())
+    assert "This run was interrupted" in text(again)
+    again.switch_page("views/train.py").run()
+    assert "This run was interrupted" in text(ok(again))
