@@ -11,12 +11,17 @@ Negative L̂ = removing j lowers the query loss = j is harmful.
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import torch
 from torch.func import grad, jvp
 
 from .sgd import Objective, Params, Schedule, batch_weights, replay_epoch
+
+# torch's forward-mode AD has one process-wide level: two threads inside jvp at once break each
+# other ("no level exists"). Held for one step's pass, so concurrent scorings interleave.
+FORWARD_AD = threading.Lock()
 
 
 def hvp_and_dot_grads(obj: Objective, theta: Params, idx: torch.Tensor, keep: torch.Tensor,
@@ -30,7 +35,8 @@ def hvp_and_dot_grads(obj: Objective, theta: Params, idx: torch.Tensor, keep: to
         g, (ell, _) = grad(obj.weighted, has_aux=True)(th, w, idx)
         return g, ell
 
-    _, (hu, u_dot_g) = jvp(grad_and_losses, (theta,), (u,))
+    with FORWARD_AD:
+        _, (hu, u_dot_g) = jvp(grad_and_losses, (theta,), (u,))
     return hu, u_dot_g
 
 
