@@ -63,6 +63,10 @@ def start_session() -> None:
             use_builtin("digits")
     if st.query_params.get("s") != ss.sid:
         st.query_params["s"] = ss.sid
+    run = current_run()
+    if run is not None and run["status"] in ("failed", "cancelled"):  # never the current model
+        previous = state().get("previous_run")
+        set_run(previous if previous and previous != run["id"] else None)
     for key in ss.setdefault("_remembered", set()):  # keep settings while on other pages:
         if key in ss:                                 # Streamlit drops the state of widgets
             ss[key] = ss[key]                         # that a run does not draw

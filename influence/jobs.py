@@ -75,8 +75,13 @@ class Job:
 
     def progress_text(self) -> str:
         what = PHASES.get(self.phase, self.phase.capitalize())
-        unit = "samples checked" if self.phase == "check" else "steps"
-        return f"{what}: {self.done:,} of {self.total:,} {unit} ({self.elapsed:.0f} s)"
+        unit = "images checked" if self.phase == "check" else "steps"
+        text = f"{what}: {self.done:,} of {self.total:,} {unit}, {self.elapsed:.0f} s so far"
+        if self.running and 0 < self.done < self.total:
+            left = self.elapsed * (self.total - self.done) / self.done  # this phase's pace
+            text += f", about {left:.0f} s left" if left < 90 else \
+                f", about {left / 60:.0f} min left"
+        return text
 
     def curve(self, phase: str | None = None) -> pd.DataFrame:
         """The training log of a phase (default: the latest one) as a table, so far."""
@@ -246,10 +251,9 @@ def tracked(store: Store, run_id: str):
 
 
 # --- the work the app starts -------------------------------------------------------------------
-def check_settings(config: RunConfig, data: ImageSet) -> RunConfig:
+def check_settings(config: RunConfig, data: ImageSet) -> runs.Run:
     """Refuse bad settings before a job starts (RunError / DataError with a clear message)."""
-    runs.Run(config, data)
-    return config
+    return runs.Run(config, data)
 
 
 def start_training(store: Store, session: str, dataset_id: str, config: RunConfig) -> Job:
@@ -260,15 +264,15 @@ def start_training(store: Store, session: str, dataset_id: str, config: RunConfi
         raise Busy(f"{job.title} is still running: wait for it to finish or cancel it")
     data = store.load_data(dataset_id)
     config.dataset = str(store.dataset_folder(dataset_id).resolve())
-    check_settings(config, data)
-
+    planned = check_settings(config, data)
     row = store.new_run(dataset_id, "train", config, session)
 
     def work(job: Job) -> dict:
         with tracked(store, row["id"]):
             curve = job.training_log("train", config.epochs)
-            job.say(f"training {len(data):,} images' model for {config.epochs} epochs "
-                    f"(batch size {config.batch_size}, learning rate {config.lr:g})")
+            job.say(f"training the {planned.preset} model on {len(planned.train_ids):,} images "
+                    f"for {config.epochs} epochs (batch size {config.batch_size}, learning "
+                    f"rate {config.lr:g})")
             run = runs.train_new(config, store.root / row["folder"], data, curve)
             write_predictions(store, row["id"], run)
             store.finish_run(row["id"], DONE, run.metrics, config=run.config)
@@ -418,9 +422,12 @@ def estimate(data: ImageSet, config: RunConfig, repeats: int = 3) -> dict:
 
     def timed(fn) -> float:
         fn()  # warm up
+        sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
+        sync()
         begun = time.perf_counter()
         for _ in range(repeats):
             fn()
+        sync()
         return (time.perf_counter() - begun) / repeats
 
     step = timed(lambda: sgd_step(run.objective, theta, idx, lr, keep))

@@ -162,3 +162,17 @@ def test_a_killed_server_leaves_an_interrupted_run_and_nothing_half_written(tmp_
     with pytest.raises(runs.RunError):
         runs.load(reopened.run_folder(run_id))
     assert not list((tmp_path / "runs").glob(".*partial*"))
+
+
+def test_two_sessions_scoring_at_once_both_finish_with_the_same_ranking(ws, trained):
+    """torch's forward-mode AD is process-wide: without the engine's lock, two scorings in two
+    threads break each other."""
+    run_id = trained.result["run"]
+    a = jobs.start_scoring(ws, "left", run_id, "sgd")
+    b = jobs.start_scoring(ws, "right", run_id, "sgd")
+    guess = jobs.estimate(ws.load_data(ws.run(run_id)["dataset"]), runs.RunConfig(**FAST))
+    a.wait(180), b.wait(180)
+    assert (a.status, b.status) == (DONE, DONE), (a.error, b.error)
+    assert guess["seconds_score"] > 0
+    direct = ws.open_run(run_id).score("sgd")
+    np.testing.assert_array_equal(ws.scores(run_id, "sgd").influence, direct.influence)

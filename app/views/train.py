@@ -100,8 +100,6 @@ if job_run is not None and job_run["dataset"] == row["id"]:
                       icon=":material/healing:")
     else:
         ui.job_outcome(job)
-    if not job.running and job.status != "done" and ui.state().get("run") == job_run["id"]:
-        ui.set_run(ui.state().get("previous_run"))  # back to the model that was there before
 run = ui.current_run()
 if run is not None and run["dataset"] == row["id"] and run["id"] != (job_run or {}).get("id"):
     st.subheader("Current model")
