@@ -235,8 +235,8 @@ if history:
 
     def error_of(run_id):
         if not run_id:
-            return None
-        return (store.run(run_id).get("metrics") or {}).get("test_error")
+            return float("nan")
+        return (store.run(run_id).get("metrics") or {}).get("test_error", float("nan"))
 
     st.dataframe(pd.DataFrame([{
         "round": r["id"], "from model": ui.run_label(store.run(r["base"])),

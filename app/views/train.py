@@ -134,8 +134,8 @@ if earlier:
             "model": ui.run_label(r), "status": r["status"],
             "epochs": (r["config"] or {}).get("epochs"),
             "learning rate": (r["config"] or {}).get("lr"),
-            "validation error": (r["metrics"] or {}).get("val_error"),
-            "test error": (r["metrics"] or {}).get("test_error"),
+            "validation error": (r["metrics"] or {}).get("val_error", float("nan")),
+            "test error": (r["metrics"] or {}).get("test_error", float("nan")),
             "session": "this one" if r["session"] == ui.sid() else "another",
         } for r in earlier])
         st.dataframe(table, hide_index=True, column_config={
