@@ -2,7 +2,8 @@
 
 built-in digits (demo switch on) → train → score → trust check → tick top 10 → retrain → the
 comparison shows both error rates; a refresh keeps the session. Saves a screenshot of each page
-into assets/ for the README. A second test runs two browser sessions at once.
+(into assets/ for the README when UPDATE_SCREENSHOTS=1, else into a temporary folder, so a test
+run leaves the checkout clean). A second test runs two browser sessions at once.
 """
 import os
 import re
@@ -17,7 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-ASSETS = ROOT / "assets"
+ASSETS = (ROOT / "assets" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else
+          Path(os.environ.get("TMPDIR", "/tmp")) / "influence-screenshots")
+ASSETS.mkdir(parents=True, exist_ok=True)
 
 pytestmark = [
     pytest.mark.browser,
