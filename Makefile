@@ -24,8 +24,7 @@ test: $(VENV)/.test-installed
 	@test -x /usr/bin/chromium || { \
 	  echo "installing Debian's chromium for the browser tests"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium fonts-dejavu-core; } || \
-	  echo "could not install chromium: the browser tests will be skipped"
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium fonts-dejavu-core; }
 	$(PY) -m pytest -q
 
 clean-venv:
