@@ -36,7 +36,8 @@ from influence.sgd_influence import loss_gradient, retrace
 
 N_TRAIN = N_VAL = 200
 DAMPINGS = (0.0, 0.01, 1.0)  # extra λ for Koh & Liang (the model's own L2 is in H)
-HEADLINE_DAMPING = {"logreg": 0.0, "dnn": 0.01}
+# Headline λ: the authors' code used the model's L2 alone for LogReg and λ = 1 for the DNN.
+HEADLINE_DAMPING = {"logreg": 0.0, "dnn": 1.0}
 # Published Table 1 (mean of 30 seeds): τ proposed, τ K&L, Jaccard proposed, Jaccard K&L.
 PUBLISHED = {("adult", "logreg"): (.93, .85, .80, .60), ("mnist", "logreg"): (.95, .70, .83, .41),
              ("adult", "dnn"): (.75, .54, .59, .32), ("mnist", "dnn"): (.45, .27, .37, .27)}
@@ -132,7 +133,6 @@ def one_seed(x: np.ndarray, y: np.ndarray, data: str, model_name: str, seed: int
     H = baselines.dense_hessian(obj, theta, everyone)
     for lam in DAMPINGS:
         estimates[f"kl@{lam:g}"] = baselines.influence_function(obj, theta, u, everyone, lam, H=H)
-    estimates["kl"] = estimates[f"kl@{HEADLINE_DAMPING[model_name]:g}"]
 
     row = {"seed": seed, "l2": l2, "val_loss": base,
            "truth_abs_median": float(np.median(np.abs(truth)))}
@@ -142,8 +142,15 @@ def one_seed(x: np.ndarray, y: np.ndarray, data: str, model_name: str, seed: int
     return row
 
 
+def with_headline(frame: pd.DataFrame, model: str) -> pd.DataFrame:
+    """Per-seed values plus kl_tau / kl_jaccard at the headline damping."""
+    lam = f"kl@{HEADLINE_DAMPING[model]:g}"
+    return frame.assign(kl_tau=frame[f"{lam}_tau"], kl_jaccard=frame[f"{lam}_jaccard"])
+
+
 def table_for(frame: pd.DataFrame, data: str, model: str, dtype: str) -> pd.DataFrame:
     """One Table-1 row per method: mean ± std over seeds next to the published mean."""
+    frame = with_headline(frame, model)
     published = PUBLISHED.get((data, model), (math.nan,) * 4)
     rows = []
     for method, label, pub_tau, pub_jac in [("sgd", "SGD-influence", published[0], published[2]),
@@ -153,14 +160,42 @@ def table_for(frame: pd.DataFrame, data: str, model: str, dtype: str) -> pd.Data
                      "seeds": len(frame), "tau": common.mean_std(frame[f"{method}_tau"]),
                      "jaccard": common.mean_std(frame[f"{method}_jaccard"]),
                      "paper tau": pub_tau, "paper jaccard": pub_jac})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype(object).fillna("–")
 
 
 def damping_table(frame: pd.DataFrame) -> pd.DataFrame:
+    lams = sorted(float(c[3:-4]) for c in frame.columns if c.startswith("kl@") and
+                  c.endswith("_tau"))
     return pd.DataFrame([{"extra damping λ": lam,
                           "K&L tau": common.mean_std(frame[f"kl@{lam:g}_tau"]),
                           "K&L jaccard": common.mean_std(frame[f"kl@{lam:g}_jaccard"])}
-                         for lam in DAMPINGS])
+                         for lam in lams])
+
+
+def row_report(out: Path, frame: pd.DataFrame, data: str, model: str, dtype: str, cmd: str,
+               run_note: str) -> Path:
+    """benchmarks/results/lie-<data>-<model>-<dtype>.md from the per-seed values."""
+    name = f"lie-{data}-{model}-{dtype}"
+    return common.write_report(
+        out, name, f"Table 1 row: {data}, {model}, {dtype}", cmd,
+        [f"{run_note} SGD settings: {sgd_config(data, model, 0.0, 0)}; L2 α = "
+         f"{frame['l2'].mean():.4g} (mean over seeds; LogReg: 1/(C·n) with C per seed).",
+         common.markdown(table_for(frame, data, model, dtype)),
+         f"Koh & Liang with extra damping λ (headline: λ = {HEADLINE_DAMPING[model]:g}, as in "
+         "the authors' code):\n\n" + common.markdown(damping_table(frame)),
+         f"Per-seed values: `{name}.csv`."])
+
+
+def rebuild(out: Path) -> None:
+    """Rewrite every per-configuration report and lie.md from the stored per-seed CSVs,
+    keeping the command and run note that produced each."""
+    for csv in sorted(out.glob("lie-*.csv")):
+        _, data, model, dtype = csv.stem.split("-")
+        old = csv.with_suffix(".md").read_text().splitlines()
+        note = next(ln for ln in old if " seeds, " in ln and " s on " in ln)
+        row_report(out, pd.read_csv(csv), data, model, dtype,
+                   common.read_command(csv.with_suffix(".md")), note.split(" SGD settings")[0])
+    combined_report(out)
 
 
 def combined_report(out: Path) -> Path | None:
@@ -178,12 +213,12 @@ def combined_report(out: Path) -> Path | None:
     return common.write_report(
         out, "lie", "Table 1 reproduction: SGD-influence vs Koh & Liang vs TracIn",
         commands,
-        [common.markdown(table.fillna("–")),
+        [common.markdown(table),
          "τ: Kendall's rank correlation with the true change of validation loss over the 200 "
          "training instances (200 counterfactual SGD runs per seed); jaccard: overlap of the "
-         "10 most negative ∪ 10 most positive. Mean ± std over seeds. K&L uses the model's "
-         "own L2 only (LogReg) or an extra damping λ = 0.01 (DNN); see the per-configuration "
-         "files for λ ∈ {0, 0.01, 1} (1 is what the authors' code used for the DNN)."])
+         "10 most negative ∪ 10 most positive. Mean ± std over seeds. K&L, as in the "
+         "authors' code: the model's own L2 only (LogReg), extra damping λ = 1 (DNN); the "
+         "per-configuration files list other λ."])
 
 
 def main(argv=None) -> dict:
@@ -193,8 +228,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, default=30)
     parser.add_argument("--data-dir", default=None, help="default: ../shared/data/<data>")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="only rewrite the reports from the per-seed CSVs under --out")
     common.add_common_options(parser)
     a = parser.parse_args(argv)
+    if a.rebuild:
+        return rebuild(Path(a.out))
     if a.quick:
         a.data, a.seeds = "digits", min(a.seeds, 3)
     common.setup(a.threads)
@@ -204,22 +243,18 @@ def main(argv=None) -> dict:
     rows = []
     for seed in range(a.seeds):
         rows.append(one_seed(x, y, a.data, a.model, seed, getattr(torch, a.dtype)))
-        r = rows[-1]
+        r, lam = rows[-1], HEADLINE_DAMPING[a.model]
         print(f"seed {seed}: tau={r['sgd_tau']:.3f} jaccard={r['sgd_jaccard']:.3f} "
-              f"kl_tau={r['kl_tau']:.3f} tracin_tau={r['tracin_tau']:.3f}", flush=True)
+              f"kl_tau={r[f'kl@{lam:g}_tau']:.3f} tracin_tau={r['tracin_tau']:.3f}", flush=True)
     frame = pd.DataFrame(rows)
     name = f"lie-{a.data}-{a.model}-{a.dtype}"
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / f"{name}.csv", index=False)
-    common.write_report(
-        out, name, f"Table 1 row: {a.data}, {a.model}, {a.dtype}", common.command(),
-        [f"{a.seeds} seeds, {time.perf_counter() - began:.0f} s on {torch.get_num_threads()} "
-         f"thread(s). SGD settings: {sgd_config(a.data, a.model, 0.0, 0)} (l2 per seed).",
-         common.markdown(table_for(frame, a.data, a.model, a.dtype)),
-         "Koh & Liang with extra damping λ (headline: "
-         f"λ = {HEADLINE_DAMPING[a.model]}):\n\n" + common.markdown(damping_table(frame)),
-         f"Per-seed values: `{name}.csv`."])
+    row_report(out, frame, a.data, a.model, a.dtype, common.command(),
+               f"{a.seeds} seeds, {time.perf_counter() - began:.0f} s on "
+               f"{torch.get_num_threads()} thread(s).")
     combined_report(out)
+    frame = with_headline(frame, a.model)
     result = {k: float(frame[f"{m}_{s}"].mean()) for k, m, s in
               [("tau", "sgd", "tau"), ("jaccard", "sgd", "jaccard"), ("kl_tau", "kl", "tau"),
                ("kl_jaccard", "kl", "jaccard"), ("tracin_tau", "tracin", "tau"),
