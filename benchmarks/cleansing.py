@@ -56,9 +56,9 @@ def report(frame: pd.DataFrame, a, out: Path) -> dict:
     last = table[table["mode"] == a.modes[0]]
     common.line_chart(png, last.assign(change=100 * last["_change"], std=100 * last["_dstd"]),
                       "k", "change", "std", "method",
-                      f"Change of test error after removing the top-k and retraining\n"
-                      f"({a.name}, retrain mode {a.modes[0]}, mean ± std over "
-                      f"{frame['split'].nunique()} splits, paired with no removal)",
+                      f"Test error change after removing the top-k and retraining\n"
+                      f"({a.name}, retrain {a.modes[0]}, mean ± std of the paired change "
+                      f"over {frame['split'].nunique()} splits)",
                       "k (instances removed)", "test misclassification change (pp)",
                       baseline=0.0)
     common.write_report(out, a.name_out, "Figure 2 reproduction: data cleansing on MNIST",

@@ -174,7 +174,7 @@ def line_chart(path: str | Path, frame: pd.DataFrame, x: str, y: str, err: str, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
     for name, part in frame.groupby(series, sort=False):
         ax.errorbar(part[x], part[y], yerr=part[err], marker="o", capsize=3, label=name)
     if baseline is not None:
@@ -185,7 +185,7 @@ def line_chart(path: str | Path, frame: pd.DataFrame, x: str, y: str, err: str, 
     ax.minorticks_off()
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

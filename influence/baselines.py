@@ -30,7 +30,7 @@ from .sgd_influence import loss_gradient
 
 # Solve H v = u exactly (dense Hessian) up to this many parameters and parameters × instances;
 # otherwise by conjugate gradient.
-EXACT_MAX_PARAMS, EXACT_MAX_WORK = 8000, 4_000_000
+EXACT_MAX_PARAMS, EXACT_MAX_WORK = 2000, 4_000_000
 CHUNK = 1024  # instances per batched pass
 
 
