@@ -29,8 +29,8 @@ PAGES = [
 
 try:
     ui.start_session()
-except RunError as e:  # e.g. the workspace folder is not writable
-    st.error(str(e))
+except (DataError, RunError, OSError) as e:  # e.g. the workspace is not writable or full
+    st.error(jobs.plain_message(e))
     st.stop()
 page = st.navigation(PAGES)
 try:

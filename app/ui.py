@@ -19,7 +19,8 @@ from plotly.subplots import make_subplots
 import datasets
 from datasets import DataError, ImageSet
 from influence import jobs, runs
-from influence.store import DONE, INTERRUPTED, RUNNING, Store, workspace_root
+from influence.store import (DONE, INTERRUPTED, LOG, PREDICTIONS, RUNNING, SCORES, Store,
+                             workspace_root)
 
 METHOD_NAMES = {"sgd": "exact (all epochs)", "sgd-last": "fast (last epoch)"}
 MODEL_NAMES = {"logreg": "logistic regression", "dnn": "small neural network (2×8)",
@@ -356,28 +357,27 @@ def image_grid(data: ImageSet, positions, captions, per_row: int = 8, side: int 
 
 # --- reading results -----------------------------------------------------------------------------
 @st.cache_data(show_spinner=False, max_entries=64)
-def _csv(path: str, mtime: float) -> pd.DataFrame:
-    """A result table; ids and class names stay text ("07" must not become 7)."""
-    frame = pd.read_csv(path, dtype={"sample_id": str})
-    if "influence" in frame:
-        frame = pd.read_csv(path, dtype={"sample_id": str, "label": str})
-    return frame
+def _csv(path: str, mtime: float, columns: tuple) -> pd.DataFrame:
+    """A result table of a run (a missing or damaged one is a RunError with a clear message)."""
+    return runs.read_csv(path, *columns)
+
+
+def _table(path, columns: tuple) -> pd.DataFrame:
+    return _csv(str(path), path.stat().st_mtime if path.is_file() else 0.0, columns)
 
 
 def predictions(run_id: str) -> pd.DataFrame:
-    path = store().run_folder(run_id) / "predictions.csv"
-    return _csv(str(path), path.stat().st_mtime)
+    return _table(store().run_folder(run_id) / "predictions.csv", PREDICTIONS)
 
 
 def scores(run_id: str, method_name: str) -> pd.DataFrame:
     info = store().score_info(run_id)[method_name]
-    path = store().run_folder(run_id) / info["file"]
-    return _csv(str(path), path.stat().st_mtime)
+    return _table(store().run_folder(run_id) / info["file"], SCORES)
 
 
 def training_log(run_id: str) -> pd.DataFrame:
     path = store().run_folder(run_id) / "log.csv"
-    return _csv(str(path), path.stat().st_mtime) if path.is_file() else pd.DataFrame()
+    return _table(path, LOG) if path.is_file() else pd.DataFrame()
 
 
 def run_status_note(row: dict) -> None:

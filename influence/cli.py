@@ -19,6 +19,9 @@ from .sgd import Diverged
 EXIT_ERROR = 2
 
 
+_bars: list[tqdm] = []  # every bar drawn, so that an error message starts on a clean line
+
+
 def progress_bar():
     """A Progress callback drawing one tqdm bar per phase on stderr."""
     bars = {}
@@ -28,6 +31,7 @@ def progress_bar():
         if bar is None:
             bar = bars[p.phase] = tqdm(total=p.total, desc=p.phase, file=sys.stderr,
                                        leave=False, dynamic_ncols=True)
+            _bars.append(bar)
         if p.step is not None:
             bar.set_postfix(loss=f"{p.step.loss:.4f}", acc=f"{p.step.accuracy:.3f}",
                             refresh=False)
@@ -140,12 +144,17 @@ def main(argv=None) -> int:
     try:
         args.func(args)
     except (DataError, runs.RunError, Diverged) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        return fail(f"error: {e}", EXIT_ERROR)
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was saved", file=sys.stderr)
-        return 130
+        return fail("error: interrupted; nothing was saved", 130)
     except Exception as e:  # last line of defence: one line, no traceback
-        print(f"error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        return fail(f"error: unexpected {type(e).__name__}: {e}", 1)
     return 0
+
+
+def fail(message: str, code: int) -> int:
+    """Clear any progress bar still drawn, then say what went wrong on one line."""
+    while _bars:
+        _bars.pop().close()
+    print(message, file=sys.stderr)
+    return code

@@ -386,18 +386,21 @@ def load(path: str | os.PathLike, data: ImageSet | None = None) -> Run:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise RunError(f"{path} is not a run folder (no config.json)")
+    try:
+        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: config.json is damaged ({e})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise RunError(f"{path} was not written by this tool (unknown format)")
     if not (path / "metrics.json").is_file():
         raise RunError(f"{path} is incomplete (training was interrupted); train it again")
     try:
-        raw = json.loads((path / "config.json").read_text())
-        if raw.pop("format", None) != FORMAT:
-            raise RunError(f"{path} was not written by this tool (unknown format)")
-        known = {f.name for f in fields(RunConfig)}
-        config = RunConfig(**{k: v for k, v in raw.items() if k in known})
-        metrics = json.loads((path / "metrics.json").read_text())
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: config.json or metrics.json is damaged ({e})") from None
-    run = Run(config, data)
+        metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: metrics.json is damaged ({e})") from None
+    if not isinstance(metrics, dict):
+        raise RunError(f"{path}: metrics.json is damaged (not a JSON object)")
+    run = Run(config_from_json(raw, path), data)
     try:
         stored = load_file(path / "checkpoints.safetensors", device=str(run.device))
         final = load_file(path / "weights.safetensors", device=str(run.device))
@@ -420,6 +423,26 @@ def load(path: str | os.PathLike, data: ImageSet | None = None) -> Run:
         raise RunError(f"{path}: the stored batch order does not match the run's config")
     run.checkpoints, run.metrics, run.path = checkpoints, metrics, path
     return run
+
+
+def config_from_json(raw: dict, path: Path) -> RunConfig:
+    """A RunConfig from a run folder's config.json, every value of the type RunConfig holds
+    (a tampered file is refused here, not deep inside training or scoring)."""
+    expected = {"int": (int,), "float | None": (int, float, type(None)), "float": (int, float),
+                "str": (str,), "str | None": (str, type(None)), "dict[str, int]": (dict,)}
+    values = {}
+    for f in fields(RunConfig):
+        if f.name not in raw:
+            continue
+        value = raw[f.name]
+        if isinstance(value, bool) or not isinstance(value, expected.get(f.type, object)):
+            raise RunError(f"{path}: config.json is damaged ({f.name} has the wrong type)")
+        values[f.name] = value
+    removed = values.get("removed", {})
+    if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+               for k, v in removed.items()):
+        raise RunError(f"{path}: config.json is damaged (removed has the wrong type)")
+    return RunConfig(**values)
 
 
 class TrainingLog:
@@ -487,3 +510,24 @@ def write_csv(frame: pd.DataFrame, out: str | os.PathLike) -> Path:
         raise RunError(f"cannot write {out}: {e.strerror or e} "
                        "(check free disk space and write permission)") from None
     return out
+
+
+def read_csv(path: str | os.PathLike, text: tuple[str, ...] = (),
+             numbers: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A table this tool wrote (predictions, influence scores, training log): the `text` columns
+    stay text ("07" must not become 7), the `numbers` columns must be numbers. A missing or
+    damaged file is a RunError."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype={c: str for c in text})
+    except (OSError, ValueError) as e:  # missing, unreadable, not CSV, not UTF-8
+        raise RunError(f"the result file {path} is missing or damaged ({e}); compute it "
+                       "again") from None
+    missing = [c for c in (*text, *numbers) if c not in frame.columns]
+    bad = [c for c in numbers if c in frame.columns and not (
+        pd.api.types.is_numeric_dtype(frame[c]) and frame[c].notna().all())]
+    if missing or bad:
+        what = f"no column {missing[0]!r}" if missing else f"column {bad[0]!r} is not all numbers"
+        raise RunError(f"the result file {path} is damaged ({what}); compute it again")
+    return frame
+

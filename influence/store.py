@@ -55,6 +55,10 @@ CREATE TABLE IF NOT EXISTS rounds (
     session TEXT, created REAL);
 CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, state TEXT, updated REAL);
 """
+# the result tables in a run folder: (text columns, number columns), for runs.read_csv
+PREDICTIONS = (("sample_id", "part"), ("label", "predicted", "confidence"))
+SCORES = (("sample_id", "label"), ("influence",))
+LOG = ((), ("step", "epoch", "loss", "accuracy"))
 JSON_COLUMNS = ("shape", "classes", "flipped", "split", "config", "metrics", "trust", "removed",
                 "state")
 
@@ -95,7 +99,7 @@ class Store:
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
             with self._db() as db:
                 db.executescript(SCHEMA)
-        except (OSError, sqlite3.Error) as e:
+        except OSError as e:  # (database errors come as a RunError from _db)
             raise runs.RunError(f"cannot use the workspace folder {self.root}: {e}. Check that "
                                 "it is writable and the disk is not full, or set "
                                 "INFLUENCE_WORKSPACE to another folder") from None
@@ -103,11 +107,18 @@ class Store:
 
     @contextmanager
     def _db(self):
-        with closing(sqlite3.connect(self.root / "store.sqlite", timeout=30)) as db:
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            with db:  # one transaction
-                yield db
+        """One transaction; a database error (disk full, unwritable, damaged file) becomes a
+        RunError that says what to check."""
+        try:
+            with closing(sqlite3.connect(self.root / "store.sqlite", timeout=30)) as db:
+                db.row_factory = sqlite3.Row
+                db.execute("PRAGMA journal_mode=WAL")
+                with db:
+                    yield db
+        except sqlite3.Error as e:
+            raise runs.RunError(f"cannot read or write the workspace database in {self.root}: "
+                                f"{e}. Check that the disk is not full and the folder is "
+                                "writable") from None
 
     def _rows(self, sql: str, args=()) -> list[dict]:
         with self._db() as db:
@@ -118,11 +129,8 @@ class Store:
         return rows[0] if rows else None
 
     def _write(self, sql: str, args=()) -> int:
-        try:
-            with self._db() as db:
-                return db.execute(sql, args).lastrowid
-        except sqlite3.OperationalError as e:
-            raise runs.RunError(f"cannot write to the workspace {self.root}: {e}") from None
+        with self._db() as db:
+            return db.execute(sql, args).lastrowid
 
     # --- restarts --------------------------------------------------------------------------
     def recover(self) -> list[str]:
@@ -234,14 +242,11 @@ class Store:
 
     def predictions(self, run_id: str) -> pd.DataFrame:
         """sample_id, part, label, predicted, confidence for every image (written by jobs)."""
-        path = self.run_folder(run_id) / "predictions.csv"
-        if not path.is_file():
-            raise runs.RunError(f"run {run_id} has no predictions file")
-        return pd.read_csv(path, dtype={"sample_id": str})
+        return runs.read_csv(self.run_folder(run_id) / "predictions.csv", *PREDICTIONS)
 
     def training_log(self, run_id: str) -> pd.DataFrame:
         path = self.run_folder(run_id) / "log.csv"
-        return pd.read_csv(path) if path.is_file() else runs.TrainingLog().frame()
+        return runs.read_csv(path, *LOG) if path.is_file() else runs.TrainingLog().frame()
 
     # --- scores ----------------------------------------------------------------------------
     def add_scores(self, run_id: str, method: str, frame: pd.DataFrame, seconds: float) -> Path:
@@ -263,7 +268,7 @@ class Store:
         info = self.score_info(run_id).get(method)
         if info is None:
             raise runs.RunError(f"run {run_id} has not been scored with {method}")
-        return pd.read_csv(self.run_folder(run_id) / info["file"], dtype={"sample_id": str})
+        return runs.read_csv(self.run_folder(run_id) / info["file"], *SCORES)
 
     # --- cleaning rounds -------------------------------------------------------------------
     def new_round(self, dataset_id: str, base: str, method: str | None, mode: str,

@@ -146,5 +146,10 @@ if earlier:
             pick = st.selectbox("Open a model", range(len(done)), key="open_run",
                                 format_func=lambda i: ui.run_label(done[i]))
             if st.button("Open this model"):
-                ui.set_run(done[pick]["id"])
-                st.rerun()
+                try:  # a damaged or tampered run folder is refused here, never unpickled
+                    with st.spinner("Checking the saved model …"):
+                        ui.store().open_run(done[pick]["id"], data)
+                    ui.set_run(done[pick]["id"])
+                    st.rerun()
+                except (RunError, DataError) as e:
+                    st.error(f"This model cannot be opened: {e}")
