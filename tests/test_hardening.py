@@ -54,6 +54,16 @@ def errors(at) -> str:
     return "\n".join(e.value for e in at.error)
 
 
+def trained_in_app():
+    """A new app session with a quick model (logistic regression, one epoch) trained on page 2."""
+    at = new_app().switch_page("views/train.py").run()
+    at.selectbox(key="model_choice").set_value("logreg").run()
+    at.number_input(key="epochs").set_value(1).run()
+    button(at, "Start training").click().run()
+    assert wait_for_job(at).status == DONE
+    return ok(at.run())
+
+
 def files_under(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file()}
@@ -316,12 +326,7 @@ def test_tampered_run_folders_are_refused_and_never_unpickled(saved_run, tmp_pat
 
 
 def test_app_refuses_a_tampered_run_and_damaged_results_and_says_why(workspace):
-    at = new_app().switch_page("views/train.py").run()
-    at.selectbox(key="model_choice").set_value("logreg").run()
-    at.number_input(key="epochs").set_value(1).run()
-    button(at, "Start training").click().run()
-    assert wait_for_job(at).status == DONE
-    ok(at.run())
+    at = trained_in_app()
     at.switch_page("views/harmful.py").run()
     at.radio(key="score_method").set_value("sgd-last")
     button(at.run(), "Compute influence").click().run()
@@ -384,12 +389,8 @@ def test_cli_divergence_is_one_line_and_writes_no_run(tmp_path, capsys):
 
 
 def test_app_divergence_keeps_the_earlier_model_current(workspace):
-    at = new_app().switch_page("views/train.py").run()
-    at.selectbox(key="model_choice").set_value("logreg").run()
-    at.number_input(key="epochs").set_value(1).run()
-    button(at, "Start training").click().run()
-    assert wait_for_job(at).status == DONE
-    good = ok(at.run()).session_state["app"]["run"]
+    at = trained_in_app()
+    good = at.session_state["app"]["run"]
     at.number_input(key="epochs").set_value(2)
     at.number_input(key="lr-logreg").set_value(5.0)
     at.number_input(key="l2").set_value(10.0)
@@ -485,12 +486,8 @@ def test_app_when_the_disk_fills_while_saving_an_upload(workspace, monkeypatch):
 
 
 def test_app_when_the_disk_fills_while_saving_a_run(workspace, monkeypatch):
-    at = new_app().switch_page("views/train.py").run()
-    at.selectbox(key="model_choice").set_value("logreg").run()
-    at.number_input(key="epochs").set_value(1).run()
-    button(at, "Start training").click().run()
-    assert wait_for_job(at).status == DONE
-    good = ok(at.run()).session_state["app"]["run"]
+    at = trained_in_app()
+    good = at.session_state["app"]["run"]
     earlier = files_under(workspace / "runs")
     monkeypatch.setattr(runs, "save_file", no_space)
     button(at, "Start training").click().run()
@@ -501,6 +498,21 @@ def test_app_when_the_disk_fills_while_saving_a_run(workspace, monkeypatch):
     assert "No space left on device" in errors(at) and "disk space" in errors(at)
     assert files_under(workspace / "runs") == earlier  # nothing half-written, nothing changed
     assert at.session_state["app"]["run"] == good
+
+
+def test_disk_full_while_scoring_keeps_the_earlier_scores(tmp_path, monkeypatch):
+    ws = Store(tmp_path / "ws")
+    dataset = ws.add_dataset(datasets.load("digits"), "digits", "s")["id"]
+    run_id = jobs.start_training(ws, "s", dataset, runs.RunConfig(**LOGREG)).wait(120) \
+        .result["run"]
+    assert jobs.start_scoring(ws, "s", run_id, "sgd-last").wait(120).status == DONE
+    before = files_under(ws.run_folder(run_id))
+    monkeypatch.setattr(runs.pd.DataFrame, "to_csv", no_space)
+    job = jobs.start_scoring(ws, "s", run_id, "sgd").wait(120)
+    assert job.status == FAILED
+    assert "No space left on device" in job.error and "disk space" in job.error
+    assert files_under(ws.run_folder(run_id)) == before  # no partial file, nothing changed
+    assert set(ws.score_info(run_id)) == {"sgd-last"}
 
 
 @contextmanager
@@ -614,5 +626,20 @@ def test_one_session_uploads_and_trains_while_another_trains(workspace, monkeypa
     assert run_a["dataset"] == a.session_state["app"]["dataset"] != run_b["dataset"]
     assert run_b["dataset"] == b.session_state["app"]["dataset"]
     assert run_a["metrics"]["train_size"] == 1077 and run_b["metrics"]["train_size"] < 24
-    assert [j.id for j in jobs.jobs_of(session_of(a))] == [a_job.id]
-    assert [j.id for j in jobs.jobs_of(session_of(b))] == [b_job.id]
+
+    for at in (a, b):  # both score at once; each sees its own ranking and ticks
+        at.switch_page("views/harmful.py").run()
+        at.radio(key="score_method").set_value("sgd-last")
+        button(at.run(), "Compute influence").click().run()
+    for at in (a, b):
+        assert wait_for_job(at).status == DONE
+        ok(at.run())
+    button(b, "Tick top 10").click().run()
+    ok(a.run())
+    assert "**Ticked:** 0 images" in text(a) and "**Ticked:** 10 images" in text(ok(b))
+    assert set(store.scores(run_a["id"], "sgd-last").sample_id) <= set(datasets.load("digits").ids)
+    assert all(i.startswith(("dark/", "light/"))
+               for i in store.scores(run_b["id"], "sgd-last").sample_id)
+    assert [j.kind for j in jobs.jobs_of(session_of(a))] == ["score", "train"]
+    assert [j.kind for j in jobs.jobs_of(session_of(b))] == ["score", "train"]
+    assert jobs.jobs_of(session_of(a))[1] is a_job and jobs.jobs_of(session_of(b))[1] is b_job
