@@ -66,8 +66,9 @@ def report(frame: pd.DataFrame, a, out: Path) -> dict:
         f"Data: {a.data_note}; CNN `{a.model_note}`; plain SGD, batch 64, η = "
         f"{a.lr}, {a.epochs} epochs (the paper: 20 epochs on 50,000 images; reduced to fit "
         f"2 shared CPU cores). Retraining: counterfactual SGD, mode(s) {', '.join(a.modes)}. "
-        f"{frame['split'].nunique()} splits. K&L: Hessian "
-        "estimated on 500 random training instances, 20 MINRES steps, damping 0.01.",
+        f"{frame['split'].nunique()} splits."
+        + (" K&L: Hessian estimated on 500 random training instances, 20 MINRES steps, "
+           "damping 0.01." if "kl" in a.methods else ""),
         f"No removal: test error {common.mean_std(100 * base)} %.",
         "Test misclassification (%) after removing the top-k, mean ± std over splits:\n\n"
         + common.markdown(wide),
