@@ -111,16 +111,7 @@ def main(argv=None) -> dict:
     a.modes = ["last", "all"] if a.mode == "both" else [a.mode]
     a.all_methods = [m for m in a.methods if m in ("sgd", "random")] if a.mode == "both" \
         else a.methods
-    a.name = "digits" if a.quick else "mnist-10k"
-    a.name_out = ("cleansing-quick" if a.quick else "cleansing") + \
-        ("" if a.mode == "last" else f"-{a.mode}")
-    data = common.image_data(a.quick, a.data_dir)
-    probe = common.runs.Run(common.runs.RunConfig(dataset=a.name, model="cnn"), data)
-    a.lr, a.model_note = probe.config.lr, probe.preset
-    a.data_note = (f"{data.source}, {len(probe.split.train)}/{len(probe.split.val)}/"
-                   f"{len(probe.split.test)} train/validation/test")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    data, out = common.prepare_experiment(a, "cleansing")
     csv = out / f"{a.name_out}.csv"
     rows = pd.read_csv(csv).to_dict("records") if a.resume and csv.exists() else []
     done = {r["split"] for r in rows}

@@ -96,6 +96,22 @@ def image_data(quick: bool, data_dir: str | None) -> datasets.ImageSet:
     return datasets.load(str(folder))
 
 
+def prepare_experiment(a, stem: str) -> tuple[datasets.ImageSet, Path]:
+    """The data, output folder and descriptive notes of a cleansing/label-noise run: fills
+    a.name, a.name_out (e.g. cleansing, cleansing-quick, noisy-all), a.lr, a.model_note,
+    a.data_note."""
+    a.name = "digits" if a.quick else "mnist-10k"
+    a.name_out = stem + ("-quick" if a.quick else "") + ("" if a.mode == "last" else f"-{a.mode}")
+    data = image_data(a.quick, a.data_dir)
+    probe = runs.Run(runs.RunConfig(dataset=a.name, model="cnn"), data)
+    a.lr, a.model_note = probe.config.lr, probe.preset
+    a.data_note = (f"{data.source}, {len(probe.split.train)}/{len(probe.split.val)}/"
+                   f"{len(probe.split.test)} train/validation/test")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return data, out
+
+
 def train_run(data: datasets.ImageSet, seed: int, epochs: int, name: str) -> runs.Run:
     """The paper's Section 7.2 recipe at our scale: the preset CNN for the image size, plain SGD,
     batch 64, the preset's learning rate (0.05 for the MNIST CNN), no momentum or decay;

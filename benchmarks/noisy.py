@@ -146,15 +146,7 @@ def main(argv=None) -> dict:
     a.epochs = a.epochs or 6
     common.setup(a.threads)
     a.methods, a.fractions = a.methods.split(","), [float(f) for f in a.fractions.split(",")]
-    a.name = "digits" if a.quick else "mnist-10k"
-    a.name_out = "noisy-quick" if a.quick else "noisy"
-    data = common.image_data(a.quick, a.data_dir)
-    probe = common.runs.Run(common.runs.RunConfig(dataset=a.name, model="cnn"), data)
-    a.lr, a.model_note = probe.config.lr, probe.preset
-    a.data_note = (f"{data.source}, {len(probe.split.train)}/{len(probe.split.val)}/"
-                   f"{len(probe.split.test)} train/validation/test")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    data, out = common.prepare_experiment(a, "noisy")
     files = out / f"{a.name_out}-ranking.csv", out / f"{a.name_out}-errors.csv"
     ranking, errors = ([pd.read_csv(f).to_dict("records") for f in files]
                        if a.resume and files[0].exists() else ([], []))

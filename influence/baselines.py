@@ -29,7 +29,7 @@ from .sgd import Objective, Params, Schedule
 from .sgd_influence import loss_gradient
 
 # Solve H v = u exactly (dense Hessian) up to this many parameters and parameters × instances;
-# otherwise by conjugate gradient.
+# otherwise iteratively (MINRES on Hessian-vector products).
 EXACT_MAX_PARAMS, EXACT_MAX_WORK = 2000, 4_000_000
 CHUNK = 1024  # instances per batched pass
 
@@ -178,8 +178,8 @@ def isolation_forest(run, seed: int = 0) -> np.ndarray:
     for outliers, so the most anomalous instances rank first."""
     from sklearn.ensemble import IsolationForest
 
-    forest = IsolationForest(n_estimators=200, random_state=seed).fit(features(run))
-    return forest.decision_function(features(run))
+    z = features(run)
+    return IsolationForest(n_estimators=200, random_state=seed).fit(z).decision_function(z)
 
 
 def autoencoder(run, epochs: int = 20, hidden: int = 64, code: int = 16, seed: int = 0,
