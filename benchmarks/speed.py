@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -65,6 +64,16 @@ def our_step(obj, schedule, keep, t, theta_prev, idx_prev, idx, u) -> None:
     then one forward-over-reverse pass for H[t]u and every ⟨u, g(z_i; θ[t])⟩."""
     theta_t, _ = sgd_step(obj, theta_prev, idx_prev, float(schedule.lr[t - 1]), keep)
     hvp_and_dot_grads(obj, theta_t, idx, keep, u)
+
+
+def child_peak_rss_mb(code: str) -> float:
+    """Peak resident memory (VmHWM) of a fresh Python process running `code`. (getrusage's
+    ru_maxrss is no good here: a child inherits its parent's high-water mark across fork+exec.)"""
+    probe = ("; import re; print(re.search(r'VmHWM:\\s+(\\d+)', "
+             "open('/proc/self/status').read()).group(1))")
+    done = subprocess.run([sys.executable, "-c", code + probe], cwd=ROOT, check=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
+    return int(done.stdout.split()[-1]) / 1024
 
 
 def folder_bytes(path: Path) -> int:
@@ -121,16 +130,8 @@ def main(argv=None) -> dict:
         stored = folder_bytes(out)
         theta_bytes = sum(p.numel() * p.element_size() for p in run.theta.values())
         per_step = theta_bytes * schedule.steps
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        subprocess.run([sys.executable, "-m", "influence", "score", str(out)], cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True,
-                       capture_output=True)
-        peak_rss_mb = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
-    import_rss_mb = float(subprocess.run(
-        [sys.executable, "-c", "import resource, influence.runs; "
-         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, capture_output=True,
-        text=True).stdout.split()[-1])
+        peak_rss_mb = child_peak_rss_mb(f"from influence.cli import main; main(['score', {str(out)!r}])")
+    import_rss_mb = child_peak_rss_mb("import influence.runs")
 
     result = {
         "score_over_train": full_t / train_t,
