@@ -133,9 +133,14 @@ def use_cpu_threads(n: int | None = None) -> int:
     models are small: a second thread gains little, and on a busy machine OpenMP threads that
     spin waiting for each other make every step many times slower (benchmarks/flow.py measures
     both). Several jobs (one per browser session) then share the cores instead."""
-    n = n or int(os.environ.get("INFLUENCE_THREADS") or 1)
-    torch.set_num_threads(max(1, n))
+    global _threads
+    _threads = max(1, n or int(os.environ.get("INFLUENCE_THREADS") or 1))
+    torch.set_num_threads(_threads)
     return torch.get_num_threads()
+
+
+_threads: int | None = None  # set by use_cpu_threads; every job thread uses the same count, so
+# that results do not depend on which thread computed them (float sums differ by thread count)
 
 
 # --- the registry ------------------------------------------------------------------------------
@@ -205,6 +210,8 @@ def _prune(session: str) -> None:
 
 
 def _execute(job: Job, work: Callable[[Job], dict]) -> None:
+    if _threads is not None:
+        torch.set_num_threads(_threads)
     try:
         job.result.update(work(job) or {})
         job.status = DONE

@@ -20,6 +20,7 @@ FAST = dict(epochs=2, batch_size=64)
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
+    jobs.use_cpu_threads()  # results computed here and in job threads then match bit for bit
     return Store(tmp_path_factory.mktemp("ws"))
 
 
