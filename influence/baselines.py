@@ -25,6 +25,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
 from . import models
+from .runs import Progress, ProgressFn
 from .sgd import Objective, Params, Schedule
 from .sgd_influence import loss_gradient
 
@@ -32,6 +33,8 @@ from .sgd_influence import loss_gradient
 # otherwise iteratively (MINRES on Hessian-vector products).
 EXACT_MAX_PARAMS, EXACT_MAX_WORK = 2000, 4_000_000
 CHUNK = 1024  # instances per batched pass
+KL_ITERATIONS, KL_HESSIAN_SAMPLES = 50, 2000  # koh_liang's defaults: its cost is about
+# KL_ITERATIONS Hessian-vector products over KL_HESSIAN_SAMPLES instances
 
 
 # --- helpers shared by the gradient-based baselines --------------------------------------------
@@ -85,10 +88,11 @@ def dense_hessian(obj: Objective, theta: Params, keep: torch.Tensor) -> torch.Te
 
 
 def inverse_hvp(obj: Objective, theta: Params, keep: torch.Tensor, u: Params,
-                damping: float, cg_iters: int = 100, H: torch.Tensor | None = None) -> Params:
+                damping: float, cg_iters: int = 100, H: torch.Tensor | None = None,
+                on_iteration: Callable[[], None] | None = None) -> Params:
     """(H + λI)⁻¹ u: a dense solve for small models (or when H is given), otherwise MINRES
     (conjugate-gradient family; also valid where H + λI is indefinite, as for deep nets) on
-    torch.func HVPs. In float64 either way."""
+    torch.func HVPs, calling on_iteration after each iteration. In float64 either way."""
     u_flat = _flat(u).double()
     d, n = u_flat.numel(), int(keep.sum())
     if H is not None or (d <= EXACT_MAX_PARAMS and d * n <= EXACT_MAX_WORK):
@@ -100,7 +104,8 @@ def inverse_hvp(obj: Objective, theta: Params, keep: torch.Tensor, u: Params,
             return _flat(hvp(obj, theta, keep, xv)).double().cpu().numpy() + damping * x
 
         op = LinearOperator((d, d), matvec=matvec, dtype=np.float64)
-        v = torch.as_tensor(minres(op, u_flat.cpu().numpy(), maxiter=cg_iters)[0])
+        v = torch.as_tensor(minres(op, u_flat.cpu().numpy(), maxiter=cg_iters,
+                                   callback=on_iteration and (lambda _: on_iteration()))[0])
     return _unflat(v.to(device=obj.x.device, dtype=obj.x.dtype), theta)
 
 
@@ -108,7 +113,8 @@ def inverse_hvp(obj: Objective, theta: Params, keep: torch.Tensor, u: Params,
 def influence_function(obj: Objective, theta: Params, u: Params, keep: torch.Tensor,
                        damping: float = 0.01, cg_iters: int = 50,
                        H: torch.Tensor | None = None, hessian_samples: int | None = None,
-                       seed: int = 0) -> np.ndarray:
+                       seed: int = 0, on_iteration: Callable[[], None] | None = None
+                       ) -> np.ndarray:
     """Estimated change of the query loss when j is removed, for every training position j.
 
     θ minimises (1/n)·Σ_i ℓ_i; dropping ℓ_j moves it by θ_{−j} − θ ≈ (1/n)·H⁻¹∇ℓ_j, so the
@@ -125,23 +131,30 @@ def influence_function(obj: Objective, theta: Params, u: Params, keep: torch.Ten
                     [:hessian_samples].to(kept.device)]
         on = torch.zeros_like(keep)
         on[pick] = True
-    v = inverse_hvp(obj, theta, on, u, damping, cg_iters, H)
+    v = inverse_hvp(obj, theta, on, u, damping, cg_iters, H, on_iteration)
     return (dot_grads(obj, theta, v) / n).detach().cpu().double().numpy()
 
 
-def koh_liang(run, damping: float = 0.01, cg_iters: int = 50, hessian_samples: int | None = 2000,
-              seed: int = 0, query: Callable[[Params], torch.Tensor] | None = None) -> np.ndarray:
+def koh_liang(run, damping: float = 0.01, cg_iters: int = KL_ITERATIONS,
+              hessian_samples: int | None = KL_HESSIAN_SAMPLES, seed: int = 0,
+              query: Callable[[Params], torch.Tensor] | None = None,
+              on_progress: ProgressFn | None = None) -> np.ndarray:
     """Koh & Liang's influence function at θ[T] on the mean validation loss (or `query`); the
     Hessian is estimated on at most `hessian_samples` training instances."""
     u = loss_gradient(query or run.val_loss_fn, run.theta)
     keep = run.keep_at(run.schedule.epochs - 1)
-    return influence_function(run.objective, run.theta, u, keep, damping, cg_iters,
-                              hessian_samples=hessian_samples, seed=seed)
+    solved = iter(range(1, cg_iters + 1))
+    scores = influence_function(
+        run.objective, run.theta, u, keep, damping, cg_iters, hessian_samples=hessian_samples,
+        seed=seed, on_iteration=on_progress and (
+            lambda: on_progress(Progress("rank", next(solved), cg_iters))))
+    return _finished(scores, on_progress)
 
 
 # --- TracIn ---------------------------------------------------------------------------------
 def tracin_scores(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
-                  query: Callable[[Params], torch.Tensor]) -> np.ndarray:
+                  query: Callable[[Params], torch.Tensor],
+                  on_progress: ProgressFn | None = None) -> np.ndarray:
     """TracIn-CP: Σ_k η_k/|S|·⟨∇query(θ_k), ∇ℓ_j(θ_k)⟩ over the checkpoints θ_k at the end of
     every epoch k, η_k the mean learning rate of that epoch. Training on a proponent (positive
     dot product) lowers the query loss, so removing it raises it: positive = helpful, negative =
@@ -152,13 +165,16 @@ def tracin_scores(obj: Objective, schedule: Schedule, checkpoints: dict[int, Par
         eta = float(np.mean(schedule.lr[steps.start:steps.stop]))
         u = loss_gradient(query, checkpoints[k])
         total += eta / schedule.batch_size * dot_grads(obj, checkpoints[k], u).cpu().double()
+        if on_progress:
+            on_progress(Progress("rank", k, schedule.epochs))
     return total.numpy()
 
 
-def tracin(run, query: Callable[[Params], torch.Tensor] | None = None) -> np.ndarray:
+def tracin(run, query: Callable[[Params], torch.Tensor] | None = None,
+           on_progress: ProgressFn | None = None) -> np.ndarray:
     """TracIn over the run's epoch checkpoints on the mean validation loss (or `query`)."""
     return tracin_scores(run.objective, run.schedule, run.checkpoints,
-                         query or run.val_loss_fn)
+                         query or run.val_loss_fn, on_progress)
 
 
 # --- outlier detectors -----------------------------------------------------------------------
@@ -173,17 +189,19 @@ def features(run, x: torch.Tensor | None = None) -> np.ndarray:
                          ).reshape(len(x), -1).cpu().double().numpy()
 
 
-def isolation_forest(run, seed: int = 0) -> np.ndarray:
+def isolation_forest(run, seed: int = 0, on_progress: ProgressFn | None = None) -> np.ndarray:
     """Isolation Forest on the CNN's penultimate features; its decision function is negative
     for outliers, so the most anomalous instances rank first."""
     from sklearn.ensemble import IsolationForest
 
     z = features(run)
-    return IsolationForest(n_estimators=200, random_state=seed).fit(z).decision_function(z)
+    forest = IsolationForest(n_estimators=200, random_state=seed).fit(z)
+    return _finished(forest.decision_function(z), on_progress)
 
 
 def autoencoder(run, epochs: int = 20, hidden: int = 64, code: int = 16, seed: int = 0,
-                lr: float = 1e-3, batch_size: int = 128) -> np.ndarray:
+                lr: float = 1e-3, batch_size: int = 128,
+                on_progress: ProgressFn | None = None) -> np.ndarray:
     """Minus the reconstruction error (mean squared, per image) of a small fully connected
     autoencoder (d→hidden→code→hidden→d, Adam) trained on the training images: the images it
     reconstructs worst rank first."""
@@ -196,12 +214,14 @@ def autoencoder(run, epochs: int = 20, hidden: int = 64, code: int = 16, seed: i
                             nn.Sigmoid()).to(x.device)
         opt = torch.optim.Adam(net.parameters(), lr=lr)
         gen = torch.Generator().manual_seed(seed)
-        for _ in range(epochs):
+        for epoch in range(epochs):
             for idx in torch.randperm(len(x), generator=gen).split(batch_size):
                 loss = ((net(x[idx]) - x[idx]) ** 2).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+            if on_progress:
+                on_progress(Progress("rank", epoch + 1, epochs))
     with torch.no_grad():
         error = torch.cat([((net(xb) - xb) ** 2).mean(1) for xb in x.split(CHUNK)])
     return -error.cpu().double().numpy()
@@ -227,7 +247,8 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, folds: int = 5,
     return cross_val_predict(model, x, y, cv=cv, method="predict_proba")
 
 
-def confident_learning(run, folds: int = 5, seed: int = 0) -> np.ndarray:
+def confident_learning(run, folds: int = 5, seed: int = 0,
+                       on_progress: ProgressFn | None = None) -> np.ndarray:
     """cleanlab's label-quality score (self-confidence of the given label under out-of-fold
     probabilities), minus 1: in [−1, 0], the likeliest label errors rank first."""
     from cleanlab.rank import get_label_quality_scores
@@ -237,12 +258,21 @@ def confident_learning(run, folds: int = 5, seed: int = 0) -> np.ndarray:
     probs = out_of_fold_probabilities(x, y, folds, seed)
     if probs.shape[1] < len(run.data.classes):  # a class missing from training: pad columns
         probs = np.pad(probs, ((0, 0), (0, len(run.data.classes) - probs.shape[1])))
-    return get_label_quality_scores(y, probs) - 1.0
+    return _finished(get_label_quality_scores(y, probs) - 1.0, on_progress)
 
 
-def random(run, seed: int = 0) -> np.ndarray:
+def random(run, seed: int = 0, on_progress: ProgressFn | None = None) -> np.ndarray:
     """Seeded random scores: what any method must beat."""
-    return np.random.default_rng(seed).standard_normal(len(run.train_ids))
+    return _finished(np.random.default_rng(seed).standard_normal(len(run.train_ids)),
+                     on_progress)
+
+
+def _finished(scores: np.ndarray, on_progress: ProgressFn | None) -> np.ndarray:
+    """Report a ranking as complete (the last progress report; a cancel asked for meanwhile
+    stops here)."""
+    if on_progress:
+        on_progress(Progress("rank", 1, 1))
+    return scores
 
 
 # --- one entry point for the app and the benchmarks --------------------------------------
@@ -250,6 +280,9 @@ BASELINES: dict[str, Callable] = {
     "kl": koh_liang, "tracin": tracin, "isolation-forest": isolation_forest,
     "autoencoder": autoencoder, "confident-learning": confident_learning, "random": random,
 }
+# Methods whose score estimates the change of validation loss when an instance is removed, so
+# that real retraining can check it (Run.check); the others rank by suspicion only.
+ESTIMATES_REMOVAL = ("sgd", "sgd-last", "kl", "tracin")
 LABELS = {
     "sgd": "SGD-influence", "sgd-last": "SGD-influence (last epoch)", "kl": "Koh & Liang",
     "tracin": "TracIn", "isolation-forest": "Isolation Forest", "autoencoder": "Autoencoder",
@@ -257,18 +290,18 @@ LABELS = {
 }
 
 
-def scores(run, method: str, **options) -> np.ndarray:
+def scores(run, method: str, on_progress: ProgressFn | None = None, **options) -> np.ndarray:
     """One score per training position for any method: SGD-influence ('sgd', 'sgd-last') or a
-    baseline. Negative = harmful / suspicious."""
+    baseline. Negative = harmful / suspicious. on_progress gets the method's progress."""
     if method in ("sgd", "sgd-last"):
-        return run.influence(method, **options)
+        return run.influence(method, on_progress=on_progress, **options)
     if method not in BASELINES:
         raise ValueError(f"unknown method {method!r}: use one of "
                          f"{', '.join(['sgd', 'sgd-last', *BASELINES])}")
-    return BASELINES[method](run, **options)
+    return BASELINES[method](run, on_progress=on_progress, **options)
 
 
-def score(run, method: str, **options) -> pd.DataFrame:
+def score(run, method: str, on_progress: ProgressFn | None = None, **options) -> pd.DataFrame:
     """sample_id, label, influence (the method's score) for every training instance in use,
     most suspicious first: the same table as Run.score."""
-    return run.ranking(scores(run, method, **options))
+    return run.ranking(scores(run, method, on_progress, **options))

@@ -25,16 +25,21 @@ import torch
 
 from datasets import DataError, ImageSet
 
-from . import runs
+from . import baselines, runs
 from .runs import Cancelled, Progress, RunConfig, RunError, TrainingLog
 from .sgd import Diverged, initial_params, sgd_step
 from .sgd_influence import hvp_and_dot_grads
 from .store import CANCELLED, DONE, FAILED, RUNNING, Store
 
 log = logging.getLogger(__name__)
+# What the app can rank by: SGD-influence, then the baselines to compare with (label noise first;
+# no random ranking: each cleaning round's control removes random images already).
+RANKINGS = (*runs.METHODS, "confident-learning", "kl", "tracin", "isolation-forest",
+            "autoencoder")
 KEEP_FINISHED = 10  # finished jobs kept per session, newest first
-PHASES = {"train": "Training", "score": "Computing influence", "check": "Checking against real "
-          "retraining", "retrain": "Retraining without the ticked images",
+PHASES = {"train": "Training", "score": "Computing influence", "rank": "Ranking",
+          "check": "Checking against real retraining",
+          "retrain": "Retraining without the ticked images",
           "control": "Control: retraining without as many random images"}
 
 
@@ -76,7 +81,12 @@ class Job:
     def progress_text(self) -> str:
         what = PHASES.get(self.phase, self.phase.capitalize())
         unit = "images checked" if self.phase == "check" else "steps"
-        text = f"{what}: {self.done:,} of {self.total:,} {unit}, {self.elapsed:.0f} s so far"
+        if self.total <= 1:  # one piece of work that reports no steps
+            text = f"{what}, {self.elapsed:.0f} s so far"
+        elif self.phase == "rank":  # a baseline's own units (iterations, epochs, checkpoints)
+            text = f"{what}: {self.fraction:.0%} done, {self.elapsed:.0f} s so far"
+        else:
+            text = f"{what}: {self.done:,} of {self.total:,} {unit}, {self.elapsed:.0f} s so far"
         if self.running and 0 < self.done < self.total:
             left = self.elapsed * (self.total - self.done) / self.done  # this phase's pace
             text += f", about {left:.0f} s left" if left < 90 else \
@@ -291,9 +301,11 @@ def start_training(store: Store, session: str, dataset_id: str, config: RunConfi
 
 
 def start_scoring(store: Store, session: str, run_id: str, method: str) -> Job:
-    """SGD-influence of every training image of a finished run (method sgd or sgd-last)."""
-    if method not in runs.METHODS:
-        raise RunError(f"unknown method {method!r}")
+    """Score every training image of a finished run: SGD-influence (method sgd or sgd-last) or
+    one of the baselines, to compare rankings (any of baselines.LABELS but random, which the
+    cleaning round's control already covers)."""
+    if method not in RANKINGS:
+        raise RunError(f"unknown method {method!r}: use one of {', '.join(RANKINGS)}")
     row = store.run(run_id)
     if row["status"] != DONE:
         raise RunError(f"run {run_id} is {row['status']}: train a model first")
@@ -301,9 +313,14 @@ def start_scoring(store: Store, session: str, run_id: str, method: str) -> Job:
     def work(job: Job) -> dict:
         begun = time.perf_counter()
         run = store.open_run(run_id)
-        job.say("retracing " + ("all epochs" if method == "sgd" else "the last epoch")
-                + f" of run {run_id}")
-        frame = run.score(method, on_progress=job.report)
+        if method in runs.METHODS:
+            job.say("retracing " + ("all epochs" if method == "sgd" else "the last epoch")
+                    + f" of run {run_id}")
+        else:
+            job.say(f"ranking the training images of run {run_id} by "
+                    f"{baselines.LABELS[method]}")
+            job.report(Progress("rank", 0, 1))
+        frame = baselines.score(run, method, on_progress=job.report)
         seconds = time.perf_counter() - begun
         store.add_scores(run_id, method, frame, seconds)
         job.say(f"scored {len(frame):,} training images in {seconds:.1f} s")
@@ -446,9 +463,14 @@ def estimate(data: ImageSet, config: RunConfig, repeats: int = 3) -> dict:
     disk = ((epochs + 2) * n_params * bytes_per + run.schedule.order.size * 4 + steps * 8
             + steps * 60 + len(data) * 40)
     train = steps * step + evaluation
+    per_instance = retrace_step / run.config.batch_size  # one HVP and ⟨u, g_i⟩, per instance
+    n_train = len(run.split.train)
     return {"preset": run.preset, "reason": run.preset_reason, "lr": run.config.lr,
-            "n_train": len(run.split.train), "n_val": len(run.split.val),
+            "n_train": n_train, "n_val": len(run.split.val),
             "n_test": len(run.split.test), "steps": steps, "n_params": n_params,
             "seconds_train": train, "seconds_score": steps * retrace_step,
             "seconds_score_last": steps / epochs * retrace_step, "seconds_retrain": train,
+            "seconds_kl": baselines.KL_ITERATIONS * min(n_train, baselines.KL_HESSIAN_SAMPLES)
+            * per_instance + n_train * per_instance,
+            "seconds_tracin": epochs * n_train * step / run.config.batch_size,  # one jvp each
             "disk_bytes": int(disk)}

@@ -338,7 +338,7 @@ class Run:
         n = max(2, min(n, len(scores)))
         picked = scores.iloc[np.unique(np.linspace(0, len(scores) - 1, n).round().astype(int))]
         base_loss = self.evaluate("val")[0]
-        mode = "all" if method == "sgd" else "last"
+        mode = "last" if method == "sgd-last" else "all"  # what the method estimates
         actual = []
         for i, sid in enumerate(picked.sample_id):
             child = self.retrain([sid], mode)

@@ -147,3 +147,30 @@ def test_score_table_ranks_the_suspicious_first_and_skips_removed(planted):
     assert not set(run.train_ids[:5]) & set(table.sample_id)
     with pytest.raises(ValueError, match="unknown method"):
         baselines.scores(run, "nope")
+
+
+@pytest.mark.parametrize("method", sorted(baselines.BASELINES))
+def test_every_baseline_reports_progress_to_the_end(planted, method):
+    run, _ = planted
+    reports = []
+    options = {"cg_iters": 5, "hessian_samples": 100} if method == "kl" else {}
+    baselines.scores(run, method, on_progress=reports.append, **options)
+    assert reports and reports[-1].done == reports[-1].total
+    assert [p.done for p in reports] == sorted(p.done for p in reports)
+
+
+def test_the_iterative_solve_reports_each_iteration_and_can_be_stopped(planted, monkeypatch):
+    """The app cancels a job by raising from the progress callback: it must reach the caller
+    even from inside scipy's MINRES."""
+    run, _ = planted
+    monkeypatch.setattr(baselines, "EXACT_MAX_PARAMS", 0)  # MINRES even for this small model
+    reports = []
+    baselines.koh_liang(run, cg_iters=5, hessian_samples=100, on_progress=reports.append)
+    assert [p.done for p in reports[:-1]] == list(range(1, len(reports)))
+    assert len(reports) > 2 and all(p.total == 5 for p in reports[:-1])
+
+    def stop(p):
+        raise runs.Cancelled()
+
+    with pytest.raises(runs.Cancelled):
+        baselines.koh_liang(run, cg_iters=5, hessian_samples=100, on_progress=stop)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import datasets
-from influence import jobs, runs
+from influence import baselines, jobs, runs
 from influence.store import CANCELLED, DONE, FAILED, INTERRUPTED, RUNNING, Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +102,24 @@ def test_scoring_stores_the_engines_ranking(ws, trained):
     assert trust["n"] == 4 and -1 <= trust["tau"] <= 1
 
 
+
+def test_scoring_with_a_baseline_stores_its_ranking_and_the_check_retrains_from_scratch(
+        ws, trained):
+    run_id = trained.result["run"]
+    job = jobs.start_scoring(ws, "baseline", run_id, "tracin").wait(120)
+    assert job.status == DONE, job.error
+    assert job.phase == "rank" and job.done == job.total == 2  # one report per checkpoint
+    assert job.progress_text().startswith("Ranking: 100% done, ")
+    stored = ws.scores(run_id, "tracin")
+    direct = baselines.score(ws.open_run(run_id), "tracin")
+    assert stored.sample_id.tolist() == direct.sample_id.tolist()
+    check = jobs.start_check(ws, "baseline", run_id, "tracin", n=3).wait(120)
+    assert check.status == DONE, check.error
+    assert check.total == 3 and ws.score_info(run_id)["tracin"]["trust"]["n"] == 3
+    assert set(jobs.RANKINGS) == set(baselines.LABELS) - {"random"}  # the app offers them all
+    with pytest.raises(runs.RunError, match="unknown method 'random'"):
+        jobs.start_scoring(ws, "baseline", run_id, "random")  # the cleaning control covers it
+
 def test_a_cleaning_round_retrains_without_the_ids_and_a_random_control(ws, trained):
     run_id = trained.result["run"]
     base = ws.open_run(run_id)
@@ -134,7 +152,7 @@ def test_the_estimate_is_of_the_right_size(ws, trained):
 
 CRASH = """
 import sys, time
-from influence import jobs, runs
+from influence import baselines, jobs, runs
 from influence.store import Store
 import datasets
 ws = Store(sys.argv[1])
