@@ -18,11 +18,32 @@ from plotly.subplots import make_subplots
 
 import datasets
 from datasets import DataError, ImageSet
-from influence import jobs, runs
+from influence import baselines, jobs, runs
 from influence.store import (DONE, INTERRUPTED, LOG, PREDICTIONS, RUNNING, SCORES, Store,
                              workspace_root)
 
-METHOD_NAMES = {"sgd": "exact (all epochs)", "sgd-last": "fast (last epoch)"}
+METHOD_NAMES = {"sgd": "SGD-influence, exact (all epochs)",
+                "sgd-last": "SGD-influence, fast (last epoch)",
+                "kl": "influence function (Koh & Liang)", "tracin": "TracIn",
+                "confident-learning": "likely wrong label (confident learning)",
+                "isolation-forest": "unusual image (Isolation Forest)",
+                "autoencoder": "unusual image (autoencoder)"}
+METHOD_HELP = {
+    "sgd": "Follows the whole training run backwards (the paper's Algorithm 2).",
+    "sgd-last": "Follows only the last epoch backwards: a cheaper approximation (the paper's "
+                "Section 7.2).",
+    "kl": "Koh & Liang's influence function at the final model. It assumes training reached a "
+          "minimum, which a few epochs of SGD rarely do.",
+    "tracin": "Adds up, over the saved epochs, how much each image pulled the same way as the "
+              "validation loss (TracIn). No second derivatives: quick, but rougher.",
+    "confident-learning": "A separate simple model that never saw the image judges how "
+                          "plausible its given label is (cleanlab). The usual first tool for "
+                          "wrong labels; it says nothing about the effect on your model.",
+    "isolation-forest": "Images the trained network sees as unlike the others (Isolation Forest "
+                        "on its features). Ignores the labels.",
+    "autoencoder": "Images a small autoencoder reconstructs worst: odd-looking images. Ignores "
+                   "the labels and the model.",
+}
 MODEL_NAMES = {"logreg": "logistic regression", "dnn": "small neural network (2×8)",
                "cnn": "the paper's MNIST CNN", "cnn-small": "small CNN",
                "cnn-cifar": "CIFAR-size CNN"}
@@ -222,11 +243,18 @@ def size(n: float) -> str:
         n /= 1000
 
 
-def effect(score: float) -> str:
-    """An influence score in plain words (negative = removing it lowers validation loss)."""
-    amount = f"{abs(score):.2g}" if abs(score) >= 1e-4 else f"{abs(score):.1e}"
-    return f"removing this is estimated to {'lower' if score < 0 else 'raise'} validation " \
-           f"loss by {amount}"
+def effect(score: float, method: str = "sgd") -> str:
+    """A score in plain words. Every method ranks ascending: negative = more harmful or more
+    suspicious."""
+    if method in baselines.ESTIMATES_REMOVAL:
+        amount = f"{abs(score):.2g}" if abs(score) >= 1e-4 else f"{abs(score):.1e}"
+        return f"removing this is estimated to {'lower' if score < 0 else 'raise'} " \
+               f"validation loss by {amount}"
+    if method == "confident-learning":
+        return f"label quality {score + 1:.2g} (near 0: the given label looks wrong)"
+    if method == "isolation-forest":
+        return f"outlier score {score:+.3f} ({'unusual' if score < 0 else 'typical'} image)"
+    return f"reconstruction error {-score:.3g} (higher: a more unusual image)"
 
 
 def need(what: str, page: str, label: str) -> None:
@@ -434,16 +462,23 @@ def class_counts_chart(data: ImageSet) -> go.Figure:
     return fig
 
 
-def scores_histogram(frame: pd.DataFrame) -> go.Figure:
-    harmful = frame.influence < 0
+def scores_histogram(frame: pd.DataFrame, method: str = "sgd") -> go.Figure:
     fig = go.Figure()
-    fig.add_trace(go.Histogram(x=frame.influence[harmful], name="harmful (removing helps)",
-                               marker_color=RED, nbinsx=60))
-    fig.add_trace(go.Histogram(x=frame.influence[~harmful], name="helpful (removing hurts)",
-                               marker_color=GREEN, nbinsx=60))
-    fig.add_vline(x=0, line_color=GREY, line_dash="dot")
+    if method in baselines.ESTIMATES_REMOVAL:
+        harmful = frame.influence < 0
+        fig.add_trace(go.Histogram(x=frame.influence[harmful], name="harmful (removing helps)",
+                                   marker_color=RED, nbinsx=60))
+        fig.add_trace(go.Histogram(x=frame.influence[~harmful], name="helpful (removing hurts)",
+                                   marker_color=GREEN, nbinsx=60))
+        fig.add_vline(x=0, line_color=GREY, line_dash="dot")
+        title = "All scores: estimated change of validation loss if removed"
+        axis = "change of validation loss"
+    else:
+        fig.add_trace(go.Histogram(x=frame.influence, name="training images",
+                                   marker_color=BLUE, nbinsx=60))
+        title = f"All scores: {METHOD_NAMES[method]}"
+        axis = "score (lower = more suspicious)"
     fig.update_layout(height=260, barmode="overlay", margin=dict(l=10, r=10, t=30, b=10),
-                      title="All scores: estimated change of validation loss if removed",
-                      xaxis_title="change of validation loss", yaxis_title="images",
+                      title=title, xaxis_title=axis, yaxis_title="images",
                       yaxis=dict(type="log", dtick=1), legend=dict(orientation="h", y=-0.35))
     return fig

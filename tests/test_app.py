@@ -74,6 +74,18 @@ def train(at: AppTest, epochs: int = 2, lr: float | None = None, l2: float | Non
     return at, job
 
 
+def tick_and_clean(at: AppTest, k: int) -> AppTest:
+    """On page 3: tick the top k of the ranking shown; on page 4: retrain the last epoch
+    without them (and the random control)."""
+    at.number_input(key="top_k").set_value(k)
+    button(at.run(), f"Tick top {k}").click().run()
+    at.switch_page("views/retrain.py").run()
+    at.radio(key="mode").set_value("last")
+    button(at.run(), f"Retrain without the {k} ticked").click().run()
+    assert wait_for_job(at).status == "done"
+    return ok(at.run())
+
+
 def test_first_launch_preselects_the_offline_digits_and_every_page_renders():
     at = ok(new_app())
     assert at.selectbox(key="builtin").value == "digits"
@@ -163,13 +175,7 @@ def test_retrain_and_compare_shows_both_error_rates_and_a_history():
     button(at.run(), "Compute influence").click().run()
     wait_for_job(at)
     at.run()
-    at.number_input(key="top_k").set_value(5)
-    button(at.run(), "Tick top 5").click().run()
-    at.switch_page("views/retrain.py").run()
-    at.radio(key="mode").set_value("last")
-    button(at.run(), "Retrain without the 5 ticked").click().run()
-    assert wait_for_job(at).status == "done"
-    ok(at.run())
+    tick_and_clean(at, 5)
     labels = [m.label for m in at.metric]
     assert {"Test error — before", "Test error — after cleaning",
             "Test error — random removal"} <= set(labels)
@@ -195,6 +201,48 @@ def test_demo_switch_remembers_the_flipped_ids():
     row = Store().dataset(dataset)
     assert len(row["flipped"]) == round(0.1 * 1077)
 
+
+
+def test_other_rankings_can_be_computed_next_to_sgd_influence_and_used_for_cleaning():
+    """The baselines from influence.baselines, in the app: a label-noise ranking on the demo."""
+    at = new_app()
+    next(t for t in at.toggle if t.label.startswith("Demo:")).set_value(True)
+    button(at, "Apply").click().run()
+    at, _ = train(at)
+    run_id = at.session_state["app"]["run"]
+    at.switch_page("views/harmful.py").run()
+    at.radio(key="score_method").set_value("confident-learning")
+    button(at.run(), "Compute this ranking").click().run()
+    job = wait_for_job(at)
+    assert job.status == "done", job.error
+    ok(at.run())
+    said = text(at)
+    assert "likely wrong label (confident learning)" in said
+    assert "real retraining cannot check it" in said  # no trust check for a non-estimate
+    assert not [b for b in at.button if b.label.startswith("Check against real retraining")]
+    assert "Labels that look wrong (quality below 0.5)" in [m.label for m in at.metric]
+    frame = Store().scores(run_id, "confident-learning")
+    assert frame.influence.between(-1, 0).all() and frame.influence.is_monotonic_increasing
+    flipped = Store().dataset(at.session_state["app"]["dataset"])["flipped"]
+    found = len(set(frame.sample_id.head(len(flipped))) & flipped.keys())
+    assert found > 3 * len(flipped) ** 2 / len(frame)  # far above chance (about 10%)
+    assert f"**{len(set(frame.sample_id.head(10)) & flipped.keys())}** of them are in the " \
+           "top 10" in said
+
+    tick_and_clean(at, 5)
+    rnd = Store().rounds()[-1]
+    assert rnd["method"] == "confident-learning" and len(rnd["removed"]) == 5
+    assert set(rnd["removed"]) == set(frame.sample_id.head(5))
+    history = next(d.value for d in at.dataframe if "ranking" in d.value.columns)
+    assert history.ranking.tolist() == ["likely wrong label (confident learning)"]
+
+    at.switch_page("views/harmful.py").run()  # a second ranking: both can be viewed
+    at.radio(key="score_method").set_value("sgd-last")
+    button(at.run(), "Compute influence").click().run()
+    wait_for_job(at)
+    ok(at.run())
+    assert set(Store().score_info(run_id)) == {"confident-learning", "sgd-last"}
+    assert "Check against real retraining" in [b.label for b in at.button]
 
 def make_zip(classes=("cat", "dog"), n=4) -> bytes:
     buffer = io.BytesIO()

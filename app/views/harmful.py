@@ -7,8 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from app import ui
-from influence import jobs
-from influence.runs import RunError
+from influence import baselines, jobs
+from influence.runs import METHODS, RunError
 
 ROW_HEIGHT = 44
 LARGE = 192  # thumbnails are drawn this big when double-clicked (still a small PNG)
@@ -17,7 +17,8 @@ st.title("3 · Find the harmful training images")
 st.caption("For every training image, SGD-influence estimates how the loss on the validation "
            "images would change if that image had been left out of training — the same SGD run, "
            "replayed without it. A **negative** score means removing it would **lower** the loss: "
-           "the image hurts the model (often a wrong label or an odd image).")
+           "the image hurts the model (often a wrong label or an odd image). Other well-known "
+           "rankings can be computed next to it, for comparison.")
 
 row = ui.current_dataset()
 run = ui.current_run()
@@ -36,16 +37,20 @@ busy = jobs.active(ui.sid()) is not None
 guess = ui.estimate(row["id"], run["config"])
 epochs = run["config"]["epochs"]
 labels = {"sgd": f"Exact: retrace all {epochs} epochs ({ui.seconds(guess['seconds_score'])})",
-          "sgd-last": f"Fast: last epoch only ({ui.seconds(guess['seconds_score_last'])})"}
-with st.expander("Compute influence" + (" again or with the other method" if scored else ""),
-                 expanded=not scored):
+          "sgd-last": f"Fast: last epoch only ({ui.seconds(guess['seconds_score_last'])})",
+          **{m: f"Compare: {ui.METHOD_NAMES[m]}" for m in jobs.RANKINGS if m not in METHODS}}
+for m in ("kl", "tracin"):
+    labels[m] += f" ({ui.seconds(guess['seconds_' + m])})"
+with st.expander("Compute influence" + (" again, or another ranking to compare" if scored
+                                         else ""), expanded=not scored):
     chosen = st.radio("Method", list(labels), format_func=labels.get,
+                      captions=[ui.METHOD_HELP[m] for m in labels],
                       key=ui.remember("score_method", "sgd"),
-                      help="The exact method follows the whole training run backwards (the "
-                      "paper's Algorithm 2); the fast one follows only its last epoch, a "
-                      "cheaper approximation (the paper's Section 7.2).")
-    if st.button("Compute influence", type="primary", disabled=busy,
-                 icon=":material/calculate:"):
+                      help="SGD-influence (the first two) is what this tool is built on. The "
+                      "others are well-known ways of ranking training images, for comparison: "
+                      "the demo's flipped-label count and page 4's retraining work for all.")
+    if st.button("Compute influence" if chosen in METHODS else "Compute this ranking",
+                 type="primary", disabled=busy, icon=":material/calculate:"):
         try:
             jobs.start_scoring(store, ui.sid(), run["id"], chosen)
             ui.state()["method"][run["id"]] = chosen
@@ -55,7 +60,7 @@ with st.expander("Compute influence" + (" again or with the other method" if sco
             ui.busy_error(e)
 if job is not None and job.result.get("run") == run["id"]:
     ui.job_panel("score", curves=False, log_after=False)
-    ui.job_outcome(job, f"Influence computed for every training image in {job.elapsed:.1f} s "
+    ui.job_outcome(job, f"Every training image scored in {job.elapsed:.1f} s "
                         f"({ui.METHOD_NAMES[job.result['method']]}).")
 
 method = ui.method()
@@ -72,7 +77,11 @@ frame = ui.scores(run["id"], method)
 # --- trust check ------------------------------------------------------------------------------
 trust = scored[method].get("trust")
 check_job = jobs.latest(ui.sid(), "check")
-if trust:
+if method not in baselines.ESTIMATES_REMOVAL:
+    st.caption(f"This ranking ({ui.METHOD_NAMES[method]}) does not estimate what removing an "
+               "image does to the model, so real retraining cannot check it image by image. "
+               "Page 4 shows what removing its top images does.")
+elif trust:
     st.success(f"Checked against real retraining on {trust['n']} images: Kendall τ = "
                f"{trust['tau']:.2f} (1 = the estimates put them in exactly the true order, 0 = "
                f"no relation), and the estimate had the right sign for "
@@ -80,7 +89,7 @@ if trust:
 else:
     c1, c2 = st.columns([1, 3])
     n_check = c1.number_input("Images to check", 4, 50, key=ui.remember("n_check", 10))
-    per = guess["seconds_retrain"] / (1 if method == "sgd" else epochs)
+    per = guess["seconds_retrain"] / (epochs if method == "sgd-last" else 1)
     c2.markdown(f"How far can you trust this ranking? The check retrains the model for real "
                 f"without each of {n_check} images spread over the ranking and compares "
                 f"({ui.seconds(per * n_check)}).")
@@ -106,10 +115,17 @@ ticked = ui.ticks()
 
 left, right = st.columns([3, 2])
 with left:
-    st.plotly_chart(ui.scores_histogram(frame), key="histogram")
+    st.plotly_chart(ui.scores_histogram(frame, method), key="histogram")
 with right:
-    n_harmful = int((frame.influence < 0).sum())
-    st.metric("Harmful images (score below 0)", f"{n_harmful:,} of {len(frame):,}")
+    if method in baselines.ESTIMATES_REMOVAL:
+        n_harmful = int((frame.influence < 0).sum())
+        st.metric("Harmful images (score below 0)", f"{n_harmful:,} of {len(frame):,}")
+    elif method == "confident-learning":
+        n_wrong = int((frame.influence < -0.5).sum())
+        st.metric("Labels that look wrong (quality below 0.5)", f"{n_wrong:,} of {len(frame):,}")
+    elif method == "isolation-forest":
+        n_odd = int((frame.influence < 0).sum())
+        st.metric("Unusual images (outlier score below 0)", f"{n_odd:,} of {len(frame):,}")
     if flipped:
         k_demo = st.session_state.get("top_k", 10)
         top = set(frame.sample_id.head(int(k_demo)))
@@ -158,7 +174,7 @@ rows = pd.DataFrame({
     "image": [ui.data_url(data.images[position[sid]], LARGE) for sid in shown.sample_id],
     "given label": shown.label.astype(str).to_numpy(),
     "predicted": shown.predicted.to_numpy(),
-    "what removing it does": [ui.effect(s) for s in shown.influence],
+    "what removing it does": [ui.effect(s, method) for s in shown.influence],
 })
 if flipped:
     rows["demo: true label"] = [flipped.get(sid, "") for sid in shown.sample_id]
@@ -175,12 +191,15 @@ columns = {
     "given label": st.column_config.TextColumn("Given label", width=80),
     "predicted": st.column_config.TextColumn("Predicted", width=90,
                                              help="The model's label and how sure it is."),
-    "what removing it does": st.column_config.TextColumn("What removing it does", width=420),
+    "what removing it does": st.column_config.TextColumn(
+        "What removing it does" if method in baselines.ESTIMATES_REMOVAL else "Why it ranks here",
+        width=420),
     "demo: true label": st.column_config.TextColumn("Demo: true label", width=115,
                                                     help="Filled in for the images whose "
                                                     "label the demo flipped."),
-    "score": st.column_config.NumberColumn("Score", format="%.2e", help="Estimated change of "
-                                           "validation loss if removed."),
+    "score": st.column_config.NumberColumn("Score", format="%.2e", help=(
+        "Estimated change of validation loss if removed." if method in
+        baselines.ESTIMATES_REMOVAL else "The method's score: lower = more suspicious.")),
     "sample id": st.column_config.TextColumn("Sample id", width=110),
 }
 edited = st.data_editor(
@@ -200,7 +219,7 @@ if len(shown):
         item = shown.iloc[min(pick, len(shown) - 1)]
         left.image(ui.enlarge(data.images[position[item.sample_id]], 224), width=224)
         right.markdown(f"**Given label:** {item.label}  \n**Predicted:** {item.predicted}  \n"
-                       f"{ui.effect(item.influence).capitalize()}.")
+                       f"{ui.effect(item.influence, method).capitalize()}.")
         if item.sample_id in flipped:
             right.caption(f"Demo: the true label is {flipped[item.sample_id]}.")
 

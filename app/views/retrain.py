@@ -10,7 +10,7 @@ from sklearn.metrics import confusion_matrix
 from app import ui
 from datasets import DataError
 from datasets.export import to_zip
-from influence import jobs
+from influence import baselines, jobs
 from influence.runs import RunError
 
 st.title("4 · Retrain without them and compare")
@@ -207,7 +207,8 @@ if rounds:
                           "label": [data.classes[data.labels[position[i]]] for i in removed]})
     if ranking is not None:
         ranked = ranking.assign(rank=np.arange(1, len(ranking) + 1)).set_index("sample_id")
-        table["influence"] = ranked.influence.reindex(removed).to_numpy()
+        score = "influence" if chosen["method"] in baselines.ESTIMATES_REMOVAL else "score"
+        table[score] = ranked.influence.reindex(removed).to_numpy()
         table["rank"] = ranked["rank"].reindex(removed).to_numpy()
         table["method"] = chosen["method"]
     if flipped:
@@ -220,7 +221,7 @@ if rounds:
     c2.download_button("Removed images (CSV)", table.to_csv(index=False),
                        file_name=f"{row['name']}-removed.csv", mime="text/csv",
                        icon=":material/download:", width="stretch")
-    c2.caption(f"The {len(removed)} removed ids with their labels and influence scores.")
+    c2.caption(f"The {len(removed)} removed ids with their labels and scores.")
     if c3.button("Clean further from the cleaned model", width="stretch",
                  icon=":material/cleaning_services:"):
         ui.set_run(cleaned["id"])
