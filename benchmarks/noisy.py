@@ -5,7 +5,10 @@ labels flipped uniformly to another class (validation and test stay clean: the v
 is the trusted reference, as the paper assumes); the paper's MNIST CNN trained by plain SGD on
 the noisy training labels. For every method: recall of the flipped
 training instances within its top 10% and top 20%, ROC AUC of its score for "flipped", and the
-clean test error after removing its top-k and retraining by counterfactual SGD.
+clean test error after removing its top-k and retraining by counterfactual SGD. With
+`--truth N`, also the exact leave-one-out effect (Definition 2, all epochs retrained) of N
+flipped and N clean training instances per split: is removing a flipped label really what
+lowers the validation loss, and does each method's score follow that true effect?
 
     python benchmarks/noisy.py --splits 5 --epochs 6
     python benchmarks/noisy.py --quick      # digits, 2 splits
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import kendalltau
 from sklearn.metrics import roc_auc_score
 
 import common
@@ -46,7 +50,21 @@ def recall_at(scores: np.ndarray, flipped: np.ndarray, fraction: float) -> float
     return float(flipped[top].sum() / max(flipped.sum(), 1))
 
 
-def one_split(data, split: int, a) -> tuple[list[dict], list[dict]]:
+def leave_one_out(run, scores: dict[str, np.ndarray], flipped: np.ndarray, n: int,
+                  seed: int) -> list[dict]:
+    """The true change of validation loss when one instance is removed and all epochs are
+    retrained by counterfactual SGD, for n flipped and n clean training positions drawn at
+    random, next to every method's score for them."""
+    rng = np.random.default_rng(seed)
+    picked = np.concatenate([rng.choice(np.flatnonzero(flipped), n, replace=False),
+                             rng.choice(np.flatnonzero(~flipped), n, replace=False)])
+    base = run.evaluate("val")[0]
+    return [{"position": int(j), "flipped": bool(flipped[j]),
+             "true": run.retrain([run.train_ids[j]], "all").evaluate("val")[0] - base,
+             **{m: float(s[j]) for m, s in scores.items()}} for j in picked]
+
+
+def one_split(data, split: int, a) -> tuple[list[dict], list[dict], list[dict]]:
     began = time.perf_counter()
     noisy, flipped_all = with_flipped_training_labels(data, a.noise, split)
     run = common.train_run(noisy, split, a.epochs, a.name)
@@ -63,13 +81,46 @@ def one_split(data, split: int, a) -> tuple[list[dict], list[dict]]:
     errors = common.retrain_errors(run, scores, ks, a.mode)
     for r in errors:
         r.update(split=split, base_error=base)
+    truth = [dict(r, split=split) for r in leave_one_out(run, scores, flipped, a.truth, split)
+             ] if a.truth else []
     print(f"split {split}: test error {100 * base:.2f}% · recall@10%: "
           + " · ".join(f"{r['method']} {r['recall@10%']:.2f}" for r in ranking)
           + f" ({time.perf_counter() - began:.0f} s)", flush=True)
-    return ranking, errors
+    return ranking, errors, truth
 
 
-def report(ranking: pd.DataFrame, errors: pd.DataFrame, a, out: Path) -> dict:
+def truth_table(truth: pd.DataFrame, methods: list[str]):
+    """Per split, then mean ± std: (1) the true leave-one-out effect of flipped vs clean
+    instances; (2) each method's Kendall τ with that effect and its AUC for 'flipped' on the
+    same instances (the truth's own AUC is the best any estimate of this effect can do), also
+    as plain means per method key ('true' for the truth)."""
+    effect, agree = [], []
+    for split, part in truth.groupby("split"):
+        f, c = part[part.flipped], part[~part.flipped]
+        effect.append({"split": split, "flipped: mean change": f.true.mean(),
+                       "clean: mean change": c.true.mean(),
+                       "flipped: share harmful": (f.true < 0).mean(),
+                       "clean: share harmful": (c.true < 0).mean()})
+        for m in ["true", *methods]:
+            agree.append({"split": split, "score": m,
+                          "tau with the truth": kendalltau(part[m], part.true).statistic
+                          if m != "true" else 1.0,
+                          "auc for flipped": roc_auc_score(part.flipped, -part[m])})
+    names = {"true": "exact removal effect (truth)", **baselines.LABELS}
+    small = lambda v: f"{np.mean(v):+.1e} ± {np.std(v):.0e}"  # noqa: E731  (losses move ~1e-3)
+    effect = pd.DataFrame(effect).drop(columns="split")
+    effect = effect.agg({c: small if "change" in c else common.mean_std for c in effect}
+                        ).to_frame().T
+    columns = ["tau with the truth", "auc for flipped"]
+    agree = pd.DataFrame(agree)
+    means = agree.groupby("score", sort=False)[columns].mean()
+    table = (agree.assign(score=agree.score.map(names)).groupby("score", sort=False)
+             .agg(**{c: (c, common.mean_std) for c in columns}).reset_index())
+    return effect, table, means
+
+
+def report(ranking: pd.DataFrame, errors: pd.DataFrame, truth: pd.DataFrame, a,
+           out: Path) -> dict:
     label = lambda f: f.assign(method=f["method"].map(baselines.LABELS))  # noqa: E731
     ranking, errors = label(ranking), label(errors)
     recall = (ranking.groupby("method", sort=False)
@@ -95,8 +146,10 @@ def report(ranking: pd.DataFrame, errors: pd.DataFrame, a, out: Path) -> dict:
         f"Clean test error after removing the top-k and retraining (mode {a.mode}); no "
         f"removal: {common.mean_std(100 * base)} %:\n\n"
         + common.markdown(table.filter(regex="^[^_]")),
+        *truth_sections(truth, a),
         f"![recall chart]({png.name})\n\nPer-split values: `{a.name_out}-ranking.csv`, "
-        f"`{a.name_out}-errors.csv`."])
+        f"`{a.name_out}-errors.csv`" + (f", `{a.name_out}-truth.csv`" if len(truth) else "")
+        + "."])
     mean = ranking.groupby("method")[["recall@10%", "recall@20%", "auc"]].mean()
     result = {}
     for key, method in [("sgd", "sgd"), ("cl", "confident-learning"), ("random", "random")]:
@@ -104,7 +157,26 @@ def report(ranking: pd.DataFrame, errors: pd.DataFrame, a, out: Path) -> dict:
             m = mean.loc[baselines.LABELS[method]]
             result |= {f"recall10_{key}": m["recall@10%"], f"recall20_{key}": m["recall@20%"],
                        f"auc_{key}": m["auc"]}
+    if len(truth):
+        means = truth_table(truth, [m for m in a.methods if m in truth.columns])[2]
+        result["auc_truth"] = means.loc["true", "auc for flipped"]
+        if "sgd" in means.index:
+            result["tau_truth_sgd"] = means.loc["sgd", "tau with the truth"]
     return {k: float(v) for k, v in result.items()}
+
+
+def truth_sections(truth: pd.DataFrame, a) -> list[str]:
+    if truth.empty:
+        return []
+    effect, agree, _ = truth_table(truth, [m for m in a.methods if m in truth.columns])
+    n = int(truth.groupby("split").flipped.sum().iloc[0])
+    return [f"Exact leave-one-out effect ({n} flipped and {n} clean training instances per "
+            "split, each removed alone and all epochs retrained by counterfactual SGD): change "
+            "of validation loss, and the share of instances whose removal lowers it (mean ± "
+            "std over splits):\n\n" + common.markdown(effect),
+            "How each score follows that true effect on the same instances: Kendall τ with it, "
+            "and ROC AUC for 'flipped' (the truth's own AUC is what a perfect estimate of the "
+            "removal effect would reach):\n\n" + common.markdown(agree)]
 
 
 def _recall_chart(png: Path, ranking: pd.DataFrame, a) -> None:
@@ -138,6 +210,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--mode", choices=["last", "all"], default="last")
     parser.add_argument("--methods", default=",".join(common.METHODS))
     parser.add_argument("--data-dir", default=None, help="default: ../shared/data/mnist")
+    parser.add_argument("--truth", type=int, default=0, metavar="N",
+                        help="also retrain without each of N flipped and N clean instances")
     parser.add_argument("--resume", action="store_true")
     common.add_common_options(parser)
     a = parser.parse_args(argv)
@@ -147,18 +221,24 @@ def main(argv=None) -> dict:
     common.setup(a.threads)
     a.methods, a.fractions = a.methods.split(","), [float(f) for f in a.fractions.split(",")]
     data, out = common.prepare_experiment(a, "noisy")
-    files = out / f"{a.name_out}-ranking.csv", out / f"{a.name_out}-errors.csv"
-    ranking, errors = ([pd.read_csv(f).to_dict("records") for f in files]
-                       if a.resume and files[0].exists() else ([], []))
+    if not a.quick and a.epochs != 6:  # e.g. noisy-20epochs: kept apart from the default table
+        a.name_out += f"-{a.epochs}epochs"
+    if a.truth and not a.quick:
+        a.name_out += "-truth"
+    files = [out / f"{a.name_out}-{part}.csv" for part in ("ranking", "errors", "truth")]
+    ranking, errors, truth = ([pd.read_csv(f).to_dict("records") if f.exists() else []
+                               for f in files] if a.resume and files[0].exists() else
+                              ([], [], []))
     done = {r["split"] for r in ranking}
     for split in range(a.splits):
         if split in done:
             continue
-        r, e = one_split(data, split, a)
-        ranking, errors = ranking + r, errors + e
-        pd.DataFrame(ranking).to_csv(files[0], index=False)
-        pd.DataFrame(errors).to_csv(files[1], index=False)
-    result = report(pd.DataFrame(ranking), pd.DataFrame(errors), a, out)
+        r, e, t = one_split(data, split, a)
+        ranking, errors, truth = ranking + r, errors + e, truth + t
+        for f, rows in zip(files, (ranking, errors, truth)):
+            if rows:
+                pd.DataFrame(rows).to_csv(f, index=False)
+    result = report(pd.DataFrame(ranking), pd.DataFrame(errors), pd.DataFrame(truth), a, out)
     common.summary(**result)
     return result
 

@@ -48,8 +48,10 @@ def test_cleansing_quick_writes_table_and_chart(tmp_path):
 
 
 def test_noisy_quick_finds_flipped_labels_better_than_random(tmp_path):
-    result = run_quick("noisy.py", tmp_path)
-    assert_report(tmp_path, "noisy-quick", "noisy.py")
+    result = run_quick("noisy.py", tmp_path, "--truth", "3")
+    text = assert_report(tmp_path, "noisy-quick", "noisy.py")
+    assert "Exact leave-one-out effect (3 flipped and 3 clean" in text
+    assert 0 <= result["auc_truth"] <= 1 and -1 <= result["tau_truth_sgd"] <= 1
     assert (tmp_path / "noisy-quick.png").exists()
     assert result["recall10_random"] < 0.2
     assert result["recall10_sgd"] > result["recall10_random"] + 0.2
