@@ -25,7 +25,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
 from . import models
-from .runs import Progress, ProgressFn
+from .runs import METHODS, Progress, ProgressFn
 from .sgd import Objective, Params, Schedule
 from .sgd_influence import loss_gradient
 
@@ -293,11 +293,11 @@ LABELS = {
 def scores(run, method: str, on_progress: ProgressFn | None = None, **options) -> np.ndarray:
     """One score per training position for any method: SGD-influence ('sgd', 'sgd-last') or a
     baseline. Negative = harmful / suspicious. on_progress gets the method's progress."""
-    if method in ("sgd", "sgd-last"):
+    if method in METHODS:
         return run.influence(method, on_progress=on_progress, **options)
     if method not in BASELINES:
         raise ValueError(f"unknown method {method!r}: use one of "
-                         f"{', '.join(['sgd', 'sgd-last', *BASELINES])}")
+                         f"{', '.join([*METHODS, *BASELINES])}")
     return BASELINES[method](run, on_progress=on_progress, **options)
 
 

@@ -332,6 +332,9 @@ def start_scoring(store: Store, session: str, run_id: str, method: str) -> Job:
 
 def start_check(store: Store, session: str, run_id: str, method: str, n: int = 10) -> Job:
     """The engine's trust check: real retraining without n instances spread over the ranking."""
+    if method not in baselines.ESTIMATES_REMOVAL:
+        raise RunError(f"{baselines.LABELS.get(method, method)} does not estimate the effect of "
+                       "removing an image, so real retraining cannot check it")
     scores = store.scores(run_id, method)
 
     def work(job: Job) -> dict:

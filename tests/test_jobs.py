@@ -117,6 +117,8 @@ def test_scoring_with_a_baseline_stores_its_ranking_and_the_check_retrains_from_
     assert check.status == DONE, check.error
     assert check.total == 3 and ws.score_info(run_id)["tracin"]["trust"]["n"] == 3
     assert set(jobs.RANKINGS) == set(baselines.LABELS) - {"random"}  # the app offers them all
+    with pytest.raises(runs.RunError, match="Confident learning does not estimate"):
+        jobs.start_check(ws, "baseline", run_id, "confident-learning")
     with pytest.raises(runs.RunError, match="unknown method 'random'"):
         jobs.start_scoring(ws, "baseline", run_id, "random")  # the cleaning control covers it
 

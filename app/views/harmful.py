@@ -73,11 +73,12 @@ if len(scored) > 1:
         ui.state()["method"][run["id"]] = method
         ui.save()
 frame = ui.scores(run["id"], method)
+estimates = method in baselines.ESTIMATES_REMOVAL  # a score in units of validation loss
 
 # --- trust check ------------------------------------------------------------------------------
 trust = scored[method].get("trust")
 check_job = jobs.latest(ui.sid(), "check")
-if method not in baselines.ESTIMATES_REMOVAL:
+if not estimates:
     st.caption(f"This ranking ({ui.METHOD_NAMES[method]}) does not estimate what removing an "
                "image does to the model, so real retraining cannot check it image by image. "
                "Page 4 shows what removing its top images does.")
@@ -117,7 +118,7 @@ left, right = st.columns([3, 2])
 with left:
     st.plotly_chart(ui.scores_histogram(frame, method), key="histogram")
 with right:
-    if method in baselines.ESTIMATES_REMOVAL:
+    if estimates:
         n_harmful = int((frame.influence < 0).sum())
         st.metric("Harmful images (score below 0)", f"{n_harmful:,} of {len(frame):,}")
     elif method == "confident-learning":
@@ -192,14 +193,13 @@ columns = {
     "predicted": st.column_config.TextColumn("Predicted", width=90,
                                              help="The model's label and how sure it is."),
     "what removing it does": st.column_config.TextColumn(
-        "What removing it does" if method in baselines.ESTIMATES_REMOVAL else "Why it ranks here",
-        width=420),
+        "What removing it does" if estimates else "Why it ranks here", width=420),
     "demo: true label": st.column_config.TextColumn("Demo: true label", width=115,
                                                     help="Filled in for the images whose "
                                                     "label the demo flipped."),
     "score": st.column_config.NumberColumn("Score", format="%.2e", help=(
-        "Estimated change of validation loss if removed." if method in
-        baselines.ESTIMATES_REMOVAL else "The method's score: lower = more suspicious.")),
+        "Estimated change of validation loss if removed." if estimates else
+        "The method's score: lower = more suspicious.")),
     "sample id": st.column_config.TextColumn("Sample id", width=110),
 }
 edited = st.data_editor(
