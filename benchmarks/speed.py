@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from influence import runs  # noqa: E402
-from influence.sgd import replay_epoch, sgd_step  # noqa: E402
+from influence.sgd import batch_weights, replay_epoch, sgd_step  # noqa: E402
 from influence.sgd_influence import hvp_and_dot_grads, loss_gradient  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -63,7 +63,7 @@ def our_step(obj, schedule, keep, t, theta_prev, idx_prev, idx, u) -> None:
     """Ours for one step: regenerate θ[t] from θ[t−1] (replay costs one SGD step per step),
     then one forward-over-reverse pass for H[t]u and every ⟨u, g(z_i; θ[t])⟩."""
     theta_t, _ = sgd_step(obj, theta_prev, idx_prev, float(schedule.lr[t - 1]), keep)
-    hvp_and_dot_grads(obj, theta_t, idx, keep, u)
+    hvp_and_dot_grads(obj, theta_t, idx, batch_weights(keep, idx, obj.x.dtype), u)
 
 
 def child_peak_rss_mb(code: str) -> float:

@@ -22,12 +22,12 @@ import pandas as pd
 import torch
 from scipy.sparse.linalg import LinearOperator, minres
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, jvp, vmap
 
 from . import models
 from .runs import METHODS, Progress, ProgressFn
 from .sgd import Objective, Params, Schedule
-from .sgd_influence import loss_gradient
+from .sgd_influence import hvp_and_dot_grads, loss_gradient
 
 # Solve H v = u exactly (dense Hessian) up to this many parameters and parameters × instances;
 # otherwise iteratively (MINRES on Hessian-vector products).
@@ -58,8 +58,7 @@ def hvp(obj: Objective, theta: Params, keep: torch.Tensor, v: Params) -> Params:
     """H v, H the Hessian at θ of the mean training loss (1/n)·Σ_{j kept} ℓ(z_j; θ)."""
     total = {k: torch.zeros_like(p) for k, p in theta.items()}
     for idx, w in _mean_loss_parts(obj, keep):
-        g = lambda th: grad(obj.weighted, has_aux=True)(th, w, idx)[0]  # noqa: E731
-        hv = jvp(g, (theta,), (v,))[1]
+        hv = hvp_and_dot_grads(obj, theta, idx, w, v)[0]
         total = {k: total[k] + hv[k] for k in total}
     return total
 

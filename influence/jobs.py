@@ -27,7 +27,7 @@ from datasets import DataError, ImageSet
 
 from . import baselines, runs
 from .runs import Cancelled, Progress, RunConfig, RunError, TrainingLog
-from .sgd import Diverged, initial_params, sgd_step
+from .sgd import Diverged, batch_weights, initial_params, sgd_step
 from .sgd_influence import hvp_and_dot_grads
 from .store import CANCELLED, DONE, FAILED, RUNNING, Store
 
@@ -458,7 +458,8 @@ def estimate(data: ImageSet, config: RunConfig, repeats: int = 3) -> dict:
         return (time.perf_counter() - begun) / repeats
 
     step = timed(lambda: sgd_step(run.objective, theta, idx, lr, keep))
-    retrace_step = step + timed(lambda: hvp_and_dot_grads(run.objective, theta, idx, keep, theta))
+    w = batch_weights(keep, idx, run.dtype)
+    retrace_step = step + timed(lambda: hvp_and_dot_grads(run.objective, theta, idx, w, theta))
     steps, epochs = run.schedule.steps, run.schedule.epochs
     evaluation = timed(lambda: run.evaluate("val", theta)) * epochs
     n_params = sum(p.numel() for p in theta.values())

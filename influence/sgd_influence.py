@@ -24,12 +24,13 @@ from .sgd import Objective, Params, Schedule, batch_weights, replay_epoch
 FORWARD_AD = threading.Lock()
 
 
-def hvp_and_dot_grads(obj: Objective, theta: Params, idx: torch.Tensor, keep: torch.Tensor,
+def hvp_and_dot_grads(obj: Objective, theta: Params, idx: torch.Tensor, w: torch.Tensor,
                       u: Params) -> tuple[Params, torch.Tensor]:
-    """One forward-over-reverse pass at θ[t] for batch S_t: H[t]u and ⟨u, g(z_i; θ[t])⟩ for
-    every i in S_t. The jvp of (∇θ mean loss, per-instance losses) along u gives both at once:
-    d/dε ∇θL(θ+εu) = H u and d/dε ℓ_i(θ+εu) = ⟨g_i, u⟩. No loop over instances."""
-    w = batch_weights(keep, idx, obj.x.dtype)
+    """One forward-over-reverse pass at θ for the instances idx weighted by w: H u, H the Hessian
+    of Σ_i w_i ℓ(z_i; θ), and ⟨u, g(z_i; θ)⟩ for every i in idx. The jvp of (∇θ weighted loss,
+    per-instance losses) along u gives both at once: d/dε ∇θL(θ+εu) = H u and
+    d/dε ℓ_i(θ+εu) = ⟨g_i, u⟩. No loop over instances. With w = batch_weights(keep, S_t) this is
+    H[t]u of the mean mini-batch loss at step t; the one Hessian-vector product of the engine."""
 
     def grad_and_losses(th):
         g, (ell, _) = grad(obj.weighted, has_aux=True)(th, w, idx)
@@ -52,9 +53,10 @@ def retrace(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
         for t, theta in zip(reversed(schedule.epoch_steps(k)), reversed(thetas)):
             idx = torch.as_tensor(schedule.batch(t), device=obj.x.device)
             eta = float(schedule.lr[t])
-            hu, u_dot_g = hvp_and_dot_grads(obj, theta, idx, keep, u)
-            # L̂_{−j} += ⟨u, η_t/|S_t| g(z_j; θ[t])⟩; removed instances get w_j = 0.
-            scores.index_add_(0, idx, eta * batch_weights(keep, idx, obj.x.dtype) * u_dot_g)
+            w = batch_weights(keep, idx, obj.x.dtype)  # 1/|S_t|; removed instances get 0
+            hu, u_dot_g = hvp_and_dot_grads(obj, theta, idx, w, u)
+            # L̂_{−j} += ⟨u, η_t/|S_t| g(z_j; θ[t])⟩
+            scores.index_add_(0, idx, eta * w * u_dot_g)
             u = {name: u[name] - eta * hu[name] for name in u}  # u ← (I − η_t H[t]) u
             if on_step:
                 on_step(t)
