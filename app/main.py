@@ -11,8 +11,8 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts app/ first on the path, no
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle CPU threads sleep, before torch loads
 
-from app import ui  # noqa: E402
-from influence import jobs  # noqa: E402
+from app import panels, session, words  # noqa: E402
+from app.services import jobs  # noqa: E402
 from datasets import DataError  # noqa: E402
 from influence.runs import RunError  # noqa: E402
 
@@ -28,13 +28,13 @@ PAGES = [
 ]
 
 try:
-    ui.start_session()
+    session.start_session()
 except (DataError, RunError, OSError) as e:  # e.g. the workspace is not writable or full
-    st.error(jobs.plain_message(e))
+    st.error(words.plain_message(e))
     st.stop()
 page = st.navigation(PAGES)
 try:
-    ui.sidebar()
+    panels.sidebar()
     page.run()
 except (DataError, RunError, OSError) as e:  # e.g. a damaged or deleted folder, a full disk
-    st.error(f"This could not be done: {jobs.plain_message(e)}")
+    st.error(f"This could not be done: {words.plain_message(e)}")

@@ -5,28 +5,28 @@ import os
 from pathlib import Path
 
 from . import limits, storage
-from .builtin import TORCHVISION_SETS, load_digits, load_idx_dir, load_torchvision
+from .builtin import BUILTINS, load_digits, load_idx_dir, load_torchvision
 from .core import DataError, ImageSet, Split, split
 from .export import to_zip
+from .noise import flip_training_labels
 from .upload import load_upload
 
-BUILTIN = ("digits", *TORCHVISION_SETS)
-
-__all__ = ["BUILTIN", "DataError", "ImageSet", "Split", "limits", "load", "load_upload", "split",
-           "storage", "to_zip"]
+__all__ = ["BUILTINS", "DataError", "ImageSet", "Split", "flip_training_labels", "limits", "load",
+           "load_upload", "split", "storage", "to_zip"]
 
 
 def load(spec: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> ImageSet:
-    """A data set by name (`digits`, `mnist`, `fashion-mnist`, `cifar10`) or by path: a saved
-    data set folder, a folder of MNIST-format IDX files, a folder of class folders, or a ZIP.
+    """A data set by name (one of BUILTINS: digits offline, the others via torchvision) or by
+    path: a saved data set folder, a folder of MNIST-format IDX files, a folder of class
+    folders, or a ZIP.
     With `data_dir` given, torchvision sets are read from there and never downloaded."""
     if spec == "digits":
         return load_digits()
-    if spec in TORCHVISION_SETS:
+    if spec in BUILTINS:
         return load_torchvision(spec, data_dir, download=download and data_dir is None)
     path = Path(spec).expanduser()
     if not path.exists():
-        raise DataError(f"no data set named {spec!r}: use one of {', '.join(BUILTIN)}, "
+        raise DataError(f"no data set named {spec!r}: use one of {', '.join(BUILTINS)}, "
                         "or the path of a ZIP file or folder of images")
     if path.is_dir() and storage.is_saved(path):
         return storage.load(path)

@@ -6,6 +6,7 @@ import gzip
 import math
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,11 +14,27 @@ import numpy as np
 
 from .core import DataError, ImageSet
 
-TORCHVISION_SETS = {
-    "mnist": ("MNIST", "MNIST handwritten digits"),
-    "fashion-mnist": ("FashionMNIST", "Fashion-MNIST clothing"),
-    "cifar10": ("CIFAR10", "CIFAR-10 photos"),
-}
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A data set known by name."""
+
+    name: str  # what the CLI and the code call it
+    title: str  # its name in the workspace, e.g. "MNIST"
+    description: str  # in words, with its size and where it comes from
+    torchvision: str | None = None  # the torchvision.datasets class, or None: bundled offline
+
+
+BUILTINS: dict[str, Builtin] = {b.name: b for b in (
+    Builtin("digits", "Handwritten digits", "Handwritten digits (offline, 1,797 images)"),
+    Builtin("mnist", "MNIST", "MNIST handwritten digits (70,000 images, via torchvision)",
+            "MNIST"),
+    Builtin("fashion-mnist", "Fashion-MNIST",
+            "Fashion-MNIST clothing (70,000 images, via torchvision)", "FashionMNIST"),
+    Builtin("cifar10", "CIFAR-10", "CIFAR-10 photos (60,000 images, via torchvision)",
+            "CIFAR10"),
+)}
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "sgd-influence" / "data"
 
 
@@ -45,7 +62,7 @@ def load_torchvision(name: str, root: str | os.PathLike | None = None,
     CIFAR-10's files are pickles: torchvision opens them only after their MD5 matches."""
     import torchvision.datasets as tvd
 
-    cls_name, title = TORCHVISION_SETS[name]
+    cls_name, title = BUILTINS[name].torchvision, BUILTINS[name].title
     cls, root = getattr(tvd, cls_name), data_dir(root)
     parts = []
     for train in (True, False):

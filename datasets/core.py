@@ -12,6 +12,10 @@ class DataError(ValueError):
     """Data that cannot be used. The message says what is wrong and what to do."""
 
 
+SPLIT_LABELS = "split_labels"  # meta key: the labels the split is stratified by, when they
+# differ from the labels (a demo set with planted label noise keeps the split of its clean labels)
+
+
 @dataclass(frozen=True)
 class ImageSet:
     """Labelled images held in memory.
@@ -50,6 +54,23 @@ class ImageSet:
         source = f"{self.source}; {note}" if note else self.source
         return ImageSet(self.images, np.asarray(labels, dtype=np.int64), list(self.classes),
                         list(self.ids), source, dict(self.meta))
+
+    def split_labels(self) -> np.ndarray:
+        """The labels the train/validation/test split is stratified by: the set's own labels, or
+        for a set with planted label noise those of its clean original, so that the noisy copy
+        has the very same split."""
+        return np.asarray(self.meta.get(SPLIT_LABELS, self.labels), dtype=np.int64)
+
+    def split(self, val_fraction: float = 0.2, test_fraction: float = 0.2,
+              seed: int = 0) -> "Split":
+        """The deterministic stratified split of this set (see `split`)."""
+        return split(self.split_labels(), val_fraction, test_fraction, seed)
+
+    def relabelled(self, labels: np.ndarray, note: str = "") -> "ImageSet":
+        """A copy with other labels that keeps this set's split (planted label noise)."""
+        copy = self.with_labels(labels, note)
+        copy.meta[SPLIT_LABELS] = self.split_labels().tolist()
+        return copy
 
     def fingerprint(self) -> str:
         """A short hash of images, labels and ids: a run refuses data that changed under it."""

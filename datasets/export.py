@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import unicodedata
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -13,6 +12,7 @@ from typing import BinaryIO
 from PIL import Image
 
 from .core import ImageSet
+from .storage import atomic_file
 from .upload import IMAGE_EXTENSIONS, is_junk
 
 
@@ -33,14 +33,8 @@ def to_zip(data: ImageSet, target: str | os.PathLike | BinaryIO | None = None):
         write(data, target)
         return target
     target = Path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(data, f)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_file(target) as tmp, open(tmp, "wb") as f:
+        write(data, f)
     return target
 
 

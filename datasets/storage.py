@@ -30,6 +30,21 @@ def atomic_folder(target: str | os.PathLike):
         raise
 
 
+@contextmanager
+def atomic_file(target: str | os.PathLike):
+    """Yield a temporary sibling path to write; on success it is renamed to `target`, on any
+    failure removed. Readers never see a half-written file under the target's name."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def save(data: ImageSet, folder: str | os.PathLike) -> Path:
     """Write atomically (see atomic_folder); never over an existing data set."""
     folder = Path(folder)

@@ -9,23 +9,23 @@ when sorted ascending.
     confident_learning cleanlab's label-quality score from out-of-fold predicted probabilities
     random             seeded random scores
 
-Each `name(run, …)` takes a trained `runs.Run`; `score(run, method)` returns the same ranked
-table as `Run.score`. The first two have a general form on an `Objective` (`influence_function`,
-`tracin_scores`) so that benchmarks can use them on non-image data.
+Each `name(run, …)` takes a trained `runs.Run` and returns one score per training position;
+`influence.methods` registers them next to SGD-influence. The first two have a general form on an
+`Objective` (`influence_function`, `tracin_scores`) so that benchmarks can use them on non-image
+data.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 from scipy.sparse.linalg import LinearOperator, minres
 from torch import nn
-from torch.func import functional_call, jvp, vmap
+from torch.func import jvp, vmap
 
 from . import models
-from .runs import METHODS, Progress, ProgressFn
+from .progress import Progress, ProgressFn
 from .sgd import Objective, Params, Schedule
 from .sgd_influence import hvp_and_dot_grads, loss_gradient
 
@@ -179,13 +179,10 @@ def tracin(run, query: Callable[[Params], torch.Tensor] | None = None,
 # --- outlier detectors -----------------------------------------------------------------------
 def features(run, x: torch.Tensor | None = None) -> np.ndarray:
     """Penultimate-layer features of the trained network for the training images (or x)."""
-    body = models.penultimate(run.model)
-    last = f"{len(run.model) - 1}."
-    theta = {k: p for k, p in run.theta.items() if not k.startswith(last)}
     x = run.objective.x if x is None else x
     with torch.no_grad():
-        return torch.cat([functional_call(body, theta, (xb,)) for xb in x.split(CHUNK)]
-                         ).reshape(len(x), -1).cpu().double().numpy()
+        return torch.cat([models.penultimate_features(run.model, run.theta, xb)
+                          for xb in x.split(CHUNK)]).cpu().double().numpy()
 
 
 def isolation_forest(run, seed: int = 0, on_progress: ProgressFn | None = None) -> np.ndarray:
@@ -272,35 +269,3 @@ def _finished(scores: np.ndarray, on_progress: ProgressFn | None) -> np.ndarray:
     if on_progress:
         on_progress(Progress("rank", 1, 1))
     return scores
-
-
-# --- one entry point for the app and the benchmarks --------------------------------------
-BASELINES: dict[str, Callable] = {
-    "kl": koh_liang, "tracin": tracin, "isolation-forest": isolation_forest,
-    "autoencoder": autoencoder, "confident-learning": confident_learning, "random": random,
-}
-# Methods whose score estimates the change of validation loss when an instance is removed, so
-# that real retraining can check it (Run.check); the others rank by suspicion only.
-ESTIMATES_REMOVAL = ("sgd", "sgd-last", "kl", "tracin")
-LABELS = {
-    "sgd": "SGD-influence", "sgd-last": "SGD-influence (last epoch)", "kl": "Koh & Liang",
-    "tracin": "TracIn", "isolation-forest": "Isolation Forest", "autoencoder": "Autoencoder",
-    "confident-learning": "Confident learning", "random": "Random",
-}
-
-
-def scores(run, method: str, on_progress: ProgressFn | None = None, **options) -> np.ndarray:
-    """One score per training position for any method: SGD-influence ('sgd', 'sgd-last') or a
-    baseline. Negative = harmful / suspicious. on_progress gets the method's progress."""
-    if method in METHODS:
-        return run.influence(method, on_progress=on_progress, **options)
-    if method not in BASELINES:
-        raise ValueError(f"unknown method {method!r}: use one of "
-                         f"{', '.join([*METHODS, *BASELINES])}")
-    return BASELINES[method](run, on_progress=on_progress, **options)
-
-
-def score(run, method: str, on_progress: ProgressFn | None = None, **options) -> pd.DataFrame:
-    """sample_id, label, influence (the method's score) for every training instance in use,
-    most suspicious first: the same table as Run.score."""
-    return run.ranking(scores(run, method, on_progress, **options))

@@ -7,13 +7,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from tqdm import tqdm
 
+import datasets
 from datasets import DataError
 
-from . import models, runs
+from . import methods, models, runs
+from .progress import Progress
 from .sgd import Diverged
 
 EXIT_ERROR = 2
@@ -26,7 +29,7 @@ def progress_bar():
     """A Progress callback drawing one tqdm bar per phase on stderr."""
     bars = {}
 
-    def report(p: runs.Progress):
+    def report(p: Progress):
         bar = bars.get(p.phase)
         if bar is None:
             bar = bars[p.phase] = tqdm(total=p.total, desc=p.phase, file=sys.stderr,
@@ -50,18 +53,15 @@ def summary(run: runs.Run) -> str:
 
 
 def cmd_train(a) -> None:
-    config = runs.RunConfig(dataset=a.dataset, data_dir=a.data_dir, model=a.model,
-                            epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, l2=a.l2,
-                            seed=a.seed, val_fraction=a.val_fraction,
-                            test_fraction=a.test_fraction, device=a.device, dtype=a.dtype,
-                            lr_decay=a.lr_decay)
+    config = runs.RunConfig(**{f.name: getattr(a, f.name) for f in fields(runs.RunConfig)
+                               if hasattr(a, f.name)})  # every option named like its setting
     run = runs.train_new(config, a.out, on_progress=progress_bar())
     print(summary(run))
 
 
 def cmd_score(a) -> None:
     run = runs.load(a.run)
-    frame = run.score(a.method, on_progress=progress_bar())
+    frame = methods.score(run, a.method, on_progress=progress_bar())
     out = runs.write_csv(frame, a.out or Path(a.run) / "influence.csv")
     print(json.dumps({"out": str(out), "method": a.method, "n": len(frame),
                       "most_harmful": frame.sample_id.head(5).tolist()}))
@@ -84,7 +84,7 @@ def cmd_retrain(a) -> None:
 
 def cmd_check(a) -> None:
     run = runs.load(a.run)
-    result = run.check(a.n, a.method, on_progress=progress_bar())
+    result = methods.check(run, a.method, a.n, on_progress=progress_bar())
     print(result["rows"].to_string(index=False), file=sys.stderr)
     print(json.dumps({k: result[k] for k in ("method", "n", "tau", "p_value",
                                              "sign_agreement")}))
@@ -96,45 +96,49 @@ def parser() -> argparse.ArgumentParser:
                                             "a model trained with SGD (Hara et al., 2019).")
     sub = p.add_subparsers(dest="command", required=True)
 
+    d = runs.RunConfig()  # every default comes from the configuration itself
     t = sub.add_parser("train", help="train a model with recorded SGD")
-    t.add_argument("--dataset", default="digits",
-                   help="digits, mnist, fashion-mnist, cifar10, or a path (ZIP, folder)")
-    t.add_argument("--data-dir", help="folder holding downloaded torchvision data sets "
-                                      "(default: $DATA_DIR)")
-    t.add_argument("--model", default="auto", choices=models.CHOICES)
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, help="learning rate η (default: the model's, e.g. 0.05 "
-                                            "for the paper's CNN)")
-    t.add_argument("--lr-decay", default="constant", choices=("constant", "inv_sqrt"),
+    t.add_argument("--dataset", default=d.dataset,
+                   help=f"{', '.join(datasets.BUILTINS)}, or a path (ZIP, folder)")
+    t.add_argument("--data-dir", default=d.data_dir,
+                   help="folder holding downloaded torchvision data sets (default: $DATA_DIR)")
+    t.add_argument("--model", default=d.model, choices=models.CHOICES,
+                   help="auto: the CNN that suits the image size")
+    t.add_argument("--epochs", type=int, default=d.epochs)
+    t.add_argument("--batch-size", type=int, default=d.batch_size)
+    t.add_argument("--lr", type=float, default=d.lr,
+                   help="learning rate η (default: the model's, e.g. 0.05 for the paper's CNN)")
+    t.add_argument("--lr-decay", default=d.lr_decay, choices=("constant", "inv_sqrt"),
                    help="constant η, or η/√t")
-    t.add_argument("--l2", type=float, default=0.0, help="L2 strength α (½·α·‖θ‖²)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--val-fraction", type=float, default=0.2)
-    t.add_argument("--test-fraction", type=float, default=0.2)
-    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    t.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    t.add_argument("--l2", type=float, default=d.l2, help="L2 strength α (½·α·‖θ‖²)")
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    t.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    t.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
+    t.add_argument("--dtype", default=d.dtype, choices=("float32", "float64"))
     t.add_argument("--out", required=True, help="new run folder")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("score", help="SGD-influence of every training instance")
     s.add_argument("run")
-    s.add_argument("--method", default="sgd", choices=runs.METHODS,
-                   help="sgd: retrace all epochs; sgd-last: the last epoch only (faster)")
+    s.add_argument("--method", default="sgd", choices=list(methods.REGISTRY),
+                   help="sgd: retrace all epochs; sgd-last: the last epoch only (faster); the "
+                        "others are the baselines to compare with")
     s.add_argument("--out", help="CSV path (default RUN/influence.csv)")
     s.set_defaults(func=cmd_score)
 
     r = sub.add_parser("retrain", help="counterfactual SGD without some instances")
     r.add_argument("run")
     r.add_argument("--remove", required=True, help="file with one sample_id per line")
-    r.add_argument("--mode", default="all", choices=("all", "last"))
+    r.add_argument("--mode", default="all", choices=runs.RETRAIN_MODES)
     r.add_argument("--out", required=True, help="new run folder")
     r.set_defaults(func=cmd_retrain)
 
     c = sub.add_parser("check", help="compare estimates with real retraining")
     c.add_argument("run")
     c.add_argument("--n", type=int, default=20)
-    c.add_argument("--method", default="sgd", choices=runs.METHODS)
+    c.add_argument("--method", default="sgd",
+                   choices=[k for k, r in methods.REGISTRY.items() if r.estimates_removal])
     c.set_defaults(func=cmd_check)
     return p
 

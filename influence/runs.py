@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+import types
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, get_args, get_origin, get_type_hints
 
 import numpy as np
 import pandas as pd
@@ -32,24 +32,20 @@ from scipy import stats
 
 import datasets
 from datasets import ImageSet
-from datasets.storage import atomic_folder
+from datasets.storage import atomic_file, atomic_folder
 
 from . import models
+from .progress import Progress, ProgressFn
 from .sgd import (Objective, Params, Schedule, SGDConfig, StepStats, initial_params,
                   make_schedule, per_sample_loss, predictions, run_sgd)
-from .sgd import Diverged  # noqa: F401  (re-exported for callers)
 from .sgd_influence import loss_gradient, retrace
 
 FORMAT = "sgd-influence-run/1"
-METHODS = ("sgd", "sgd-last")
+RETRAIN_MODES = ("all", "last")  # counterfactual SGD from the first epoch, or the last only
 
 
 class RunError(ValueError):
     """A run that cannot be created, read or used; the message says what to do."""
-
-
-class Cancelled(Exception):
-    """Raised by a progress callback to stop long work; nothing is written."""
 
 
 @dataclass
@@ -59,7 +55,7 @@ class RunConfig:
     model: str = "auto"
     epochs: int = 20
     batch_size: int = 64
-    lr: float | None = None  # None: the preset's default (models.DEFAULT_LR)
+    lr: float | None = None  # None: the preset's own learning rate
     lr_decay: str = "constant"
     l2: float = 0.0
     seed: int = 0
@@ -75,48 +71,57 @@ class RunConfig:
         return SGDConfig(self.epochs, self.batch_size, self.lr, self.lr_decay, self.l2, self.seed)
 
     def validate(self, n_train: int | None = None) -> None:
-        problems = []
-        if not (isinstance(self.epochs, int) and 1 <= self.epochs <= 1000):
+        """The one check of a configuration: every value of its type, then in its range. Raises
+        a RunError listing every problem with what to do."""
+        hints = get_type_hints(RunConfig)
+        wrong = [f.name for f in fields(self) if not of_type(getattr(self, f.name), hints[f.name])]
+        problems = [f"{name} has the wrong type" for name in wrong]
+        ok = lambda name: name not in wrong  # noqa: E731  (ranges only of well-typed values)
+        if ok("epochs") and not 1 <= self.epochs <= 1000:
             problems.append("epochs must be a whole number from 1 to 1000")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+        if ok("batch_size") and self.batch_size < 1:
             problems.append("batch size must be a whole number of at least 1")
-        elif n_train is not None and self.batch_size > n_train:
+        elif ok("batch_size") and n_train is not None and self.batch_size > n_train:
             problems.append(f"batch size {self.batch_size} is larger than the {n_train} "
                             "training images")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr)
-                and 0 < self.lr <= 10):
+        if ok("lr") and self.lr is not None and not (math.isfinite(self.lr) and 0 < self.lr <= 10):
             problems.append("learning rate must be above 0 and at most 10")
-        if not (math.isfinite(self.l2) and 0 <= self.l2 <= 10):
+        if ok("l2") and not (math.isfinite(self.l2) and 0 <= self.l2 <= 10):
             problems.append("L2 must be between 0 and 10")
-        if self.lr_decay not in ("constant", "inv_sqrt"):
+        if ok("lr_decay") and self.lr_decay not in ("constant", "inv_sqrt"):
             problems.append("learning-rate decay must be 'constant' or 'inv_sqrt'")
-        if self.dtype not in ("float32", "float64"):
+        if ok("dtype") and self.dtype not in ("float32", "float64"):
             problems.append("dtype must be float32 or float64")
-        if self.device not in ("auto", "cpu", "cuda"):
+        if ok("device") and self.device not in ("auto", "cpu", "cuda"):
             problems.append("device must be auto, cpu or cuda")
-        elif self.device == "cuda" and not torch.cuda.is_available():
-            problems.append("--device cuda was asked for but no CUDA GPU is available")
+        if ok("removed") and any(v < 0 for v in self.removed.values()):
+            problems.append("removed must map sample ids to epochs from 0")
         if problems:
             raise RunError("; ".join(problems))
 
 
-@dataclass
-class Progress:
-    """What long work reports as it goes: `done` of `total` units of `phase`."""
-
-    phase: str
-    done: int
-    total: int
-    step: StepStats | None = None
-    val: dict | None = None  # validation loss and accuracy at an epoch's end
-
-
-ProgressFn = Callable[[Progress], None]
+def of_type(value, hint) -> bool:
+    """Does a value (e.g. read from JSON) have the type a RunConfig field declares? bool is not
+    a number here, and an int is a valid float."""
+    if isinstance(hint, types.UnionType):
+        return any(of_type(value, h) for h in get_args(hint))
+    if get_origin(hint) is dict:
+        key_type, value_type = get_args(hint)
+        return isinstance(value, dict) and all(of_type(k, key_type) and of_type(v, value_type)
+                                               for k, v in value.items())
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, hint)
 
 
 def device_of(name: str) -> torch.device:
     """CUDA when asked for or available ("auto"), else the CPU. On CUDA, deterministic cuDNN
     kernels keep replay as close to the recorded trajectory as the GPU allows."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunError("the CUDA device was asked for but no CUDA GPU is available: use auto "
+                       "or cpu")
     device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
                           "cpu" if name == "auto" else name)
     if device.type == "cuda":
@@ -131,41 +136,42 @@ def as_inputs(images: np.ndarray, device, dtype) -> torch.Tensor:
 
 class Run:
     """A data set, its split and one recorded SGD schedule, with the checkpoints of a trained run
-    (or none yet). All training, scoring and retraining go through here."""
+    (or none yet). All training, scoring and retraining go through here.
+
+    `config` is never changed: `run.config` is a resolved copy (the data's fingerprint, the
+    preset's learning rate when none was given)."""
 
     def __init__(self, config: RunConfig, data: ImageSet | None = None):
-        self.config = config
+        config.validate()  # types and ranges first: nothing below reads an unchecked value
         self.data = data if data is not None else datasets.load(config.dataset, config.data_dir)
         fingerprint = self.data.fingerprint()
         if config.fingerprint and config.fingerprint != fingerprint:
             raise RunError(f"the data set {config.dataset!r} has changed since this run was "
                            "trained; train a new run on it")
-        config.fingerprint = fingerprint
-        # Stratified by the labels; a demo set with planted label noise keeps its clean split.
-        strata = np.asarray(self.data.meta.get("split_labels", self.data.labels), dtype=np.int64)
-        self.split = datasets.split(strata, config.val_fraction, config.test_fraction, config.seed)
+        self.split = self.data.split(config.val_fraction, config.test_fraction, config.seed)
         try:
             self.preset, self.preset_reason = models.resolve(config.model, self.data.shape)
         except ValueError as e:
             raise RunError(str(e)) from None
-        if config.lr is None:
-            config.lr = models.DEFAULT_LR[self.preset]
-        config.validate(len(self.split.train))
+        self.config = replace(config, fingerprint=fingerprint,
+                              lr=self.preset.lr if config.lr is None else config.lr)
+        self.config.validate(len(self.split.train))
         self.train_ids = [self.data.ids[i] for i in self.split.train]
         self.position = {sid: j for j, sid in enumerate(self.train_ids)}
-        self._check_training_ids(config.removed)
-        self.device, self.dtype = device_of(config.device), getattr(torch, config.dtype)
-        self.model = models.build(self.preset, self.data.shape, len(self.data.classes),
-                                  config.seed)
+        self.check_training_ids(self.config.removed)
+        self.device, self.dtype = device_of(self.config.device), getattr(torch, self.config.dtype)
+        self.model = models.build(self.preset.name, self.data.shape, len(self.data.classes),
+                                  self.config.seed)
         self.model.to(self.device, self.dtype)
-        self.objective = self._objective(self.split.train, config.l2)
-        self.schedule: Schedule = make_schedule(len(self.split.train), config.sgd())
+        self.objective = self._objective(self.split.train, self.config.l2)
+        self.schedule: Schedule = make_schedule(len(self.split.train), self.config.sgd())
         self.checkpoints: dict[int, Params] = {}
         self.metrics: dict = {}
         self.path: Path | None = None
         self._parts: dict[str, Objective] = {}  # validation and test inputs, built when needed
 
-    def _check_training_ids(self, ids) -> None:
+    def check_training_ids(self, ids) -> None:
+        """RunError unless every id is a training instance of this run."""
         unknown = [sid for sid in ids if sid not in self.position]
         if unknown:
             known = set(self.data.ids)
@@ -262,7 +268,7 @@ class Run:
             "val_loss": val_loss, "val_error": val_error,
             "test_loss": test_loss, "test_error": test_error,
             "epochs": self.schedule.epochs, "steps": self.schedule.steps,
-            "model": self.preset, "device": str(self.device),
+            "model": self.preset.name, "device": str(self.device),
             "seconds": round(time.perf_counter() - begun, 3),
         }
         return self.metrics
@@ -272,27 +278,21 @@ class Run:
         return {"epoch": epoch, "val_loss": loss, "val_accuracy": 1 - error}
 
     # --- SGD-influence (Algorithm 2) ------------------------------------------------------
-    def influence(self, method: str = "sgd", query: Params | Callable | None = None,
+    def influence(self, query: Params | Callable | None = None, last_epoch_only: bool = False,
                   on_progress: ProgressFn | None = None) -> np.ndarray:
-        """L̂_{−j}(u) for every training position j. The query u defaults to the gradient of the
-        mean validation loss at θ[T]; give a loss function of θ or a vector instead."""
-        if method not in METHODS:
-            raise RunError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+        """L̂_{−j}(u) for every training position j, retracing every epoch (or the last one only:
+        the paper's approximate version, Section 7.2). The query u defaults to the gradient of
+        the mean validation loss at θ[T]; give a loss function of θ or a vector instead."""
         if callable(query) or query is None:
             query = loss_gradient(query or self.val_loss_fn, self.theta)
         K = self.schedule.epochs
-        epochs = range(K) if method == "sgd" else range(K - 1, K)
+        epochs = range(K - 1, K) if last_epoch_only else range(K)
         total = len(epochs) * self.schedule.steps_per_epoch
         done = iter(range(1, total + 1))
         report = (lambda t: on_progress(Progress("score", next(done), total))) \
             if on_progress else None
         return retrace(self.objective, self.schedule, self.checkpoints, self.keep_at, query,
                        epochs, report).cpu().double().numpy()
-
-    def score(self, method: str = "sgd", on_progress: ProgressFn | None = None) -> pd.DataFrame:
-        """sample_id, label, influence for every training instance still in use, most harmful
-        (most negative) first."""
-        return self.ranking(self.influence(method, on_progress=on_progress))
 
     def ranking(self, scores: np.ndarray) -> pd.DataFrame:
         """One score per training position as a table of the instances still in use, lowest
@@ -308,10 +308,10 @@ class Run:
     def without(self, remove_ids, mode: str = "all") -> "Run":
         """A new, untrained run: the same data, split, initialisation and batch order, with
         `remove_ids` skipped from the first epoch (mode all) or from the last (mode last)."""
-        if mode not in ("all", "last"):
+        if mode not in RETRAIN_MODES:
             raise RunError(f"unknown mode {mode!r}: use all or last")
         remove_ids = list(dict.fromkeys(remove_ids))
-        self._check_training_ids(remove_ids)
+        self.check_training_ids(remove_ids)
         first = 0 if mode == "all" else self.schedule.epochs - 1
         removed = dict(self.config.removed)
         for sid in remove_ids:
@@ -329,16 +329,14 @@ class Run:
         return child
 
     # --- trust check ----------------------------------------------------------------------
-    def check(self, n: int = 20, method: str = "sgd", on_progress: ProgressFn | None = None,
-              scores: pd.DataFrame | None = None) -> dict:
-        """Compare estimates with the real effect of removal for n instances spread evenly over
-        the ranking (both ends included): Kendall τ and sign agreement."""
-        if scores is None:
-            scores = self.score(method, on_progress=on_progress)
-        n = max(2, min(n, len(scores)))
-        picked = scores.iloc[np.unique(np.linspace(0, len(scores) - 1, n).round().astype(int))]
+    def check(self, ranked: pd.DataFrame, mode: str = "all", n: int = 20,
+              on_progress: ProgressFn | None = None) -> dict:
+        """Compare a ranking's estimated removal effects (`ranked`: sample_id, influence) with
+        the real effect of removal, retraining in `mode`, for n instances spread evenly over the
+        ranking (both ends included): Kendall τ and sign agreement."""
+        n = max(2, min(n, len(ranked)))
+        picked = ranked.iloc[np.unique(np.linspace(0, len(ranked) - 1, n).round().astype(int))]
         base_loss = self.evaluate("val")[0]
-        mode = "last" if method == "sgd-last" else "all"  # what the method estimates
         actual = []
         for i, sid in enumerate(picked.sample_id):
             child = self.retrain([sid], mode)
@@ -348,11 +346,26 @@ class Run:
         estimate = picked.influence.to_numpy()
         actual = np.asarray(actual)
         tau = stats.kendalltau(estimate, actual)
-        return {"method": method, "n": len(picked), "tau": float(tau.statistic),
-                "p_value": float(tau.pvalue),
+        return {"n": len(picked), "tau": float(tau.statistic), "p_value": float(tau.pvalue),
                 "sign_agreement": float(np.mean(np.sign(estimate) == np.sign(actual))),
                 "rows": pd.DataFrame({"sample_id": picked.sample_id.to_numpy(),
                                       "estimate": estimate, "actual": actual})}
+
+    def predictions(self) -> pd.DataFrame:
+        """sample_id, part, label, predicted, confidence for every image of the data set: the
+        trained model's class and its probability, so that results can be shown and compared
+        without loading a model (predictions.csv in the run folder)."""
+        frames = []
+        for part in ("train", "val", "test"):
+            positions = getattr(self.split, part)
+            if len(positions) == 0:
+                continue
+            prob = self.probabilities(part)
+            frames.append(pd.DataFrame({
+                "sample_id": [self.data.ids[i] for i in positions], "part": part,
+                "label": self.data.labels[positions], "predicted": prob.argmax(1),
+                "confidence": prob.max(1)}))
+        return pd.concat(frames, ignore_index=True)
 
     # --- storage --------------------------------------------------------------------------
     def save(self, out: str | os.PathLike, log: pd.DataFrame | None = None) -> Path:
@@ -373,6 +386,7 @@ class Run:
                            "lr": torch.as_tensor(self.schedule.lr)}, tmp / "schedule.safetensors")
                 if log is not None:
                     log.to_csv(tmp / "log.csv", index=False)
+                self.predictions().to_csv(tmp / "predictions.csv", index=False)
                 (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=2))
         except OSError as e:
             raise RunError(f"cannot write the run to {out}: {e.strerror or e} "
@@ -416,7 +430,8 @@ def load(path: str | os.PathLike, data: ImageSet | None = None) -> Run:
         if set(theta) != set(expected) or any(
                 theta[n] is None or theta[n].shape != s or theta[n].dtype != run.dtype
                 for n, s in expected.items()):
-            raise RunError(f"{path}: the weights do not fit the {run.preset} model of this run")
+            raise RunError(f"{path}: the weights do not fit the {run.preset.name} model of this "
+                           "run")
         checkpoints[k] = theta
     order = schedule.get("order")
     if order is None or not np.array_equal(order.numpy(), run.schedule.order):
@@ -426,23 +441,14 @@ def load(path: str | os.PathLike, data: ImageSet | None = None) -> Run:
 
 
 def config_from_json(raw: dict, path: Path) -> RunConfig:
-    """A RunConfig from a run folder's config.json, every value of the type RunConfig holds
-    (a tampered file is refused here, not deep inside training or scoring)."""
-    expected = {"int": (int,), "float | None": (int, float, type(None)), "float": (int, float),
-                "str": (str,), "str | None": (str, type(None)), "dict[str, int]": (dict,)}
-    values = {}
-    for f in fields(RunConfig):
-        if f.name not in raw:
-            continue
-        value = raw[f.name]
-        if isinstance(value, bool) or not isinstance(value, expected.get(f.type, object)):
-            raise RunError(f"{path}: config.json is damaged ({f.name} has the wrong type)")
-        values[f.name] = value
-    removed = values.get("removed", {})
-    if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-               for k, v in removed.items()):
-        raise RunError(f"{path}: config.json is damaged (removed has the wrong type)")
-    return RunConfig(**values)
+    """A RunConfig from a run folder's config.json, checked by RunConfig.validate (a tampered
+    file is refused here, not deep inside training or scoring)."""
+    config = RunConfig(**{f.name: raw[f.name] for f in fields(RunConfig) if f.name in raw})
+    try:
+        config.validate()
+    except RunError as e:
+        raise RunError(f"{path}: config.json is damaged ({e})") from None
+    return config
 
 
 class TrainingLog:
@@ -495,17 +501,11 @@ def retrain_saved(run: Run, remove_ids, mode: str, out: str | os.PathLike,
 
 
 def write_csv(frame: pd.DataFrame, out: str | os.PathLike) -> Path:
-    """Write a CSV atomically (temporary file, then rename)."""
+    """Write a CSV atomically (see datasets.storage.atomic_file)."""
     out = Path(out)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        os.close(fd)
-        try:
+        with atomic_file(out) as tmp:
             frame.to_csv(tmp, index=False)
-            os.replace(tmp, out)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
     except OSError as e:
         raise RunError(f"cannot write {out}: {e.strerror or e} "
                        "(check free disk space and write permission)") from None

@@ -1,89 +1,16 @@
 """The web app's logic with Streamlit's AppTest: navigation, per-session state that survives page
 switches and refreshes, background jobs re-attached, clear errors, sessions kept apart."""
-import io
 import sqlite3
-import zipfile
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-from streamlit.testing.v1 import AppTest
 
-from influence import jobs, runs
-from influence.store import Store
+from app.services import jobs
+from app.services.store import CANCELLED, DONE, FAILED, Store
+from helpers import (QUICK_MODEL, button, make_zip, new_app, ok, session_of, text, tick_and_clean,
+                     train, wait_for_job)
+from influence import runs
 
-MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
-TIMEOUT = 60
-
-
-@pytest.fixture(autouse=True)
-def workspace(tmp_path, monkeypatch):
-    monkeypatch.setenv("INFLUENCE_WORKSPACE", str(tmp_path / "workspace"))
-    return tmp_path / "workspace"
-
-
-def new_app(session: str | None = None) -> AppTest:
-    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
-    if session:
-        at.query_params["s"] = session
-    return at.run()
-
-
-def text(at: AppTest) -> str:
-    """Everything the page says (main area and sidebar), as one string."""
-    parts = [e.value for kind in ("markdown", "info", "success", "warning", "error", "caption",
-                                  "title", "subheader")
-             for e in getattr(at, kind)]
-    parts += [e.value for e in at.sidebar.markdown]
-    return "\n".join(str(p) for p in parts)
-
-
-def button(at: AppTest, label: str):
-    found = [b for b in at.button if b.label.startswith(label)]
-    assert found, f"no button {label!r} in {[b.label for b in at.button]}"
-    return found[0]
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def session_of(at: AppTest) -> str:
-    return at.session_state["sid"]
-
-
-def wait_for_job(at: AppTest) -> jobs.Job:
-    job = jobs.latest(session_of(at))
-    job.wait(120)
-    assert not job.running
-    return job
-
-
-def train(at: AppTest, epochs: int = 2, lr: float | None = None, l2: float | None = None):
-    at.switch_page("views/train.py").run()
-    at.number_input(key="epochs").set_value(epochs)
-    if lr is not None:
-        at.number_input(key="lr-cnn-small").set_value(lr)
-    if l2 is not None:
-        at.number_input(key="l2").set_value(l2)
-    button(at.run(), "Start training").click().run()
-    job = wait_for_job(at)
-    ok(at.run())
-    return at, job
-
-
-def tick_and_clean(at: AppTest, k: int) -> AppTest:
-    """On page 3: tick the top k of the ranking shown; on page 4: retrain the last epoch
-    without them (and the random control)."""
-    at.number_input(key="top_k").set_value(k)
-    button(at.run(), f"Tick top {k}").click().run()
-    at.switch_page("views/retrain.py").run()
-    at.radio(key="mode").set_value("last")
-    button(at.run(), f"Retrain without the {k} ticked").click().run()
-    assert wait_for_job(at).status == "done"
-    return ok(at.run())
+pytestmark = pytest.mark.usefixtures("workspace")
 
 
 def test_first_launch_preselects_the_offline_digits_and_every_page_renders():
@@ -102,7 +29,7 @@ def test_first_launch_preselects_the_offline_digits_and_every_page_renders():
 def test_train_score_tick_and_the_ticks_survive_pages_and_a_refresh():
     at = new_app()
     at, job = train(at)
-    assert job.status == "done", job.error
+    assert job.status == DONE, job.error
     assert "Validation accuracy" in [m.label for m in at.metric]
     run_id = at.session_state["app"]["run"]
     assert run_id == job.result["run"]
@@ -110,7 +37,7 @@ def test_train_score_tick_and_the_ticks_survive_pages_and_a_refresh():
     at.switch_page("views/harmful.py").run()
     at.radio(key="score_method").set_value("sgd-last")
     button(at.run(), "Compute influence").click().run()
-    assert wait_for_job(at).status == "done"
+    assert wait_for_job(at).status == DONE
     ok(at.run())
     assert "Ranked training images" in text(at)
     button(at, "Tick top 10").click().run()
@@ -150,7 +77,7 @@ def test_a_rerun_or_page_switch_while_training_reattaches_instead_of_starting_tw
     assert any(b.label == "Cancel" for b in again.button)  # the live panel is attached again
     first.cancel()
     first.wait(60)
-    assert first.status == "cancelled"
+    assert first.status == CANCELLED
     ok(at.run())
     assert "Cancelled" in text(at)
     assert at.session_state["app"]["run"] is None  # back to no model: nothing half-made kept
@@ -159,11 +86,11 @@ def test_a_rerun_or_page_switch_while_training_reattaches_instead_of_starting_tw
 def test_divergence_says_why_and_offers_a_smaller_learning_rate():
     at = new_app()
     at, job = train(at, epochs=3, lr=5.0, l2=1.0)  # (1 − η·α) = −4: θ explodes
-    assert job.status == "failed" and job.suggested_lr == pytest.approx(0.5)
+    assert job.status == FAILED and job.suggested_lr == pytest.approx(0.5)
     assert "learning rate 5 is too high for this data: try 0.5" in text(at)
     assert at.session_state["app"]["run"] is None  # the failed run is not the current model
     button(at, "Use learning rate 0.5").click().run()
-    assert at.number_input(key="lr-cnn-small").value == pytest.approx(0.5)
+    assert at.number_input(key=f"lr-{QUICK_MODEL}").value == pytest.approx(0.5)
     ok(at)
 
 
@@ -202,7 +129,6 @@ def test_demo_switch_remembers_the_flipped_ids():
     assert len(row["flipped"]) == round(0.1 * 1077)
 
 
-
 def test_other_rankings_can_be_computed_next_to_sgd_influence_and_used_for_cleaning():
     """The baselines from influence.baselines, in the app: a label-noise ranking on the demo."""
     at = new_app()
@@ -214,7 +140,7 @@ def test_other_rankings_can_be_computed_next_to_sgd_influence_and_used_for_clean
     at.radio(key="score_method").set_value("confident-learning")
     button(at.run(), "Compute this ranking").click().run()
     job = wait_for_job(at)
-    assert job.status == "done", job.error
+    assert job.status == DONE, job.error
     ok(at.run())
     said = text(at)
     assert "likely wrong label (confident learning)" in said
@@ -243,16 +169,6 @@ def test_other_rankings_can_be_computed_next_to_sgd_influence_and_used_for_clean
     ok(at.run())
     assert set(Store().score_info(run_id)) == {"confident-learning", "sgd-last"}
     assert "Check against real retraining" in [b.label for b in at.button]
-
-def make_zip(classes=("cat", "dog"), n=4) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as z:
-        for c, cls in enumerate(classes):
-            for i in range(n):
-                png = io.BytesIO()
-                Image.fromarray(np.full((8, 8), 40 * c + 10 * i, np.uint8)).save(png, "PNG")
-                z.writestr(f"{cls}/{i}.png", png.getvalue())
-    return buffer.getvalue()
 
 
 def test_uploads_good_and_bad():

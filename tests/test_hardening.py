@@ -23,19 +23,15 @@ from safetensors.torch import load_file, save_file
 
 import datasets
 from datasets import limits
-from influence import cli, jobs, runs
-from influence.store import DONE, FAILED, INTERRUPTED, Store
-from test_app import button, make_zip, new_app, ok, session_of, text, wait_for_job
+from app.services import jobs
+from app.services.store import DONE, FAILED, INTERRUPTED, Store
+from helpers import (button, errors, make_zip, new_app, ok, session_of, text, trained_in_app,
+                     wait_for_job)
+from influence import cli, runs
 from test_upload import bomb_png, central_directory_patch, png, two_classes, zip_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGREG = dict(model="logreg", epochs=1)  # the quickest real training on digits
-
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch):
-    monkeypatch.setenv("INFLUENCE_WORKSPACE", str(tmp_path / "workspace"))
-    return tmp_path / "workspace"
 
 
 def run_cli(capsys, *args) -> tuple[int, str]:
@@ -48,20 +44,6 @@ def run_cli(capsys, *args) -> tuple[int, str]:
         assert lines[-1].startswith("error: ") and err.count("error: ") == 1, err
         assert "Traceback" not in err
     return code, lines[-1] if lines else ""
-
-
-def errors(at) -> str:
-    return "\n".join(e.value for e in at.error)
-
-
-def trained_in_app():
-    """A new app session with a quick model (logistic regression, one epoch) trained on page 2."""
-    at = new_app().switch_page("views/train.py").run()
-    at.selectbox(key="model_choice").set_value("logreg").run()
-    at.number_input(key="epochs").set_value(1).run()
-    button(at, "Start training").click().run()
-    assert wait_for_job(at).status == DONE
-    return ok(at.run())
 
 
 def files_under(folder: Path) -> dict[str, bytes]:
@@ -408,8 +390,9 @@ def test_app_divergence_keeps_the_earlier_model_current(workspace):
 KILLED_WHILE_WRITING = """
 import os, signal, sys
 import datasets
-from influence import cli, jobs, runs
-from influence.store import Store
+from app.services import jobs
+from app.services.store import Store
+from influence import cli, runs
 
 real = runs.save_file
 def write_then_die(tensors, path):  # the process is killed in the middle of writing the run

@@ -3,44 +3,38 @@ import numpy as np
 import streamlit as st
 
 import datasets
-from app import ui
+from app import charts, images, session, words
 from datasets import DataError, limits
 from datasets.builtin import data_dir
 from datasets.upload import load_upload
-from influence.store import flip_training_labels
 
 st.title("1 · Choose the data")
 st.caption("Pick a built-in data set or upload your own labelled images. The next pages train a "
            "model on them, rank the training images by how much they hurt it, and retrain "
            "without the ones you pick.")
 
-BUILTINS = {
-    "digits": "Handwritten digits (offline, 1,797 images)",
-    "mnist": "MNIST handwritten digits (70,000 images, via torchvision)",
-    "fashion-mnist": "Fashion-MNIST clothing (70,000 images, via torchvision)",
-    "cifar10": "CIFAR-10 photos (60,000 images, via torchvision)",
-}
+BUILTINS = datasets.BUILTINS
 
 source = st.radio("Where do the images come from?",
                   ["Built-in data set", "Upload a ZIP", "Reopen a saved data set"],
                   horizontal=True, key="data_source")
 
 if source == "Built-in data set":
-    name = st.selectbox("Built-in data set", list(BUILTINS), format_func=BUILTINS.get,
-                        key="builtin")
-    if name != "digits":
-        st.info(f"{BUILTINS[name].split(' (')[0]} comes through torchvision: it is downloaded the "
+    name = st.selectbox("Built-in data set", list(BUILTINS),
+                        format_func=lambda n: BUILTINS[n].description, key="builtin")
+    if BUILTINS[name].torchvision:
+        st.info(f"{BUILTINS[name].title} comes through torchvision: it is downloaded the "
                 "first time, which needs internet. Offline, download it on another machine "
-                f"(e.g. `torchvision.datasets.{datasets.builtin.TORCHVISION_SETS[name][0]}"
+                f"(e.g. `torchvision.datasets.{BUILTINS[name].torchvision}"
                 "(root, download=True)`) and copy the files to the folder named by the "
                 f"`DATA_DIR` environment variable (now: `{data_dir()}`), then restart the app.",
                 icon=":material/cloud_download:")
-    in_use = (ui.current_dataset() or {}).get("name") == ui.BUILTIN_NAMES[name]
+    in_use = (session.current_dataset() or {}).get("name") == BUILTINS[name].title
     if st.button("In use" if in_use else "Use this data set", type="primary", disabled=in_use,
                  icon=":material/check:" if in_use else None):
-        with st.spinner(f"Loading {BUILTINS[name]} …"):
+        with st.spinner(f"Loading {BUILTINS[name].description} …"):
             try:
-                ui.use_builtin(name)
+                session.use_builtin(name)
                 st.rerun()
             except DataError as e:
                 st.error(str(e))
@@ -64,8 +58,8 @@ elif source == "Upload a ZIP":
             with st.spinner("Reading the images …"):
                 try:
                     data = load_upload(upload)
-                    row = ui.store().add_dataset(data, title.strip() or default, ui.sid())
-                    ui.set_dataset(row)
+                    row = session.store().add_dataset(data, title.strip() or default, session.sid())
+                    session.set_dataset(row)
                     st.session_state.upload_note = data.source
                     st.rerun()
                 except DataError as e:
@@ -74,10 +68,10 @@ elif source == "Upload a ZIP":
         st.success(note)
 
 else:
-    saved = ui.store().datasets()
-    used = ui.state().get("datasets", [])
+    saved = session.store().datasets()
+    used = session.state().get("datasets", [])
     mine = [r for r in saved if r["id"] in used]
-    others = [r for r in saved if r["id"] not in used] if ui.state().get("show_all") else []
+    others = [r for r in saved if r["id"] not in used] if session.state().get("show_all") else []
     options = mine + others
     if not options:
         st.info("No data set saved by this session yet. To see those of other sessions or "
@@ -86,22 +80,22 @@ else:
     else:
         choice = st.selectbox(
             "Saved data sets (newest first)", range(len(options)),
-            format_func=lambda i: ui.dataset_label(options[i])
+            format_func=lambda i: words.dataset_label(options[i])
             + ("" if options[i] in mine else " · from an earlier session"), key="saved_pick")
         if st.button("Open this data set", type="primary"):
             try:
-                ui.data_of(options[choice]["id"])  # refuses a damaged folder clearly
-                ui.set_dataset(options[choice])
+                session.data_of(options[choice]["id"])  # refuses a damaged folder clearly
+                session.set_dataset(options[choice])
                 st.rerun()
             except DataError as e:
                 st.error(str(e))
 
 # --- the current data set ------------------------------------------------------------------------
-row = ui.current_dataset()
+row = session.current_dataset()
 if row is None:
     st.stop()
 try:
-    data, _ = ui.data_of(row["id"])
+    data, _ = session.data_of(row["id"])
 except DataError as e:
     st.error(str(e))
     st.stop()
@@ -116,13 +110,13 @@ cols[1].metric("Image size", f"{h}×{w} {'colour' if c == 3 else 'grey'}")
 cols[2].metric("Classes", len(data.classes))
 left, right = st.columns([2, 3])
 with left:
-    st.plotly_chart(ui.class_counts_chart(data), key="class_counts")
+    st.plotly_chart(charts.class_counts_chart(data), key="class_counts")
 with right:
     st.markdown("**A few of the images, with their labels**")
     rng = np.random.default_rng(0)
     sample = rng.choice(len(data), size=min(24, len(data)), replace=False)
     flipped_here = row.get("flipped") or {}
-    ui.image_grid(data, sample, [data.classes[data.labels[i]]
+    images.image_grid(data, sample, [data.classes[data.labels[i]]
                                  + (f" (was {flipped_here[data.ids[i]]})"
                                     if data.ids[i] in flipped_here else "") for i in sample],
                   per_row=8, side=56)
@@ -131,7 +125,7 @@ with right:
 st.subheader("Split and demo")
 flipped = row.get("flipped") or {}
 base_id = row.get("parent") or row["id"]
-split = ui.split_settings()
+split = session.split_settings()
 with st.form("split_form"):
     c1, c2, c3 = st.columns(3)
     val_pct = c1.slider("Validation share", 5, 40, int(round(split["val"] * 100)), step=5,
@@ -147,7 +141,7 @@ with st.form("split_form"):
     demo = st.toggle("Demo: flip some training labels to see the tool find them",
                      value=bool(flipped), key=f"demo-{row['id']}")
     flip_pct = st.slider("Share of training labels to flip", 1, 30,
-                         ui.state().get("flip_pct", 10), format="%d%%",
+                         session.state().get("flip_pct", 10), format="%d%%",
                          help="Each chosen training image gets a wrong label, drawn at random "
                          "from the other classes. Validation and test images keep their true "
                          "labels.")
@@ -156,27 +150,25 @@ with st.form("split_form"):
 if applied:
     settings = {"val": val_pct / 100, "test": test_pct / 100, "seed": int(seed)}
     try:
-        datasets.split(np.asarray(data.meta.get("split_labels", data.labels)), settings["val"],
-                       settings["test"], settings["seed"])
-        base = ui.store().dataset(base_id)
+        data.split(settings["val"], settings["test"], settings["seed"])  # refuses a bad split
+        base = session.store().dataset(base_id)
         if demo:
-            clean, _ = ui.data_of(base_id)
-            noisy, flips = flip_training_labels(clean, flip_pct / 100, settings["val"],
-                                                settings["test"], settings["seed"])
-            new = ui.store().add_dataset(noisy, base["name"], ui.sid(), parent=base_id,
-                                         flipped=flips, split=settings)
+            clean, _ = session.data_of(base_id)
+            noisy, flips = datasets.flip_training_labels(clean, flip_pct / 100, settings["val"],
+                                                         settings["test"], settings["seed"])
+            new = session.store().add_dataset(noisy, base["name"], session.sid(),
+                                              parent=base_id, flipped=flips, split=settings)
         else:
             new = base
-        ui.state().update(split=settings, flip_pct=flip_pct)
+        session.state().update(split=settings, flip_pct=flip_pct)
         if new["id"] != row["id"]:
-            ui.set_dataset(new)
-        ui.save()
+            session.set_dataset(new)
+        session.save()
         st.rerun()
     except DataError as e:
         st.error(str(e))
 
-parts = datasets.split(np.asarray(data.meta.get("split_labels", data.labels)), split["val"],
-                       split["test"], split["seed"])
+parts = data.split(split["val"], split["test"], split["seed"])
 st.markdown(f"**{len(parts.train):,}** images for training, **{len(parts.val):,}** for "
             f"validation and **{len(parts.test):,}** for the test. The test images are never "
             "used to compute influence — only to measure the model before and after cleaning.")

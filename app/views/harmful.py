@@ -6,9 +6,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import ui
-from influence import baselines, jobs
-from influence.runs import METHODS, RunError
+from app import charts, images, panels, session, words
+from app.services import jobs
+from app.services.store import DONE
+from influence import methods
+from influence.runs import RunError
 
 ROW_HEIGHT = 44
 LARGE = 192  # thumbnails are drawn this big when double-clicked (still a small PNG)
@@ -20,66 +22,71 @@ st.caption("For every training image, SGD-influence estimates how the loss on th
            "the image hurts the model (often a wrong label or an odd image). Other well-known "
            "rankings can be computed next to it, for comparison.")
 
-row = ui.current_dataset()
-run = ui.current_run()
+row = session.current_dataset()
+run = session.current_run()
 if row is None or run is None or run["dataset"] != row["id"]:
-    ui.need("Train a model on the current data set first.", "views/train.py", "Go to 2 · Train")
-if not ui.usable(run):
-    ui.run_status_note(run)
-    ui.need("Train a model first (or open a finished one).", "views/train.py", "Go to 2 · Train")
-data, position = ui.data_of(row["id"])
-store = ui.store()
+    panels.need("Train a model on the current data set first.", "views/train.py",
+                "Go to 2 · Train")
+if not session.usable(run):
+    panels.run_status_note(run)
+    panels.need("Train a model first (or open a finished one).", "views/train.py",
+                "Go to 2 · Train")
+data, position = session.data_of(row["id"])
+store = session.store()
 scored = store.score_info(run["id"])
-job = jobs.latest(ui.sid(), "score")
-busy = jobs.active(ui.sid()) is not None
+job = jobs.latest(session.sid(), "score")
+busy = jobs.active(session.sid()) is not None
 
 # --- scoring -----------------------------------------------------------------------------------
-guess = ui.estimate(row["id"], run["config"])
+guess = session.estimate(row["id"], run["config"])
 epochs = run["config"]["epochs"]
-labels = {"sgd": f"Exact: retrace all {epochs} epochs ({ui.seconds(guess['seconds_score'])})",
-          "sgd-last": f"Fast: last epoch only ({ui.seconds(guess['seconds_score_last'])})",
-          **{m: f"Compare: {ui.METHOD_NAMES[m]}" for m in jobs.RANKINGS if m not in METHODS}}
+labels = {"sgd": f"Exact: retrace all {epochs} epochs ({words.seconds(guess['seconds_score'])})",
+          "sgd-last": f"Fast: last epoch only ({words.seconds(guess['seconds_score_last'])})",
+          **{m: f"Compare: {methods.get(m).title}" for m in methods.IN_APP
+             if m not in ("sgd", "sgd-last")}}
 for m in ("kl", "tracin"):
-    labels[m] += f" ({ui.seconds(guess['seconds_' + m])})"
+    labels[m] += f" ({words.seconds(guess['seconds_' + m])})"
 with st.expander("Compute influence" + (" again, or another ranking to compare" if scored
                                          else ""), expanded=not scored):
     chosen = st.radio("Method", list(labels), format_func=labels.get,
-                      captions=[ui.METHOD_HELP[m] for m in labels],
-                      key=ui.remember("score_method", "sgd"),
+                      captions=[methods.get(m).help for m in labels],
+                      key=session.remember("score_method", "sgd"),
                       help="SGD-influence (the first two) is what this tool is built on. The "
                       "others are well-known ways of ranking training images, for comparison: "
                       "the demo's flipped-label count and page 4's retraining work for all.")
-    if st.button("Compute influence" if chosen in METHODS else "Compute this ranking",
+    if st.button("Compute influence" if chosen in ("sgd", "sgd-last") else "Compute this ranking",
                  type="primary", disabled=busy, icon=":material/calculate:"):
         try:
-            jobs.start_scoring(store, ui.sid(), run["id"], chosen)
-            ui.state()["method"][run["id"]] = chosen
-            ui.save()
+            jobs.start_scoring(store, session.sid(), run["id"], chosen)
+            session.state()["method"][run["id"]] = chosen
+            session.save()
             st.rerun()
         except (jobs.Busy, RunError) as e:
-            ui.busy_error(e)
+            panels.busy_error(e)
 if job is not None and job.result.get("run") == run["id"]:
-    ui.job_panel("score", curves=False, log_after=False)
-    ui.job_outcome(job, f"Every training image scored in {job.elapsed:.1f} s "
-                        f"({ui.METHOD_NAMES[job.result['method']]}).")
+    panels.job_panel("score", curves=False, log_after=False)
+    panels.job_outcome(job, f"Every training image scored in {job.elapsed:.1f} s "
+                            f"({methods.get(job.result['method']).title}).")
 
-method = ui.method()
+method = session.method()
 if method is None:
     st.stop()
 if len(scored) > 1:
     method = st.segmented_control("Ranking", list(scored), default=method, required=True,
-                                  format_func=ui.METHOD_NAMES.get, key=f"view-{run['id']}")
-    if method != ui.state()["method"].get(run["id"]):
-        ui.state()["method"][run["id"]] = method
-        ui.save()
-frame = ui.scores(run["id"], method)
-estimates = method in baselines.ESTIMATES_REMOVAL  # a score in units of validation loss
+                                  format_func=lambda m: methods.get(m).title,
+                                  key=f"view-{run['id']}")
+    if method != session.state()["method"].get(run["id"]):
+        session.state()["method"][run["id"]] = method
+        session.save()
+frame = session.scores(run["id"], method)
+ranking = methods.get(method)
+estimates = ranking.estimates_removal  # a score in units of validation loss
 
 # --- trust check ------------------------------------------------------------------------------
 trust = scored[method].get("trust")
-check_job = jobs.latest(ui.sid(), "check")
+check_job = jobs.latest(session.sid(), "check")
 if not estimates:
-    st.caption(f"This ranking ({ui.METHOD_NAMES[method]}) does not estimate what removing an "
+    st.caption(f"This ranking ({ranking.title}) does not estimate what removing an "
                "image does to the model, so real retraining cannot check it image by image. "
                "Page 4 shows what removing its top images does.")
 elif trust:
@@ -89,44 +96,38 @@ elif trust:
                f"{trust['sign_agreement']:.0%} of them.", icon=":material/verified:")
 else:
     c1, c2 = st.columns([1, 3])
-    n_check = c1.number_input("Images to check", 4, 50, key=ui.remember("n_check", 10))
-    per = guess["seconds_retrain"] / (epochs if method == "sgd-last" else 1)
+    n_check = c1.number_input("Images to check", 4, 50, key=session.remember("n_check", 10))
+    per = guess["seconds_retrain"] / (epochs if ranking.estimates == "last" else 1)
     c2.markdown(f"How far can you trust this ranking? The check retrains the model for real "
                 f"without each of {n_check} images spread over the ranking and compares "
-                f"({ui.seconds(per * n_check)}).")
+                f"({words.seconds(per * n_check)}).")
     if c2.button("Check against real retraining", disabled=busy):
         try:
-            jobs.start_check(store, ui.sid(), run["id"], method, int(n_check))
+            jobs.start_check(store, session.sid(), run["id"], method, int(n_check))
             st.rerun()
         except (jobs.Busy, RunError) as e:
-            ui.busy_error(e)
+            panels.busy_error(e)
 if check_job is not None and check_job.result.get("run") == run["id"] and (
-        check_job.running or check_job.status != "done"):
-    ui.job_panel("check", curves=False, log_after=False)
-    ui.job_outcome(check_job)
+        check_job.running or check_job.status != DONE):
+    panels.job_panel("check", curves=False, log_after=False)
+    panels.job_outcome(check_job)
 
 # --- the ranking -------------------------------------------------------------------------------
-preds = ui.predictions(run["id"]).set_index("sample_id")
+preds = session.predictions(run["id"]).set_index("sample_id")
 table = frame.assign(rank=np.arange(1, len(frame) + 1))
 found = preds.reindex(table.sample_id)
 table["predicted"] = [f"{data.classes[int(p)]} ({c:.0%})" for p, c in
                       zip(found.predicted, found.confidence)]
 flipped = row.get("flipped") or {}
-ticked = ui.ticks()
+ticked = session.ticks()
 
 left, right = st.columns([3, 2])
 with left:
-    st.plotly_chart(ui.scores_histogram(frame, method), key="histogram")
+    st.plotly_chart(charts.scores_histogram(frame, method), key="histogram")
 with right:
-    if estimates:
-        n_harmful = int((frame.influence < 0).sum())
-        st.metric("Harmful images (score below 0)", f"{n_harmful:,} of {len(frame):,}")
-    elif method == "confident-learning":
-        n_wrong = int((frame.influence < -0.5).sum())
-        st.metric("Labels that look wrong (quality below 0.5)", f"{n_wrong:,} of {len(frame):,}")
-    elif method == "isolation-forest":
-        n_odd = int((frame.influence < 0).sum())
-        st.metric("Unusual images (outlier score below 0)", f"{n_odd:,} of {len(frame):,}")
+    if ranking.flag:
+        what, below = ranking.flag
+        st.metric(what, f"{int((frame.influence < below).sum()):,} of {len(frame):,}")
     if flipped:
         k_demo = st.session_state.get("top_k", 10)
         top = set(frame.sample_id.head(int(k_demo)))
@@ -140,13 +141,13 @@ with right:
 
 st.subheader("Ranked training images")
 c1, c2, c3 = st.columns([2, 2, 1])
-helpful = c1.toggle("Show the most helpful instead", key=ui.remember("helpful", False))
+helpful = c1.toggle("Show the most helpful instead", key=session.remember("helpful", False))
 class_names = ["All classes"] + list(data.classes)
 if st.session_state.get("class_filter") not in class_names:  # another data set's class
     st.session_state.pop("class_filter", None)
 chosen_class = c2.selectbox("Given label", class_names,
-                            key=ui.remember("class_filter", "All classes"))
-per_page = c3.selectbox("Rows per page", [10, 20, 50], key=ui.remember("per_page", 20))
+                            key=session.remember("class_filter", "All classes"))
+per_page = c3.selectbox("Rows per page", [10, 20, 50], key=session.remember("per_page", 20))
 
 view = table.iloc[::-1] if helpful else table
 if chosen_class != "All classes":
@@ -155,14 +156,21 @@ if chosen_class != "All classes":
 c1, c2, c3, _ = st.columns([1, 1, 1, 2], vertical_alignment="bottom")
 most = max(1, len(view))
 st.session_state["top_k"] = min(st.session_state.get("top_k", 10), most)
-top_k = c1.number_input("How many to tick (K)", 1, most, key=ui.remember("top_k", 10))
+top_k = c1.number_input("How many to tick (K)", 1, most, key=session.remember("top_k", 10))
+# Ticks live in the session state (session.ticks), keyed by sample id; the table below only
+# shows them. st.data_editor keeps its own record of the edits made in it under its widget key
+# and replays them on every rerun. So its key names everything that decides which rows are on
+# screen (run, ranking, helpful or harmful end, class filter, page size, page): another set of
+# rows gets a fresh editor rather than the edits made on another page. `tick_version` counts the
+# changes made outside the editor ("Tick top K", "Untick all"); it is part of the key too, so
+# after one the editor is rebuilt from the stored ticks instead of replaying stale edits.
 version = st.session_state.setdefault("tick_version", 0)
 if c2.button(f"Tick top {top_k}", icon=":material/check_box:"):
-    ui.set_ticks(ticked | set(view.sample_id.head(int(top_k))))
+    session.set_ticks(ticked | set(view.sample_id.head(int(top_k))))
     st.session_state.tick_version += 1
     st.rerun()
 if c3.button("Untick all", icon=":material/check_box_outline_blank:", disabled=not ticked):
-    ui.set_ticks(set())
+    session.set_ticks(set())
     st.session_state.tick_version += 1
     st.rerun()
 
@@ -172,10 +180,10 @@ shown = view.iloc[(page - 1) * per_page: page * per_page]
 rows = pd.DataFrame({
     "remove": [sid in ticked for sid in shown.sample_id],
     "rank": shown["rank"].to_numpy(),
-    "image": [ui.data_url(data.images[position[sid]], LARGE) for sid in shown.sample_id],
+    "image": [images.data_url(data.images[position[sid]], LARGE) for sid in shown.sample_id],
     "given label": shown.label.astype(str).to_numpy(),
     "predicted": shown.predicted.to_numpy(),
-    "what removing it does": [ui.effect(s, method) for s in shown.influence],
+    "what removing it does": [ranking.in_words(s) for s in shown.influence],
 })
 if flipped:
     rows["demo: true label"] = [flipped.get(sid, "") for sid in shown.sample_id]
@@ -208,7 +216,7 @@ edited = st.data_editor(
     key=f"editor-{run['id']}-{method}-{helpful}-{chosen_class}-{per_page}-{page}-{version}")
 now = (ticked - set(shown.sample_id)) | set(edited.loc[edited["remove"], "sample id"])
 if now != ticked:
-    ui.set_ticks(now)
+    session.set_ticks(now)
     st.rerun()
 if len(shown):
     with st.expander("Look closer at one image of this page"):
@@ -217,9 +225,9 @@ if len(shown):
                                format_func=lambda i: f"rank {shown['rank'].iloc[i]} · "
                                                      f"{shown.sample_id.iloc[i]}")
         item = shown.iloc[min(pick, len(shown) - 1)]
-        left.image(ui.enlarge(data.images[position[item.sample_id]], 224), width=224)
+        left.image(images.enlarge(data.images[position[item.sample_id]], 224), width=224)
         right.markdown(f"**Given label:** {item.label}  \n**Predicted:** {item.predicted}  \n"
-                       f"{ui.effect(item.influence, method).capitalize()}.")
+                       f"{ranking.in_words(item.influence).capitalize()}.")
         if item.sample_id in flipped:
             right.caption(f"Demo: the true label is {flipped[item.sample_id]}.")
 

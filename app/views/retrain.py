@@ -7,10 +7,12 @@ import streamlit as st
 from plotly.subplots import make_subplots
 from sklearn.metrics import confusion_matrix
 
-from app import ui
+from app import charts, images, panels, session, words
 from datasets import DataError
 from datasets.export import to_zip
-from influence import baselines, jobs
+from app.services import jobs
+from app.services.store import DONE
+from influence import methods
 from influence.runs import RunError
 
 st.title("4 · Retrain without them and compare")
@@ -18,16 +20,16 @@ st.caption("The model is trained again on exactly the same SGD schedule — same
            "starting point, same batches — only without the images you ticked. Then the test "
            "images, which took no part in choosing them, tell whether the model got better.")
 
-row = ui.current_dataset()
-run = ui.current_run()
-if row is None or run is None or run["dataset"] != row["id"] or not ui.usable(run):
-    ui.need("Train a model and tick some images on page 3 first.", "views/harmful.py",
+row = session.current_dataset()
+run = session.current_run()
+if row is None or run is None or run["dataset"] != row["id"] or not session.usable(run):
+    panels.need("Train a model and tick some images on page 3 first.", "views/harmful.py",
             "Go to 3 · Harmful images")
-data, position = ui.data_of(row["id"])
-store = ui.store()
-ticked = sorted(ui.ticks())
-method = ui.method()
-busy = jobs.active(ui.sid()) is not None
+data, position = session.data_of(row["id"])
+store = session.store()
+ticked = sorted(session.ticks())
+method = session.method()
+busy = jobs.active(session.sid()) is not None
 flipped = row.get("flipped") or {}
 
 # --- retrain ---------------------------------------------------------------------------------
@@ -41,43 +43,45 @@ else:
         if flipped else ""
     st.markdown(f"You ticked **{len(ticked)}** image{'s' * (len(ticked) != 1)}{demo}:")
     shown = ticked[:32]
-    ui.image_grid(data, [position[i] for i in shown],
-                  [data.classes[data.labels[position[i]]] for i in shown], per_row=16, side=40)
+    images.image_grid(data, [position[i] for i in shown],
+                      [data.classes[data.labels[position[i]]] for i in shown], per_row=16,
+                      side=40)
     if len(ticked) > len(shown):
         st.caption(f"… and {len(ticked) - len(shown)} more.")
-    guess = ui.estimate(row["id"], run["config"])
+    guess = session.estimate(row["id"], run["config"])
     epochs = run["config"]["epochs"]
     c1, c2 = st.columns(2)
-    mode = c1.radio("Retrain", ["all", "last"], key=ui.remember("mode", "all"), format_func={
+    mode = c1.radio("Retrain", ["all", "last"], key=session.remember("mode", "all"), format_func={
         "all": f"all {epochs} epochs without them — the exact counterfactual "
-               f"({ui.seconds(guess['seconds_retrain'])})",
+               f"({words.seconds(guess['seconds_retrain'])})",
         "last": f"only the last epoch without them — faster "
-                f"({ui.seconds(guess['seconds_retrain'] / epochs)})"}.get)
+                f"({words.seconds(guess['seconds_retrain'] / epochs)})"}.get)
     control = c2.checkbox(f"Also retrain without {len(ticked)} random images, as a control",
-                          key=ui.remember("control", True),
+                          key=session.remember("control", True),
                           help="Shows whether removing the chosen images beat removing the "
                           "same number at random.")
     if st.button(f"Retrain without the {len(ticked)} ticked image{'s' * (len(ticked) != 1)}",
                  type="primary", disabled=busy, icon=":material/restart_alt:"):
         try:
-            job = jobs.start_cleaning(store, ui.sid(), run["id"], ticked, mode, method, control,
+            job = jobs.start_cleaning(store, session.sid(), run["id"], ticked, mode, method,
+                                      control,
                                       seed=run["config"]["seed"] + len(store.rounds(row["id"])))
-            ui.state()["round"] = job.result["round"]
-            ui.save()
+            session.state()["round"] = job.result["round"]
+            session.save()
             st.rerun()
         except (jobs.Busy, RunError, DataError) as e:
-            ui.busy_error(e)
+            panels.busy_error(e)
 
-job = jobs.latest(ui.sid(), "clean")
+job = jobs.latest(session.sid(), "clean")
 if job is not None and store.round(job.result["round"])["base"] == run["id"] and (
-        job.running or job.status != "done"):
-    ui.job_panel("clean")
-    ui.job_outcome(job)
+        job.running or job.status != DONE):
+    panels.job_panel("clean")
+    panels.job_outcome(job)
 
 
 # --- comparing two models ------------------------------------------------------------------------
 def test_part(run_id: str) -> pd.DataFrame:
-    preds = ui.predictions(run_id)
+    preds = session.predictions(run_id)
     return preds[preds.part == "test"].set_index("sample_id")
 
 
@@ -106,7 +110,7 @@ def compare(runs: dict[str, dict], key: str) -> None:
                        if change else "off", delta_arrow="auto" if change else "off")
     n_test = len(parts[names[0]])
     cols[-1].metric("Test images", f"{n_test:,}")
-    colours = [ui.GREY, ui.GREEN, ui.ORANGE][:len(names)]
+    colours = [charts.GREY, charts.GREEN, charts.ORANGE][:len(names)]
     left, right = st.columns(2)
     left.plotly_chart(error_chart(names, errors, colours), key=f"{key}-errors")
 
@@ -145,7 +149,7 @@ def compare(runs: dict[str, dict], key: str) -> None:
         st.markdown(f"**{title}: {len(ids)}**")
         ids = list(ids)[:24]
         if ids:
-            ui.image_grid(data, [position[i] for i in ids],
+            images.image_grid(data, [position[i] for i in ids],
                           [f"{data.classes[int(before.label[i])]}: "
                            f"{data.classes[int(before.predicted[i])]}→"
                            f"{data.classes[int(after.predicted[i])]}" for i in ids],
@@ -175,11 +179,11 @@ def summary(models: dict[str, dict], removed: list[str]) -> None:
 
 
 # --- the latest round of this model -------------------------------------------------------------
-rounds = [r for r in store.rounds(row["id"]) if r["base"] == run["id"] and r["status"] == "done"]
+rounds = [r for r in store.rounds(row["id"]) if r["base"] == run["id"] and r["status"] == DONE]
 if rounds:
     st.divider()
     st.subheader("Before and after")
-    wanted = ui.state().get("round")
+    wanted = session.state().get("round")
     index = next((i for i, r in enumerate(rounds) if r["id"] == wanted), len(rounds) - 1)
     if len(rounds) > 1:
         index = st.selectbox("Cleaning round", range(len(rounds)), index=index,
@@ -187,7 +191,7 @@ if rounds:
                              f"{len(rounds[i]['removed'])} removed", key="round_pick")
     chosen = rounds[index]
     models = {"before": run, "after cleaning": store.run(chosen["cleaned"])}
-    if chosen["control"] and ui.usable(store.run(chosen["control"])):
+    if chosen["control"] and session.usable(store.run(chosen["control"])):
         models["random removal"] = store.run(chosen["control"])
     summary(models, chosen["removed"])
     compare(models, f"round-{chosen['id']}")
@@ -201,13 +205,13 @@ if rounds:
     def cleaned_zip() -> bytes:
         return to_zip(data.subset(keep))
 
-    ranking = ui.scores(run["id"], chosen["method"]) if chosen["method"] in \
+    ranking = session.scores(run["id"], chosen["method"]) if chosen["method"] in \
         store.score_info(run["id"]) else None
     table = pd.DataFrame({"sample_id": removed,
                           "label": [data.classes[data.labels[position[i]]] for i in removed]})
     if ranking is not None:
         ranked = ranking.assign(rank=np.arange(1, len(ranking) + 1)).set_index("sample_id")
-        score = "influence" if chosen["method"] in baselines.ESTIMATES_REMOVAL else "score"
+        score = "influence" if methods.get(chosen["method"]).estimates_removal else "score"
         table[score] = ranked.influence.reindex(removed).to_numpy()
         table["rank"] = ranked["rank"].reindex(removed).to_numpy()
         table["method"] = chosen["method"]
@@ -224,12 +228,12 @@ if rounds:
     c2.caption(f"The {len(removed)} removed ids with their labels and scores.")
     if c3.button("Clean further from the cleaned model", width="stretch",
                  icon=":material/cleaning_services:"):
-        ui.set_run(cleaned["id"])
+        session.set_run(cleaned["id"])
         st.switch_page("views/harmful.py")
     c3.caption("Makes the cleaned model the current one: score it on page 3, remove more.")
 
 # --- history -------------------------------------------------------------------------------------
-history = ui.visible(store.rounds(row["id"]))
+history = session.visible(store.rounds(row["id"]))
 if history:
     st.divider()
     st.subheader("History of this data set")
@@ -240,22 +244,23 @@ if history:
         return (store.run(run_id).get("metrics") or {}).get("test_error", float("nan"))
 
     st.dataframe(pd.DataFrame([{
-        "round": r["id"], "from model": ui.run_label(store.run(r["base"])),
-        "removed": len(r["removed"]), "ranking": ui.METHOD_NAMES.get(r["method"], "—"),
+        "round": r["id"], "from model": words.run_label(store.run(r["base"])),
+        "removed": len(r["removed"]),
+        "ranking": methods.get(r["method"]).title if r["method"] else "—",
         "retrained": "all epochs" if r["mode"] == "all" else "last epoch",
         "test error before": error_of(r["base"]), "after": error_of(r["cleaned"]),
         "random control": error_of(r["control"]), "status": r["status"]}
         for r in history]), hide_index=True, column_config={
             c: st.column_config.NumberColumn(format="percent")
             for c in ("test error before", "after", "random control")})
-    done = [r for r in ui.visible(store.runs(row["id"])) if ui.usable(r)]
+    done = [r for r in session.visible(store.runs(row["id"])) if session.usable(r)]
     if len(done) >= 2:
         with st.expander("Compare any two models of this data set"):
             c1, c2 = st.columns(2)
             a = c1.selectbox("First", range(len(done)), index=len(done) - 1, key="cmp_a",
-                             format_func=lambda i: ui.run_label(done[i]))
+                             format_func=lambda i: words.run_label(done[i]))
             b = c2.selectbox("Second", range(len(done)), index=0, key="cmp_b",
-                             format_func=lambda i: ui.run_label(done[i]))
+                             format_func=lambda i: words.run_label(done[i]))
             if a != b:
                 compare({"first": done[a], "second": done[b]}, "history")
             else:

@@ -1,44 +1,48 @@
 """Page 2: train a model with recorded SGD, in the background, with live curves."""
+from dataclasses import asdict
+
 import pandas as pd
 import streamlit as st
 
-from app import ui
+from app import charts, panels, session, words
 from datasets import DataError
-from influence import jobs, models
+from app.services import jobs
+from app.services.store import FAILED
+from influence import models
 from influence.runs import RunConfig, RunError
 
 st.title("2 · Train a model")
 st.caption("Plain SGD, with every step recorded (the batch order and learning rate) so that "
            "page 3 can trace back how each training image moved the model.")
 
-row = ui.current_dataset()
+row = session.current_dataset()
 if row is None:
-    ui.need("Choose a data set first.", "views/data.py", "Go to 1 · Data")
-data, _ = ui.data_of(row["id"])
-split = ui.split_settings()
-job = jobs.latest(ui.sid(), "train")
+    panels.need("Choose a data set first.", "views/data.py", "Go to 1 · Data")
+data, _ = session.data_of(row["id"])
+split = session.split_settings()
+job = jobs.latest(session.sid(), "train")
 running = job is not None and job.running
 
 # --- settings -------------------------------------------------------------------------------
-st.markdown(f"**Data:** {ui.dataset_label(row)}")
-choice = st.selectbox("Model", models.CHOICES, key=ui.remember("model_choice", "auto"),
+st.markdown(f"**Data:** {words.dataset_label(row)}")
+choice = st.selectbox("Model", models.CHOICES, key=session.remember("model_choice", "auto"),
                       format_func=lambda m: "chosen from the image size (recommended)"
-                      if m == "auto" else ui.MODEL_NAMES.get(m, m))
+                      if m == "auto" else models.PRESETS[m].title)
 try:
     preset, reason = models.resolve(choice, data.shape)
 except ValueError as e:
     st.error(str(e))
     st.stop()
-st.markdown(f"→ **{ui.MODEL_NAMES[preset]}** (`{preset}`): {reason}.")
+st.markdown(f"→ **{preset.title}** (`{preset.name}`): {reason}.")
 
 c1, c2, c3, c4 = st.columns(4)
-epochs = c1.number_input("Epochs", 1, 200, key=ui.remember("epochs", 20),
+epochs = c1.number_input("Epochs", 1, 200, key=session.remember("epochs", 20),
                          help="Passes over the training images.")
-batch = c2.number_input("Batch size", 1, 4096, key=ui.remember("batch", 64),
+batch = c2.number_input("Batch size", 1, 4096, key=session.remember("batch", 64),
                         help="Images per SGD step.")
-lr_key = f"lr-{preset}"
+lr_key = f"lr-{preset.name}"
 lr = c3.number_input("Learning rate", 0.0001, 10.0, format="%g", step=0.01,
-                     key=ui.remember(lr_key, models.DEFAULT_LR[preset]),
+                     key=session.remember(lr_key, preset.lr),
                      help="Step size of SGD. If training diverges, the page suggests a smaller "
                      "one.")
 seed = int(split["seed"])  # one seed: the split, the initial model and the batch order
@@ -48,13 +52,14 @@ c4.caption("set on page 1")
 with st.expander("More settings"):
     a1, a2, a3 = st.columns(3)
     l2 = a1.number_input("L2 regularisation α", 0.0, 10.0, format="%g", step=0.0001,
-                         key=ui.remember("l2", 0.0),
+                         key=session.remember("l2", 0.0),
                          help="Adds ½·α·‖θ‖² to the loss of every image.")
     decay = a2.selectbox("Learning rate over time", ["constant", "inv_sqrt"],
-                         key=ui.remember("decay", "constant"),
+                         key=session.remember("decay", "constant"),
                          format_func={"constant": "constant",
                                       "inv_sqrt": "shrinking as 1/√step"}.get)
-    dtype = a3.selectbox("Precision", ["float32", "float64"], key=ui.remember("dtype", "float32"),
+    dtype = a3.selectbox("Precision", ["float32", "float64"],
+                         key=session.remember("dtype", "float32"),
                          help="float64 is slower but makes influence estimates more exact.")
 
 config = RunConfig(model=choice, epochs=int(epochs), batch_size=int(batch), lr=float(lr),
@@ -63,13 +68,13 @@ config = RunConfig(model=choice, epochs=int(epochs), batch_size=int(batch), lr=f
 
 
 try:
-    guess = ui.estimate(row["id"], config.__dict__)
-    st.info(f"Before you start: training should take **{ui.seconds(guess['seconds_train'])}** "
-            f"on this machine and use **{ui.size(guess['disk_bytes'])}** of disk "
+    guess = session.estimate(row["id"], asdict(config))
+    st.info(f"Before you start: training should take **{words.seconds(guess['seconds_train'])}** "
+            f"on this machine and use **{words.size(guess['disk_bytes'])}** of disk "
             f"({guess['n_train']:,} training images, {guess['steps']:,} SGD steps, "
             f"{guess['n_params']:,} parameters). Later, computing influence takes "
-            f"{ui.seconds(guess['seconds_score'])} for the exact method or "
-            f"{ui.seconds(guess['seconds_score_last'])} for the fast one.",
+            f"{words.seconds(guess['seconds_score'])} for the exact method or "
+            f"{words.seconds(guess['seconds_score_last'])} for the fast one.",
             icon=":material/timer:")
     settings_ok = True
 except (RunError, DataError) as e:
@@ -79,19 +84,19 @@ except (RunError, DataError) as e:
 if st.button("Start training", type="primary", disabled=running or not settings_ok,
              icon=":material/play_arrow:"):
     try:
-        job = jobs.start_training(ui.store(), ui.sid(), row["id"], config)
-        ui.state()["previous_run"] = ui.state().get("run")
-        ui.set_run(job.result["run"])
+        job = jobs.start_training(session.store(), session.sid(), row["id"], config)
+        session.state()["previous_run"] = session.state().get("run")
+        session.set_run(job.result["run"])
         st.rerun()
     except (jobs.Busy, RunError, DataError) as e:
-        ui.busy_error(e)
+        panels.busy_error(e)
 
 # --- the job, or the current run --------------------------------------------------------------
-job_run = ui.store().run(job.result["run"]) if job is not None else None
+job_run = session.store().run(job.result["run"]) if job is not None else None
 if job_run is not None and job_run["dataset"] == row["id"]:
     st.subheader("Latest training")
-    ui.job_panel("train")
-    if job.status == "failed":
+    panels.job_panel("train")
+    if job.status == FAILED:
         st.error(f"Training failed: {job.error}")
         if job.suggested_lr:
             def use_lr(value=job.suggested_lr, key=lr_key):
@@ -99,16 +104,16 @@ if job_run is not None and job_run["dataset"] == row["id"]:
             st.button(f"Use learning rate {job.suggested_lr:g}", on_click=use_lr,
                       icon=":material/healing:")
     else:
-        ui.job_outcome(job)
-run = ui.current_run()
+        panels.job_outcome(job)
+run = session.current_run()
 if run is not None and run["dataset"] == row["id"] and run["id"] != (job_run or {}).get("id"):
     st.subheader("Current model")
-    if ui.usable(run):
-        st.plotly_chart(ui.curves_chart(ui.training_log(run["id"])), key="stored_curves")
+    if session.usable(run):
+        st.plotly_chart(charts.curves_chart(session.training_log(run["id"])), key="stored_curves")
     else:
-        ui.run_status_note(run)
+        panels.run_status_note(run)
 
-if ui.usable(run) and run["dataset"] == row["id"]:
+if session.usable(run) and run["dataset"] == row["id"]:
     m = run["metrics"]
     cols = st.columns(4)
     cols[0].metric("Validation accuracy", f"{1 - m['val_error']:.1%}")
@@ -126,30 +131,30 @@ if ui.usable(run) and run["dataset"] == row["id"]:
                  icon=":material/arrow_forward:")
 
 # --- earlier runs -----------------------------------------------------------------------------
-earlier = [r for r in ui.visible(ui.store().runs(row["id"])) if r["kind"] == "train"]
+earlier = [r for r in session.visible(session.store().runs(row["id"])) if r["kind"] == "train"]
 if earlier:
     with st.expander(f"Models trained on this data set ({len(earlier)})",
                      expanded=run is None):
         table = pd.DataFrame([{
-            "model": ui.run_label(r), "status": r["status"],
+            "model": words.run_label(r), "status": r["status"],
             "epochs": (r["config"] or {}).get("epochs"),
             "learning rate": (r["config"] or {}).get("lr"),
             "validation error": (r["metrics"] or {}).get("val_error", float("nan")),
             "test error": (r["metrics"] or {}).get("test_error", float("nan")),
-            "session": "this one" if r["session"] == ui.sid() else "another",
+            "session": "this one" if r["session"] == session.sid() else "another",
         } for r in earlier])
         st.dataframe(table, hide_index=True, column_config={
             "validation error": st.column_config.NumberColumn(format="percent"),
             "test error": st.column_config.NumberColumn(format="percent")})
-        done = [r for r in earlier if ui.usable(r)]
+        done = [r for r in earlier if session.usable(r)]
         if done:
             pick = st.selectbox("Open a model", range(len(done)), key="open_run",
-                                format_func=lambda i: ui.run_label(done[i]))
+                                format_func=lambda i: words.run_label(done[i]))
             if st.button("Open this model"):
                 try:  # a damaged or tampered run folder is refused here, never unpickled
                     with st.spinner("Checking the saved model …"):
-                        ui.store().open_run(done[pick]["id"], data)
-                    ui.set_run(done[pick]["id"])
+                        session.store().open_run(done[pick]["id"], data)
+                    session.set_run(done[pick]["id"])
                     st.rerun()
                 except (RunError, DataError) as e:
                     st.error(f"This model cannot be opened: {e}")

@@ -4,8 +4,7 @@ it can be listed and reopened after a restart. UI-free.
     $INFLUENCE_WORKSPACE (default ./workspace)
         store.sqlite         metadata (stdlib sqlite3): data sets, runs, scores, rounds, sessions
         datasets/<id>/       an ImageSet saved with datasets.storage (no pickle)
-        runs/<id>/           a run folder written by influence.runs (+ predictions.csv,
-                             influence-<method>.csv)
+        runs/<id>/           a run folder written by influence.runs (+ influence-<method>.csv)
 
 Folders are written atomically (temporary sibling, then rename) and never changed afterwards; a
 data set is stored once per content (its fingerprint), so sessions can share it without
@@ -24,13 +23,12 @@ from contextlib import closing, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 import datasets
 from datasets import DataError, ImageSet
 
-from . import runs
+from influence import runs
 
 RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = "running", "done", "failed", "cancelled", \
     "interrupted"
@@ -316,30 +314,3 @@ def decode(row: sqlite3.Row) -> dict:
             except json.JSONDecodeError:
                 out[key] = None
     return out
-
-
-# --- the demo: planted label noise -----------------------------------------------------------
-def flip_training_labels(data: ImageSet, fraction: float, val_fraction: float,
-                         test_fraction: float, seed: int) -> tuple[ImageSet, dict[str, str]]:
-    """A copy of `data` in which `fraction` of the *training* images (under the split with these
-    settings) carry a wrong label, drawn at random from the other classes. Returns the copy and
-    {sample id: its true class}. The copy keeps the split of the clean labels
-    (meta["split_labels"]), so validation and test stay clean and the flipped images stay in
-    training."""
-    if not 0 < fraction <= 0.5:
-        raise DataError("the share of labels to flip must be above 0 % and at most 50 %")
-    if len(data.classes) < 2:
-        raise DataError("flipping labels needs at least two classes")
-    clean = np.asarray(data.meta.get("split_labels", data.labels), dtype=np.int64)
-    train = datasets.split(clean, val_fraction, test_fraction, seed).train
-    rng = np.random.default_rng(seed + 7919)
-    chosen = rng.choice(train, size=max(1, round(fraction * len(train))), replace=False)
-    labels = data.labels.copy()
-    labels[chosen] = (labels[chosen] + rng.integers(1, len(data.classes), len(chosen))) \
-        % len(data.classes)
-    flipped = {data.ids[i]: data.classes[data.labels[i]] for i in sorted(chosen)}
-    note = f"demo: {len(chosen)} training labels ({fraction:.0%}) flipped at random"
-    noisy = data.with_labels(labels, note)
-    noisy.meta["split_labels"] = clean.tolist()
-    noisy.meta["flipped"] = flipped
-    return noisy, flipped

@@ -1,6 +1,6 @@
 """Background jobs: training, scoring, the trust check and cleaning rounds, each in a thread that
-makes no UI calls. A page reads a job's progress, log and learning curves while it runs, and can
-cancel it. UI-free.
+makes no UI calls (no streamlit). A page reads a job's progress, log and learning curves while it
+runs, and can cancel it.
 
 Jobs live in one registry per server process, keyed by a browser-session id: a rerun, a page
 switch or a browser refresh (same session id) finds the running job again instead of starting
@@ -11,36 +11,29 @@ server is marked interrupted by the store on the next start).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
-from datasets import DataError, ImageSet
+from datasets import DataError
+from influence import methods, runs
+from influence.progress import Cancelled, Progress
+from influence.runs import RunConfig, RunError, TrainingLog
+from influence.sgd import Diverged
 
-from . import baselines, runs
-from .runs import Cancelled, Progress, RunConfig, RunError, TrainingLog
-from .sgd import Diverged, batch_weights, initial_params, sgd_step
-from .sgd_influence import hvp_and_dot_grads
+from ..words import PHASES, plain_message
 from .store import CANCELLED, DONE, FAILED, RUNNING, Store
 
 log = logging.getLogger(__name__)
-# What the app can rank by: SGD-influence, then the baselines to compare with (label noise first;
-# no random ranking: each cleaning round's control removes random images already).
-RANKINGS = (*runs.METHODS, "confident-learning", "kl", "tracin", "isolation-forest",
-            "autoencoder")
 KEEP_FINISHED = 10  # finished jobs kept per session, newest first
-PHASES = {"train": "Training", "score": "Computing influence", "rank": "Ranking",
-          "check": "Checking against real retraining",
-          "retrain": "Retraining without the ticked images",
-          "control": "Control: retraining without as many random images"}
 
 
 class Busy(RuntimeError):
@@ -77,21 +70,6 @@ class Job:
     @property
     def elapsed(self) -> float:
         return (self.finished or time.time()) - self.started
-
-    def progress_text(self) -> str:
-        what = PHASES.get(self.phase, self.phase.capitalize())
-        unit = "images checked" if self.phase == "check" else "steps"
-        if self.total <= 1:  # one piece of work that reports no steps
-            text = f"{what}, {self.elapsed:.0f} s so far"
-        elif self.phase == "rank":  # a baseline's own units (iterations, epochs, checkpoints)
-            text = f"{what}: {self.fraction:.0%} done, {self.elapsed:.0f} s so far"
-        else:
-            text = f"{what}: {self.done:,} of {self.total:,} {unit}, {self.elapsed:.0f} s so far"
-        if self.running and 0 < self.done < self.total:
-            left = self.elapsed * (self.total - self.done) / self.done  # this phase's pace
-            text += f", about {left:.0f} s left" if left < 90 else \
-                f", about {left / 60:.0f} min left"
-        return text
 
     def curve(self, phase: str | None = None) -> pd.DataFrame:
         """The training log of a phase (default: the latest one) as a table, so far."""
@@ -239,21 +217,6 @@ def _execute(job: Job, work: Callable[[Job], dict]) -> None:
         job.finished = time.time()
 
 
-def plain_message(e: BaseException) -> str:
-    if isinstance(e, Diverged):
-        what = "not a number" if not math.isfinite(e.loss) else f"{e.loss:.3g}, far too large"
-        return (f"training stopped at step {e.step + 1} because the loss became {what}. "
-                f"The learning rate {e.suggested_lr * 10:g} is too high for this data: "
-                f"try {e.suggested_lr:g}.")
-    if isinstance(e, (DataError, RunError)):
-        return str(e)
-    if isinstance(e, OSError):
-        where = f": {e.filename}" if getattr(e, "filename", None) else ""
-        return (f"a workspace file could not be read or written ({e.strerror or e}{where}); "
-                "check that the disk is not full and the folder is writable")
-    return f"unexpected {type(e).__name__}: {e}"
-
-
 @contextmanager
 def tracked(store: Store, run_id: str):
     """Mark a stored run failed or cancelled when the work on it stops early."""
@@ -268,30 +231,26 @@ def tracked(store: Store, run_id: str):
 
 
 # --- the work the app starts -------------------------------------------------------------------
-def check_settings(config: RunConfig, data: ImageSet) -> runs.Run:
-    """Refuse bad settings before a job starts (RunError / DataError with a clear message)."""
-    return runs.Run(config, data)
-
-
 def start_training(store: Store, session: str, dataset_id: str, config: RunConfig) -> Job:
-    """Train a new recorded run on a stored data set, in the background."""
+    """Train a new recorded run on a stored data set, in the background. Bad settings are refused
+    before the job starts (RunError / DataError with a clear message)."""
     if (job := active(session)) is not None:
         if job.kind == "train":
             return job
         raise Busy(f"{job.title} is still running: wait for it to finish or cancel it")
     data = store.load_data(dataset_id)
-    config.dataset = str(store.dataset_folder(dataset_id).resolve())
-    planned = check_settings(config, data)
+    planned = runs.Run(replace(config, dataset=str(store.dataset_folder(dataset_id).resolve())),
+                       data)
+    config = planned.config  # resolved: the data's fingerprint, the preset's learning rate
     row = store.new_run(dataset_id, "train", config, session)
 
     def work(job: Job) -> dict:
         with tracked(store, row["id"]):
             curve = job.training_log("train", config.epochs)
-            job.say(f"training the {planned.preset} model on {len(planned.train_ids):,} images "
-                    f"for {config.epochs} epochs (batch size {config.batch_size}, learning "
-                    f"rate {config.lr:g})")
+            job.say(f"training the {planned.preset.name} model on {len(planned.train_ids):,} "
+                    f"images for {config.epochs} epochs (batch size {config.batch_size}, "
+                    f"learning rate {config.lr:g})")
             run = runs.train_new(config, store.root / row["folder"], data, curve)
-            write_predictions(store, row["id"], run)
             store.finish_run(row["id"], DONE, run.metrics, config=run.config)
         job.say(f"done in {run.metrics['seconds']:.1f} s: validation error "
                 f"{run.metrics['val_error']:.1%}, test error {run.metrics['test_error']:.1%}")
@@ -301,11 +260,11 @@ def start_training(store: Store, session: str, dataset_id: str, config: RunConfi
 
 
 def start_scoring(store: Store, session: str, run_id: str, method: str) -> Job:
-    """Score every training image of a finished run: SGD-influence (method sgd or sgd-last) or
-    one of the baselines, to compare rankings (any of baselines.LABELS but random, which the
-    cleaning round's control already covers)."""
-    if method not in RANKINGS:
-        raise RunError(f"unknown method {method!r}: use one of {', '.join(RANKINGS)}")
+    """Score every training image of a finished run with one of the app's rankings
+    (methods.IN_APP)."""
+    if method not in methods.IN_APP:
+        raise RunError(f"unknown ranking {method!r}: use one of {', '.join(methods.IN_APP)}")
+    ranking = methods.get(method)
     row = store.run(run_id)
     if row["status"] != DONE:
         raise RunError(f"run {run_id} is {row['status']}: train a model first")
@@ -313,34 +272,30 @@ def start_scoring(store: Store, session: str, run_id: str, method: str) -> Job:
     def work(job: Job) -> dict:
         begun = time.perf_counter()
         run = store.open_run(run_id)
-        if method in runs.METHODS:
-            job.say("retracing " + ("all epochs" if method == "sgd" else "the last epoch")
-                    + f" of run {run_id}")
-        else:
-            job.say(f"ranking the training images of run {run_id} by "
-                    f"{baselines.LABELS[method]}")
-            job.report(Progress("rank", 0, 1))
-        frame = baselines.score(run, method, on_progress=job.report)
+        job.say(f"ranking the training images of run {run_id} by {ranking.title}")
+        job.report(Progress("score" if method in ("sgd", "sgd-last") else "rank", 0, 1))
+        frame = methods.score(run, method, on_progress=job.report)
         seconds = time.perf_counter() - begun
         store.add_scores(run_id, method, frame, seconds)
         job.say(f"scored {len(frame):,} training images in {seconds:.1f} s")
         return {"run": run_id, "method": method}
 
-    return start(session, "score", "Computing influence", work,
+    return start(session, "score", f"Ranking by {ranking.title}", work,
                  result={"run": run_id, "method": method})
 
 
 def start_check(store: Store, session: str, run_id: str, method: str, n: int = 10) -> Job:
     """The engine's trust check: real retraining without n instances spread over the ranking."""
-    if method not in baselines.ESTIMATES_REMOVAL:
-        raise RunError(f"{baselines.LABELS.get(method, method)} does not estimate the effect of "
-                       "removing an image, so real retraining cannot check it")
+    ranking = methods.get(method)
+    if not ranking.estimates_removal:
+        raise RunError(f"{ranking.name} does not estimate the effect of removing an image, so "
+                       "real retraining cannot check it")
     scores = store.scores(run_id, method)
 
     def work(job: Job) -> dict:
         run = store.open_run(run_id)
         job.say(f"retraining {n} times, each without one image, to compare with the estimates")
-        result = run.check(n, method, on_progress=job.report, scores=scores)
+        result = methods.check(run, method, n, on_progress=job.report, ranked=scores)
         trust = {k: result[k] for k in ("method", "n", "tau", "p_value", "sign_agreement")}
         store.set_trust(run_id, method, trust)
         job.say(f"Kendall τ = {trust['tau']:.2f} over {trust['n']} images")
@@ -370,11 +325,11 @@ def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str
     remove_ids = list(dict.fromkeys(remove_ids))
     if not remove_ids:
         raise RunError("tick at least one image to remove")
-    if mode not in ("all", "last"):
+    if mode not in runs.RETRAIN_MODES:
         raise RunError(f"unknown mode {mode!r}: use all or last")
     base_row = store.run(run_id)
     base = store.open_run(run_id)
-    base._check_training_ids(remove_ids)
+    base.check_training_ids(remove_ids)
     pick = random_ids(base.train_ids, base.config.removed, len(remove_ids), seed)
 
     cleaned = store.new_run(base_row["dataset"], "cleaned", base.config, session, run_id)
@@ -393,7 +348,6 @@ def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str
                     curve = job.training_log(phase, base.schedule.epochs)
                     job.say(f"{PHASES[phase].lower()} ({len(ids)} images, mode {mode})")
                     child = runs.retrain_saved(base, ids, mode, store.root / row["folder"], curve)
-                    write_predictions(store, row["id"], child)
                     store.finish_run(row["id"], DONE, child.metrics, config=child.config)
                 job.say(f"test error {child.metrics['test_error']:.1%} "
                         f"(before: {base.metrics['test_error']:.1%})")
@@ -418,63 +372,3 @@ def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str
     except Busy:
         store.finish_round(round_id, CANCELLED)
         raise
-
-
-def write_predictions(store: Store, run_id: str, run: runs.Run) -> None:
-    """predictions.csv: the model's predicted class and its probability for every image, so the
-    pages can show and compare them without loading a model."""
-    frames = []
-    for part in ("train", "val", "test"):
-        positions = getattr(run.split, part)
-        if len(positions) == 0:
-            continue
-        prob = run.probabilities(part)
-        frames.append(pd.DataFrame({
-            "sample_id": [run.data.ids[i] for i in positions], "part": part,
-            "label": run.data.labels[positions], "predicted": prob.argmax(1),
-            "confidence": prob.max(1)}))
-    runs.write_csv(pd.concat(frames, ignore_index=True),
-                   store.run_folder(run_id) / "predictions.csv")
-
-
-# --- what to expect before starting ------------------------------------------------------------
-def estimate(data: ImageSet, config: RunConfig, repeats: int = 3) -> dict:
-    """Time and disk a run with these settings should take, from a few timed steps of the real
-    model: training, scoring (all epochs / last epoch) and one retraining."""
-    run = runs.Run(RunConfig(**{**config.__dict__, "removed": {}}), data)
-    theta = initial_params(run.model, run.device, run.dtype)
-    keep = run.keep_at(0)
-    idx = torch.as_tensor(run.schedule.batch(0), device=run.device)
-    lr = float(run.schedule.lr[0])
-
-    def timed(fn) -> float:
-        fn()  # warm up
-        sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
-        sync()
-        begun = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        sync()
-        return (time.perf_counter() - begun) / repeats
-
-    step = timed(lambda: sgd_step(run.objective, theta, idx, lr, keep))
-    w = batch_weights(keep, idx, run.dtype)
-    retrace_step = step + timed(lambda: hvp_and_dot_grads(run.objective, theta, idx, w, theta))
-    steps, epochs = run.schedule.steps, run.schedule.epochs
-    evaluation = timed(lambda: run.evaluate("val", theta)) * epochs
-    n_params = sum(p.numel() for p in theta.values())
-    bytes_per = torch.finfo(run.dtype).bits // 8
-    disk = ((epochs + 2) * n_params * bytes_per + run.schedule.order.size * 4 + steps * 8
-            + steps * 60 + len(data) * 40)
-    train = steps * step + evaluation
-    per_instance = retrace_step / run.config.batch_size  # one HVP and ⟨u, g_i⟩, per instance
-    n_train = len(run.split.train)
-    return {"preset": run.preset, "reason": run.preset_reason, "lr": run.config.lr,
-            "n_train": n_train, "n_val": len(run.split.val),
-            "n_test": len(run.split.test), "steps": steps, "n_params": n_params,
-            "seconds_train": train, "seconds_score": steps * retrace_step,
-            "seconds_score_last": steps / epochs * retrace_step, "seconds_retrain": train,
-            "seconds_kl": baselines.KL_ITERATIONS * min(n_train, baselines.KL_HESSIAN_SAMPLES)
-            * per_instance + n_train * per_instance,
-            "seconds_tracin": epochs * n_train * step / run.config.batch_size,  # one jvp each
-            "disk_bytes": int(disk)}

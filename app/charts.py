@@ -1,0 +1,70 @@
+"""The app's plotly charts: learning curves, class counts, score histograms."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from datasets import ImageSet
+from influence import methods
+
+BLUE, ORANGE, GREY, GREEN, RED = "#1f77b4", "#ff7f0e", "#9e9e9e", "#2ca02c", "#d62728"
+
+
+def curves_chart(log: pd.DataFrame) -> go.Figure:
+    """Loss and accuracy per training step (thin) and on the validation images at each epoch's
+    end (dots), against epochs."""
+    fig = make_subplots(1, 2, subplot_titles=("Loss (lower is better)",
+                                              "Accuracy (higher is better)"))
+    if len(log):
+        position = log.groupby("epoch").cumcount() + 1
+        per_epoch = log.groupby("epoch")["step"].transform("count")
+        x = log["epoch"] - 1 + position / per_epoch
+        val = log["val_loss"].notna()
+        for col, (train_key, val_key) in enumerate((("loss", "val_loss"),
+                                                    ("accuracy", "val_accuracy")), 1):
+            fig.add_trace(go.Scatter(x=x, y=log[train_key], name="training (per step)",
+                                     line=dict(color=BLUE, width=1), opacity=0.6,
+                                     showlegend=col == 1, legendgroup="t"), 1, col)
+            fig.add_trace(go.Scatter(x=x[val], y=log.loc[val, val_key],
+                                     name="validation (per epoch)", mode="lines+markers",
+                                     line=dict(color=ORANGE, width=2), showlegend=col == 1,
+                                     legendgroup="v"), 1, col)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=2)
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def class_counts_chart(data: ImageSet) -> go.Figure:
+    counts = np.bincount(data.labels, minlength=len(data.classes))
+    fig = go.Figure(go.Bar(x=[str(c) for c in data.classes], y=counts, marker_color=BLUE,
+                           text=counts, textposition="outside"))
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10), title="Images per class",
+                      xaxis_title="class", yaxis_title="images", xaxis_type="category",
+                      yaxis_range=[0, counts.max() * 1.18])
+    return fig
+
+
+def scores_histogram(frame: pd.DataFrame, method: str = "sgd") -> go.Figure:
+    fig = go.Figure()
+    if methods.get(method).estimates_removal:
+        harmful = frame.influence < 0
+        fig.add_trace(go.Histogram(x=frame.influence[harmful], name="harmful (removing helps)",
+                                   marker_color=RED, nbinsx=60))
+        fig.add_trace(go.Histogram(x=frame.influence[~harmful], name="helpful (removing hurts)",
+                                   marker_color=GREEN, nbinsx=60))
+        fig.add_vline(x=0, line_color=GREY, line_dash="dot")
+        title = "All scores: estimated change of validation loss if removed"
+        axis = "change of validation loss"
+    else:
+        fig.add_trace(go.Histogram(x=frame.influence, name="training images",
+                                   marker_color=BLUE, nbinsx=60))
+        title = f"All scores: {methods.get(method).title}"
+        axis = "score (lower = more suspicious)"
+    fig.update_layout(height=260, barmode="overlay", margin=dict(l=10, r=10, t=30, b=10),
+                      title=title, xaxis_title=axis, yaxis_title="images",
+                      yaxis=dict(type="log", dtick=1), legend=dict(orientation="h", y=-0.35))
+    return fig

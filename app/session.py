@@ -1,0 +1,207 @@
+"""This browser session's state, the shared workspace store, and the result tables the pages
+read. A session has an id kept in the URL (?s=…); what it chose (data set, model, ticks,
+ranking) is saved in the workspace, so a refresh or a restart finds it again."""
+from __future__ import annotations
+
+import os
+import re
+import uuid
+
+import pandas as pd
+import streamlit as st
+
+import datasets
+from datasets import DataError, ImageSet
+from influence import runs
+
+from .services import estimates
+from .services.store import (CANCELLED, DONE, FAILED, LOG, PREDICTIONS, SCORES, Store,
+                             workspace_root)
+
+
+@st.cache_resource(show_spinner=False)
+def _store(root: str) -> Store:
+    return Store(root)  # a handle on the shared workspace folder; holds no user's model
+
+
+def store() -> Store:
+    return _store(str(workspace_root().resolve()))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _data(folder: str) -> tuple[ImageSet, dict[str, int]]:
+    """A stored data set (read-only, immutable: safe to share) and its id → position map."""
+    data = datasets.storage.load(folder)
+    return data, {sid: i for i, sid in enumerate(data.ids)}
+
+
+def data_of(dataset_id: str) -> tuple[ImageSet, dict[str, int]]:
+    return _data(str(store().dataset_folder(dataset_id)))
+
+
+def start_session() -> None:
+    """Give this browser session an id kept in the URL (?s=…), so that a refresh finds its data
+    set, run, ticks and running job again, and restore what it had chosen."""
+    ss = st.session_state
+    if "sid" not in ss:
+        given = st.query_params.get("s", "")
+        ss.sid = given if re.fullmatch(r"[0-9a-f]{16}", given or "") else uuid.uuid4().hex[:16]
+        ss.app = {"split": {"val": 0.2, "test": 0.2, "seed": 0}, "ticks": {}, "method": {}}
+        ss.app.update(store().session_state(ss.sid))
+        if not ss.app.get("dataset"):
+            use_builtin("digits")
+    if st.query_params.get("s") != ss.sid:
+        st.query_params["s"] = ss.sid
+    run = current_run()
+    if run is not None and run["status"] in (FAILED, CANCELLED):  # never the current model
+        previous = state().get("previous_run")
+        set_run(previous if previous and previous != run["id"] else None)
+    for key in ss.setdefault("_remembered", set()):  # keep settings while on other pages:
+        if key in ss:                                 # Streamlit drops the state of widgets
+            ss[key] = ss[key]                         # that a run does not draw
+
+
+def remember(key: str, default):
+    """A widget key whose value survives page switches (the widget is then created without a
+    value of its own: st.session_state holds it)."""
+    st.session_state.setdefault(key, default)
+    st.session_state.setdefault("_remembered", set()).add(key)
+    return key
+
+
+def state() -> dict:
+    return st.session_state.app
+
+
+def save() -> None:
+    store().save_session_state(st.session_state.sid, state())
+
+
+def sid() -> str:
+    return st.session_state.sid
+
+
+def current_dataset() -> dict | None:
+    dataset_id = state().get("dataset")
+    if not dataset_id:
+        return None
+    try:
+        return store().dataset(dataset_id)
+    except DataError:
+        return None
+
+
+def current_run() -> dict | None:
+    run_id = state().get("run")
+    if not run_id:
+        return None
+    try:
+        return store().run(run_id)
+    except runs.RunError:
+        return None
+
+
+def set_dataset(row: dict) -> None:
+    used = state().setdefault("datasets", [])  # the data sets this session has worked on
+    if row["id"] not in used:
+        used.append(row["id"])
+    if state().get("dataset") != row["id"]:
+        state().update(dataset=row["id"], run=None)
+        if row.get("split"):
+            state()["split"] = dict(row["split"])
+    save()
+
+
+def set_run(run_id: str | None) -> None:
+    state()["run"] = run_id
+    save()
+
+
+def use_builtin(name: str) -> dict:
+    """Load a built-in data set into the workspace (once) and make it current."""
+    # torchvision sets: read from $DATA_DIR when it is set (never downloaded then), else
+    # downloaded into the user's cache on first use
+    data = datasets.load(name, os.environ.get("DATA_DIR") or None)
+    row = store().add_dataset(data, datasets.BUILTINS[name].title, sid())
+    set_dataset(row)
+    return row
+
+
+
+def ticks() -> set[str]:
+    return set(state()["ticks"].get(state().get("run") or "", []))
+
+
+def set_ticks(ids) -> None:
+    run_id = state().get("run")
+    if run_id:
+        state()["ticks"][run_id] = sorted(ids)
+        save()
+
+
+def method() -> str | None:
+    """The scoring method whose ranking this session looks at for the current run."""
+    run_id = state().get("run")
+    scored = store().score_info(run_id) if run_id else {}
+    chosen = state()["method"].get(run_id or "")
+    return chosen if chosen in scored else next(iter(sorted(scored)), None)
+
+
+def split_settings() -> dict:
+    return state()["split"]
+
+
+@st.cache_data(show_spinner="Estimating time and disk …", max_entries=32)
+def _estimate(dataset_id: str, settings: tuple) -> dict:
+    data, _ = data_of(dataset_id)
+    return estimates.estimate(data, runs.RunConfig(**dict(settings)))
+
+
+def estimate(dataset_id: str, config: dict) -> dict:
+    """Time and disk expected for a run with these settings (timed on a few real steps)."""
+    keys = ("model", "epochs", "batch_size", "lr", "lr_decay", "l2", "seed", "val_fraction",
+            "test_fraction", "dtype", "device")
+    return _estimate(dataset_id, tuple((k, config[k]) for k in keys if k in config))
+
+
+def visible(rows: list[dict]) -> list[dict]:
+    """Saved work of this browser session; with the sidebar switch on, also that of other or
+    earlier sessions (it can be opened; nothing of theirs is changed)."""
+    if state().get("show_all"):
+        return rows
+    return [r for r in rows if r.get("session") == sid()]
+
+
+# --- words ---------------------------------------------------------------------------------------
+
+
+# --- result tables of a run ---------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=64)
+def _csv(path: str, mtime: float, columns: tuple) -> pd.DataFrame:
+    """A result table of a run (a missing or damaged one is a RunError with a clear message)."""
+    return runs.read_csv(path, *columns)
+
+
+def _table(path, columns: tuple) -> pd.DataFrame:
+    return _csv(str(path), path.stat().st_mtime if path.is_file() else 0.0, columns)
+
+
+def predictions(run_id: str) -> pd.DataFrame:
+    return _table(store().run_folder(run_id) / "predictions.csv", PREDICTIONS)
+
+
+def scores(run_id: str, method_name: str) -> pd.DataFrame:
+    info = store().score_info(run_id)[method_name]
+    return _table(store().run_folder(run_id) / info["file"], SCORES)
+
+
+def training_log(run_id: str) -> pd.DataFrame:
+    path = store().run_folder(run_id) / "log.csv"
+    return _table(path, LOG) if path.is_file() else pd.DataFrame()
+
+
+def usable(row: dict | None) -> bool:
+    return row is not None and row["status"] == DONE
+
+
+# --- charts --------------------------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""Everything the app says in words: names of phases and runs, times, sizes, and errors
+turned into plain sentences."""
+from __future__ import annotations
+
+import math
+import time
+
+from datasets import DataError
+from influence.runs import RunError
+from influence.sgd import Diverged
+
+PHASES = {"train": "Training", "score": "Computing influence", "rank": "Ranking",
+          "check": "Checking against real retraining",
+          "retrain": "Retraining without the ticked images",
+          "control": "Control: retraining without as many random images"}
+
+
+def progress_text(job) -> str:
+    """A running job's progress in words: what it does, how far, how long so far and left."""
+    what = PHASES.get(job.phase, job.phase.capitalize())
+    unit = "images checked" if job.phase == "check" else "steps"
+    if job.total <= 1:  # one piece of work that reports no steps
+        text = f"{what}, {job.elapsed:.0f} s so far"
+    elif job.phase == "rank":  # a baseline's own units (iterations, epochs, checkpoints)
+        text = f"{what}: {job.fraction:.0%} done, {job.elapsed:.0f} s so far"
+    else:
+        text = f"{what}: {job.done:,} of {job.total:,} {unit}, {job.elapsed:.0f} s so far"
+    if job.running and 0 < job.done < job.total:
+        left = job.elapsed * (job.total - job.done) / job.done  # this phase's pace
+        text += f", about {left:.0f} s left" if left < 90 else \
+            f", about {left / 60:.0f} min left"
+    return text
+
+
+def plain_message(e: BaseException) -> str:
+    """An exception as one sentence for a non-expert."""
+    if isinstance(e, Diverged):
+        what = "not a number" if not math.isfinite(e.loss) else f"{e.loss:.3g}, far too large"
+        return (f"training stopped at step {e.step + 1} because the loss became {what}. "
+                f"The learning rate {e.suggested_lr * 10:g} is too high for this data: "
+                f"try {e.suggested_lr:g}.")
+    if isinstance(e, (DataError, RunError)):
+        return str(e)
+    if isinstance(e, OSError):
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        return (f"a workspace file could not be read or written ({e.strerror or e}{where}); "
+                "check that the disk is not full and the folder is writable")
+    return f"unexpected {type(e).__name__}: {e}"
+
+
+def dataset_label(row: dict) -> str:
+    h, w, c = row["shape"]
+    flipped = f" · demo: {len(row['flipped'])} training labels flipped" \
+        if row.get("flipped") else ""
+    return f"{row['name']} ({row['n']:,} images, {h}×{w}{' colour' if c == 3 else ''}){flipped}"
+
+
+def run_label(row: dict) -> str:
+    kind = {"train": "Trained model", "cleaned": "Cleaned model",
+            "control": "Random-removal control"}.get(row["kind"], row["kind"])
+    when = time.strftime("%d %b %H:%M", time.localtime(row["created"]))
+    metrics = row.get("metrics") or {}
+    removed = len((row.get("config") or {}).get("removed") or {})
+    detail = f"test error {metrics['test_error']:.1%}" if "test_error" in metrics \
+        else row["status"]
+    gone = f", {removed} removed" if removed else ""
+    return f"{kind} of {when}{gone} · {detail}"
+
+
+def seconds(s: float) -> str:
+    if s < 1:
+        return "under a second"
+    if s < 90:
+        return f"about {s:.0f} s"
+    return f"about {s / 60:.0f} min"
+
+
+def size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000

@@ -1,0 +1,121 @@
+"""Every way of ranking the training instances, in one registry.
+
+A ranking gives one score per training position with SGD-influence's sign convention: negative =
+harmful or more suspicious, so sorting ascending puts the images to look at first. Each entry
+says what its score means: rankings that estimate the change of validation loss when an instance
+is removed (`estimates` names the retraining mode they predict) can be checked against real
+retraining and summed over a group; the others rank by suspicion only.
+
+The app, its background jobs, the CLI and the benchmarks all read this registry. Adding a
+ranking is one entry here plus its scoring function.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from . import baselines
+from .progress import ProgressFn
+from .runs import Run, RunError
+
+
+def _amount(score: float) -> str:
+    return f"{abs(score):.2g}" if abs(score) >= 1e-4 else f"{abs(score):.1e}"
+
+
+def removal_in_words(score: float) -> str:
+    """An estimated change of validation loss, in words."""
+    return (f"removing this is estimated to {'lower' if score < 0 else 'raise'} validation loss "
+            f"by {_amount(score)}")
+
+
+@dataclass(frozen=True)
+class Ranking:
+    key: str
+    name: str  # short name, for tables and reports
+    title: str  # what the app calls it
+    help: str  # one or two sentences for a non-expert
+    score: Callable[..., np.ndarray]  # (run, on_progress=None, **options) → one per position
+    in_words: Callable[[float], str] = removal_in_words  # one score, in plain words
+    estimates: str | None = "all"  # the retraining ("all"/"last" epochs) whose effect it
+    # estimates, or None: a ranking by suspicion only
+    flag: tuple[str, float] | None = ("Harmful images (score below 0)", 0.0)  # what a count of
+    # scores below the threshold means, or None
+    in_app: bool = True
+
+    @property
+    def estimates_removal(self) -> bool:
+        return self.estimates is not None
+
+
+REGISTRY: dict[str, Ranking] = {r.key: r for r in (
+    Ranking("sgd", "SGD-influence", "SGD-influence, exact (all epochs)",
+            "Follows the whole training run backwards (the paper's Algorithm 2).",
+            lambda run, **kw: run.influence(**kw)),
+    Ranking("sgd-last", "SGD-influence (last epoch)", "SGD-influence, fast (last epoch)",
+            "Follows only the last epoch backwards: a cheaper approximation (the paper's "
+            "Section 7.2).",
+            lambda run, **kw: run.influence(last_epoch_only=True, **kw), estimates="last"),
+    Ranking("confident-learning", "Confident learning", "likely wrong label (confident learning)",
+            "A separate simple model that never saw the image judges how plausible its given "
+            "label is (cleanlab). It says nothing about the effect on your model.",
+            baselines.confident_learning,
+            in_words=lambda s: f"label quality {s + 1:.2g} (near 0: the given label looks wrong)",
+            estimates=None, flag=("Labels that look wrong (quality below 0.5)", -0.5)),
+    Ranking("kl", "Koh & Liang", "influence function (Koh & Liang)",
+            "Koh & Liang's influence function at the final model. It assumes training reached a "
+            "minimum, which a few epochs of SGD rarely do.", baselines.koh_liang),
+    Ranking("tracin", "TracIn", "TracIn",
+            "Adds up, over the saved epochs, how much each image pulled the same way as the "
+            "validation loss (TracIn). No second derivatives: quick, but rougher.",
+            baselines.tracin),
+    Ranking("isolation-forest", "Isolation Forest", "unusual image (Isolation Forest)",
+            "Images the trained network sees as unlike the others (Isolation Forest on its "
+            "features). Ignores the labels.", baselines.isolation_forest,
+            in_words=lambda s: f"outlier score {s:+.3f} ({'unusual' if s < 0 else 'typical'} "
+                               "image)",
+            estimates=None, flag=("Unusual images (outlier score below 0)", 0.0)),
+    Ranking("autoencoder", "Autoencoder", "unusual image (autoencoder)",
+            "Images a small autoencoder reconstructs worst: odd-looking images. Ignores the "
+            "labels and the model.", baselines.autoencoder,
+            in_words=lambda s: f"reconstruction error {-s:.3g} (higher: a more unusual image)",
+            estimates=None, flag=None),
+    Ranking("random", "Random", "random order", "Seeded random scores: what any method must "
+            "beat. (Each cleaning round's control already removes random images.)",
+            baselines.random, in_words=lambda s: f"random score {s:+.2f}", estimates=None,
+            flag=None, in_app=False),
+)}
+IN_APP = tuple(k for k, r in REGISTRY.items() if r.in_app)
+
+
+def get(key: str) -> Ranking:
+    if key not in REGISTRY:
+        raise RunError(f"unknown ranking {key!r}: use one of {', '.join(REGISTRY)}")
+    return REGISTRY[key]
+
+
+def scores(run: Run, key: str, on_progress: ProgressFn | None = None, **options) -> np.ndarray:
+    """One score per training position (negative = harmful / suspicious)."""
+    return get(key).score(run, on_progress=on_progress, **options)
+
+
+def score(run: Run, key: str, on_progress: ProgressFn | None = None, **options) -> pd.DataFrame:
+    """sample_id, label, influence (the ranking's score) for every training instance still in
+    use, most harmful or suspicious first."""
+    return run.ranking(scores(run, key, on_progress, **options))
+
+
+def check(run: Run, key: str, n: int = 20, on_progress: ProgressFn | None = None,
+          ranked: pd.DataFrame | None = None) -> dict:
+    """The trust check of a ranking that estimates removal: its estimates against real
+    retraining (Run.check) in the retraining mode it estimates."""
+    ranking = get(key)
+    if not ranking.estimates_removal:
+        raise RunError(f"{ranking.name} does not estimate the effect of removing an image, so "
+                       "real retraining cannot check it")
+    if ranked is None:
+        ranked = score(run, key, on_progress)
+    return {"method": key, **run.check(ranked, ranking.estimates, n, on_progress)}
