@@ -13,7 +13,8 @@ from PIL import Image
 
 from .core import ImageSet
 from .storage import atomic_file
-from .upload import IMAGE_EXTENSIONS, is_junk
+from .upload.labels import is_junk
+from .upload.pixels import IMAGE_EXTENSIONS
 
 
 def to_zip(data: ImageSet, target: str | os.PathLike | BinaryIO | None = None):
