@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 import common
-from common import baselines
+from common import LABELS
 
 
 def one_split(data, split: int, a) -> list[dict]:
@@ -44,7 +44,7 @@ def one_split(data, split: int, a) -> list[dict]:
 
 
 def report(frame: pd.DataFrame, a, out: Path) -> dict:
-    frame = frame.assign(method=frame["method"].map(baselines.LABELS))
+    frame = frame.assign(method=frame["method"].map(LABELS))
     table = common.paired_summary(frame, ["mode", "method", "k"])
     base = frame.drop_duplicates("split")["base_error"]
     wide = table.pivot_table(index=["mode", "method"], columns="k", values="test error %",
@@ -77,7 +77,7 @@ def report(frame: pd.DataFrame, a, out: Path) -> dict:
         "Scoring time per method (one core):\n\n" + common.markdown(timing),
         f"![chart]({png.name})\n\nPer-split values: `{a.name_out}.csv`."])
     lead = "sgd" if "sgd" in a.methods else a.methods[0]
-    sgd = table[(table["method"] == baselines.LABELS[lead]) & (table["mode"] == a.modes[0])]
+    sgd = table[(table["method"] == LABELS[lead]) & (table["mode"] == a.modes[0])]
     best = sgd.loc[sgd["_mean"].idxmin()]
     result = {"no_removal": float(base.mean()), "sgd_best_error": float(best["_mean"]),
               "sgd_best_k": int(best["k"]), "sgd_best_p": float(best["p (paired t)"])}

@@ -14,7 +14,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 import datasets  # noqa: E402
-from influence import baselines, runs  # noqa: E402
+from influence import methods, runs  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -103,8 +103,8 @@ def prepare_experiment(a, stem: str) -> tuple[datasets.ImageSet, Path]:
     a.name = "digits" if a.quick else "mnist-10k"
     a.name_out = stem + ("-quick" if a.quick else "") + ("" if a.mode == "last" else f"-{a.mode}")
     data = image_data(a.quick, a.data_dir)
-    probe = runs.Run(runs.RunConfig(dataset=a.name, model="cnn"), data)
-    a.lr, a.model_note = probe.config.lr, probe.preset
+    probe = runs.Run(runs.RunConfig(dataset=a.name, model="auto"), data)
+    a.lr, a.model_note = probe.config.lr, probe.preset.name
     a.data_note = (f"{data.source}, {len(probe.split.train)}/{len(probe.split.val)}/"
                    f"{len(probe.split.test)} train/validation/test")
     out = Path(a.out)
@@ -116,17 +116,19 @@ def train_run(data: datasets.ImageSet, seed: int, epochs: int, name: str) -> run
     """The paper's Section 7.2 recipe at our scale: the preset CNN for the image size, plain SGD,
     batch 64, the preset's learning rate (0.05 for the MNIST CNN), no momentum or decay;
     train/validation/test = 60/20/20 % of the data, split by `seed`."""
-    run = runs.Run(runs.RunConfig(dataset=name, model="cnn", epochs=epochs, batch_size=64,
+    run = runs.Run(runs.RunConfig(dataset=name, model="auto", epochs=epochs, batch_size=64,
                                   seed=seed, device="cpu"), data)
     run.train()
     return run
 
 
-METHODS = ["sgd", "sgd-last", "kl", "tracin", "isolation-forest", "autoencoder",
-           "confident-learning", "random"]
+METHODS = list(methods.REGISTRY)  # every ranking, in the registry's order
 
 
-def method_scores(run: runs.Run, methods: list[str], seed: int, hessian_samples: int = 500,
+LABELS = {key: r.name for key, r in methods.REGISTRY.items()}  # key → name in the reports
+
+
+def method_scores(run: runs.Run, keys: list[str], seed: int, hessian_samples: int = 500,
                   cg_iters: int = 20):
     """Every method's score per training position (negative = suspicious) on the mean
     validation loss, and the seconds each took. K&L: Hessian on `hessian_samples` instances,
@@ -134,9 +136,9 @@ def method_scores(run: runs.Run, methods: list[str], seed: int, hessian_samples:
     options = {"sgd": {}, "sgd-last": {}, "tracin": {},
                "kl": {"hessian_samples": hessian_samples, "cg_iters": cg_iters, "seed": seed}}
     scores, seconds = {}, {}
-    for m in methods:
+    for m in keys:
         began = time.perf_counter()
-        scores[m] = baselines.scores(run, m, **options.get(m, {"seed": seed}))
+        scores[m] = methods.scores(run, m, **options.get(m, {"seed": seed}))
         seconds[m] = time.perf_counter() - began
     return scores, seconds
 

@@ -1,5 +1,5 @@
 """The web app's whole flow on the built-in digits with default settings, timed through the very
-calls the app makes (influence.jobs, which drives influence.runs, with the workspace store):
+calls the app makes (app.services.jobs, which drives influence.runs, with the workspace store):
 
     choose digits → train (20 epochs, batch 64, lr 0.2) → score (exact retrace of all epochs)
     → tick the 10 most harmful → retrain without them (mode all) + the random control
@@ -31,15 +31,16 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import datasets  # noqa: E402
-from influence import jobs, runs  # noqa: E402
-from influence.store import Store  # noqa: E402
+from app.services import jobs  # noqa: E402
+from app.services.store import DONE, Store  # noqa: E402
+from influence import runs  # noqa: E402
 
 TARGET_S = 60
 
 
 def wait(job: jobs.Job) -> float:
     job.wait()
-    if job.status != "done":
+    if job.status != DONE:
         raise SystemExit(f"error: {job.title} {job.status}: {job.error}")
     return job.elapsed
 
@@ -102,7 +103,7 @@ def main() -> None:
         "The app's flow on the built-in digits with default settings (20 epochs, batch 64, "
         "learning rate 0.2, small CNN): train → score → tick the 10 most harmful → retrain "
         "without them, together with the random-removal control the app runs by default. "
-        "Timed through `influence.jobs` (background jobs + the workspace store), as the app "
+        "Timed through `app.services.jobs` (background jobs + the workspace store), as the app "
         f"runs it. Medians of {repeats} repeat(s), seconds. Target: total under {TARGET_S} s "
         "on 2 CPU cores.",
         f"Machine: {machine}.",
@@ -110,7 +111,7 @@ def main() -> None:
         f"**Default flow (exact scoring, retrain all epochs, {a.threads} thread): "
         f"{default.total_s:.1f} s** — {'meets' if default.total_s < TARGET_S else 'misses'} "
         f"the {TARGET_S} s target. `retrain_s` includes the control run.",
-        *(["Why the app uses one torch thread per job (`influence.jobs.use_cpu_threads`): "
+        *(["Why the app uses one torch thread per job (`app.services.jobs.use_cpu_threads`): "
            "the models are small, and on a busy machine OpenMP threads that wait for each other "
            "slow each step down; compare the rows with different thread counts above."]
           if len(settings) > 1 else []),

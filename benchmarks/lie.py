@@ -28,8 +28,8 @@ from sklearn.linear_model import LogisticRegressionCV
 from sklearn.preprocessing import StandardScaler
 
 import common
-from common import baselines, datasets
-from influence import models
+from common import datasets
+from influence import baselines, models
 from influence.sgd import (Objective, SGDConfig, counterfactual_sgd, initial_params,
                            make_schedule, per_sample_loss)
 from influence.sgd_influence import loss_gradient, retrace

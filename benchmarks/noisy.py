@@ -25,7 +25,7 @@ from scipy.stats import kendalltau
 from sklearn.metrics import roc_auc_score
 
 import common
-from common import baselines, datasets
+from common import LABELS
 
 VAL_FRACTION = TEST_FRACTION = 0.2  # RunConfig's defaults, used by common.train_run
 
@@ -33,15 +33,13 @@ VAL_FRACTION = TEST_FRACTION = 0.2  # RunConfig's defaults, used by common.train
 def with_flipped_training_labels(data, fraction: float, seed: int):
     """The data set with `fraction` of its training labels (the split Run makes for `seed`)
     changed to a different class, uniformly; validation and test keep their clean labels and
-    the split stays the clean one (meta split_labels). Also: which positions were flipped."""
-    train = datasets.split(data.labels, VAL_FRACTION, TEST_FRACTION, seed).train
+    the split stays the clean one (ImageSet.relabelled). Also: which positions were flipped."""
+    train = data.split(VAL_FRACTION, TEST_FRACTION, seed).train
     rng = np.random.default_rng(seed)
     flipped = rng.choice(train, int(round(fraction * len(train))), replace=False)
     labels, k = data.labels.copy(), len(data.classes)
     labels[flipped] = (labels[flipped] + rng.integers(1, k, len(flipped))) % k
-    noisy = datasets.ImageSet(data.images, labels, list(data.classes), list(data.ids),
-                              f"{data.source}; {fraction:.0%} of training labels flipped",
-                              {**data.meta, "split_labels": data.labels})
+    noisy = data.relabelled(labels, f"{fraction:.0%} of training labels flipped")
     return noisy, np.isin(np.arange(len(labels)), flipped)
 
 
@@ -106,7 +104,7 @@ def truth_table(truth: pd.DataFrame, methods: list[str]):
                           "tau with the truth": kendalltau(part[m], part.true).statistic
                           if m != "true" else 1.0,
                           "auc for flipped": roc_auc_score(part.flipped, -part[m])})
-    names = {"true": "exact removal effect (truth)", **baselines.LABELS}
+    names = {"true": "exact removal effect (truth)", **LABELS}
     small = lambda v: f"{np.mean(v):+.1e} ± {np.std(v):.0e}"  # noqa: E731  (losses move ~1e-3)
     effect = pd.DataFrame(effect).drop(columns="split")
     effect = effect.agg({c: small if "change" in c else common.mean_std for c in effect}
@@ -121,7 +119,7 @@ def truth_table(truth: pd.DataFrame, methods: list[str]):
 
 def report(ranking: pd.DataFrame, errors: pd.DataFrame, truth: pd.DataFrame, a,
            out: Path) -> dict:
-    label = lambda f: f.assign(method=f["method"].map(baselines.LABELS))  # noqa: E731
+    label = lambda f: f.assign(method=f["method"].map(LABELS))  # noqa: E731
     ranking, errors = label(ranking), label(errors)
     recall = (ranking.groupby("method", sort=False)
               .agg(**{c: (c, common.mean_std) for c in ["recall@10%", "recall@20%", "auc"]})
@@ -153,8 +151,8 @@ def report(ranking: pd.DataFrame, errors: pd.DataFrame, truth: pd.DataFrame, a,
     mean = ranking.groupby("method")[["recall@10%", "recall@20%", "auc"]].mean()
     result = {}
     for key, method in [("sgd", "sgd"), ("cl", "confident-learning"), ("random", "random")]:
-        if baselines.LABELS[method] in mean.index:
-            m = mean.loc[baselines.LABELS[method]]
+        if LABELS[method] in mean.index:
+            m = mean.loc[LABELS[method]]
             result |= {f"recall10_{key}": m["recall@10%"], f"recall20_{key}": m["recall@20%"],
                        f"auc_{key}": m["auc"]}
     if len(truth):

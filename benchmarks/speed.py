@@ -105,8 +105,8 @@ def main(argv=None) -> dict:
     train_s, full_s, last_s = [], [], []
     for _ in range(a.repeats):
         train_s.append(timed(run.train))
-        full_s.append(timed(lambda: run.influence("sgd")))
-        last_s.append(timed(lambda: run.influence("sgd-last")))
+        full_s.append(timed(lambda: run.influence()))
+        last_s.append(timed(lambda: run.influence(last_epoch_only=True)))
     train_t, full_t, last_t = (statistics.median(x) for x in (train_s, full_s, last_s))
 
     # Reference vs ours on the same steps of the last epoch.

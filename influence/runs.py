@@ -120,8 +120,7 @@ def device_of(name: str) -> torch.device:
     """CUDA when asked for or available ("auto"), else the CPU. On CUDA, deterministic cuDNN
     kernels keep replay as close to the recorded trajectory as the GPU allows."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise RunError("the CUDA device was asked for but no CUDA GPU is available: use auto "
-                       "or cpu")
+        raise RunError("device cuda was asked for but no CUDA GPU is available: use auto or cpu")
     device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
                           "cpu" if name == "auto" else name)
     if device.type == "cuda":
@@ -283,6 +282,8 @@ class Run:
         """L̂_{−j}(u) for every training position j, retracing every epoch (or the last one only:
         the paper's approximate version, Section 7.2). The query u defaults to the gradient of
         the mean validation loss at θ[T]; give a loss function of θ or a vector instead."""
+        if not (query is None or callable(query) or isinstance(query, dict)):
+            raise RunError("the query must be a loss function of θ or a parameter vector")
         if callable(query) or query is None:
             query = loss_gradient(query or self.val_loss_fn, self.theta)
         K = self.schedule.epochs

@@ -2,15 +2,22 @@
 from __future__ import annotations
 
 import io
+import os
+import struct
+import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from app.services import jobs
 from app.services.store import DONE
+from datasets import DataError
+from datasets.upload import load_upload
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(ROOT / "app" / "main.py")
@@ -107,3 +114,89 @@ def make_zip(classes=("cat", "dog"), n=4) -> bytes:
                 Image.fromarray(np.full((8, 8), 40 * c + 10 * i, np.uint8)).save(png, "PNG")
                 z.writestr(f"{cls}/{i}.png", png.getvalue())
     return buffer.getvalue()
+
+
+def png(size=(8, 8), mode="L", color=0, fmt="PNG") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, color).save(out, fmt)
+    return out.getvalue()
+
+
+def zip_bytes(members: dict, method=zipfile.ZIP_DEFLATED) -> bytes:
+    """members: name → bytes, or name → (bytes, external_attr)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", method) as archive:
+        for name, content in members.items():
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            info.compress_type = method
+            if isinstance(content, tuple):
+                content, info.external_attr = content
+            archive.writestr(info, content)
+    return out.getvalue()
+
+
+def two_classes(**extra) -> dict:
+    """A minimal valid upload: classes a and b, two 8×8 grayscale images each."""
+    members = {f"{c}/{i}.png": png(color=10 * i + (100 if c == "b" else 0))
+               for c in "ab" for i in range(2)}
+    return {**members, **extra}
+
+
+def central_directory_patch(data: bytes, offset: int, fmt: str, value) -> bytes:
+    """Overwrite one field of every central-directory entry (and local header for flags)."""
+    data = bytearray(data)
+    at = data.find(b"PK\x01\x02")
+    while at != -1:
+        struct.pack_into(fmt, data, at + offset, value)
+        at = data.find(b"PK\x01\x02", at + 4)
+    return bytes(data)
+
+
+_WRITES = []
+
+
+def _audit(event, args):
+    if not _WRITES:
+        return
+    if event == "open" and len(args) >= 3:
+        path, mode, flags = args[:3]
+        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+            mode is None and isinstance(flags, int)
+            and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+        if writing:
+            _WRITES[-1].append((event, path))
+    elif event in ("os.rename", "os.mkdir", "os.symlink", "os.link", "shutil.copyfile",
+                   "os.remove", "os.rmdir", "os.chmod", "os.truncate"):
+        _WRITES[-1].append((event, args[0]))
+
+
+sys.addaudithook(_audit)
+
+
+def load_without_writing(source):
+    """load_upload, asserting (through Python's audit hooks) that it wrote no file anywhere."""
+    _WRITES.append([])
+    try:
+        return load_upload(source)
+    finally:
+        writes = _WRITES.pop()
+        assert not writes, f"load_upload wrote files: {writes}"
+
+
+def refused(source, *words):
+    """The DataError message, after checking it names the problem (all `words`)."""
+    with pytest.raises(DataError) as caught:
+        load_without_writing(source)
+    message = str(caught.value)
+    assert "\n" not in message and "Traceback" not in message
+    for word in words:
+        assert word.lower() in message.lower(), message
+    return message
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid 1×1 PNG whose header claims width × height (the data stays tiny)."""
+    data = bytearray(png((1, 1)))
+    body = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[8:33] = struct.pack(">I", 13) + body + struct.pack(">I", zlib.crc32(body))
+    return bytes(data)

@@ -8,9 +8,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from datasets.builtin import load_digits
-from influence import baselines, models, runs
+from influence import baselines, methods, models, runs
 from influence.sgd import (Objective, SGDConfig, counterfactual_sgd, initial_params,
                            make_schedule, per_sample_loss, run_sgd)
+from influence.progress import Cancelled
 from influence.sgd_influence import loss_gradient
 
 N = 200
@@ -120,7 +121,7 @@ def test_outlier_detectors_put_a_planted_outlier_first(planted, method):
     j = position_of_white(run)
     if j is None:
         pytest.skip("the planted image fell outside the training part")
-    scores = baselines.scores(run, method)
+    scores = methods.scores(run, method)
     assert len(scores) == len(run.train_ids)
     assert np.argsort(scores)[0] == j  # lowest = most suspicious
 
@@ -141,20 +142,20 @@ def test_random_is_seeded(planted):
 def test_score_table_ranks_the_suspicious_first_and_skips_removed(planted):
     run, _ = planted
     child = run.retrain(run.train_ids[:5], "last")
-    table = baselines.score(child, "tracin")
+    table = methods.score(child, "tracin")
     assert list(table.columns) == ["sample_id", "label", "influence"]
     assert table.influence.is_monotonic_increasing
     assert not set(run.train_ids[:5]) & set(table.sample_id)
-    with pytest.raises(ValueError, match="unknown method"):
-        baselines.scores(run, "nope")
+    with pytest.raises(runs.RunError, match="unknown ranking 'nope'"):
+        methods.scores(run, "nope")
 
 
-@pytest.mark.parametrize("method", sorted(baselines.BASELINES))
-def test_every_baseline_reports_progress_to_the_end(planted, method):
+@pytest.mark.parametrize("method", sorted(methods.REGISTRY))
+def test_every_ranking_reports_progress_to_the_end(planted, method):
     run, _ = planted
     reports = []
     options = {"cg_iters": 5, "hessian_samples": 100} if method == "kl" else {}
-    baselines.scores(run, method, on_progress=reports.append, **options)
+    methods.scores(run, method, on_progress=reports.append, **options)
     assert reports and reports[-1].done == reports[-1].total
     assert [p.done for p in reports] == sorted(p.done for p in reports)
 
@@ -170,7 +171,7 @@ def test_the_iterative_solve_reports_each_iteration_and_can_be_stopped(planted, 
     assert len(reports) > 2 and all(p.total == 5 for p in reports[:-1])
 
     def stop(p):
-        raise runs.Cancelled()
+        raise Cancelled()
 
-    with pytest.raises(runs.Cancelled):
+    with pytest.raises(Cancelled):
         baselines.koh_liang(run, cg_iters=5, hessian_samples=100, on_progress=stop)

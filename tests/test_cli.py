@@ -1,20 +1,36 @@
-"""The command line end to end on digits, including its error cases."""
+"""The command line end to end on digits, including its error cases. The CLI runs in this
+process (influence.cli.main); only the tests of the process boundary (exit status, stderr of
+`python -m influence`) start a process."""
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
+from influence import cli as influence_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(*args, cwd=None):
+def cli(*args):
+    """influence.cli.main in this process, with what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = influence_cli.main([str(a) for a in args])
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def cli_process(*args):
+    """`python -m influence …` as a user runs it."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "influence", *map(str, args)], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "influence", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=600)
 
 
 def last_json(proc):
@@ -41,10 +57,13 @@ def run_dir(tmp_path_factory):
     return out, summary
 
 
-def test_train_shows_progress_on_stderr(tmp_path):
-    proc = cli("train", "--epochs", 1, "--out", tmp_path / "r")
+def test_the_process_shows_progress_on_stderr_and_exits_non_zero_on_an_error(tmp_path):
+    proc = cli_process("train", "--model", "logreg", "--epochs", 1, "--out", tmp_path / "r")
     last_json(proc)
     assert "train" in proc.stderr and "%" in proc.stderr
+    proc = cli_process("score", tmp_path / "nothing-here")
+    assert proc.returncode == 2 and "not a run folder" in one_line_error(proc)
+    assert proc.stdout == ""
 
 
 def test_score_writes_sorted_csv(run_dir, tmp_path):

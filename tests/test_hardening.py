@@ -25,10 +25,9 @@ import datasets
 from datasets import limits
 from app.services import jobs
 from app.services.store import DONE, FAILED, INTERRUPTED, Store
-from helpers import (button, errors, make_zip, new_app, ok, session_of, text, trained_in_app,
-                     wait_for_job)
+from helpers import (bomb_png, button, central_directory_patch, errors, make_zip, new_app, ok, png,
+                     session_of, text, trained_in_app, two_classes, wait_for_job, zip_bytes)
 from influence import cli, runs
-from test_upload import bomb_png, central_directory_patch, png, two_classes, zip_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGREG = dict(model="logreg", epochs=1)  # the quickest real training on digits

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 import datasets
-from influence import baselines, jobs, runs
-from influence.store import CANCELLED, DONE, FAILED, INTERRUPTED, RUNNING, Store
+from app import words
+from app.services import estimates, jobs
+from app.services.store import CANCELLED, DONE, FAILED, INTERRUPTED, RUNNING, Store
+from influence import methods, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(epochs=2, batch_size=64)
@@ -93,7 +95,7 @@ def test_scoring_stores_the_engines_ranking(ws, trained):
     job = jobs.start_scoring(ws, "trainer", run_id, "sgd-last").wait(120)
     assert job.status == DONE, job.error
     stored = ws.scores(run_id, "sgd-last")
-    direct = ws.open_run(run_id).score("sgd-last")
+    direct = methods.score(ws.open_run(run_id), "sgd-last")
     assert stored.sample_id.tolist() == direct.sample_id.tolist()
     np.testing.assert_allclose(stored.influence, direct.influence, rtol=1e-6, atol=1e-12)
     check = jobs.start_check(ws, "trainer", run_id, "sgd-last", n=4).wait(120)
@@ -102,25 +104,24 @@ def test_scoring_stores_the_engines_ranking(ws, trained):
     assert trust["n"] == 4 and -1 <= trust["tau"] <= 1
 
 
-
 def test_scoring_with_a_baseline_stores_its_ranking_and_the_check_retrains_from_scratch(
         ws, trained):
     run_id = trained.result["run"]
     job = jobs.start_scoring(ws, "baseline", run_id, "tracin").wait(120)
     assert job.status == DONE, job.error
     assert job.phase == "rank" and job.done == job.total == 2  # one report per checkpoint
-    assert job.progress_text().startswith("Ranking: 100% done, ")
+    assert words.progress_text(job).startswith("Ranking: 100% done, ")
     stored = ws.scores(run_id, "tracin")
-    direct = baselines.score(ws.open_run(run_id), "tracin")
+    direct = methods.score(ws.open_run(run_id), "tracin")
     assert stored.sample_id.tolist() == direct.sample_id.tolist()
     check = jobs.start_check(ws, "baseline", run_id, "tracin", n=3).wait(120)
     assert check.status == DONE, check.error
     assert check.total == 3 and ws.score_info(run_id)["tracin"]["trust"]["n"] == 3
-    assert set(jobs.RANKINGS) == set(baselines.LABELS) - {"random"}  # the app offers them all
     with pytest.raises(runs.RunError, match="Confident learning does not estimate"):
         jobs.start_check(ws, "baseline", run_id, "confident-learning")
-    with pytest.raises(runs.RunError, match="unknown method 'random'"):
+    with pytest.raises(runs.RunError, match="unknown ranking 'random'"):
         jobs.start_scoring(ws, "baseline", run_id, "random")  # the cleaning control covers it
+
 
 def test_a_cleaning_round_retrains_without_the_ids_and_a_random_control(ws, trained):
     run_id = trained.result["run"]
@@ -145,7 +146,7 @@ def test_a_cleaning_round_retrains_without_the_ids_and_a_random_control(ws, trai
 
 def test_the_estimate_is_of_the_right_size(ws, trained):
     run_id = trained.result["run"]
-    guess = jobs.estimate(ws.load_data(ws.run(run_id)["dataset"]), runs.RunConfig(**FAST))
+    guess = estimates.estimate(ws.load_data(ws.run(run_id)["dataset"]), runs.RunConfig(**FAST))
     assert guess["preset"] == "cnn-small" and guess["steps"] == ws.run(run_id)["metrics"]["steps"]
     disk = sum(f.stat().st_size for f in ws.run_folder(run_id).iterdir())
     assert 0.5 < guess["disk_bytes"] / disk < 2, (guess["disk_bytes"], disk)
@@ -154,8 +155,9 @@ def test_the_estimate_is_of_the_right_size(ws, trained):
 
 CRASH = """
 import sys, time
-from influence import baselines, jobs, runs
-from influence.store import Store
+from app.services import jobs
+from app.services.store import Store
+from influence import runs
 import datasets
 ws = Store(sys.argv[1])
 d = ws.add_dataset(datasets.load("digits"), "digits", "x")
@@ -191,9 +193,9 @@ def test_two_sessions_scoring_at_once_both_finish_with_the_same_ranking(ws, trai
     run_id = trained.result["run"]
     a = jobs.start_scoring(ws, "left", run_id, "sgd")
     b = jobs.start_scoring(ws, "right", run_id, "sgd")
-    guess = jobs.estimate(ws.load_data(ws.run(run_id)["dataset"]), runs.RunConfig(**FAST))
+    guess = estimates.estimate(ws.load_data(ws.run(run_id)["dataset"]), runs.RunConfig(**FAST))
     a.wait(180), b.wait(180)
     assert (a.status, b.status) == (DONE, DONE), (a.error, b.error)
     assert guess["seconds_score"] > 0
-    direct = ws.open_run(run_id).score("sgd")
+    direct = methods.score(ws.open_run(run_id), "sgd")
     np.testing.assert_array_equal(ws.scores(run_id, "sgd").influence, direct.influence)

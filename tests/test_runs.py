@@ -1,12 +1,13 @@
 """Runs: deterministic replay, checkpoint round trip, Definition 2, the empty-removal identity."""
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from influence import runs
-from influence.sgd import batch_weights, replay_epoch, sgd_step
+from influence import methods, runs
+from influence.sgd import Diverged, batch_weights, replay_epoch, sgd_step
 
 CONFIG = dict(dataset="digits", epochs=3, batch_size=32, seed=1)
 
@@ -41,14 +42,15 @@ def test_checkpoint_round_trip(saved):
     for k in run.checkpoints:
         assert params_equal(loaded.checkpoints[k], run.checkpoints[k])
     assert loaded.evaluate("val") == run.evaluate("val")
-    np.testing.assert_array_equal(loaded.influence("sgd-last"), run.influence("sgd-last"))
+    np.testing.assert_array_equal(loaded.influence(last_epoch_only=True),
+                                  run.influence(last_epoch_only=True))
 
 
 def test_run_folder_holds_one_checkpoint_per_epoch(saved):
     run, out = saved
     names = sorted(p.name for p in out.iterdir())
     assert names == ["checkpoints.safetensors", "config.json", "log.csv", "metrics.json",
-                     "schedule.safetensors", "weights.safetensors"]
+                     "predictions.csv", "schedule.safetensors", "weights.safetensors"]
     n_params = sum(p.numel() for p in run.theta.values())
     per_step_bytes = run.schedule.steps * n_params * 4
     stored = sum(p.stat().st_size for p in out.iterdir())
@@ -91,14 +93,14 @@ def test_counterfactual_step_keeps_the_divisor(saved):
 
 def test_removal_changes_the_run_and_is_recorded(saved, tmp_path):
     run, out = saved
-    worst = run.score("sgd-last").sample_id[:5].tolist()
+    worst = methods.score(run, "sgd-last").sample_id[:5].tolist()
     child = runs.retrain_saved(runs.load(out), worst, "all", tmp_path / "child")
     assert child.metrics["train_size"] == run.metrics["train_size"] - 5
     assert not params_equal(child.theta, run.theta)
     config = json.loads((tmp_path / "child" / "config.json").read_text())
     assert set(config["removed"]) == set(worst) and config["parent"] == str(out)
     again = runs.load(tmp_path / "child")
-    assert set(again.score("sgd-last").sample_id).isdisjoint(worst)
+    assert set(methods.score(again, "sgd-last").sample_id).isdisjoint(worst)
 
 
 def test_query_can_be_any_loss(saved):
@@ -108,23 +110,57 @@ def test_query_can_be_any_loss(saved):
     def one_test_image_loss(theta):
         return runs.per_sample_loss(test_obj.outputs(theta, test_obj.x[:1]), test_obj.y[:1])[0]
 
-    scores = run.influence("sgd-last", query=one_test_image_loss)
+    scores = run.influence(one_test_image_loss, last_epoch_only=True)
     assert scores.shape == (len(run.train_ids),) and np.isfinite(scores).all()
-    assert not np.allclose(scores, run.influence("sgd-last"))
+    assert not np.allclose(scores, run.influence(last_epoch_only=True))
 
 
 def test_trust_check_reports_tau_and_signs(saved):
     run, _ = saved
-    result = run.check(n=6, method="sgd-last")
+    result = methods.check(run, "sgd-last", n=6)
     assert result["n"] == 6 and -1 <= result["tau"] <= 1
     assert 0 <= result["sign_agreement"] <= 1
     assert len(result["rows"]) == 6
 
 
+@pytest.fixture(scope="module")
+def logreg():
+    """Logistic regression on the digits, float64: a model whose estimates are close to the
+    truth, so that the trust check must find agreement."""
+    run = runs.Run(runs.RunConfig(dataset="digits", model="logreg", epochs=2, lr=0.5,
+                                  dtype="float64"))
+    run.train()
+    return run
+
+
+def test_the_trust_check_agrees_on_a_convex_model_and_catches_a_flipped_sign(logreg):
+    result = methods.check(logreg, "sgd", n=10)
+    assert result["tau"] > 0.5 and result["sign_agreement"] >= 0.8, result
+    ranked = methods.score(logreg, "sgd")
+    flipped = logreg.check(ranked.assign(influence=-ranked.influence), "all", n=10)
+    assert flipped["tau"] < -0.5  # the check would fail a sign error
+
+
+def test_a_run_never_changes_the_config_it_is_given():
+    config = runs.RunConfig(dataset="digits", epochs=1)
+    before = dataclasses.asdict(config)
+    run = runs.Run(config)
+    assert dataclasses.asdict(config) == before
+    assert run.config.lr == run.preset.lr and run.config.fingerprint == run.data.fingerprint()
+
+
+@pytest.mark.parametrize("field, value", [("epochs", "2"), ("lr", True), ("removed", ["a"]),
+                                          ("removed", {"a": "0"}), ("seed", 1.5),
+                                          ("device", None)])
+def test_the_config_validator_refuses_wrong_types(field, value):
+    with pytest.raises(runs.RunError, match=f"{field} has the wrong type"):
+        runs.RunConfig(**{field: value}).validate()
+
+
 def test_divergence_is_reported_with_a_suggested_learning_rate():
     # with η·α = 50 the L2 term alone multiplies θ by (1 − 50) each step
     run = runs.Run(runs.RunConfig(dataset="digits", epochs=2, lr=5.0, l2=10.0, model="logreg"))
-    with pytest.raises(runs.Diverged) as err:
+    with pytest.raises(Diverged) as err:
         run.train()
     assert err.value.suggested_lr == pytest.approx(0.5)
     assert "try 0.5" in str(err.value)

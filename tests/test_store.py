@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 import datasets
-from influence import runs, store
-from influence.store import DONE, INTERRUPTED, RUNNING, Store, flip_training_labels
+from app.services import store
+from app.services.store import DONE, INTERRUPTED, RUNNING, Store
+from datasets import flip_training_labels
+from influence import runs
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +52,8 @@ def test_run_records_go_from_running_to_done(ws, digits):
     config = runs.RunConfig(epochs=1)
     row = ws.new_run(d["id"], "train", config, "s1")
     assert row["status"] == RUNNING and row["config"]["epochs"] == 1
-    config.lr = 0.2
-    done = ws.finish_run(row["id"], DONE, {"test_error": 0.1}, config=config)
+    done = ws.finish_run(row["id"], DONE, {"test_error": 0.1},
+                         config=runs.RunConfig(epochs=1, lr=0.2))
     assert done["status"] == DONE and done["metrics"] == {"test_error": 0.1}
     assert done["config"]["lr"] == 0.2 and done["finished"] >= done["created"]
     assert [r["id"] for r in ws.runs(d["id"])] == [row["id"]]
@@ -131,5 +133,5 @@ def test_a_flipped_set_survives_saving(ws, digits):
     assert row["flipped"] == flipped and row["split"]["seed"] == 0
     back = ws.load_data(row["id"])
     assert np.array_equal(back.labels, noisy.labels)
-    assert back.meta["split_labels"] == digits.labels.tolist()
+    assert back.split_labels().tolist() == digits.labels.tolist()
     assert os.path.isdir(ws.dataset_folder(row["id"]))

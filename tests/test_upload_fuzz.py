@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_upload import png, zip_bytes
+from helpers import png, zip_bytes
 
 from datasets import DataError, ImageSet
 from datasets.upload import load_upload

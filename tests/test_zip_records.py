@@ -7,7 +7,7 @@ import struct
 import zipfile
 
 import pytest
-from test_upload import refused, two_classes, upload, zip_bytes  # noqa: F401, F811 (the fixture)
+from helpers import refused, two_classes, zip_bytes
 
 from datasets import limits
 from datasets.upload.archive import TAIL, declared_entries, entries_in_tail
