@@ -52,7 +52,8 @@ def flow(threads: int, method: str, mode: str) -> dict:
     with tempfile.TemporaryDirectory() as root:
         began = time.perf_counter()
         store = Store(root)
-        dataset = store.add_dataset(datasets.load("digits"), "Handwritten digits", session)
+        dataset = store.add_dataset(datasets.load("digits"), datasets.BUILTINS["digits"].title,
+                                    session)
         data_s = time.perf_counter() - began
         train = jobs.start_training(store, session, dataset["id"], runs.RunConfig())
         train_s = wait(train)
