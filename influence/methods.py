@@ -38,7 +38,9 @@ class Ranking:
     name: str  # short name, for tables and reports
     title: str  # what the app calls it
     help: str  # one or two sentences for a non-expert
-    score: Callable[..., np.ndarray]  # (run, on_progress=None, **options) → one per position
+    score: Callable[..., np.ndarray | pd.DataFrame]  # (run, on_progress=None, **options) → one
+    # score per training position; or a frame with one row per position: column "influence" and
+    # extra columns that are shown and kept with the ranking (e.g. a suggested label)
     in_words: Callable[[float], str] = removal_in_words  # one score, in plain words
     estimates: str | None = "all"  # the retraining ("all"/"last" epochs) whose effect it
     # estimates, or None: a ranking by suspicion only
@@ -99,13 +101,14 @@ def get(key: str) -> Ranking:
 
 def scores(run: Run, key: str, on_progress: ProgressFn | None = None, **options) -> np.ndarray:
     """One score per training position (negative = harmful / suspicious)."""
-    return get(key).score(run, on_progress=on_progress, **options)
+    result = get(key).score(run, on_progress=on_progress, **options)
+    return result["influence"].to_numpy() if isinstance(result, pd.DataFrame) else result
 
 
 def score(run: Run, key: str, on_progress: ProgressFn | None = None, **options) -> pd.DataFrame:
-    """sample_id, label, influence (the ranking's score) for every training instance still in
-    use, most harmful or suspicious first."""
-    return run.ranking(scores(run, key, on_progress, **options))
+    """sample_id, label, influence (the ranking's score), and any extra columns the ranking
+    gives, for every training instance still in use, most harmful or suspicious first."""
+    return run.ranking(get(key).score(run, on_progress=on_progress, **options))
 
 
 def check(run: Run, key: str, n: int = 20, on_progress: ProgressFn | None = None,

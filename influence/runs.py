@@ -295,13 +295,16 @@ class Run:
         return retrace(self.objective, self.schedule, self.checkpoints, self.keep_at, query,
                        epochs, report).cpu().double().numpy()
 
-    def ranking(self, scores: np.ndarray) -> pd.DataFrame:
-        """One score per training position as a table of the instances still in use, lowest
-        (most harmful) first."""
+    def ranking(self, scores: np.ndarray | pd.DataFrame) -> pd.DataFrame:
+        """One score per training position (or a frame of them, column "influence" and extra
+        columns) as a table of the instances still in use, lowest (most harmful) first."""
         labels = self.data.labels[self.split.train]
         frame = pd.DataFrame({"sample_id": self.train_ids,
-                              "label": [self.data.classes[c] for c in labels],
-                              "influence": scores})
+                              "label": [self.data.classes[c] for c in labels]})
+        if isinstance(scores, pd.DataFrame):
+            frame = pd.concat([frame, scores.reset_index(drop=True)], axis=1)
+        else:
+            frame["influence"] = scores
         frame = frame[~frame.sample_id.isin(self.config.removed)]
         return frame.sort_values("influence", kind="stable").reset_index(drop=True)
 
