@@ -21,7 +21,7 @@ import time
 import types
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, get_args, get_origin, get_type_hints
+from typing import Callable, Iterable, get_args, get_origin, get_type_hints
 
 import numpy as np
 import pandas as pd
@@ -236,6 +236,21 @@ class Run:
         """The mean validation loss as a function of θ: the default query of Algorithm 2."""
         obj = self.part("val")
         return per_sample_loss(obj.outputs(theta, obj.x), obj.y).mean()
+
+    def query_loss(self, exclude: Iterable[str] = ()) -> Callable[[Params], torch.Tensor]:
+        """The query of Algorithm 2 as a function of θ: the mean loss over the validation
+        images, leaving out the sample ids in `exclude` (e.g. images whose label looks wrong, so
+        that they do not define what "harmful" means)."""
+        exclude = set(exclude)
+        if not exclude:
+            return self.val_loss_fn
+        obj = self.part("val")
+        keep = torch.tensor([self.data.ids[i] not in exclude for i in self.split.val],
+                            device=self.device)
+        if not keep.any():
+            raise RunError("every validation image is left out of the query: keep at least one")
+        x, y = obj.x[keep], obj.y[keep]
+        return lambda theta: per_sample_loss(obj.outputs(theta, x), y).mean()
 
     # --- training (Algorithm 1) -----------------------------------------------------------
     def train(self, on_progress: ProgressFn | None = None, start: int = 0,
