@@ -111,14 +111,16 @@ def score(run: Run, key: str, on_progress: ProgressFn | None = None, **options) 
     return run.ranking(get(key).score(run, on_progress=on_progress, **options))
 
 
-def check(run: Run, key: str, n: int = 20, on_progress: ProgressFn | None = None,
-          ranked: pd.DataFrame | None = None) -> dict:
+def check(run: Run, key: str, n: int = 10, on_progress: ProgressFn | None = None,
+          ranked: pd.DataFrame | None = None, **options) -> dict:
     """The trust check of a ranking that estimates removal: its estimates against real
-    retraining (Run.check) in the retraining mode it estimates."""
+    retraining (Run.check: single images and random groups) in the retraining mode it
+    estimates. `ranked`: the ranking already computed (else it is computed here)."""
     ranking = get(key)
     if not ranking.estimates_removal:
         raise RunError(f"{ranking.name} does not estimate the effect of removing an image, so "
                        "real retraining cannot check it")
     if ranked is None:
         ranked = score(run, key, on_progress)
-    return {"method": key, **run.check(ranked, ranking.estimates, n, on_progress)}
+    return {"method": key, **run.check(ranked, ranking.estimates, n, on_progress=on_progress,
+                                       **options)}

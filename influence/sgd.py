@@ -193,18 +193,25 @@ def replay_epoch(obj: Objective, schedule: Schedule, theta_k: Params, k: int,
     return thetas
 
 
-def counterfactual_sgd(obj: Objective, schedule: Schedule, theta: Params, keeps: torch.Tensor,
-                       epochs: range | None = None) -> Params:
+def counterfactual_sgd(obj: Objective, schedule: Schedule, theta: Params,
+                       keeps: torch.Tensor | Callable[[int], torch.Tensor],
+                       epochs: range | None = None,
+                       on_step: Callable[[int], None] | None = None) -> Params:
     """Definition 2 for many removal sets at once: θ_{−S}[T] for every row of `keeps` (M × N
-    boolean masks), by one SGD run vectorised over the masks with torch.func.vmap.
-    Returns parameters with a leading dimension M."""
+    boolean masks; or a function giving them for epoch k), by one SGD run vectorised over the
+    masks with torch.func.vmap, from θ at the start of the first of `epochs`. on_step gets each
+    step t. Returns parameters with a leading dimension M."""
     epochs = epochs if epochs is not None else range(schedule.epochs)
-    m = keeps.shape[0]
+    keeps_at = keeps if callable(keeps) else (lambda k: keeps)
+    m = keeps_at(epochs.start).shape[0]
     thetas = {k: v.expand(m, *v.shape).clone() for k, v in theta.items()}
     step = vmap(lambda th, keep, idx, lr: sgd_step(obj, th, idx, lr, keep)[0],
                 in_dims=(0, 0, None, None))
     for k in epochs:
+        keep = keeps_at(k)
         for t in schedule.epoch_steps(k):
             idx = torch.as_tensor(schedule.batch(t), device=obj.x.device)
-            thetas = step(thetas, keeps, idx, float(schedule.lr[t]))
+            thetas = step(thetas, keep, idx, float(schedule.lr[t]))
+            if on_step:
+                on_step(t)
     return thetas

@@ -136,9 +136,21 @@ def logreg():
 def test_the_trust_check_agrees_on_a_convex_model_and_catches_a_flipped_sign(logreg):
     result = methods.check(logreg, "sgd", n=10)
     assert result["tau"] > 0.5 and result["sign_agreement"] >= 0.8, result
+    assert result["groups"] == 20 and result["group_spearman"] > 0.8, result
     ranked = methods.score(logreg, "sgd")
     flipped = logreg.check(ranked.assign(influence=-ranked.influence), "all", n=10)
-    assert flipped["tau"] < -0.5  # the check would fail a sign error
+    assert flipped["tau"] < -0.5 and flipped["group_spearman"] < -0.8  # a sign error fails
+
+
+def test_many_removals_in_one_vectorised_run_match_one_by_one_retraining(logreg):
+    ids = logreg.train_ids
+    removals = [[], ids[:1], ids[5:40]]
+    rows = logreg.outcomes(removals, "all")
+    for ids_removed, row in zip(removals, rows.itertuples()):
+        alone = logreg.retrain(ids_removed, "all") if ids_removed else logreg
+        assert row.val_loss == pytest.approx(alone.evaluate("val")[0], rel=1e-9)
+        assert row.test_error == pytest.approx(alone.evaluate("test")[1], abs=1e-12)
+    assert rows.query_loss[0] == pytest.approx(logreg.evaluate("val")[0], rel=1e-9)
 
 
 def test_a_run_never_changes_the_config_it_is_given():
