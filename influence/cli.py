@@ -15,7 +15,7 @@ from tqdm import tqdm
 import datasets
 from datasets import DataError
 
-from . import methods, models, runs
+from . import cleaning, methods, models, runs
 from .progress import Progress
 from .sgd import Diverged
 
@@ -78,16 +78,26 @@ def read_ids(path: str) -> list[str]:
 def cmd_retrain(a) -> None:
     remove = read_ids(a.remove)
     run = runs.load(a.run)
-    child = runs.retrain_saved(run, remove, a.mode, a.out, on_progress=progress_bar())
-    print(summary(child))
+    runs.refuse_existing(a.out)
+    if not remove:  # retraining without nothing reproduces the run: no comparison to make
+        child = runs.retrain_saved(run, remove, a.mode, a.out, on_progress=progress_bar())
+        print(summary(child))
+        return
+    child, verdict = cleaning.clean(run, remove, a.mode, a.controls, a.seed, out=a.out,
+                                    on_progress=progress_bar())
+    figures = {k: (None if isinstance(v, float) and v != v else v)  # NaN is not JSON
+               for k, v in verdict.items()}
+    print(json.dumps(json.loads(summary(child)) | figures))
 
 
 def cmd_check(a) -> None:
     run = runs.load(a.run)
-    result = methods.check(run, a.method, a.n, on_progress=progress_bar())
+    result = methods.check(run, a.method, a.n, on_progress=progress_bar(), groups=a.groups,
+                           group_share=a.group_share)
     print(result["rows"].to_string(index=False), file=sys.stderr)
-    print(json.dumps({k: result[k] for k in ("method", "n", "tau", "p_value",
-                                             "sign_agreement")}))
+    keys = ("method", "n", "tau", "p_value", "sign_agreement", "groups", "group_size",
+            "group_spearman", "group_p_value")
+    print(json.dumps({k: result[k] for k in keys if k in result}))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -131,12 +141,18 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("run")
     r.add_argument("--remove", required=True, help="file with one sample_id per line")
     r.add_argument("--mode", default="all", choices=runs.RETRAIN_MODES)
+    r.add_argument("--controls", type=int, default=cleaning.CONTROLS,
+                   help="random removals of as many images, to compare with (0: none)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the random removals")
     r.add_argument("--out", required=True, help="new run folder")
     r.set_defaults(func=cmd_retrain)
 
     c = sub.add_parser("check", help="compare estimates with real retraining")
     c.add_argument("run")
-    c.add_argument("--n", type=int, default=20)
+    c.add_argument("--n", type=int, default=10, help="single images to check")
+    c.add_argument("--groups", type=int, default=20,
+                   help="random groups of --group-share of the training images to check")
+    c.add_argument("--group-share", type=float, default=0.05)
     c.add_argument("--method", default="sgd",
                    choices=[k for k, r in methods.REGISTRY.items() if r.estimates_removal])
     c.set_defaults(func=cmd_check)

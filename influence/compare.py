@@ -73,7 +73,8 @@ def cleaning_verdict(right_before, right_after, control_errors=()) -> dict:
     where the cleaned model falls among the random removals, the empirical p-value, both
     p-values Holm-corrected, and whether each comparison is significant after correction."""
     test = mcnemar(right_before, right_after)
-    before, after = 1 - float(np.mean(right_before)), 1 - float(np.mean(right_after))
+    before, after = ((1 - float(np.mean(right_before)), 1 - float(np.mean(right_after)))
+                     if test["n"] else (float("nan"), float("nan")))
     controls = [float(e) for e in control_errors]
     p_random = empirical_p(after, controls)
     p_test_holm, p_random_holm = holm([test["p"], p_random])

@@ -232,6 +232,10 @@ class Run:
         error = float((predictions(out) != obj.y).double().mean())
         return loss, error
 
+    def correct(self, name: str, theta: Params | None = None) -> np.ndarray:
+        """Per image of a part: is the model's prediction its label?"""
+        return (predictions(self.outputs(name, theta)) == self.part(name).y).cpu().numpy()
+
     def val_loss_fn(self, theta: Params) -> torch.Tensor:
         """The mean validation loss as a function of θ: the default query of Algorithm 2."""
         obj = self.part("val")
@@ -398,7 +402,10 @@ class Run:
           estimate is the sum of its members' scores: Spearman correlation with the truth (the
           linear datamodeling score of TRAK, Park et al. 2023).
         All removals, plus an empty one as the reference, in one vectorised retraining."""
-        n = max(2, min(n, len(ranked)))
+        if n < 2 or groups < 0 or not 0 < group_share <= 0.5:
+            raise RunError("the trust check needs at least 2 single images, 0 or more groups "
+                           "and a group share above 0 and at most 0.5")
+        n = min(n, len(ranked))
         picked = ranked.iloc[np.unique(np.linspace(0, len(ranked) - 1, n).round().astype(int))]
         score = dict(zip(ranked.sample_id, ranked.influence))
         rng = np.random.default_rng(seed)

@@ -159,3 +159,30 @@ def test_damaged_run_folders_are_refused(run_dir, tmp_path, damage):
         import torch
         save_file({"w": torch.zeros(3)}, copy / "weights.safetensors")
     one_line_error(cli("score", copy))
+
+
+def test_retrain_reports_mcnemar_and_random_controls(run_dir, tmp_path):
+    out, summary = run_dir
+    if not (out / "influence.csv").exists():
+        last_json(cli("score", out))
+    remove = tmp_path / "remove.txt"
+    remove.write_text("\n".join(pd.read_csv(out / "influence.csv").sample_id[:10]))
+    result = last_json(cli("retrain", out, "--remove", remove, "--mode", "last", "--controls", 5,
+                           "--out", tmp_path / "clean"))
+    assert result["controls"] == 5 and len(result["control_errors"]) == 5
+    assert result["test_error_before"] == pytest.approx(summary["test_error"])
+    assert result["test_error_after"] == pytest.approx(result["test_error"])
+    changed = result["fixed"] - result["broken"]
+    assert changed == round((summary["test_error"] - result["test_error"]) * result["n_test"])
+    assert 0 < result["p_mcnemar"] <= 1 and 1 / 6 <= result["p_random"] <= 1
+    assert result["p_random_holm"] >= result["p_random"]
+    none = last_json(cli("retrain", out, "--remove", remove, "--mode", "last", "--controls", 0,
+                         "--out", tmp_path / "no-controls"))
+    assert none["controls"] == 0 and none["p_random"] is None and not none["better_than_chance"]
+
+
+def test_check_reports_singles_and_groups(run_dir):
+    out, _ = run_dir
+    result = last_json(cli("check", out, "--method", "sgd-last", "--n", 3, "--groups", 4))
+    assert result["n"] == 3 and result["groups"] == 4 and -1 <= result["group_spearman"] <= 1
+    assert "group share" in one_line_error(cli("check", out, "--group-share", 0.9))
