@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
+
 from datasets import DataError
 from influence.runs import RunError
 from influence.sgd import Diverged
@@ -80,3 +82,50 @@ def size(n: float) -> str:
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1000
+
+
+def percent(x: float) -> str:
+    return f"{x:.2%}"
+
+
+def p_value(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.1 else f"p = {p:.2f}"
+
+
+def verdict(v: dict, what: str = "Removing the ticked images") -> list[str]:
+    """A cleaning round's figures (influence.compare.cleaning_verdict) in plain sentences: what
+    changed, whether the test set can tell, and how it compares with random removal. "Better"
+    is only said where the Holm-corrected p-value is below 0.05."""
+    n = v["n_test"]
+    if not n:
+        return ["There are no test images, so nothing can be said about the test error."]
+    before, after = v["test_error_before"], v["test_error_after"]
+    verb = "lowered" if after < before else "raised" if after > before else "did not change"
+    lines = [f"{what} **{verb}** the test error"
+             + (f" from {percent(before)} to {percent(after)}" if after != before else
+                f" ({percent(before)})")
+             + f": {v['fixed']} test image{'s' * (v['fixed'] != 1)} became right and "
+               f"{v['broken']} became wrong, of {n:,}."]
+    if v["significant_vs_before"]:
+        lines.append(f"That change is larger than chance would give on {n:,} test images "
+                     f"(McNemar's exact test, {p_value(v['p_mcnemar_holm'])}, Holm-corrected).")
+    elif not (v["fixed"] or v["broken"]):
+        lines.append("No test image changed its answer: this test set shows no effect.")
+    else:
+        needed = v.get("test_images_needed")
+        lines.append(f"With {n:,} test images this change could well be chance (McNemar's "
+                     f"exact test, {p_value(v['p_mcnemar_holm'])}, Holm-corrected)"
+                     + (f": a change of this size would need about {needed:,} test images to "
+                        "show." if needed else "."))
+    if not v["controls"]:
+        lines.append("No random removals were run, so this cannot say whether the chosen "
+                     "images did better than removing as many at random.")
+    else:
+        controls = v["control_errors"]
+        lines.append(f"Removing as many **random** images instead ({v['controls']} times) gave "
+                     f"{percent(float(np.mean(controls)))} on average; the chosen images did "
+                     f"better than {v['better_than_controls']} of the {v['controls']}. "
+                     + ("That is **better than chance** " if v["better_than_chance"] else
+                        "That is not enough to call it better than chance ")
+                     + f"({p_value(v['p_random_holm'])}, Holm-corrected).")
+    return lines

@@ -104,8 +104,14 @@ def test_retrain_and_compare_shows_both_error_rates_and_a_history():
     at.run()
     tick_and_clean(at, 5)
     labels = [m.label for m in at.metric]
-    assert {"Test error — before", "Test error — after cleaning",
-            "Test error — random removal"} <= set(labels)
+    assert {"Test error — before", "Test error — after cleaning"} <= set(labels)
+    said = text(at)
+    assert "Removing as many **random** images instead (20 times)" in said
+    assert "Holm-corrected" in said
+    assert "McNemar" in said or "No test image changed its answer" in said
+    verdict = Store().rounds()[-1]["verdict"]
+    assert verdict["controls"] == 20 and len(verdict["control_errors"]) == 20
+    assert ("**better than chance**" in said) == verdict["better_than_chance"]
     assert "History of this data set" in text(at)
     assert {"Test error — first", "Test error — second"} <= set(labels)  # any two, compared
     downloads = [d.proto.label for d in at.get("download_button")]

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from datasets import DataError
-from influence import methods, runs
+from influence import cleaning, methods, runs
 from influence.progress import Cancelled, Progress
 from influence.runs import RunConfig, RunError, TrainingLog
 from influence.sgd import Diverged
@@ -305,19 +305,12 @@ def start_check(store: Store, session: str, run_id: str, method: str, n: int = 1
                  result={"run": run_id, "method": method})
 
 
-def random_ids(train_ids: list[str], removed: dict, k: int, seed: int) -> list[str]:
-    """k training ids still in use, at random: the control of a cleaning round."""
-    pool = [sid for sid in train_ids if sid not in removed]
-    rng = np.random.default_rng(seed)
-    return [pool[i] for i in sorted(rng.choice(len(pool), size=min(k, len(pool)),
-                                               replace=False))]
-
-
 def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str],
-                   mode: str = "all", method: str | None = None, control: bool = True,
-                   seed: int = 0) -> Job:
-    """A cleaning round: counterfactual retraining without `remove_ids` (and, as a control,
-    without as many random training images), each saved as a run."""
+                   mode: str = "all", method: str | None = None,
+                   controls: int = cleaning.CONTROLS, seed: int = 0) -> Job:
+    """A cleaning round: counterfactual retraining without `remove_ids`, saved as a run, and, as
+    controls, without as many random training images `controls` times (in one vectorised run),
+    with the statistics of influence.compare kept as the round's verdict."""
     if (job := active(session)) is not None:
         if job.kind == "clean":
             return job
@@ -327,47 +320,40 @@ def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str
         raise RunError("tick at least one image to remove")
     if mode not in runs.RETRAIN_MODES:
         raise RunError(f"unknown mode {mode!r}: use all or last")
+    if controls < 0:
+        raise RunError("the number of random controls must be 0 or more")
     base_row = store.run(run_id)
     base = store.open_run(run_id)
     base.check_training_ids(remove_ids)
-    pick = random_ids(base.train_ids, base.config.removed, len(remove_ids), seed)
-
+    exclude = (store.score_info(run_id).get(method) or {}).get("query") or []
     cleaned = store.new_run(base_row["dataset"], "cleaned", base.config, session, run_id)
-    shuffled = store.new_run(base_row["dataset"], "control", base.config, session, run_id) \
-        if control else None
     round_id = store.new_round(base_row["dataset"], run_id, method, mode, remove_ids,
-                               cleaned["id"], shuffled["id"] if shuffled else None, session)
+                               cleaned["id"], None, session)
 
     def work(job: Job) -> dict:
         try:
-            todo = [("retrain", cleaned, remove_ids)]
-            if shuffled:
-                todo.append(("control", shuffled, pick))
-            for phase, row, ids in todo:
-                with tracked(store, row["id"]):
-                    curve = job.training_log(phase, base.schedule.epochs)
-                    job.say(f"{PHASES[phase].lower()} ({len(ids)} images, mode {mode})")
-                    child = runs.retrain_saved(base, ids, mode, store.root / row["folder"], curve)
-                    store.finish_run(row["id"], DONE, child.metrics, config=child.config)
-                job.say(f"test error {child.metrics['test_error']:.1%} "
-                        f"(before: {base.metrics['test_error']:.1%})")
+            with tracked(store, cleaned["id"]):
+                curve = job.training_log("retrain", base.schedule.epochs)
+                job.say(f"{PHASES['retrain'].lower()} ({len(remove_ids)} images, mode {mode})")
+                child, verdict = cleaning.clean(
+                    base, remove_ids, mode, controls, seed, exclude,
+                    store.root / cleaned["folder"],
+                    lambda p: job.report(p) if p.phase == "control" else curve(p))
+                store.finish_run(cleaned["id"], DONE, child.metrics, config=child.config)
+            job.say(f"test error {verdict['test_error_after']:.1%} (before: "
+                    f"{verdict['test_error_before']:.1%}; {controls} random removals: "
+                    f"{np.mean(verdict['control_errors'] or [np.nan]):.1%} on average)")
         except Cancelled:
             store.finish_round(round_id, CANCELLED)
-            if shuffled and store.run(shuffled["id"])["status"] == RUNNING:
-                store.finish_run(shuffled["id"], CANCELLED, error="cancelled by the user")
             raise
         except BaseException:
             store.finish_round(round_id, FAILED)
-            if shuffled and store.run(shuffled["id"])["status"] == RUNNING:
-                store.finish_run(shuffled["id"], FAILED, error="the cleaned run failed")
             raise
-        store.finish_round(round_id, DONE)
-        return {"round": round_id, "cleaned": cleaned["id"],
-                "control": shuffled["id"] if shuffled else None}
+        store.finish_round(round_id, DONE, verdict)
+        return {"round": round_id, "cleaned": cleaned["id"]}
 
     try:
-        return launch(store, session, "clean", "Retraining", work,
-                      [cleaned["id"]] + ([shuffled["id"]] if shuffled else []),
+        return launch(store, session, "clean", "Retraining", work, [cleaned["id"]],
                       {"round": round_id, "cleaned": cleaned["id"]})
     except Busy:
         store.finish_round(round_id, CANCELLED)

@@ -53,12 +53,16 @@ CREATE TABLE IF NOT EXISTS rounds (
     session TEXT, created REAL);
 CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, state TEXT, updated REAL);
 """
+# Columns added since the first release: a workspace made before gets them when opened.
+ADDED_COLUMNS = (("scores", "query", "TEXT"),  # the validation ids left out of the query
+                 ("rounds", "verdict", "TEXT"),  # influence.compare's figures of the round
+                 ("rounds", "fixes", "TEXT"))  # sample id → new label, next to removals
 # the result tables in a run folder: (text columns, number columns), for runs.read_csv
 PREDICTIONS = (("sample_id", "part"), ("label", "predicted", "confidence"))
 SCORES = (("sample_id", "label"), ("influence",))
 LOG = ((), ("step", "epoch", "loss", "accuracy"))
 JSON_COLUMNS = ("shape", "classes", "flipped", "split", "config", "metrics", "trust", "removed",
-                "state")
+                "state", "query", "verdict", "fixes")
 
 
 def workspace_root(root: str | os.PathLike | None = None) -> Path:
@@ -97,6 +101,10 @@ class Store:
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
             with self._db() as db:
                 db.executescript(SCHEMA)
+                for table, column, kind in ADDED_COLUMNS:
+                    have = {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}
+                    if column not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         except OSError as e:  # (database errors come as a RunError from _db)
             raise runs.RunError(f"cannot use the workspace folder {self.root}: {e}. Check that "
                                 "it is writable and the disk is not full, or set "
@@ -247,10 +255,14 @@ class Store:
         return runs.read_csv(path, *LOG) if path.is_file() else runs.TrainingLog().frame()
 
     # --- scores ----------------------------------------------------------------------------
-    def add_scores(self, run_id: str, method: str, frame: pd.DataFrame, seconds: float) -> Path:
+    def add_scores(self, run_id: str, method: str, frame: pd.DataFrame, seconds: float,
+                   query: list[str] | None = None) -> Path:
+        """Keep a ranking of a run (replacing an earlier one of the same method); `query`: the
+        validation ids left out of the query it was computed for."""
         path = runs.write_csv(frame, self.run_folder(run_id) / f"influence-{method}.csv")
-        self._write("INSERT OR REPLACE INTO scores (run, method, file, seconds, created) "
-                    "VALUES (?,?,?,?,?)", (run_id, method, path.name, seconds, time.time()))
+        self._write("INSERT OR REPLACE INTO scores (run, method, file, seconds, created, query) "
+                    "VALUES (?,?,?,?,?,?)", (run_id, method, path.name, seconds, time.time(),
+                                             json.dumps(sorted(query or []))))
         return path
 
     def set_trust(self, run_id: str, method: str, trust: dict) -> None:
@@ -277,8 +289,9 @@ class Store:
                            (dataset_id, base, method, mode, json.dumps(list(removed)), cleaned,
                             control, RUNNING, session, time.time()))
 
-    def finish_round(self, round_id: int, status: str) -> None:
-        self._write("UPDATE rounds SET status = ? WHERE id = ?", (status, round_id))
+    def finish_round(self, round_id: int, status: str, verdict: dict | None = None) -> None:
+        self._write("UPDATE rounds SET status = ?, verdict = COALESCE(?, verdict) WHERE id = ?",
+                    (status, json.dumps(verdict) if verdict is not None else None, round_id))
 
     def round(self, round_id: int) -> dict:
         row = self._one("SELECT * FROM rounds WHERE id = ?", (round_id,))

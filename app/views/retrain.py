@@ -12,7 +12,7 @@ from datasets import DataError
 from datasets.export import to_zip
 from app.services import jobs
 from app.services.store import DONE
-from influence import methods
+from influence import cleaning, compare, methods
 from influence.runs import RunError
 
 st.title("4 · Retrain without them and compare")
@@ -56,15 +56,17 @@ else:
                f"({words.seconds(guess['seconds_retrain'])})",
         "last": f"only the last epoch without them — faster "
                 f"({words.seconds(guess['seconds_retrain'] / epochs)})"}.get)
-    control = c2.checkbox(f"Also retrain without {len(ticked)} random images, as a control",
-                          key=session.remember("control", True),
-                          help="Shows whether removing the chosen images beat removing the "
-                          "same number at random.")
+    controls = c2.number_input(
+        f"Random controls: retrain without {len(ticked)} random images, this many times", 0,
+        100, key=session.remember("controls", cleaning.CONTROLS),
+        help="Shows whether removing the chosen images beat removing the same number at "
+        "random, with a p-value. All controls run together in one vectorised retraining. 0: "
+        "none (then nothing can be said about chance).")
     if st.button(f"Retrain without the {len(ticked)} ticked image{'s' * (len(ticked) != 1)}",
                  type="primary", disabled=busy, icon=":material/restart_alt:"):
         try:
             job = jobs.start_cleaning(store, session.sid(), run["id"], ticked, mode, method,
-                                      control,
+                                      int(controls),
                                       seed=run["config"]["seed"] + len(store.rounds(row["id"])))
             session.state()["round"] = job.result["round"]
             session.save()
@@ -94,7 +96,7 @@ def error_chart(names: list[str], errors: list[float], colours: list[str]) -> go
     return fig
 
 
-def compare(runs: dict[str, dict], key: str) -> None:
+def compare_models(runs: dict[str, dict], key: str) -> None:
     """Test error, per-class error, confusion matrices and the images that changed, for models
     named by the keys of `runs` (the first is the reference)."""
     names = list(runs)
@@ -157,44 +159,62 @@ def compare(runs: dict[str, dict], key: str) -> None:
     st.caption("Captions: true label: prediction before → after.")
 
 
-def summary(models: dict[str, dict], removed: list[str]) -> None:
-    """The outcome of a round in a few sentences."""
+def verdict_of(chosen: dict) -> dict:
+    """The round's statistics; a round saved before they were kept gets them from its saved
+    predictions (and its one random control run)."""
+    if chosen.get("verdict"):
+        return chosen["verdict"]
+    before, after = test_part(run["id"]), test_part(chosen["cleaned"]).reindex(
+        test_part(run["id"]).index)
+    control = store.run(chosen["control"]) if chosen.get("control") else None
+    errors = [control["metrics"]["test_error"]] if control and session.usable(control) else []
+    return compare.cleaning_verdict(before.predicted == before.label,
+                                    after.predicted == after.label, errors)
+
+
+def summary(chosen: dict, v: dict) -> None:
+    """The outcome of a round in a few sentences, its random controls, and the estimate."""
+    removed = chosen["removed"]
     k = len(removed)
-    errs = {name: r["metrics"]["test_error"] for name, r in models.items()}
-    before, after = errs["before"], errs["after cleaning"]
-    verb = "lowered" if after < before else "raised" if after > before else "did not change"
-    text = (f"Removing the {k} ticked image{'s' * (k != 1)} **{verb}** the test error"
-            + (f" from {before:.2%} to {after:.2%}." if after != before else f" ({before:.2%})."))
-    if "random removal" in errs:
-        control = errs["random removal"]
-        text += (f" Removing {k} random images instead gave {control:.2%}: the ticked images "
-                 + ("did better than chance." if after < control else
-                    "did no better than chance." if after == control else
-                    "did worse than chance."))
+    lines = words.verdict(v, f"Removing the {k} ticked image{'s' * (k != 1)}")
     if flipped:
         hits = len(set(removed) & flipped.keys())
-        text += (f" *Demo:* {hits} of the {k} removed images had a flipped label "
-                 f"({len(flipped)} were flipped in all).")
-    st.markdown(text)
+        lines.append(f"*Demo:* {hits} of the {k} removed images had a flipped label "
+                     f"({len(flipped)} were flipped in all).")
+    st.markdown("  \n".join(lines))
+    ranking = methods.get(chosen["method"]) if chosen["method"] else None
+    if ranking and ranking.estimates_removal and "query_change" in v and \
+            chosen["method"] in store.score_info(run["id"]):
+        scores = session.scores(run["id"], chosen["method"]).set_index("sample_id").influence
+        predicted = float(scores.reindex(removed).sum())
+        actual = v["query_change"]
+        st.caption(f"{ranking.name} estimated that removing them would "
+                   f"{'lower' if predicted < 0 else 'raise'} the validation loss by "
+                   f"{abs(predicted):.3g}; retraining {'lowered' if actual < 0 else 'raised'} it "
+                   f"by {abs(actual):.3g}.")
+    if v["controls"]:
+        st.plotly_chart(charts.controls_chart(v), key=f"controls-{chosen['id']}")
 
 
 # --- the latest round of this model -------------------------------------------------------------
+number = {r["id"]: i for i, r in enumerate(store.rounds(row["id"]), 1)}  # per data set
 rounds = [r for r in store.rounds(row["id"]) if r["base"] == run["id"] and r["status"] == DONE]
-if rounds:
+cleaning_now = job is not None and job.running
+if rounds and cleaning_now:
+    st.caption("The results of earlier rounds are shown again when this one has finished.")
+if rounds and not cleaning_now:  # never an earlier round's result under a new round's job
     st.divider()
     st.subheader("Before and after")
     wanted = session.state().get("round")
     index = next((i for i, r in enumerate(rounds) if r["id"] == wanted), len(rounds) - 1)
     if len(rounds) > 1:
         index = st.selectbox("Cleaning round", range(len(rounds)), index=index,
-                             format_func=lambda i: f"Round {rounds[i]['id']}: "
+                             format_func=lambda i: f"Round {number[rounds[i]['id']]}: "
                              f"{len(rounds[i]['removed'])} removed", key="round_pick")
     chosen = rounds[index]
     models = {"before": run, "after cleaning": store.run(chosen["cleaned"])}
-    if chosen["control"] and session.usable(store.run(chosen["control"])):
-        models["random removal"] = store.run(chosen["control"])
-    summary(models, chosen["removed"])
-    compare(models, f"round-{chosen['id']}")
+    summary(chosen, verdict_of(chosen))
+    compare_models(models, f"round-{chosen['id']}")
 
     # --- export -----------------------------------------------------------------------------------
     st.subheader("Export")
@@ -243,16 +263,25 @@ if history:
             return float("nan")
         return (store.run(run_id).get("metrics") or {}).get("test_error", float("nan"))
 
+    def random_error(r: dict) -> float:
+        """The mean test error of the round's random removals (one control run before R)."""
+        if (r.get("verdict") or {}).get("control_errors"):
+            return float(np.mean(r["verdict"]["control_errors"]))
+        return error_of(r["control"])
+
     st.dataframe(pd.DataFrame([{
-        "round": r["id"], "from model": words.run_label(store.run(r["base"])),
+        "round": number[r["id"]], "from model": words.run_label(store.run(r["base"])),
         "removed": len(r["removed"]),
         "ranking": methods.get(r["method"]).title if r["method"] else "—",
         "retrained": "all epochs" if r["mode"] == "all" else "last epoch",
         "test error before": error_of(r["base"]), "after": error_of(r["cleaned"]),
-        "random control": error_of(r["control"]), "status": r["status"]}
+        "random removal": random_error(r),
+        "better than chance": {True: "yes", False: "not shown"}.get(
+            (r.get("verdict") or {}).get("better_than_chance"), "—"),
+        "status": r["status"]}
         for r in history]), hide_index=True, column_config={
             c: st.column_config.NumberColumn(format="percent")
-            for c in ("test error before", "after", "random control")})
+            for c in ("test error before", "after", "random removal")})
     done = [r for r in session.visible(store.runs(row["id"])) if session.usable(r)]
     if len(done) >= 2:
         with st.expander("Compare any two models of this data set"):
@@ -262,6 +291,6 @@ if history:
             b = c2.selectbox("Second", range(len(done)), index=0, key="cmp_b",
                              format_func=lambda i: words.run_label(done[i]))
             if a != b:
-                compare({"first": done[a], "second": done[b]}, "history")
+                compare_models({"first": done[a], "second": done[b]}, "history")
             else:
                 st.info("Pick two different models.")
