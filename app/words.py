@@ -129,3 +129,19 @@ def verdict(v: dict, what: str = "Removing the ticked images") -> list[str]:
                         "That is not enough to call it better than chance ")
                      + f"({p_value(v['p_random_holm'])}, Holm-corrected).")
     return lines
+
+
+def trust(t: dict) -> str:
+    """The trust check's figures in words: groups first (what a user removes), then singles."""
+    text = "Checked against real retraining. "
+    if t.get("group_spearman") is not None:
+        rho = t["group_spearman"]
+        how = "closely" if rho >= 0.7 else "roughly" if rho >= 0.4 else "hardly"
+        text += (f"**Groups:** for {t['groups']} random groups of {t['group_size']:,} images, "
+                 f"the summed estimates follow the real change of validation loss {how} "
+                 f"(Spearman {rho:.2f}; 1 = same order, 0 = no relation). ")
+    text += (f"**Single images:** Kendall τ = {t['tau']:.2f} over {t['n']} images, and the "
+             f"estimate had the right sign for {t['sign_agreement']:.0%} of them. On a deep "
+             "network the effect of one image is mostly noise of training itself; the group "
+             "figure is the one to go by when removing many.")
+    return text

@@ -9,6 +9,7 @@ from .builtin import BUILTINS, load_digits, load_idx_dir, load_torchvision
 from .core import DataError, ImageSet, Split, split
 from .export import to_zip
 from .noise import flip_training_labels
+from .synthetic import load_shapes
 from .upload import load_upload
 
 __all__ = ["BUILTINS", "DataError", "ImageSet", "Split", "flip_training_labels", "limits", "load",
@@ -16,12 +17,15 @@ __all__ = ["BUILTINS", "DataError", "ImageSet", "Split", "flip_training_labels",
 
 
 def load(spec: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> ImageSet:
-    """A data set by name (one of BUILTINS: digits offline, the others via torchvision) or by
+    """A data set by name (one of BUILTINS: digits and shapes offline, the others via
+    torchvision) or by
     path: a saved data set folder, a folder of MNIST-format IDX files, a folder of class
     folders, or a ZIP.
     With `data_dir` given, torchvision sets are read from there and never downloaded."""
     if spec == "digits":
         return load_digits()
+    if spec == "shapes":
+        return load_shapes()
     if spec in BUILTINS:
         return load_torchvision(spec, data_dir, download=download and data_dir is None)
     path = Path(spec).expanduser()

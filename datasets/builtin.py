@@ -28,6 +28,8 @@ class Builtin:
 
 BUILTINS: dict[str, Builtin] = {b.name: b for b in (
     Builtin("digits", "Handwritten digits", "Handwritten digits (offline, 1,797 images)"),
+    Builtin("shapes", "Coloured shapes",
+            "Coloured shapes: circles, squares, triangles (synthetic, offline, 600 images)"),
     Builtin("mnist", "MNIST", "MNIST handwritten digits (70,000 images, via torchvision)",
             "MNIST"),
     Builtin("fashion-mnist", "Fashion-MNIST",

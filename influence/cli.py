@@ -15,7 +15,7 @@ from tqdm import tqdm
 import datasets
 from datasets import DataError
 
-from . import cleaning, methods, models, runs
+from . import cleaning, methods, models, probe, runs
 from .progress import Progress
 from .sgd import Diverged
 
@@ -48,19 +48,46 @@ def progress_bar():
 def summary(run: runs.Run) -> str:
     m = run.metrics
     keys = ("train_size", "val_loss", "val_error", "test_error", "test_loss", "seconds",
-            "epochs", "steps", "model", "device")
-    return json.dumps({k: m[k] for k in keys if k in m} | {"run": str(run.path)})
+            "epochs", "steps", "model", "device", "chance_loss", "learned")
+    return json.dumps({k: m[k] for k in keys if k in m} | {"lr": run.config.lr}
+                      | ({"lr_reason": m["lr_probe"]["reason"]} if "lr_probe" in m else {})
+                      | {"run": str(run.path)})
+
+
+def learning_rate(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor auto") from None
 
 
 def cmd_train(a) -> None:
-    config = runs.RunConfig(**{f.name: getattr(a, f.name) for f in fields(runs.RunConfig)
-                               if hasattr(a, f.name)})  # every option named like its setting
-    run = runs.train_new(config, a.out, on_progress=progress_bar())
+    settings = {f.name: getattr(a, f.name) for f in fields(runs.RunConfig)
+                if hasattr(a, f.name)}  # every option is named like its setting
+    auto = settings["lr"] == "auto"
+    config = runs.RunConfig(**{**settings, "lr": None if auto else settings["lr"]})
+    train = probe.train_with_probe if auto else runs.train_new
+    run = train(config, a.out, on_progress=progress_bar())
+    if not run.metrics["learned"]:
+        print(f"warning: the model did not learn: its validation loss "
+              f"{run.metrics['val_loss']:.3g} is not clearly below {run.metrics['chance_loss']:.3g}"
+              ", that of guessing from the class frequencies. Train longer (--epochs) or with "
+              "another learning rate before scoring.", file=sys.stderr)
     print(summary(run))
+
+
+def refuse_unlearned(run: runs.Run, force: bool) -> None:
+    if not run.metrics.get("learned", True) and not force:
+        raise runs.RunError("this model did not learn (its validation loss is not clearly below "
+                            "that of guessing from the class frequencies), so influence on it "
+                            "means nothing: train it longer, or give --force")
 
 
 def cmd_score(a) -> None:
     run = runs.load(a.run)
+    refuse_unlearned(run, a.force)
     frame = methods.score(run, a.method, on_progress=progress_bar())
     out = runs.write_csv(frame, a.out or Path(a.run) / "influence.csv")
     print(json.dumps({"out": str(out), "method": a.method, "n": len(frame),
@@ -114,10 +141,13 @@ def parser() -> argparse.ArgumentParser:
                    help="folder holding downloaded torchvision data sets (default: $DATA_DIR)")
     t.add_argument("--model", default=d.model, choices=models.CHOICES,
                    help="auto: the CNN that suits the image size")
-    t.add_argument("--epochs", type=int, default=d.epochs)
+    t.add_argument("--epochs", type=int, default=d.epochs,
+                   help=f"passes over the training images (default: enough for "
+                        f"{runs.MIN_STEPS} SGD steps, {runs.MIN_EPOCHS} to {runs.MAX_EPOCHS})")
     t.add_argument("--batch-size", type=int, default=d.batch_size)
-    t.add_argument("--lr", type=float, default=d.lr,
-                   help="learning rate η (default: the model's, e.g. 0.05 for the paper's CNN)")
+    t.add_argument("--lr", type=learning_rate, default="auto",
+                   help="learning rate η, or auto (default): a short probe of "
+                        f"{len(probe.FACTORS)} rates around the model's own picks it")
     t.add_argument("--lr-decay", default=d.lr_decay, choices=("constant", "inv_sqrt"),
                    help="constant η, or η/√t")
     t.add_argument("--l2", type=float, default=d.l2, help="L2 strength α (½·α·‖θ‖²)")
@@ -135,6 +165,8 @@ def parser() -> argparse.ArgumentParser:
                    help="sgd: retrace all epochs; sgd-last: the last epoch only (faster); the "
                         "others are the baselines to compare with")
     s.add_argument("--out", help="CSV path (default RUN/influence.csv)")
+    s.add_argument("--force", action="store_true",
+                   help="score even a model that did not learn")
     s.set_defaults(func=cmd_score)
 
     r = sub.add_parser("retrain", help="counterfactual SGD without some instances")

@@ -41,6 +41,9 @@ from .sgd import (Objective, Params, Schedule, SGDConfig, StepStats, counterfact
 from .sgd_influence import loss_gradient, retrace
 
 FORMAT = "sgd-influence-run/1"
+MIN_STEPS, MIN_EPOCHS, MAX_EPOCHS = 600, 20, 200  # the default epochs give at least MIN_STEPS
+# SGD steps (small data sets need many epochs to learn anything)
+LEARNED = 0.8  # a model learned if its validation loss is at most this share of chance's
 RETRAIN_MODES = ("all", "last")  # counterfactual SGD from the first epoch, or the last only
 
 
@@ -53,7 +56,7 @@ class RunConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     model: str = "auto"
-    epochs: int = 20
+    epochs: int | None = None  # None: enough for MIN_STEPS steps (default_epochs)
     batch_size: int = 64
     lr: float | None = None  # None: the preset's own learning rate
     lr_decay: str = "constant"
@@ -77,7 +80,7 @@ class RunConfig:
         wrong = [f.name for f in fields(self) if not of_type(getattr(self, f.name), hints[f.name])]
         problems = [f"{name} has the wrong type" for name in wrong]
         ok = lambda name: name not in wrong  # noqa: E731  (ranges only of well-typed values)
-        if ok("epochs") and not 1 <= self.epochs <= 1000:
+        if ok("epochs") and self.epochs is not None and not 1 <= self.epochs <= 1000:
             problems.append("epochs must be a whole number from 1 to 1000")
         if ok("batch_size") and self.batch_size < 1:
             problems.append("batch size must be a whole number of at least 1")
@@ -98,6 +101,25 @@ class RunConfig:
             problems.append("removed must map sample ids to epochs from 0")
         if problems:
             raise RunError("; ".join(problems))
+
+
+def default_epochs(n_train: int, batch_size: int) -> int:
+    """Epochs that give at least MIN_STEPS SGD steps (MIN_EPOCHS to MAX_EPOCHS)."""
+    per_epoch = math.ceil(n_train / batch_size)
+    return int(min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(MIN_STEPS / per_epoch))))
+
+
+def chance_loss(labels_train: np.ndarray, labels_val: np.ndarray, n_classes: int) -> float:
+    """The validation loss of knowing nothing but the class frequencies of the training images:
+    the cross-entropy of predicting those frequencies for every validation image."""
+    counts = np.bincount(labels_train, minlength=n_classes) + 1.0  # (+1: no class is impossible)
+    freq = counts / counts.sum()
+    return float(-np.mean(np.log(freq[labels_val]))) if len(labels_val) else float("nan")
+
+
+def learned(val_loss: float, chance: float) -> bool:
+    """Did the model learn? Its validation loss must be clearly below that of chance."""
+    return math.isfinite(val_loss) and math.isfinite(chance) and val_loss <= LEARNED * chance
 
 
 def of_type(value, hint) -> bool:
@@ -138,7 +160,7 @@ class Run:
     (or none yet). All training, scoring and retraining go through here.
 
     `config` is never changed: `run.config` is a resolved copy (the data's fingerprint, the
-    preset's learning rate when none was given)."""
+    preset's learning rate and the default epochs when none were given)."""
 
     def __init__(self, config: RunConfig, data: ImageSet | None = None):
         config.validate()  # types and ranges first: nothing below reads an unchecked value
@@ -152,7 +174,8 @@ class Run:
             self.preset, self.preset_reason = models.resolve(config.model, self.data.shape)
         except ValueError as e:
             raise RunError(str(e)) from None
-        self.config = replace(config, fingerprint=fingerprint,
+        epochs = config.epochs or default_epochs(len(self.split.train), config.batch_size)
+        self.config = replace(config, fingerprint=fingerprint, epochs=epochs,
                               lr=self.preset.lr if config.lr is None else config.lr)
         self.config.validate(len(self.split.train))
         self.train_ids = [self.data.ids[i] for i in self.split.train]
@@ -281,9 +304,12 @@ class Run:
                             **result}
         val_loss, val_error = self.evaluate("val")
         test_loss, test_error = self.evaluate("test")
+        chance = chance_loss(self.data.labels[self.split.train], self.data.labels[self.split.val],
+                             len(self.data.classes))
         self.metrics = {
             "train_size": int(self.keep_at(self.schedule.epochs - 1).sum()),
-            "val_loss": val_loss, "val_error": val_error,
+            "val_loss": val_loss, "val_error": val_error, "chance_loss": chance,
+            "learned": learned(val_loss, chance),
             "test_loss": test_loss, "test_error": test_error,
             "epochs": self.schedule.epochs, "steps": self.schedule.steps,
             "model": self.preset.name, "device": str(self.device),
@@ -559,12 +585,14 @@ def refuse_existing(out: str | os.PathLike) -> None:
 
 
 def train_new(config: RunConfig, out: str | os.PathLike, data: ImageSet | None = None,
-              on_progress: ProgressFn | None = None) -> Run:
-    """Train a new recorded run and save it to `out` (which must not exist yet)."""
+              on_progress: ProgressFn | None = None, notes: dict | None = None) -> Run:
+    """Train a new recorded run and save it to `out` (which must not exist yet); `notes` are
+    kept with its metrics (e.g. how its learning rate was chosen)."""
     refuse_existing(out)
     run = Run(config, data)
     log = TrainingLog(on_progress)
     run.train(log)
+    run.metrics.update(notes or {})
     run.save(out, log.frame())
     return run
 

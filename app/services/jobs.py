@@ -284,21 +284,32 @@ def start_scoring(store: Store, session: str, run_id: str, method: str) -> Job:
                  result={"run": run_id, "method": method})
 
 
-def start_check(store: Store, session: str, run_id: str, method: str, n: int = 10) -> Job:
-    """The engine's trust check: real retraining without n instances spread over the ranking."""
+TRUST = ("method", "n", "tau", "p_value", "sign_agreement", "groups", "group_size",
+         "group_spearman", "group_p_value")  # what the trust check keeps
+
+
+def start_check(store: Store, session: str, run_id: str, method: str, n: int = 10,
+                groups: int = 20) -> Job:
+    """The engine's trust check: real retraining without n single images spread over the ranking
+    and without `groups` random groups of 5 % of the training images, all at once."""
     ranking = methods.get(method)
     if not ranking.estimates_removal:
         raise RunError(f"{ranking.name} does not estimate the effect of removing an image, so "
                        "real retraining cannot check it")
     scores = store.scores(run_id, method)
+    exclude = store.score_info(run_id)[method].get("query") or []
 
     def work(job: Job) -> dict:
         run = store.open_run(run_id)
-        job.say(f"retraining {n} times, each without one image, to compare with the estimates")
-        result = methods.check(run, method, n, on_progress=job.report, ranked=scores)
-        trust = {k: result[k] for k in ("method", "n", "tau", "p_value", "sign_agreement")}
+        job.say(f"retraining without each of {n} single images and {groups} random groups, "
+                "all at once, to compare with the estimates")
+        result = methods.check(run, method, n, on_progress=job.report, ranked=scores,
+                               groups=groups, exclude=exclude)
+        trust = {k: result[k] for k in TRUST if k in result}
         store.set_trust(run_id, method, trust)
-        job.say(f"Kendall τ = {trust['tau']:.2f} over {trust['n']} images")
+        job.say(f"Kendall τ = {trust['tau']:.2f} over {trust['n']} images"
+                + (f"; Spearman {trust['group_spearman']:.2f} over {trust['groups']} groups"
+                   if "group_spearman" in trust else ""))
         return trust
 
     return start(session, "check", "Checking the ranking", work,

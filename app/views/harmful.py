@@ -90,10 +90,7 @@ if not estimates:
                "image does to the model, so real retraining cannot check it image by image. "
                "Page 4 shows what removing its top images does.")
 elif trust:
-    st.success(f"Checked against real retraining on {trust['n']} images: Kendall τ = "
-               f"{trust['tau']:.2f} (1 = the estimates put them in exactly the true order, 0 = "
-               f"no relation), and the estimate had the right sign for "
-               f"{trust['sign_agreement']:.0%} of them.", icon=":material/verified:")
+    st.success(words.trust(trust), icon=":material/verified:")
 else:
     c1, c2 = st.columns([1, 3])
     n_check = c1.number_input("Images to check", 4, 50, key=session.remember("n_check", 10))
