@@ -73,14 +73,15 @@ def report(frame: pd.DataFrame, a, out: Path) -> dict:
         "Test misclassification (%) after removing the top-k, mean ± std over splits:\n\n"
         + common.markdown(wide),
         "Change against no removal on the same split, with the paired t-test:\n\n"
-        + common.markdown(table.filter(regex="^[^_]")),
+        + common.markdown(table.filter(regex="^[^_]")) + "\n\n" + common.holm_note(table),
         "Scoring time per method (one core):\n\n" + common.markdown(timing),
         f"![chart]({png.name})\n\nPer-split values: `{a.name_out}.csv`."])
     lead = "sgd" if "sgd" in a.methods else a.methods[0]
     sgd = table[(table["method"] == LABELS[lead]) & (table["mode"] == a.modes[0])]
     best = sgd.loc[sgd["_mean"].idxmin()]
     result = {"no_removal": float(base.mean()), "sgd_best_error": float(best["_mean"]),
-              "sgd_best_k": int(best["k"]), "sgd_best_p": float(best["p (paired t)"])}
+              "sgd_best_k": int(best["k"]), "sgd_best_p": float(best["p (paired t)"]),
+              "sgd_best_p_holm": float(best["p (Holm)"])}
     rand = table[(table["method"] == "Random") & (table["mode"] == a.modes[0])]
     if len(rand):
         result["random_error_at_best_k"] = float(rand.loc[rand["k"] == best["k"], "_mean"].iloc[0])
@@ -97,7 +98,9 @@ def main(argv=None) -> dict:
                         help="retraining: last epoch only (the paper's main protocol), all, "
                              "or both (all only for SGD-influence and random)")
     parser.add_argument("--methods", default=",".join(common.METHODS))
-    parser.add_argument("--data-dir", default=None, help="default: ../shared/data/mnist")
+    parser.add_argument("--data-dir", default=None,
+                        help="default: the MNIST IDX files in the data folder beside the "
+                             "repository (common.SHARED_DATA)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the splits already in the CSV and run only the others")
     common.add_common_options(parser)

@@ -89,11 +89,22 @@ def jaccard_extremes(estimate: np.ndarray, truth: np.ndarray, k: int = 10) -> fl
 
 # --- the cleansing and label-noise experiments ------------------------------------------------
 def image_data(quick: bool, data_dir: str | None) -> datasets.ImageSet:
-    """The real MNIST test set (10,000 images) from ../shared/data/mnist, or digits when quick."""
+    """The real MNIST test set (10,000 images, IDX files in the shared data folder next to the
+    repository), or digits when quick."""
     if quick:
         return datasets.load("digits")
     folder = Path(data_dir) if data_dir else SHARED_DATA / "mnist"
     return datasets.load(str(folder))
+
+
+def data_name(data: datasets.ImageSet, quick: bool, data_dir: str | None) -> str:
+    """The data in plain words for a report: never a machine path (data.source of a folder
+    names the folder as it was found on this machine)."""
+    if quick:
+        return data.source  # scikit-learn's bundled digits: no path in it
+    if data_dir is None or Path(data_dir).resolve() == (SHARED_DATA / "mnist").resolve():
+        return f"the MNIST test set ({len(data):,} images, IDX files)"
+    return f"the data set in a folder named `{Path(data_dir).name}` ({len(data):,} images)"
 
 
 def prepare_experiment(a, stem: str) -> tuple[datasets.ImageSet, Path]:
@@ -105,8 +116,8 @@ def prepare_experiment(a, stem: str) -> tuple[datasets.ImageSet, Path]:
     data = image_data(a.quick, a.data_dir)
     probe = runs.Run(runs.RunConfig(dataset=a.name, model="auto"), data)
     a.lr, a.model_note = probe.config.lr, probe.preset.name
-    a.data_note = (f"{data.source}, {len(probe.split.train)}/{len(probe.split.val)}/"
-                   f"{len(probe.split.test)} train/validation/test")
+    a.data_note = (f"{data_name(data, a.quick, a.data_dir)}, {len(probe.split.train)}/"
+                   f"{len(probe.split.val)}/{len(probe.split.test)} train/validation/test")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     return data, out
@@ -156,9 +167,31 @@ def retrain_errors(run: runs.Run, scores: dict[str, np.ndarray], ks: list[int],
     return rows
 
 
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down correction of one family of p-values (statsmodels' multipletests); a
+    NaN p-value (no test possible) stays NaN and is not counted in the family."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(pvalues, dtype=float)
+    corrected = np.full_like(p, np.nan)
+    tested = np.isfinite(p)
+    if tested.any():
+        corrected[tested] = multipletests(p[tested], method="holm")[1]
+    return corrected
+
+
+def holm_note(table: pd.DataFrame) -> str:
+    """The sentence that goes with a table from paired_summary."""
+    tests = int(np.isfinite(table["p (paired t)"]).sum())
+    significant = int((table["p (Holm)"] < 0.05).sum())
+    return (f"p (Holm): the paired t-test p-value corrected by Holm's method over the {tests} "
+            f"tests of this table; {significant} of them below 0.05 (significant).")
+
+
 def paired_summary(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Mean ± std of the test error per group, its mean change against no removal on the same
-    split, and the paired t-test p-value (scipy.stats.ttest_rel)."""
+    split, the paired t-test p-value (scipy.stats.ttest_rel) and that p-value Holm-corrected
+    over all groups of the table (one family: every row is a test of 'no change')."""
     from scipy.stats import ttest_rel
 
     rows = []
@@ -171,7 +204,10 @@ def paired_summary(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
                      "p (paired t)": float(p) if np.isfinite(p) else np.nan,
                      "_mean": part["error"].mean(), "_std": part["error"].std(ddof=0),
                      "_change": diff.mean(), "_dstd": diff.std(ddof=0)})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table.insert(table.columns.get_loc("p (paired t)") + 1, "p (Holm)",
+                 holm(table["p (paired t)"]))
+    return table
 
 
 def most_suspicious(run: runs.Run, scores: np.ndarray, k: int) -> list[str]:

@@ -35,7 +35,9 @@ from influence.sgd import (Objective, SGDConfig, counterfactual_sgd, initial_par
 from influence.sgd_influence import loss_gradient, retrace
 
 N_TRAIN = N_VAL = 200
-DAMPINGS = (0.0, 0.01, 1.0)  # extra λ for Koh & Liang (the model's own L2 is in H)
+# Extra λ for Koh & Liang (the model's own L2 is in H). Each λ is its own solve with the same
+# dense H, so adding one leaves the others unchanged.
+DAMPINGS = (0.0, 0.01, 0.1, 1.0)
 # Headline λ: the authors' code used the model's L2 alone for LogReg and λ = 1 for the DNN.
 HEADLINE_DAMPING = {"logreg": 0.0, "dnn": 1.0}
 # Published Table 1 (mean of 30 seeds): τ proposed, τ K&L, Jaccard proposed, Jaccard K&L.
@@ -143,9 +145,18 @@ def one_seed(x: np.ndarray, y: np.ndarray, data: str, model_name: str, seed: int
 
 
 def with_headline(frame: pd.DataFrame, model: str) -> pd.DataFrame:
-    """Per-seed values plus kl_tau / kl_jaccard at the headline damping."""
+    """Per-seed values plus kl_tau / kl_jaccard, always copied from the kl@λ columns of the
+    headline damping (any stored kl_tau / kl_jaccard is replaced)."""
     lam = f"kl@{HEADLINE_DAMPING[model]:g}"
     return frame.assign(kl_tau=frame[f"{lam}_tau"], kl_jaccard=frame[f"{lam}_jaccard"])
+
+
+def write_per_seed(out: Path, name: str, frame: pd.DataFrame, model: str) -> Path:
+    """benchmarks/results/<name>.csv: the measured per-seed columns and the derived headline
+    kl_tau / kl_jaccard (one place, so the two never disagree)."""
+    path = out / f"{name}.csv"
+    with_headline(frame, model).to_csv(path, index=False)
+    return path
 
 
 def table_for(frame: pd.DataFrame, data: str, model: str, dtype: str) -> pd.DataFrame:
@@ -172,6 +183,27 @@ def damping_table(frame: pd.DataFrame) -> pd.DataFrame:
                          for lam in lams])
 
 
+def paired_table(frames: dict[tuple[str, str, str], pd.DataFrame]) -> pd.DataFrame:
+    """SGD-influence against each baseline on the same seeds: mean per-seed difference of τ and
+    of Jaccard, the paired t-test (scipy.stats.ttest_rel) and its Holm correction over every
+    test of the table."""
+    from scipy.stats import ttest_rel
+
+    rows = []
+    for (data, model, dtype), frame in frames.items():
+        frame = with_headline(frame, model)
+        for other, label in [("kl", "Koh & Liang"), ("tracin", "TracIn")]:
+            for metric in ("tau", "jaccard"):
+                ours, theirs = frame[f"sgd_{metric}"], frame[f"{other}_{metric}"]
+                rows.append({"data": data, "model": model, "dtype": dtype, "versus": label,
+                             "metric": metric, "seeds": len(frame),
+                             "mean difference": float((ours - theirs).mean()),
+                             "p (paired t)": float(ttest_rel(ours, theirs).pvalue)})
+    table = pd.DataFrame(rows)
+    table["p (Holm)"] = common.holm(table["p (paired t)"])
+    return table
+
+
 def row_report(out: Path, frame: pd.DataFrame, data: str, model: str, dtype: str, cmd: str,
                run_note: str) -> Path:
     """benchmarks/results/lie-<data>-<model>-<dtype>.md from the per-seed values."""
@@ -187,29 +219,36 @@ def row_report(out: Path, frame: pd.DataFrame, data: str, model: str, dtype: str
 
 
 def rebuild(out: Path) -> None:
-    """Rewrite every per-configuration report and lie.md from the stored per-seed CSVs,
-    keeping the command and run note that produced each."""
+    """Rewrite every per-seed CSV (re-deriving kl_tau / kl_jaccard from the kl@λ columns),
+    every per-configuration report and lie.md from the stored per-seed values, keeping the
+    command and run note that produced each. Nothing is recomputed: a CSV without some λ of
+    DAMPINGS (written before that λ was added) simply lists fewer λ in its damping table."""
     for csv in sorted(out.glob("lie-*.csv")):
         _, data, model, dtype = csv.stem.split("-")
         old = csv.with_suffix(".md").read_text().splitlines()
         note = next(ln for ln in old if " seeds, " in ln and " s on " in ln)
-        row_report(out, pd.read_csv(csv), data, model, dtype,
+        frame = pd.read_csv(csv)
+        write_per_seed(out, csv.stem, frame, model)
+        row_report(out, frame, data, model, dtype,
                    common.read_command(csv.with_suffix(".md")), note.split(" SGD settings")[0])
     combined_report(out)
 
 
 def combined_report(out: Path) -> Path | None:
     """benchmarks/results/lie.md: every configuration run so far (non-quick), one table."""
-    parts, commands = [], []
+    frames, commands = {}, []
     for csv in sorted(out.glob("lie-*.csv")):
         _, data, model, dtype = csv.stem.split("-")
         if data == "digits":
             continue
-        parts.append(table_for(pd.read_csv(csv), data, model, dtype))
+        frames[data, model, dtype] = pd.read_csv(csv)
         commands.append(common.read_command(csv.with_suffix(".md")))
-    if not parts:
+    if not frames:
         return None
-    table = pd.concat(parts).sort_values(["model", "data", "dtype"], kind="stable")
+    order = ["model", "data", "dtype"]
+    table = pd.concat([table_for(f, *key) for key, f in frames.items()]).sort_values(
+        order, kind="stable")
+    paired = paired_table(frames).sort_values(order, kind="stable")
     return common.write_report(
         out, "lie", "Table 1 reproduction: SGD-influence vs Koh & Liang vs TracIn",
         commands,
@@ -218,7 +257,11 @@ def combined_report(out: Path) -> Path | None:
          "training instances (200 counterfactual SGD runs per seed); jaccard: overlap of the "
          "10 most negative ∪ 10 most positive. Mean ± std over seeds. K&L, as in the "
          "authors' code: the model's own L2 only (LogReg), extra damping λ = 1 (DNN); the "
-         "per-configuration files list other λ."])
+         "per-configuration files list other λ.",
+         "SGD-influence against each baseline on the same seeds: mean difference = mean over "
+         "seeds of (SGD-influence's τ or Jaccard − the baseline's), with the paired t-test "
+         "over seeds:\n\n"
+         + common.markdown(paired) + "\n\n" + common.holm_note(paired)])
 
 
 def main(argv=None) -> dict:
@@ -226,7 +269,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", choices=["mnist", "adult", "digits"], default="mnist")
     parser.add_argument("--model", choices=["logreg", "dnn"], default="logreg")
     parser.add_argument("--seeds", type=int, default=30)
-    parser.add_argument("--data-dir", default=None, help="default: ../shared/data/<data>")
+    parser.add_argument("--data-dir", default=None,
+                        help="default: <data> in the data folder beside the "
+                             "repository (common.SHARED_DATA)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     parser.add_argument("--rebuild", action="store_true",
                         help="only rewrite the reports from the per-seed CSVs under --out")
@@ -249,7 +294,7 @@ def main(argv=None) -> dict:
     frame = pd.DataFrame(rows)
     name = f"lie-{a.data}-{a.model}-{a.dtype}"
     out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / f"{name}.csv", index=False)
+    write_per_seed(out, name, frame, a.model)
     row_report(out, frame, a.data, a.model, a.dtype, common.command(),
                f"{a.seeds} seeds, {time.perf_counter() - began:.0f} s on "
                f"{torch.get_num_threads()} thread(s).")

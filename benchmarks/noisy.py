@@ -143,7 +143,7 @@ def report(ranking: pd.DataFrame, errors: pd.DataFrame, truth: pd.DataFrame, a,
         "(mean ± std over splits):\n\n" + common.markdown(recall),
         f"Clean test error after removing the top-k and retraining (mode {a.mode}); no "
         f"removal: {common.mean_std(100 * base)} %:\n\n"
-        + common.markdown(table.filter(regex="^[^_]")),
+        + common.markdown(table.filter(regex="^[^_]")) + "\n\n" + common.holm_note(table),
         *truth_sections(truth, a),
         f"![recall chart]({png.name})\n\nPer-split values: `{a.name_out}-ranking.csv`, "
         f"`{a.name_out}-errors.csv`" + (f", `{a.name_out}-truth.csv`" if len(truth) else "")
@@ -207,7 +207,9 @@ def main(argv=None) -> dict:
                         help="remove this fraction of the training set (top-k) and retrain")
     parser.add_argument("--mode", choices=["last", "all"], default="last")
     parser.add_argument("--methods", default=",".join(common.METHODS))
-    parser.add_argument("--data-dir", default=None, help="default: ../shared/data/mnist")
+    parser.add_argument("--data-dir", default=None,
+                        help="default: the MNIST IDX files in the data folder beside the "
+                             "repository (common.SHARED_DATA)")
     parser.add_argument("--truth", type=int, default=0, metavar="N",
                         help="also retrain without each of N flipped and N clean instances")
     parser.add_argument("--resume", action="store_true")

@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import data_name  # noqa: E402  (benchmarks/ is on sys.path)
 from influence import runs  # noqa: E402
 from influence.sgd import batch_weights, replay_epoch, sgd_step  # noqa: E402
 from influence.sgd_influence import hvp_and_dot_grads, loss_gradient  # noqa: E402
@@ -154,11 +155,12 @@ def main(argv=None) -> dict:
 def write_report(a, argv, run, r, stored, per_step, machine) -> None:
     command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     s = run.schedule
+    data = data_name(run.data, a.quick, a.data_dir)  # in words, never a machine path
     text = f"""# Speed, disk and memory
 
 Command: `{command.strip()}`
 
-Machine: {machine}. Data: {run.data.source}; {len(run.train_ids)} training images,
+Machine: {machine}. Data: {data}; {len(run.train_ids)} training images,
 model `{run.preset}`, batch {s.batch_size}, {s.epochs} epochs = {s.steps} steps.
 Medians of {a.repeats} alternating repeats; the reference and ours timed on the same
 {a.ref_steps} steps, alternating.
