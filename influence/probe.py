@@ -1,9 +1,13 @@
 """A learning rate that trains: a short probe before the recorded run.
 
 The probe trains copies of the model from the run's own initialisation on the first steps of its
-own batch order, one copy per candidate rate, all at once (torch.func.vmap over the rates), and
-keeps the rate whose training loss ends lowest without diverging. It touches neither the recorded
-run nor the validation or test images.
+own batch order, one copy per candidate rate, all at once (torch.func.vmap over the rates). A
+rate is steady if it did not diverge and lowered the training loss at least half as much as the
+best rate did. The probe keeps the candidate one step (a factor 3) below the largest steady
+rate: the fastest rate of a short run is too fast for the whole, much longer run (the usual
+reading of a learning-rate range test), and a near tie between rates, common when nothing has
+been learned yet, must not decide. It touches neither the recorded run nor the validation or
+test images.
 """
 from __future__ import annotations
 
@@ -21,18 +25,18 @@ from .runs import Run, RunConfig, refuse_existing, train_new
 from .sgd import initial_params, sgd_step
 
 FACTORS = (1 / 3, 1.0, 3.0, 10.0)  # candidate rates, times the preset's own
-MAX_STEPS = 200  # probe steps at most (and a quarter of the run's steps, at least 50)
-PREFER_SMALLER = 0.05  # a smaller rate whose loss is within 5 % of the best is kept: steadier
+MAX_STEPS = 200  # probe steps at most (and an eighth of the run's steps, at least 50)
 
 
 def probe_steps(run: Run) -> int:
-    return min(MAX_STEPS, max(50, run.schedule.steps // 4), run.schedule.steps)
+    return min(MAX_STEPS, max(50, run.schedule.steps // 8), run.schedule.steps)
 
 
 def choose_lr(run: Run, factors=FACTORS, on_progress: ProgressFn | None = None) -> dict:
-    """Try each rate (the preset's own times `factors`) for the first probe_steps(run) steps of
-    the run's schedule; returns the chosen rate with every rate's final training loss (the mean
-    over the last fifth of the probe; inf where it diverged) and the reason in words."""
+    """Try each rate (the preset's own times `factors`, ascending) for the first
+    probe_steps(run) steps of the run's schedule; returns the chosen rate (one candidate below
+    the largest steady one) with every rate's final training loss (the mean over the last fifth
+    of the probe; inf where it diverged) and the reason in words."""
     base = run.preset.lr
     rates = torch.tensor([base * f for f in factors], dtype=run.dtype, device=run.device)
     steps = probe_steps(run)
@@ -51,18 +55,21 @@ def choose_lr(run: Run, factors=FACTORS, on_progress: ProgressFn | None = None) 
     tail = losses[-max(1, steps // 5):]
     blown = ~np.isfinite(losses).all(0) | (losses.max(0) > 100 * max(losses[0].max(), 1.0))
     final = np.where(blown, np.inf, tail.mean(0))
-    best = int(np.argmin(final))
-    if not np.isfinite(final[best]):
-        best = 0  # every rate diverged: take the smallest, training will say so
-    for i in range(best):  # the smallest rate that is nearly as good
-        if final[i] <= final[best] * (1 + PREFER_SMALLER):
-            best = i
-            break
-    chosen = float(rates[best])
-    reason = (f"a {steps}-step probe of {len(rates)} rates from the same start: {chosen:g} "
-              f"brought the training loss lowest ({final[best]:.3g}"
-              + (f"; {', '.join(f'{float(r):g}' for r, b in zip(rates, blown) if b)} diverged"
-                 if blown.any() else "") + ")")
+    start = losses[0].mean()  # the first step: the same θ and batch for every rate
+    gain = start - final  # -inf where diverged
+    steady = np.flatnonzero(gain >= 0.5 * max(gain.max(), 0.0))
+    largest = int(steady.max()) if len(steady) and np.isfinite(gain).any() else 0
+    pick = max(largest - 1, 0)
+    chosen = float(rates[pick])
+    reason = (f"a {steps}-step probe of {len(rates)} rates from the same start (training loss "
+              f"{start:.3g} at first): {float(rates[largest]):g} is the largest steady rate "
+              f"(to {final[largest]:.3g}); one step below it, {chosen:g}, is kept for the whole, "
+              "longer run" if pick < largest else
+              f"a {steps}-step probe of {len(rates)} rates from the same start: only the "
+              f"smallest, {chosen:g}, was steady (training loss {start:.3g} → "
+              f"{final[pick]:.3g})")
+    if blown.any():
+        reason += f"; {', '.join(f'{float(r):g}' for r, b in zip(rates, blown) if b)} diverged"
     return {"lr": chosen, "rates": [float(r) for r in rates],
             "losses": [float(x) for x in final], "steps": steps, "reason": reason}
 

@@ -43,7 +43,7 @@ from .sgd_influence import loss_gradient, retrace
 FORMAT = "sgd-influence-run/1"
 MIN_STEPS, MIN_EPOCHS, MAX_EPOCHS = 600, 20, 200  # the default epochs give at least MIN_STEPS
 # SGD steps (small data sets need many epochs to learn anything)
-LEARNED = 0.8  # a model learned if its validation loss is at most this share of chance's
+LEARNED = 0.9  # a model learned if its validation loss is at most this share of chance's
 RETRAIN_MODES = ("all", "last")  # counterfactual SGD from the first epoch, or the last only
 
 

@@ -75,13 +75,20 @@ def train(at: AppTest, epochs: int = 2, lr: float | None = None, l2: float | Non
     at.selectbox(key="model_choice").set_value(model).run()
     at.number_input(key="epochs").set_value(epochs)
     if lr is not None:
-        at.number_input(key=f"lr-{model}").set_value(lr)
+        set_lr(at, model, lr)
     if l2 is not None:
         at.number_input(key="l2").set_value(l2)
     button(at.run(), "Start training").click().run()
     job = wait_for_job(at)
     ok(at.run())
     return at, job
+
+
+def set_lr(at: AppTest, model: str, lr: float) -> AppTest:
+    """Page 2: switch the learning-rate probe off and give the rate."""
+    at.toggle(key="auto_lr").set_value(False).run()
+    at.number_input(key=f"lr-{model}").set_value(lr)
+    return at
 
 
 def trained_in_app() -> AppTest:

@@ -116,7 +116,7 @@ def test_scoring_with_a_baseline_stores_its_ranking_and_the_check_retrains_from_
     assert stored.sample_id.tolist() == direct.sample_id.tolist()
     check = jobs.start_check(ws, "baseline", run_id, "tracin", n=3).wait(120)
     assert check.status == DONE, check.error
-    assert check.total == 3 and ws.score_info(run_id)["tracin"]["trust"]["n"] == 3
+    assert check.done == check.total and ws.score_info(run_id)["tracin"]["trust"]["n"] == 3
     with pytest.raises(runs.RunError, match="Confident learning does not estimate"):
         jobs.start_check(ws, "baseline", run_id, "confident-learning")
     with pytest.raises(runs.RunError, match="unknown ranking 'random'"):
@@ -131,10 +131,11 @@ def test_a_cleaning_round_retrains_without_the_ids_and_a_random_control(ws, trai
     assert job.status == DONE, job.error
     rnd = ws.round(job.result["round"])
     assert rnd["status"] == DONE and rnd["removed"] == remove and rnd["mode"] == "last"
-    cleaned, control = ws.run(rnd["cleaned"]), ws.run(rnd["control"])
+    cleaned = ws.run(rnd["cleaned"])
     assert set(cleaned["config"]["removed"]) == set(remove)
-    assert len(control["config"]["removed"]) == 7
-    assert cleaned["parent"] == control["parent"] == run_id
+    assert rnd["control"] is None and rnd["verdict"]["controls"] == 20  # in one vmapped run
+    assert len(rnd["verdict"]["control_errors"]) == 20 and rnd["verdict"]["removed"] == 7
+    assert cleaned["parent"] == run_id
     assert cleaned["metrics"]["train_size"] == base.metrics["train_size"] - 7
     direct = base.retrain(remove, "last")
     assert cleaned["metrics"]["val_loss"] == pytest.approx(direct.metrics["val_loss"], rel=1e-6)

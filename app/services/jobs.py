@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from datasets import DataError
-from influence import cleaning, methods, runs
+from influence import cleaning, methods, probe, runs
 from influence.progress import Cancelled, Progress
 from influence.runs import RunConfig, RunError, TrainingLog
 from influence.sgd import Diverged
@@ -231,8 +231,10 @@ def tracked(store: Store, run_id: str):
 
 
 # --- the work the app starts -------------------------------------------------------------------
-def start_training(store: Store, session: str, dataset_id: str, config: RunConfig) -> Job:
-    """Train a new recorded run on a stored data set, in the background. Bad settings are refused
+def start_training(store: Store, session: str, dataset_id: str, config: RunConfig,
+                   probe_lr: bool = False) -> Job:
+    """Train a new recorded run on a stored data set, in the background; with `probe_lr`, a
+    short probe chooses the learning rate first (influence.probe). Bad settings are refused
     before the job starts (RunError / DataError with a clear message)."""
     if (job := active(session)) is not None:
         if job.kind == "train":
@@ -247,10 +249,19 @@ def start_training(store: Store, session: str, dataset_id: str, config: RunConfi
     def work(job: Job) -> dict:
         with tracked(store, row["id"]):
             curve = job.training_log("train", config.epochs)
+            rate = "chosen by a probe" if probe_lr else f"{config.lr:g}"
             job.say(f"training the {planned.preset.name} model on {len(planned.train_ids):,} "
                     f"images for {config.epochs} epochs (batch size {config.batch_size}, "
-                    f"learning rate {config.lr:g})")
-            run = runs.train_new(config, store.root / row["folder"], data, curve)
+                    f"learning rate {rate})")
+            if probe_lr:
+                job.say(f"trying {len(probe.FACTORS)} learning rates for a few steps, to choose "
+                        "one")
+                run = probe.train_with_probe(
+                    config, store.root / row["folder"], data,
+                    lambda p: job.report(p) if p.phase == "probe" else curve(p))
+                job.say(f"learning rate {run.config.lr:g}: {run.metrics['lr_probe']['reason']}")
+            else:
+                run = runs.train_new(config, store.root / row["folder"], data, curve)
             store.finish_run(row["id"], DONE, run.metrics, config=run.config)
         job.say(f"done in {run.metrics['seconds']:.1f} s: validation error "
                 f"{run.metrics['val_error']:.1%}, test error {run.metrics['test_error']:.1%}")

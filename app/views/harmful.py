@@ -31,6 +31,12 @@ if not session.usable(run):
     panels.run_status_note(run)
     panels.need("Train a model first (or open a finished one).", "views/train.py",
                 "Go to 2 · Train")
+if not (run["metrics"] or {}).get("learned", True):
+    st.warning("**This model did not learn**: its validation loss is not clearly below what "
+               "guessing from the class frequencies gives. Which training images it was "
+               "influenced by means nothing yet, so nothing is ranked. Page 2 offers to train "
+               "it longer.", icon=":material/warning:")
+    panels.need("Train a model that learned first.", "views/train.py", "Go to 2 · Train")
 data, position = session.data_of(row["id"])
 store = session.store()
 scored = store.score_info(run["id"])

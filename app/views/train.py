@@ -1,5 +1,5 @@
 """Page 2: train a model with recorded SGD, in the background, with live curves."""
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pandas as pd
 import streamlit as st
@@ -8,7 +8,7 @@ from app import charts, panels, session, words
 from datasets import DataError
 from app.services import jobs
 from app.services.store import FAILED
-from influence import models
+from influence import models, probe, runs
 from influence.runs import RunConfig, RunError
 
 st.title("2 · Train a model")
@@ -36,13 +36,22 @@ except ValueError as e:
 st.markdown(f"→ **{preset.title}** (`{preset.name}`): {reason}.")
 
 c1, c2, c3, c4 = st.columns(4)
-epochs = c1.number_input("Epochs", 1, 200, key=session.remember("epochs", 20),
-                         help="Passes over the training images.")
 batch = c2.number_input("Batch size", 1, 4096, key=session.remember("batch", 64),
                         help="Images per SGD step.")
+n_train = len(data.split(split["val"], split["test"], split["seed"]).train)
+auto_epochs = runs.default_epochs(n_train, int(batch))
+epochs = c1.number_input("Epochs", 1, 1000, value=None, key=session.remember("epochs", None),
+                         placeholder=f"auto: {auto_epochs}",
+                         help=f"Passes over the training images. Left empty, enough for at "
+                         f"least {runs.MIN_STEPS} SGD steps ({auto_epochs} epochs here): small "
+                         "data sets need many passes to learn anything.")
 lr_key = f"lr-{preset.name}"
+auto_lr = c3.toggle("Let a short probe choose the learning rate", key=session.remember(
+    "auto_lr", True), help=f"Before the recorded training, copies of the model try "
+    f"{len(probe.FACTORS)} learning rates for a few steps, all at once; the one steady rate is "
+    "kept, and the page says which and why. The probe is not part of the recorded run.")
 lr = c3.number_input("Learning rate", 0.0001, 10.0, format="%g", step=0.01,
-                     key=session.remember(lr_key, preset.lr),
+                     key=session.remember(lr_key, preset.lr), disabled=auto_lr,
                      help="Step size of SGD. If training diverges, the page suggests a smaller "
                      "one.")
 seed = int(split["seed"])  # one seed: the split, the initial model and the batch order
@@ -62,9 +71,10 @@ with st.expander("More settings"):
                          key=session.remember("dtype", "float32"),
                          help="float64 is slower but makes influence estimates more exact.")
 
-config = RunConfig(model=choice, epochs=int(epochs), batch_size=int(batch), lr=float(lr),
-                   l2=float(l2), seed=int(seed), lr_decay=decay, dtype=dtype,
-                   val_fraction=split["val"], test_fraction=split["test"])
+config = RunConfig(model=choice, epochs=int(epochs) if epochs else None, batch_size=int(batch),
+                   lr=None if auto_lr else float(lr), l2=float(l2), seed=int(seed),
+                   lr_decay=decay, dtype=dtype, val_fraction=split["val"],
+                   test_fraction=split["test"])
 
 
 try:
@@ -84,7 +94,8 @@ except (RunError, DataError) as e:
 if st.button("Start training", type="primary", disabled=running or not settings_ok,
              icon=":material/play_arrow:"):
     try:
-        job = jobs.start_training(session.store(), session.sid(), row["id"], config)
+        job = jobs.start_training(session.store(), session.sid(), row["id"], config,
+                                  probe_lr=auto_lr)
         session.state()["previous_run"] = session.state().get("run")
         session.set_run(job.result["run"])
         st.rerun()
@@ -101,6 +112,7 @@ if job_run is not None and job_run["dataset"] == row["id"]:
         if job.suggested_lr:
             def use_lr(value=job.suggested_lr, key=lr_key):
                 st.session_state[key] = value
+                st.session_state["auto_lr"] = False
             st.button(f"Use learning rate {job.suggested_lr:g}", on_click=use_lr,
                       icon=":material/healing:")
     else:
@@ -120,15 +132,32 @@ if session.usable(run) and run["dataset"] == row["id"]:
     cols[1].metric("Test error", f"{m['test_error']:.1%}")
     cols[2].metric("Training images", f"{m['train_size']:,}")
     cols[3].metric("Trained in", f"{m['seconds']:.1f} s")
-    chance = 1 / len(data.classes)
-    if 1 - m["val_error"] < 1.5 * chance:
-        used = run["config"]["lr"]
-        st.warning(f"This model barely learned: {1 - m['val_error']:.0%} of the validation images "
-                   f"are right, where guessing gives {chance:.0%}. The learning rate {used:g} "
-                   f"is probably too high — try {used / 10:g} — or train for more epochs.",
+    used = run["config"]["lr"]
+    if m.get("lr_probe"):
+        st.caption(f"Learning rate {used:g}, chosen by the probe: {m['lr_probe']['reason']}.")
+    if not m.get("learned", True):
+        longer = min(1000, 3 * run["config"]["epochs"])
+        st.warning(f"**This model did not learn.** Its validation loss {m['val_loss']:.3g} is "
+                   f"not clearly below {m['chance_loss']:.3g}, what guessing from the class "
+                   "frequencies gives. Ranking its training images would mean nothing, so page "
+                   f"3 will not do it. Train longer: {longer} epochs instead of "
+                   f"{run['config']['epochs']}, with the learning rate chosen by the probe.",
                    icon=":material/warning:")
-    st.page_link("views/harmful.py", label="Next: find the harmful training images",
-                 icon=":material/arrow_forward:")
+
+        if st.button(f"Train longer ({longer} epochs)", icon=":material/fitness_center:",
+                     disabled=running, type="primary"):
+            try:
+                job = jobs.start_training(session.store(), session.sid(), row["id"],
+                                          replace(config, epochs=longer, lr=None),
+                                          probe_lr=True)
+                session.state()["previous_run"] = run["id"]
+                session.set_run(job.result["run"])
+                st.rerun()
+            except (jobs.Busy, RunError, DataError) as e:
+                panels.busy_error(e)
+    else:
+        st.page_link("views/harmful.py", label="Next: find the harmful training images",
+                     icon=":material/arrow_forward:")
 
 # --- earlier runs -----------------------------------------------------------------------------
 earlier = [r for r in session.visible(session.store().runs(row["id"])) if r["kind"] == "train"]
