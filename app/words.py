@@ -11,7 +11,8 @@ from datasets import DataError
 from influence.runs import RunError
 from influence.sgd import Diverged
 
-PHASES = {"probe": "Choosing the learning rate", "train": "Training", "score": "Computing influence", "rank": "Ranking",
+PHASES = {"probe": "Choosing the learning rate", "train": "Training",
+          "score": "Computing influence", "rank": "Ranking",
           "check": "Checking against real retraining",
           "retrain": "Retraining without the ticked images",
           "control": "Control: retraining without as many random images"}

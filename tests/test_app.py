@@ -124,12 +124,12 @@ def test_retrain_and_compare_shows_both_error_rates_and_a_history():
     assert "Find the harmful training images" in text(at)
 
 
-def test_demo_switch_remembers_the_flipped_ids():
+def test_demo_switch_applies_at_once_and_remembers_the_flipped_ids():
     at = new_app()
-    next(t for t in at.toggle if t.label.startswith("Demo:")).set_value(True)
-    button(at, "Apply").click().run()
-    ok(at)
-    assert "Demo on:" in text(at)
+    next(t for t in at.toggle if t.label.startswith("Demo:")).set_value(True).run()
+    assert "Demo on:" in text(ok(at))
+    at.switch_page("views/train.py").run()  # "Next" right away: the demo is not lost
+    assert "training labels flipped" in text(ok(at))
     dataset = at.session_state["app"]["dataset"]
     row = Store().dataset(dataset)
     assert len(row["flipped"]) == round(0.1 * 1077)
@@ -138,8 +138,7 @@ def test_demo_switch_remembers_the_flipped_ids():
 def test_other_rankings_can_be_computed_next_to_sgd_influence_and_used_for_cleaning():
     """The baselines from influence.baselines, in the app: a label-noise ranking on the demo."""
     at = new_app()
-    next(t for t in at.toggle if t.label.startswith("Demo:")).set_value(True)
-    button(at, "Apply").click().run()
+    next(t for t in at.toggle if t.label.startswith("Demo:")).set_value(True).run()
     at, _ = train(at)
     run_id = at.session_state["app"]["run"]
     at.switch_page("views/harmful.py").run()

@@ -128,8 +128,7 @@ def open_app(page, url: str) -> None:
 
 def demo_on(page) -> None:
     """Page 1's demo switch: flip 10 % of the training labels."""
-    page.get_by_text("Demo: flip some training labels").click()
-    page.get_by_role("button", name="Apply").click()
+    page.get_by_text("Demo: flip some training labels").click()  # applied at once
     wait_for_text(page, "Demo on:")
     settle(page)
     no_errors(page)

@@ -126,47 +126,54 @@ st.subheader("Split and demo")
 flipped = row.get("flipped") or {}
 base_id = row.get("parent") or row["id"]
 split = session.split_settings()
-with st.form("split_form"):
-    c1, c2, c3 = st.columns(3)
-    val_pct = c1.slider("Validation share", 5, 40, int(round(split["val"] * 100)), step=5,
-                        format="%d%%", help="Images kept aside during training. Influence is "
-                        "measured on their loss: 'harmful' means it makes the model worse on "
-                        "these.")
-    test_pct = c2.slider("Test share", 5, 40, int(round(split["test"] * 100)), step=5,
-                         format="%d%%", help="Images used only to measure the model before and "
-                         "after cleaning; never used to compute influence.")
-    seed = c3.number_input("Seed", 0, 1_000_000, int(split["seed"]), help="The same seed gives "
-                           "the same split, the same initial model and the same batch order "
-                           "(and the same flipped labels in the demo).")
-    demo = st.toggle("Demo: flip some training labels to see the tool find them",
-                     value=bool(flipped), key=f"demo-{row['id']}")
-    flip_pct = st.slider("Share of training labels to flip", 1, 30,
-                         session.state().get("flip_pct", 10), format="%d%%",
-                         help="Each chosen training image gets a wrong label, drawn at random "
-                         "from the other classes. Validation and test images keep their true "
-                         "labels.")
-    applied = st.form_submit_button("Apply", type="primary")
+key = row["id"]  # the widgets start again from the stored settings when the data set changes
 
-if applied:
-    settings = {"val": val_pct / 100, "test": test_pct / 100, "seed": int(seed)}
+
+def apply() -> None:
+    """Apply the split and the demo as soon as one of them changes (never lost on leaving)."""
+    ss = st.session_state
+    settings = {"val": ss[f"val-{key}"] / 100, "test": ss[f"test-{key}"] / 100,
+                "seed": int(ss[f"seed-{key}"])}
     try:
         data.split(settings["val"], settings["test"], settings["seed"])  # refuses a bad split
         base = session.store().dataset(base_id)
-        if demo:
+        if ss[f"demo-{key}"]:
             clean, _ = session.data_of(base_id)
-            noisy, flips = datasets.flip_training_labels(clean, flip_pct / 100, settings["val"],
-                                                         settings["test"], settings["seed"])
+            noisy, flips = datasets.flip_training_labels(clean, ss[f"flip-{key}"] / 100,
+                                                         settings["val"], settings["test"],
+                                                         settings["seed"])
             new = session.store().add_dataset(noisy, base["name"], session.sid(),
                                               parent=base_id, flipped=flips, split=settings)
         else:
             new = base
-        session.state().update(split=settings, flip_pct=flip_pct)
+        session.state().update(split=settings, flip_pct=ss[f"flip-{key}"])
         if new["id"] != row["id"]:
             session.set_dataset(new)
         session.save()
-        st.rerun()
     except DataError as e:
-        st.error(str(e))
+        ss.split_error = str(e)
+
+
+c1, c2, c3 = st.columns(3)
+c1.slider("Validation share", 5, 40, int(round(split["val"] * 100)), step=5, format="%d%%",
+          key=f"val-{key}", on_change=apply, help="Images kept aside during training. Influence "
+          "is measured on their loss: 'harmful' means it makes the model worse on these.")
+c2.slider("Test share", 5, 40, int(round(split["test"] * 100)), step=5, format="%d%%",
+          key=f"test-{key}", on_change=apply, help="Images used only to measure the model "
+          "before and after cleaning; never used to compute influence.")
+c3.number_input("Seed", 0, 1_000_000, int(split["seed"]), key=f"seed-{key}", on_change=apply,
+                help="The same seed gives the same split, the same initial model and the same "
+                "batch order (and the same flipped labels in the demo).")
+c1, c2 = st.columns([2, 1])
+c1.toggle("Demo: flip some training labels to see the tool find them", value=bool(flipped),
+          key=f"demo-{key}", on_change=apply, help="Applied at once: the next pages use the "
+          "data set with the flipped labels.")
+c2.slider("Share of training labels to flip", 1, 30, session.state().get("flip_pct", 10),
+          format="%d%%", key=f"flip-{key}", on_change=apply,
+          help="Each chosen training image gets a wrong label, drawn at random from the other "
+          "classes. Validation and test images keep their true labels.")
+if problem := st.session_state.pop("split_error", None):
+    st.error(problem)
 
 parts = data.split(split["val"], split["test"], split["seed"])
 st.markdown(f"**{len(parts.train):,}** images for training, **{len(parts.val):,}** for "

@@ -119,6 +119,8 @@ if check_job is not None and check_job.result.get("run") == run["id"] and (
 preds = session.predictions(run["id"]).set_index("sample_id")
 table = frame.assign(rank=np.arange(1, len(frame) + 1))
 found = preds.reindex(table.sample_id)
+table["predicted_label"] = [data.classes[int(p)] for p in found.predicted]
+table["confidence"] = found.confidence.to_numpy()
 table["predicted"] = [f"{data.classes[int(p)]} ({c:.0%})" for p, c in
                       zip(found.predicted, found.confidence)]
 flipped = row.get("flipped") or {}
@@ -145,6 +147,10 @@ with right:
 st.subheader("Ranked training images")
 c1, c2, c3 = st.columns([2, 2, 1])
 helpful = c1.toggle("Show the most helpful instead", key=session.remember("helpful", False))
+disagree = c1.toggle("Only where the given label ≠ the predicted one",
+                     key=session.remember("disagree", False),
+                     help="Images the model itself labels differently: where a wrong label is "
+                     "likeliest. Where the two agree, the given label is usually right.")
 class_names = ["All classes"] + list(data.classes)
 if st.session_state.get("class_filter") not in class_names:  # another data set's class
     st.session_state.pop("class_filter", None)
@@ -155,6 +161,8 @@ per_page = c3.selectbox("Rows per page", [10, 20, 50], key=session.remember("per
 view = table.iloc[::-1] if helpful else table
 if chosen_class != "All classes":
     view = view[view.label.astype(str) == chosen_class]
+if disagree:
+    view = view[view.label.astype(str) != view.predicted_label]
 
 c1, c2, c3, _ = st.columns([1, 1, 1, 2], vertical_alignment="bottom")
 most = max(1, len(view))
@@ -163,7 +171,7 @@ top_k = c1.number_input("How many to tick (K)", 1, most, key=session.remember("t
 # Ticks live in the session state (session.ticks), keyed by sample id; the table below only
 # shows them. st.data_editor keeps its own record of the edits made in it under its widget key
 # and replays them on every rerun. So its key names everything that decides which rows are on
-# screen (run, ranking, helpful or harmful end, class filter, page size, page): another set of
+# screen (run, ranking, helpful or harmful end, the filters, page size, page): another set of
 # rows gets a fresh editor rather than the edits made on another page. `tick_version` counts the
 # changes made outside the editor ("Tick top K", "Untick all"); it is part of the key too, so
 # after one the editor is rebuilt from the stored ticks instead of replaying stale edits.
@@ -178,7 +186,8 @@ if c3.button("Untick all", icon=":material/check_box_outline_blank:", disabled=n
     st.rerun()
 
 pages = max(1, math.ceil(len(view) / per_page))
-page = st.pagination(pages, key=f"page-{run['id']}-{method}-{helpful}-{chosen_class}-{per_page}")
+filters = f"{method}-{helpful}-{disagree}-{chosen_class}-{per_page}"
+page = st.pagination(pages, key=f"page-{run['id']}-{filters}")
 shown = view.iloc[(page - 1) * per_page: page * per_page]
 rows = pd.DataFrame({
     "remove": [sid in ticked for sid in shown.sample_id],
@@ -211,12 +220,12 @@ columns = {
     "score": st.column_config.NumberColumn("Score", format="%.2e", help=(
         "Estimated change of validation loss if removed." if estimates else
         "The method's score: lower = more suspicious.")),
-    "sample id": st.column_config.TextColumn("Sample id", width=110),
+    "sample id": st.column_config.TextColumn("Sample id", width="large"),
 }
 edited = st.data_editor(
     rows, hide_index=True, disabled=[c for c in rows.columns if c != "remove"],
     row_height=ROW_HEIGHT, height=(len(rows) + 1) * ROW_HEIGHT + 3, column_config=columns,
-    key=f"editor-{run['id']}-{method}-{helpful}-{chosen_class}-{per_page}-{page}-{version}")
+    key=f"editor-{run['id']}-{filters}-{page}-{version}")
 now = (ticked - set(shown.sample_id)) | set(edited.loc[edited["remove"], "sample id"])
 if now != ticked:
     session.set_ticks(now)
@@ -234,6 +243,13 @@ if len(shown):
         if item.sample_id in flipped:
             right.caption(f"Demo: the true label is {flipped[item.sample_id]}.")
 
+export = table.drop(columns=["predicted"]).rename(columns={"influence": "score"})
+st.download_button("Whole ranking (CSV)", export.to_csv(index=False),
+                   file_name=f"{row['name']}-ranking-{method}.csv", mime="text/csv",
+                   icon=":material/download:",
+                   help="Every training image still in use, in this ranking's order: rank, "
+                   "sample id, given and predicted label, the model's confidence and the score. "
+                   "No image data.")
 st.markdown(f"**{len(ticked)}** image{'s' * (len(ticked) != 1)} ticked. Ticks are kept while "
             "you page, filter or switch pages.")
 st.page_link("views/retrain.py", label="Next: retrain without the ticked images and compare",
