@@ -105,7 +105,9 @@ def prepare_experiment(a, stem: str) -> tuple[datasets.ImageSet, Path]:
     data = image_data(a.quick, a.data_dir)
     probe = runs.Run(runs.RunConfig(dataset=a.name, model="auto"), data)
     a.lr, a.model_note = probe.config.lr, probe.preset.name
-    a.data_note = (f"{data.source}, {len(probe.split.train)}/{len(probe.split.val)}/"
+    folder = str(Path(a.data_dir) if a.data_dir else SHARED_DATA / "mnist")
+    source = data.source.replace(folder, f"`{Path(folder).name}`")  # no machine paths in reports
+    a.data_note = (f"{source}, {len(probe.split.train)}/{len(probe.split.val)}/"
                    f"{len(probe.split.test)} train/validation/test")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

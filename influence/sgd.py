@@ -193,18 +193,35 @@ def replay_epoch(obj: Objective, schedule: Schedule, theta_k: Params, k: int,
     return thetas
 
 
+def kept_mean_step(obj: Objective, theta: Params, idx: torch.Tensor, lr: float,
+                   keep: torch.Tensor) -> Params:
+    """θ[t+1] = θ[t] − η_t/|S_t ∩ kept| · Σ_{i∈S_t, kept} g(z_i; θ[t]): the mean over the kept
+    instances of the batch (no step where none is kept). Unlike Definition 2 (sgd_step), the
+    step keeps its size when many instances are removed: SGD on the kept instances alone, with
+    the same batches and η_t."""
+    kept = keep[idx].to(obj.x.dtype)
+    g = grad(obj.weighted, has_aux=True)(theta, kept / kept.sum().clamp(min=1), idx)[0]
+    return {k: p - lr * g[k] for k, p in theta.items()}
+
+
 def counterfactual_sgd(obj: Objective, schedule: Schedule, theta: Params, keeps: torch.Tensor,
-                       epochs: range | None = None) -> Params:
+                       epochs: range | None = None, on_step: Callable[[int], None] | None = None,
+                       step: Callable[..., Params] | None = None) -> Params:
     """Definition 2 for many removal sets at once: θ_{−S}[T] for every row of `keeps` (M × N
     boolean masks), by one SGD run vectorised over the masks with torch.func.vmap.
-    Returns parameters with a leading dimension M."""
+    Returns parameters with a leading dimension M. on_step(t) is called after each step t (a
+    progress report; raising from it stops the run). `step`: another update with sgd_step's
+    arguments (obj, θ, idx, η, keep) → θ, e.g. kept_mean_step."""
     epochs = epochs if epochs is not None else range(schedule.epochs)
+    update = step or (lambda o, th, idx, lr, keep: sgd_step(o, th, idx, lr, keep)[0])
     m = keeps.shape[0]
     thetas = {k: v.expand(m, *v.shape).clone() for k, v in theta.items()}
-    step = vmap(lambda th, keep, idx, lr: sgd_step(obj, th, idx, lr, keep)[0],
-                in_dims=(0, 0, None, None))
+    step_all = vmap(lambda th, keep, idx, lr: update(obj, th, idx, lr, keep),
+                    in_dims=(0, 0, None, None))
     for k in epochs:
         for t in schedule.epoch_steps(k):
             idx = torch.as_tensor(schedule.batch(t), device=obj.x.device)
-            thetas = step(thetas, keeps, idx, float(schedule.lr[t]))
+            thetas = step_all(thetas, keeps, idx, float(schedule.lr[t]))
+            if on_step:
+                on_step(t)
     return thetas
