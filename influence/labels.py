@@ -95,11 +95,13 @@ def check(labels: np.ndarray, probs: np.ndarray, classes: list[str],
     if len(labels) and probs.shape[1] < len(classes):  # binary models give 2 columns anyway
         raise RunError("the probabilities do not cover every class")
     quality = get_label_quality_scores(labels, probs) if len(labels) else np.zeros(0)
+    suggested = probs.argmax(1) if len(labels) else np.zeros(0, int)
     flagged = np.zeros(len(labels), bool)
-    if in_use.sum() > 1:
+    if len(np.unique(labels[in_use])) >= 2:
         # n_jobs=1: no worker processes (the app runs this in a thread of its own)
         flagged[in_use] = find_label_issues(labels[in_use], probs[in_use], n_jobs=1)
-    suggested = probs.argmax(1) if len(labels) else np.zeros(0, int)
+    else:  # cleanlab needs two classes: its rule "predicted ≠ given" (predicted_neq_given)
+        flagged[in_use] = suggested[in_use] != labels[in_use]
     return pd.DataFrame({"influence": quality - 1.0, "flagged": flagged,
                          "suggested_label": [classes[c] for c in suggested],
                          "suggested_p": probs.max(1) if len(labels) else np.zeros(0)})

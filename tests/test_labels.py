@@ -132,3 +132,14 @@ def test_kept_mean_step_is_sgd_on_the_kept_images_alone(noisy_digits):
     plain = counterfactual_sgd(obj, run.schedule, theta, everyone[None], range(1))
     for k in theta:
         torch.testing.assert_close(vmapped[k], plain[k])
+
+
+def test_a_part_with_one_class_or_none_is_checked_without_cleanlab_failing():
+    """cleanlab's find_label_issues needs two classes; a tiny part may hold one (then the
+    check flags where the predicted class differs from the given one) or none."""
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
+    frame = labels.check(np.zeros(3, int), probs, ["a", "b", "c"])
+    assert frame.flagged.tolist() == [False, True, False]
+    assert frame.suggested_label.tolist() == ["a", "b", "a"]
+    np.testing.assert_allclose(frame.influence, [-0.1, -0.8, -0.4])
+    assert labels.check(np.zeros(0, int), np.zeros((0, 3)), ["a", "b", "c"]).empty
