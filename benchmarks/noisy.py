@@ -463,6 +463,14 @@ def eval_tables(rows: pd.DataFrame, checks: pd.DataFrame):
               .agg(**{c: (c, common.mean_std) for c in ["recall@10%", "recall@20%", "auc",
                                                         "val_left_out", "score_seconds"]})
               .reset_index().rename(columns={"query_name": "query (mean loss over)"}))
+    measures = ["recall@10%", "recall@20%", "auc"]
+    without, checked = (found[found.query_name == q].set_index("split") for q in QUERIES)
+    p = [ttest_rel(checked[m], without.loc[checked.index, m]).pvalue for m in measures]
+    recall = pd.concat([recall, pd.DataFrame(
+        [{"query (mean loss over)": "difference (left out − all), paired t p (Holm over 3)",
+          **{m: f"{(checked[m] - without.loc[checked.index, m]).mean():+.3f}, p {h:.2g}"
+             for m, h in zip(measures, multipletests(p, method="holm")[1])}}])],
+        ignore_index=True).fillna("")
     base = rows[rows.query_name == "none"].set_index("split")
     removed = rows[rows.query_name != "none"]
     table, p_values = [], []  # p_values: (row, column, p)
@@ -484,9 +492,10 @@ def eval_tables(rows: pd.DataFrame, checks: pd.DataFrame):
     finite = [j for j, (_, _, p) in enumerate(p_values) if np.isfinite(p)]
     holm = multipletests([p_values[j][2] for j in finite], method="holm")[1] if finite else []
     for j, h in zip(finite, holm):
-        row, name, _ = p_values[j]
+        row, name, raw = p_values[j]
+        table[row][f"{name} (paired t)"] = float(raw)
         table[row][f"{name} (Holm)"] = float(h)
-    return check, recall, pd.DataFrame(table)
+    return check, recall, pd.DataFrame(table).astype(object).fillna("")  # "": no such test
 
 
 def eval_report(rows: pd.DataFrame, checks: pd.DataFrame, a, out: Path) -> dict:
