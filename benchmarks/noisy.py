@@ -10,7 +10,21 @@ clean test error after removing its top-k and retraining by counterfactual SGD. 
 flipped and N clean training instances per split: is removing a flipped label really what
 lowers the validation loss, and does each method's score follow that true effect?
 
+The label check (confident learning on k-fold probabilities of the run's own model,
+influence.labels) is also measured as a check: flagged count against the true number of flipped
+labels, precision and recall of the flags, accuracy of the suggested labels, and its cost next to
+SGD-influence's scoring (<name>-labels.csv).
+
+With `--noisy-eval`, the same fraction of labels is also flipped in validation and test: the
+label check of the validation images, and SGD-influence with the flagged validation images left
+out of the query or not, judged by test error on the noisy and on the true test labels
+(noisy-eval.md).
+
+With `--resume`, stored per-split results are kept and only the methods missing for a split are
+computed (the split's run is trained again, and must reproduce the stored test error).
+
     python benchmarks/noisy.py --splits 5 --epochs 6
+    python benchmarks/noisy.py --splits 5 --epochs 6 --noisy-eval
     python benchmarks/noisy.py --quick      # digits, 2 splits
 """
 from __future__ import annotations
@@ -26,6 +40,8 @@ from sklearn.metrics import roc_auc_score
 
 import common
 from common import LABELS
+from influence import labels as label_check
+from influence.sgd import predictions
 
 VAL_FRACTION = TEST_FRACTION = 0.2  # RunConfig's defaults, used by common.train_run
 
@@ -34,13 +50,24 @@ def with_flipped_training_labels(data, fraction: float, seed: int):
     """The data set with `fraction` of its training labels (the split Run makes for `seed`)
     changed to a different class, uniformly; validation and test keep their clean labels and
     the split stays the clean one (ImageSet.relabelled). Also: which positions were flipped."""
-    train = data.split(VAL_FRACTION, TEST_FRACTION, seed).train
+    return with_flipped_labels(data, fraction, seed, ("train",))
+
+
+def with_flipped_labels(data, fraction: float, seed: int, parts: tuple[str, ...]):
+    """`fraction` of the labels of each of `parts` (train/val/test of the split Run makes for
+    `seed`) changed to a different class, uniformly; the split stays the clean one. The
+    training flips are the same whatever the parts. Also: which positions were flipped."""
+    split = data.split(VAL_FRACTION, TEST_FRACTION, seed)
     rng = np.random.default_rng(seed)
-    flipped = rng.choice(train, int(round(fraction * len(train))), replace=False)
     labels, k = data.labels.copy(), len(data.classes)
-    labels[flipped] = (labels[flipped] + rng.integers(1, k, len(flipped))) % k
-    noisy = data.relabelled(labels, f"{fraction:.0%} of training labels flipped")
-    return noisy, np.isin(np.arange(len(labels)), flipped)
+    flipped = []
+    for part in parts:
+        positions = getattr(split, part)
+        chosen = rng.choice(positions, int(round(fraction * len(positions))), replace=False)
+        labels[chosen] = (labels[chosen] + rng.integers(1, k, len(chosen))) % k
+        flipped.append(chosen)
+    noisy = data.relabelled(labels, f"{fraction:.0%} of {'/'.join(parts)} labels flipped")
+    return noisy, np.isin(np.arange(len(labels)), np.concatenate(flipped))
 
 
 def recall_at(scores: np.ndarray, flipped: np.ndarray, fraction: float) -> float:
@@ -62,14 +89,28 @@ def leave_one_out(run, scores: dict[str, np.ndarray], flipped: np.ndarray, n: in
              **{m: float(s[j]) for m, s in scores.items()}} for j in picked]
 
 
-def one_split(data, split: int, a) -> tuple[list[dict], list[dict], list[dict]]:
+def one_split(data, split: int, a, have: frozenset = frozenset(),
+              base_error: float | None = None):
+    """The methods of a.methods not in `have` on one split: ranking rows, retraining errors,
+    leave-one-out truth (a new split only) and the label check's own rows. base_error: the
+    stored test error of this split's run, which the run trained again must reproduce."""
     began = time.perf_counter()
     noisy, flipped_all = with_flipped_training_labels(data, a.noise, split)
     run = common.train_run(noisy, split, a.epochs, a.name)
     flipped = flipped_all[run.split.train]
     assert flipped.sum() == flipped_all.sum(), "the run's split differs from the flipped one"
     base = common.test_error(run)
-    scores, seconds = common.method_scores(run, a.methods, split)
+    if base_error is not None and not np.isclose(base, base_error, rtol=0, atol=1e-12):
+        raise SystemExit(f"split {split}: the run trains to test error {base} now, but "
+                         f"{base_error} in the stored results; run without --resume")
+    todo = [m for m in a.methods if m not in have]
+    scores, seconds = common.method_scores(run, [m for m in todo if m != "confident-learning"],
+                                           split)
+    labels_rows = []
+    if "confident-learning" in todo:
+        labels_rows, scores["confident-learning"], seconds["confident-learning"] = \
+            check_labels(run, flipped, data.labels[run.split.train], split, seconds.get("sgd"))
+    scores = {m: scores[m] for m in todo}
     n = len(flipped)
     ranking = [{"split": split, "method": m, "flipped": int(flipped.sum()), "n_train": n,
                 "recall@10%": recall_at(s, flipped, 0.1), "recall@20%": recall_at(s, flipped, 0.2),
@@ -80,11 +121,109 @@ def one_split(data, split: int, a) -> tuple[list[dict], list[dict], list[dict]]:
     for r in errors:
         r.update(split=split, base_error=base)
     truth = [dict(r, split=split) for r in leave_one_out(run, scores, flipped, a.truth, split)
-             ] if a.truth else []
+             ] if a.truth and not have else []
     print(f"split {split}: test error {100 * base:.2f}% · recall@10%: "
           + " · ".join(f"{r['method']} {r['recall@10%']:.2f}" for r in ranking)
           + f" ({time.perf_counter() - began:.0f} s)", flush=True)
-    return ranking, errors, truth
+    return ranking, errors, truth, labels_rows
+
+
+# --- the label check on the run's own model (influence.labels) --------------------------------
+FOLD_TRAINING = {True: "mean over kept images", False: "Definition 2 (full-batch divisor)"}
+
+
+def check_labels(run, flipped: np.ndarray, true_labels: np.ndarray, split: int,
+                 sgd_seconds: float | None = None):
+    """The label check of one split's training images, its fold models trained both ways
+    (labels.fold_probabilities: rescale True, the default, and False): flagged count against
+    the true number of flipped labels, precision and recall of the flags, accuracy of the
+    suggested labels on the flipped images, recall@10%/20%, AUC and seconds, next to the
+    seconds of SGD-influence's scoring of the same run (timed here unless given). Returns the
+    rows, and the default check's scores and seconds (the ranking "confident-learning")."""
+    if sgd_seconds is None:
+        began = time.perf_counter()
+        common.methods.scores(run, "sgd")
+        sgd_seconds = time.perf_counter() - began
+    rows, default = [], None
+    for rescale in (True, False):
+        began = time.perf_counter()
+        frame = label_check.confident_learning(run, rescale=rescale)
+        seconds = time.perf_counter() - began
+        s, flagged = frame.influence.to_numpy(), frame.flagged.to_numpy()
+        suggested = np.array([run.data.classes.index(c) for c in frame.suggested_label])
+        default = default or (s, seconds)
+        rows.append({"split": split, "fold training": FOLD_TRAINING[rescale],
+                     "flipped": int(flipped.sum()), "flagged": int(flagged.sum()),
+                     "flagged / flipped": flagged.sum() / flipped.sum(),
+                     "precision": float(flipped[flagged].mean()) if flagged.any() else np.nan,
+                     "recall": float(flagged[flipped].mean()),
+                     "suggested label right": float((suggested == true_labels)[flipped].mean()),
+                     "recall@10%": recall_at(s, flipped, 0.1),
+                     "recall@20%": recall_at(s, flipped, 0.2),
+                     "auc": roc_auc_score(flipped, -s), "seconds": seconds,
+                     "sgd_seconds": sgd_seconds, "train_seconds": run.metrics["seconds"]})
+    return rows, *default
+
+
+def label_sections(rows: pd.DataFrame) -> list[str]:
+    """The label check's own table (mean ± std over splits) and its targets."""
+    if rows.empty:
+        return []
+    columns = ["flagged", "flipped", "flagged / flipped", "precision", "recall",
+               "suggested label right", "recall@10%", "recall@20%", "auc", "seconds",
+               "sgd_seconds", "train_seconds"]
+    table = (rows.groupby("fold training", sort=False)
+             .agg(**{c: (c, common.mean_std) for c in columns}).reset_index()
+             .rename(columns={"seconds": "seconds (label check)",
+                              "sgd_seconds": "seconds (SGD-influence scoring)",
+                              "train_seconds": "seconds (training)"}))
+    main = rows[rows["fold training"] == FOLD_TRAINING[True]]
+    ratio = main["flagged / flipped"]
+    return [
+        "The label check (`confident-learning`): cleanlab's `find_label_issues` (its default, "
+        "prune by noise rate) and label quality (self-confidence) on 5-fold out-of-sample "
+        "probabilities of the same CNN with the same SGD (initialisation, batch order, η, "
+        "epochs), the 5 fold models trained at once by counterfactual SGD vectorised over the "
+        "fold masks. Each fold model either takes the mean gradient over the kept images of "
+        "each batch (the default), or keeps Definition 2's divisor |S_t|, which shrinks its "
+        "steps to 0.8·η. Flagged count against the true number of flipped labels, precision "
+        "and recall of the flags, share of flipped images whose suggested label (the most "
+        "probable class) is the true one, and the cost next to SGD-influence's scoring and "
+        "one training of the same run, same process (mean ± std over splits):\n\n"
+        + common.markdown(table),
+        f"Targets (default fold training): recall@10% ≥ 0.95: "
+        f"{main['recall@10%'].mean():.4f}, {met(main['recall@10%'].mean() >= 0.95)} (per "
+        f"split {main['recall@10%'].min():.3f}–{main['recall@10%'].max():.3f}); flagged "
+        f"within 1.5× of the true number: {ratio.min():.2f}–{ratio.max():.2f}×, "
+        f"{met(ratio.between(1 / 1.5, 1.5).all())}; AUC ≥ 0.98: {main['auc'].mean():.4f}, "
+        f"{met(main['auc'].mean() >= 0.98)}.",
+        *fold_training_comparison(rows)]
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def fold_training_comparison(rows: pd.DataFrame) -> list[str]:
+    """The two ways of training the fold models, compared split by split: mean difference
+    and paired t-test p, Holm-corrected over the measures."""
+    from scipy.stats import ttest_rel
+    from statsmodels.stats.multitest import multipletests
+
+    measures = ["recall@10%", "auc", "precision", "recall", "suggested label right",
+                "flagged / flipped"]
+    kept, full = (rows[rows["fold training"] == FOLD_TRAINING[r]].set_index("split")
+                  for r in (True, False))
+    if len(kept) < 2:
+        return []
+    p = [ttest_rel(kept[m], full.loc[kept.index, m]).pvalue for m in measures]
+    table = pd.DataFrame({"measure": measures,
+                          "mean over kept − Definition 2": [(kept[m] - full.loc[kept.index, m])
+                                                            .mean() for m in measures],
+                          "p (paired t)": p,
+                          "p (Holm)": multipletests(p, method="holm")[1]})
+    return ["The two fold trainings, split by split (paired t-test over splits, Holm-corrected "
+            "over the measures):\n\n" + common.markdown(table)]
 
 
 def truth_table(truth: pd.DataFrame, methods: list[str]):
@@ -118,7 +257,7 @@ def truth_table(truth: pd.DataFrame, methods: list[str]):
 
 
 def report(ranking: pd.DataFrame, errors: pd.DataFrame, truth: pd.DataFrame, a,
-           out: Path) -> dict:
+           out: Path, label_rows: pd.DataFrame | None = None) -> dict:
     label = lambda f: f.assign(method=f["method"].map(LABELS))  # noqa: E731
     ranking, errors = label(ranking), label(errors)
     recall = (ranking.groupby("method", sort=False)
@@ -136,25 +275,34 @@ def report(ranking: pd.DataFrame, errors: pd.DataFrame, truth: pd.DataFrame, a,
         f"plain SGD, batch 64, η = {a.lr}, {a.epochs} epochs (the paper: 20). "
         f"{ranking['split'].nunique()} splits. "
         "SGD-influence, K&L and TracIn rank by influence on the mean validation loss; "
-        "confident learning (cleanlab's label-quality score) uses 5-fold out-of-fold "
-        "probabilities of a logistic regression on the first 50 principal components of the "
-        "standardised pixels.",
+        "confident learning is cleanlab's label quality on 5-fold out-of-sample probabilities "
+        "of the same CNN and SGD (the label check, below); its raw-pixel variant uses a "
+        "logistic regression on the first 50 principal components of the standardised pixels "
+        "instead.",
         "Recall of the flipped instances within each method's top 10% / 20%, and ROC AUC "
         "(mean ± std over splits):\n\n" + common.markdown(recall),
         f"Clean test error after removing the top-k and retraining (mode {a.mode}); no "
         f"removal: {common.mean_std(100 * base)} %:\n\n"
         + common.markdown(table.filter(regex="^[^_]")) + "\n\n" + common.holm_note(table),
         *truth_sections(truth, a),
+        *label_sections(pd.DataFrame() if label_rows is None else label_rows),
         f"![recall chart]({png.name})\n\nPer-split values: `{a.name_out}-ranking.csv`, "
         f"`{a.name_out}-errors.csv`" + (f", `{a.name_out}-truth.csv`" if len(truth) else "")
-        + "."])
+        + (f", `{a.name_out}-labels.csv`" if label_rows is not None and len(label_rows)
+           else "") + "."])
     mean = ranking.groupby("method")[["recall@10%", "recall@20%", "auc"]].mean()
     result = {}
-    for key, method in [("sgd", "sgd"), ("cl", "confident-learning"), ("random", "random")]:
+    for key, method in [("sgd", "sgd"), ("cl", "confident-learning"),
+                        ("cl_pixels", "confident-learning-pixels"), ("random", "random")]:
         if LABELS[method] in mean.index:
             m = mean.loc[LABELS[method]]
             result |= {f"recall10_{key}": m["recall@10%"], f"recall20_{key}": m["recall@20%"],
                        f"auc_{key}": m["auc"]}
+    if label_rows is not None and len(label_rows):
+        main = label_rows[label_rows["fold training"] == FOLD_TRAINING[True]]
+        result |= {"cl_flagged_ratio": main["flagged / flipped"].mean(),
+                   "cl_suggested_right": main["suggested label right"].mean(),
+                   "cl_seconds": main["seconds"].mean(), "sgd_seconds": main["sgd_seconds"].mean()}
     if len(truth):
         means = truth_table(truth, [m for m in a.methods if m in truth.columns])[2]
         result["auc_truth"] = means.loc["true", "auc for flipped"]
@@ -212,7 +360,11 @@ def main(argv=None) -> dict:
                              "repository (common.SHARED_DATA)")
     parser.add_argument("--truth", type=int, default=0, metavar="N",
                         help="also retrain without each of N flipped and N clean instances")
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep stored per-split results; compute only what is missing")
+    parser.add_argument("--noisy-eval", action="store_true",
+                        help="flip labels in validation and test too; measure the validation "
+                             "label check and SGD-influence with and without it")
     common.add_common_options(parser)
     a = parser.parse_args(argv)
     if a.quick:
@@ -221,26 +373,193 @@ def main(argv=None) -> dict:
     common.setup(a.threads)
     a.methods, a.fractions = a.methods.split(","), [float(f) for f in a.fractions.split(",")]
     data, out = common.prepare_experiment(a, "noisy")
+    if a.noisy_eval:
+        return noisy_eval(data, out, a)
     if not a.quick and a.epochs != 6:  # e.g. noisy-20epochs: kept apart from the default table
         a.name_out += f"-{a.epochs}epochs"
     if a.truth and not a.quick:
         a.name_out += "-truth"
-    files = [out / f"{a.name_out}-{part}.csv" for part in ("ranking", "errors", "truth")]
-    ranking, errors, truth = ([pd.read_csv(f).to_dict("records") if f.exists() else []
-                               for f in files] if a.resume and files[0].exists() else
-                              ([], [], []))
-    done = {r["split"] for r in ranking}
+    files = [out / f"{a.name_out}-{part}.csv"
+             for part in ("ranking", "errors", "truth", "labels")]
+    ranking, errors, truth, checks = [stored(f) if a.resume else [] for f in files]
     for split in range(a.splits):
-        if split in done:
+        have = frozenset(r["method"] for r in ranking if r["split"] == split)
+        if set(a.methods) <= have:
             continue
-        r, e, t = one_split(data, split, a)
-        ranking, errors, truth = ranking + r, errors + e, truth + t
-        for f, rows in zip(files, (ranking, errors, truth)):
+        base = next((r["base_error"] for r in errors if r["split"] == split), None)
+        r, e, t, c = one_split(data, split, a, have, base)
+        ranking, errors, truth, checks = ranking + r, errors + e, truth + t, checks + c
+        ranking, errors = in_registry_order(ranking), in_registry_order(errors)
+        for f, rows in zip(files, (ranking, errors, truth, checks)):
             if rows:
                 pd.DataFrame(rows).to_csv(f, index=False)
-    result = report(pd.DataFrame(ranking), pd.DataFrame(errors), pd.DataFrame(truth), a, out)
+    result = report(pd.DataFrame(ranking), pd.DataFrame(errors), pd.DataFrame(truth), a, out,
+                    pd.DataFrame(checks))
     common.summary(**result)
     return result
+
+
+# --- --noisy-eval: noise in validation and test too; the yardstick's own label check ------------
+QUERIES = ("all validation images", "flagged validation images left out")
+
+
+def test_errors(run, clean: np.ndarray) -> dict:
+    """Test misclassification on the (noisy) test labels the run holds, and on the true ones."""
+    predicted = predictions(run.outputs("test")).cpu().numpy()
+    return {"error (noisy labels)": float((predicted != run.part("test").y.cpu().numpy()).mean()),
+            "error (true labels)": float((predicted != clean[run.split.test]).mean())}
+
+
+def eval_split(data, split: int, a) -> tuple[list[dict], list[dict]]:
+    """One split with `a.noise` of the training, validation and test labels flipped: the label
+    check of the validation and test images (labels.check_part), then SGD-influence on the mean
+    loss over all validation images and over those the check does not flag: recall of the
+    flipped training labels, and test error after removing its top-k and retraining."""
+    began = time.perf_counter()
+    noisy, flipped_all = with_flipped_labels(data, a.noise, split, ("train", "val", "test"))
+    run = common.train_run(noisy, split, a.epochs, a.name)
+    checks, flagged_val = [], []
+    for part in ("val", "test"):
+        frame = label_check.check_part(run, part)
+        positions = getattr(run.split, part)
+        wrong = {run.data.ids[i] for i in positions[flipped_all[positions]]}
+        flagged = set(frame.sample_id[frame.flagged])
+        flagged_val = sorted(flagged) if part == "val" else flagged_val
+        checks.append({"split": split, "part": part, "images": len(frame),
+                       "flipped": len(wrong), "flagged": len(flagged),
+                       "precision": len(flagged & wrong) / max(len(flagged), 1),
+                       "recall": len(flagged & wrong) / max(len(wrong), 1)})
+    flipped = flipped_all[run.split.train]
+    rows = [{"split": split, "query": "none", "k": 0, **test_errors(run, data.labels)}]
+    ks = [int(round(f * len(flipped))) for f in a.fractions]
+    for query in QUERIES:
+        t = time.perf_counter()
+        s = run.influence(run.query_loss(exclude=flagged_val if query != QUERIES[0] else ()))
+        seconds = time.perf_counter() - t
+        found = {"recall@10%": recall_at(s, flipped, 0.1), "recall@20%": recall_at(s, flipped, 0.2),
+                 "auc": roc_auc_score(flipped, -s), "score_seconds": seconds,
+                 "val_left_out": len(flagged_val) if query != QUERIES[0] else 0}
+        for k in ks:
+            child = run.retrain(common.most_suspicious(run, s, k), a.mode)
+            rows.append({"split": split, "query": query, "k": k, **found,
+                         **test_errors(child, data.labels)})
+    print(f"split {split}: validation flagged {checks[0]['flagged']} (flipped "
+          f"{checks[0]['flipped']}, precision {checks[0]['precision']:.2f}) · SGD-influence "
+          "recall@10% " + " / ".join(f"{r['recall@10%']:.3f}" for r in rows[1::len(ks)])
+          + f" ({time.perf_counter() - began:.0f} s)", flush=True)
+    return rows, checks
+
+
+def eval_tables(rows: pd.DataFrame, checks: pd.DataFrame):
+    """(label check of validation/test, SGD-influence's recall per query, test errors after
+    removal: mean ± std, change against no removal and the paired t-test p of every
+    comparison, Holm-corrected over all of them)."""
+    from scipy.stats import ttest_rel
+    from statsmodels.stats.multitest import multipletests
+
+    check = (checks.groupby("part", sort=False)
+             .agg(**{c: (c, common.mean_std) for c in ["images", "flipped", "flagged",
+                                                        "precision", "recall"]}).reset_index())
+    found = rows[rows.query_name != "none"].drop_duplicates(["split", "query_name"])
+    recall = (found.groupby("query_name", sort=False)
+              .agg(**{c: (c, common.mean_std) for c in ["recall@10%", "recall@20%", "auc",
+                                                        "val_left_out", "score_seconds"]})
+              .reset_index().rename(columns={"query_name": "query (mean loss over)"}))
+    measures = ["recall@10%", "recall@20%", "auc"]
+    without, checked = (found[found.query_name == q].set_index("split") for q in QUERIES)
+    p = [ttest_rel(checked[m], without.loc[checked.index, m]).pvalue for m in measures]
+    recall = pd.concat([recall, pd.DataFrame(
+        [{"query (mean loss over)": "difference (left out − all), paired t p (Holm over 3)",
+          **{m: f"{(checked[m] - without.loc[checked.index, m]).mean():+.3f}, p {h:.2g}"
+             for m, h in zip(measures, multipletests(p, method="holm")[1])}}])],
+        ignore_index=True).fillna("")
+    base = rows[rows.query_name == "none"].set_index("split")
+    removed = rows[rows.query_name != "none"]
+    table, p_values = [], []  # p_values: (row, column, p)
+    for kind in ("noisy", "true"):
+        column = f"error ({kind} labels)"
+        for (query, k), part in removed.groupby(["query_name", "k"], sort=False):
+            part = part.set_index("split")
+            change = part[column] - base.loc[part.index, column]
+            table.append({"test labels": kind, "query (mean loss over)": query, "k": k,
+                          "test error %": common.mean_std(100 * part[column]),
+                          "change vs none (pp)": f"{100 * change.mean():+.2f}"})
+            p_values.append((len(table) - 1, "p vs none",
+                             ttest_rel(part[column], base.loc[part.index, column]).pvalue))
+            if query == QUERIES[1]:
+                other = removed[(removed.query_name == QUERIES[0]) & (removed.k == k)
+                                ].set_index("split").loc[part.index, column]
+                p_values.append((len(table) - 1, "p vs all validation images",
+                                 ttest_rel(part[column], other).pvalue))
+    finite = [j for j, (_, _, p) in enumerate(p_values) if np.isfinite(p)]
+    holm = multipletests([p_values[j][2] for j in finite], method="holm")[1] if finite else []
+    for j, h in zip(finite, holm):
+        row, name, raw = p_values[j]
+        table[row][f"{name} (paired t)"] = float(raw)
+        table[row][f"{name} (Holm)"] = float(h)
+    return check, recall, pd.DataFrame(table).astype(object).fillna("")  # "": no such test
+
+
+def eval_report(rows: pd.DataFrame, checks: pd.DataFrame, a, out: Path) -> dict:
+    rows = rows.rename(columns={"query": "query_name"})
+    check, recall, table = eval_tables(rows, checks)
+    base = rows[rows.query_name == "none"]
+    common.write_report(out, a.name_out, "Label noise in the yardstick: checking the validation "
+                        "labels first", common.command(), [
+        f"Data: {a.data_note}; {a.noise:.0%} of the training, validation and test labels "
+        "flipped to a random other class (the same training flips as without `--noisy-eval`). "
+        f"CNN `{a.model_note}`, plain SGD, batch 64, η = {a.lr}, {a.epochs} epochs; "
+        f"{checks['split'].nunique()} splits. The label check of the validation and test images "
+        "uses the trained model's own probabilities (it never trained on them) and cleanlab's "
+        "`find_label_issues`. SGD-influence's query is the mean loss over all validation images, "
+        "or over those the check does not flag. Removal retrains by counterfactual SGD (mode "
+        f"{a.mode}). Test error is counted on the noisy test labels (what a user sees) and on "
+        "the true ones.",
+        "Label check of the validation and test images (mean ± std over splits):\n\n"
+        + common.markdown(check),
+        "SGD-influence with either query: recall of the flipped training labels within its "
+        "top 10% / 20%, ROC AUC, validation images left out, seconds:\n\n"
+        + common.markdown(recall),
+        f"Test error after removing SGD-influence's top-k and retraining; no removal: "
+        f"{common.mean_std(100 * base['error (noisy labels)'])} % on the noisy test labels, "
+        f"{common.mean_std(100 * base['error (true labels)'])} % on the true ones. p: paired "
+        "t-test over splits, Holm-corrected over every p in this table:\n\n"
+        + common.markdown(table),
+        f"Per-split values: `{a.name_out}.csv`, `{a.name_out}-checks.csv`."])
+    found = rows[rows.query_name != "none"].groupby("query_name")["recall@10%"].mean()
+    val = checks[checks.part == "val"]
+    return {"recall10_sgd": float(found[QUERIES[0]]),
+            "recall10_sgd_checked": float(found[QUERIES[1]]),
+            "val_flagged": float(val.flagged.mean()), "val_precision": float(val.precision.mean()),
+            "val_recall": float(val.recall.mean())}
+
+
+def noisy_eval(data, out: Path, a) -> dict:
+    a.name_out = a.name_out.replace("noisy", "noisy-eval", 1)
+    if not a.quick and a.epochs != 6:
+        a.name_out += f"-{a.epochs}epochs"
+    files = [out / f"{a.name_out}.csv", out / f"{a.name_out}-checks.csv"]
+    rows, checks = [stored(f) if a.resume else [] for f in files]
+    for split in range(a.splits):
+        if any(r["split"] == split for r in checks):
+            continue
+        r, c = eval_split(data, split, a)
+        rows, checks = rows + r, checks + c
+        for f, part in zip(files, (rows, checks)):
+            pd.DataFrame(part).to_csv(f, index=False)
+    result = eval_report(pd.DataFrame(rows), pd.DataFrame(checks), a, out)
+    common.summary(**result)
+    return result
+
+
+def in_registry_order(rows: list[dict]) -> list[dict]:
+    """Rows by split, then method in the registry's order (as if computed at once)."""
+    return sorted(rows, key=lambda r: (r["split"], common.METHODS.index(r["method"])))
+
+
+def stored(path: Path) -> list[dict]:
+    """Per-split rows kept in a CSV (none if it does not exist yet)."""
+    return pd.read_csv(path).to_dict("records") if path.exists() else []
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ when sorted ascending.
     tracin             TracIn-CP (Pruthi et al. 2020) over the stored epoch checkpoints
     isolation_forest   scikit-learn's Isolation Forest on the network's penultimate features
     autoencoder        reconstruction error of a small autoencoder on the training images
-    confident_learning cleanlab's label-quality score from out-of-fold predicted probabilities
+    confident_learning_pixels  cleanlab's label-quality score from out-of-fold probabilities of
+                       a raw-pixel logistic regression (the label check itself, on the user's
+                       own model, is influence.labels)
     random             seeded random scores
 
 Each `name(run, …)` takes a trained `runs.Run` and returns one score per training position;
@@ -224,12 +226,12 @@ def autoencoder(run, epochs: int = 20, hidden: int = 64, code: int = 16, seed: i
 
 
 # --- confident learning -------------------------------------------------------------------
-def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, folds: int = 5,
-                              seed: int = 0) -> np.ndarray:
+def pixel_probabilities(x: np.ndarray, y: np.ndarray, folds: int = 5,
+                        seed: int = 0) -> np.ndarray:
     """Class probabilities for every instance from a model that never saw it: k-fold
     cross-validated logistic regression on the standardised pixels' first 50 principal
-    components (cleanlab's quick-start recipe with a cheap, well-kept classifier that is
-    independent of the network being cleaned)."""
+    components (cleanlab's quick-start recipe with a cheap classifier that is independent of
+    the network being cleaned)."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -243,15 +245,17 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, folds: int = 5,
     return cross_val_predict(model, x, y, cv=cv, method="predict_proba")
 
 
-def confident_learning(run, folds: int = 5, seed: int = 0,
-                       on_progress: ProgressFn | None = None) -> np.ndarray:
-    """cleanlab's label-quality score (self-confidence of the given label under out-of-fold
-    probabilities), minus 1: in [−1, 0], the likeliest label errors rank first."""
+def confident_learning_pixels(run, folds: int = 5, seed: int = 0,
+                              on_progress: ProgressFn | None = None) -> np.ndarray:
+    """The raw-pixel variant of the label check, kept as a benchmark baseline: cleanlab's
+    label-quality score (self-confidence of the given label under out-of-fold probabilities of
+    pixel_probabilities), minus 1: in [−1, 0], the likeliest label errors rank first. Measured
+    in benchmarks/results/noisy.md against the check on the run's own model (labels.py)."""
     from cleanlab.rank import get_label_quality_scores
 
     x = run.objective.x.reshape(len(run.objective.x), -1).cpu().double().numpy()
     y = run.objective.y.cpu().numpy()
-    probs = out_of_fold_probabilities(x, y, folds, seed)
+    probs = pixel_probabilities(x, y, folds, seed)
     if probs.shape[1] < len(run.data.classes):  # a class missing from training: pad columns
         probs = np.pad(probs, ((0, 0), (0, len(run.data.classes) - probs.shape[1])))
     return _finished(get_label_quality_scores(y, probs) - 1.0, on_progress)

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import baselines
+from . import baselines, labels
 from .progress import ProgressFn
 from .runs import Run, RunError
 
@@ -26,7 +26,7 @@ def _amount(score: float) -> str:
     return f"{abs(score):.2g}" if abs(score) >= 1e-4 else f"{abs(score):.1e}"
 
 
-def removal_in_words(score: float) -> str:
+def removal_in_words(score: float, **_) -> str:
     """An estimated change of validation loss, in words."""
     return (f"removing this is estimated to {'lower' if score < 0 else 'raise'} validation loss "
             f"by {_amount(score)}")
@@ -41,16 +41,45 @@ class Ranking:
     score: Callable[..., np.ndarray | pd.DataFrame]  # (run, on_progress=None, **options) → one
     # score per training position; or a frame with one row per position: column "influence" and
     # extra columns that are shown and kept with the ranking (e.g. a suggested label)
-    in_words: Callable[[float], str] = removal_in_words  # one score, in plain words
+    in_words: Callable[..., str] = removal_in_words  # one score, in plain words: called as
+    # in_words(score, **row) with the other columns of its row (e.g. suggested_label), which
+    # it may use or ignore
     estimates: str | None = "all"  # the retraining ("all"/"last" epochs) whose effect it
     # estimates, or None: a ranking by suspicion only
-    flag: tuple[str, float] | None = ("Harmful images (score below 0)", 0.0)  # what a count of
-    # scores below the threshold means, or None
+    flag: tuple[str, float | str] | None = ("Harmful images (score below 0)", 0.0)  # what a
+    # count means: (what, threshold) counts scores below it; (what, column) counts the rows
+    # where that boolean column is true; None: no count
     in_app: bool = True
 
     @property
     def estimates_removal(self) -> bool:
         return self.estimates is not None
+
+    def count_flagged(self, frame: pd.DataFrame) -> int:
+        """The count `flag` names, over a ranked table (methods.score)."""
+        if self.flag is None:
+            raise RunError(f"{self.name} flags no images")
+        what = self.flag[1]
+        return int(frame[what].sum() if isinstance(what, str) else (frame.influence < what).sum())
+
+    def row_in_words(self, row) -> str:
+        """One row of a ranked table (a mapping with "influence" and the extra columns), in
+        words."""
+        row = dict(row)
+        return self.in_words(row.pop("influence"), **row)
+
+
+def label_check_in_words(score: float, suggested_label: str | None = None,
+                         suggested_p: float | None = None, label: str | None = None, **_) -> str:
+    """A label check row: quality = the out-of-sample probability of the given label."""
+    quality = score + 1
+    text = f"label quality {quality:.2g}: a model trained without this image gives its label " \
+           f"{quality:.0%}"
+    if suggested_label is None or suggested_p is None:
+        return text
+    if label is not None and str(suggested_label) == str(label):
+        return text + "; it agrees with the label"
+    return text + f"; it suggests {suggested_label} ({suggested_p:.0%})"
 
 
 REGISTRY: dict[str, Ranking] = {r.key: r for r in (
@@ -62,11 +91,13 @@ REGISTRY: dict[str, Ranking] = {r.key: r for r in (
             "Section 7.2).",
             lambda run, **kw: run.influence(last_epoch_only=True, **kw), estimates="last"),
     Ranking("confident-learning", "Confident learning", "likely wrong label (confident learning)",
-            "A separate simple model that never saw the image judges how plausible its given "
-            "label is (cleanlab). It says nothing about the effect on your model.",
-            baselines.confident_learning,
-            in_words=lambda s: f"label quality {s + 1:.2g} (near 0: the given label looks wrong)",
-            estimates=None, flag=("Labels that look wrong (quality below 0.5)", -0.5)),
+            f"Your model is trained {labels.FOLDS} more times, each time without a different "
+            f"1/{labels.FOLDS} of the images; each image is judged by the model that never saw "
+            "it. Labels it finds implausible are flagged (cleanlab), with the label it "
+            "suggests. For finding labels to look at and fix; it says nothing about the effect "
+            "of removal on your model.",
+            labels.confident_learning, in_words=label_check_in_words, estimates=None,
+            flag=("Labels that look wrong (flagged by cleanlab)", "flagged")),
     Ranking("kl", "Koh & Liang", "influence function (Koh & Liang)",
             "Koh & Liang's influence function at the final model. It assumes training reached a "
             "minimum, which a few epochs of SGD rarely do.", baselines.koh_liang),
@@ -77,18 +108,26 @@ REGISTRY: dict[str, Ranking] = {r.key: r for r in (
     Ranking("isolation-forest", "Isolation Forest", "unusual image (Isolation Forest)",
             "Images the trained network sees as unlike the others (Isolation Forest on its "
             "features). Ignores the labels.", baselines.isolation_forest,
-            in_words=lambda s: f"outlier score {s:+.3f} ({'unusual' if s < 0 else 'typical'} "
-                               "image)",
+            in_words=lambda s, **_: f"outlier score {s:+.3f} "
+                                    f"({'unusual' if s < 0 else 'typical'} image)",
             estimates=None, flag=("Unusual images (outlier score below 0)", 0.0)),
     Ranking("autoencoder", "Autoencoder", "unusual image (autoencoder)",
             "Images a small autoencoder reconstructs worst: odd-looking images. Ignores the "
             "labels and the model.", baselines.autoencoder,
-            in_words=lambda s: f"reconstruction error {-s:.3g} (higher: a more unusual image)",
+            in_words=lambda s, **_: f"reconstruction error {-s:.3g} (higher: a more unusual "
+                                    "image)",
             estimates=None, flag=None),
     Ranking("random", "Random", "random order", "Seeded random scores: what any method must "
             "beat. (Each cleaning round's control already removes random images.)",
-            baselines.random, in_words=lambda s: f"random score {s:+.2f}", estimates=None,
+            baselines.random, in_words=lambda s, **_: f"random score {s:+.2f}", estimates=None,
             flag=None, in_app=False),
+    Ranking("confident-learning-pixels", "Confident learning (raw pixels)",
+            "likely wrong label (raw-pixel confident learning)",
+            "The former label check, kept for comparison in the benchmarks: cleanlab on a "
+            "logistic regression over 50 principal components of the raw pixels, not on your "
+            "model.", baselines.confident_learning_pixels,
+            in_words=lambda s, **_: f"label quality {s + 1:.2g} (raw-pixel model)",
+            estimates=None, flag=None, in_app=False),
 )}
 IN_APP = tuple(k for k, r in REGISTRY.items() if r.in_app)
 

@@ -620,13 +620,13 @@ def write_csv(frame: pd.DataFrame, out: str | os.PathLike) -> Path:
 
 
 def read_csv(path: str | os.PathLike, text: tuple[str, ...] = (),
-             numbers: tuple[str, ...] = ()) -> pd.DataFrame:
+             numbers: tuple[str, ...] = (), optional_text: tuple[str, ...] = ()) -> pd.DataFrame:
     """A table this tool wrote (predictions, influence scores, training log): the `text` columns
-    stay text ("07" must not become 7), the `numbers` columns must be numbers. A missing or
-    damaged file is a RunError."""
+    (and `optional_text` ones where present) stay text ("07" must not become 7), the `numbers`
+    columns must be numbers. A missing or damaged file is a RunError."""
     path = Path(path)
     try:
-        frame = pd.read_csv(path, dtype={c: str for c in text})
+        frame = pd.read_csv(path, dtype={c: str for c in (*text, *optional_text)})
     except (OSError, ValueError) as e:  # missing, unreadable, not CSV, not UTF-8
         raise RunError(f"the result file {path} is missing or damaged ({e}); compute it "
                        "again") from None

@@ -129,6 +129,14 @@ def batch_weights(keep: torch.Tensor, idx: torch.Tensor, dtype) -> torch.Tensor:
     return keep[idx].to(dtype) / len(idx)
 
 
+def kept_mean_weights(keep: torch.Tensor, idx: torch.Tensor, dtype) -> torch.Tensor:
+    """w_i = 1/|S_t ∩ kept| for kept instances: unlike Definition 2, the step keeps its size
+    when many instances are removed (SGD on the kept instances alone, with the same batches and
+    η_t; no step where none is kept)."""
+    kept = keep[idx].to(dtype)
+    return kept / kept.sum().clamp(min=1)
+
+
 @dataclass
 class StepStats:
     step: int
@@ -137,9 +145,10 @@ class StepStats:
     accuracy: float
 
 
-def sgd_step(obj: Objective, theta: Params, idx: torch.Tensor, lr: float, keep: torch.Tensor):
+def sgd_step(obj: Objective, theta: Params, idx: torch.Tensor, lr: float, keep: torch.Tensor,
+             weights: Callable = batch_weights):
     """θ[t+1] = θ[t] − η_t/|S_t| · Σ_{i∈S_t, kept} g(z_i; θ[t])   (Eq. 2; Definition 2)."""
-    w = batch_weights(keep, idx, obj.x.dtype)
+    w = weights(keep, idx, obj.x.dtype)
     g, (ell, out) = grad(obj.weighted, has_aux=True)(theta, w, idx)
     return {k: p - lr * g[k] for k, p in theta.items()}, (ell, out)
 
@@ -196,22 +205,25 @@ def replay_epoch(obj: Objective, schedule: Schedule, theta_k: Params, k: int,
 def counterfactual_sgd(obj: Objective, schedule: Schedule, theta: Params,
                        keeps: torch.Tensor | Callable[[int], torch.Tensor],
                        epochs: range | None = None,
-                       on_step: Callable[[int], None] | None = None) -> Params:
+                       on_step: Callable[[int], None] | None = None,
+                       weights: Callable = batch_weights) -> Params:
     """Definition 2 for many removal sets at once: θ_{−S}[T] for every row of `keeps` (M × N
     boolean masks; or a function giving them for epoch k), by one SGD run vectorised over the
-    masks with torch.func.vmap, from θ at the start of the first of `epochs`. on_step gets each
-    step t. Returns parameters with a leading dimension M."""
+    masks with torch.func.vmap, from θ at the start of the first of `epochs`. on_step(t) is
+    called after each step t (a progress report; raising from it stops the run). `weights`:
+    how a batch weighs its kept instances (batch_weights: Definition 2; kept_mean_weights: SGD
+    on the kept instances alone). Returns parameters with a leading dimension M."""
     epochs = epochs if epochs is not None else range(schedule.epochs)
     keeps_at = keeps if callable(keeps) else (lambda k: keeps)
     m = keeps_at(epochs.start).shape[0]
     thetas = {k: v.expand(m, *v.shape).clone() for k, v in theta.items()}
-    step = vmap(lambda th, keep, idx, lr: sgd_step(obj, th, idx, lr, keep)[0],
-                in_dims=(0, 0, None, None))
+    step_all = vmap(lambda th, keep, idx, lr: sgd_step(obj, th, idx, lr, keep, weights)[0],
+                    in_dims=(0, 0, None, None))
     for k in epochs:
         keep = keeps_at(k)
         for t in schedule.epoch_steps(k):
             idx = torch.as_tensor(schedule.batch(t), device=obj.x.device)
-            thetas = step(thetas, keep, idx, float(schedule.lr[t]))
+            thetas = step_all(thetas, keep, idx, float(schedule.lr[t]))
             if on_step:
                 on_step(t)
     return thetas

@@ -151,7 +151,7 @@ def test_other_rankings_can_be_computed_next_to_sgd_influence_and_used_for_clean
     assert "likely wrong label (confident learning)" in said
     assert "real retraining cannot check it" in said  # no trust check for a non-estimate
     assert not [b for b in at.button if b.label.startswith("Check against real retraining")]
-    assert "Labels that look wrong (quality below 0.5)" in [m.label for m in at.metric]
+    assert "Labels that look wrong (flagged by cleanlab)" in [m.label for m in at.metric]
     frame = Store().scores(run_id, "confident-learning")
     assert frame.influence.between(-1, 0).all() and frame.influence.is_monotonic_increasing
     flipped = Store().dataset(at.session_state["app"]["dataset"])["flipped"]

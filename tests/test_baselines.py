@@ -126,9 +126,9 @@ def test_outlier_detectors_put_a_planted_outlier_first(planted, method):
     assert np.argsort(scores)[0] == j  # lowest = most suspicious
 
 
-def test_confident_learning_finds_flipped_labels(planted):
+def test_raw_pixel_confident_learning_finds_flipped_labels(planted):
     run, is_flipped = planted
-    scores = baselines.confident_learning(run)
+    scores = baselines.confident_learning_pixels(run)
     assert roc_auc_score(is_flipped, -scores) > 0.9
     assert scores.max() <= 0 and scores.min() >= -1
 

@@ -56,3 +56,12 @@ def test_noisy_quick_finds_flipped_labels_better_than_random(tmp_path):
     assert result["recall10_random"] < 0.2
     assert result["recall10_sgd"] > result["recall10_random"] + 0.2
     assert result["auc_sgd"] > 0.65
+
+
+def test_noisy_eval_quick_checks_the_validation_labels(tmp_path):
+    result = run_quick("noisy.py", tmp_path, "--noisy-eval")
+    text = assert_report(tmp_path, "noisy-eval-quick", "noisy.py")
+    assert "Label check of the validation and test images" in text and "(Holm)" in text
+    assert (tmp_path / "noisy-eval-quick-checks.csv").exists()
+    assert result["val_precision"] > 0.5 and result["val_flagged"] > 0  # 10% planted
+    assert 0 <= result["recall10_sgd"] <= 1 and 0 <= result["recall10_sgd_checked"] <= 1

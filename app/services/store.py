@@ -57,9 +57,10 @@ CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, state TEXT, updated RE
 ADDED_COLUMNS = (("scores", "query", "TEXT"),  # the validation ids left out of the query
                  ("rounds", "verdict", "TEXT"),  # influence.compare's figures of the round
                  ("rounds", "fixes", "TEXT"))  # sample id → new label, next to removals
-# the result tables in a run folder: (text columns, number columns), for runs.read_csv
+# the result tables in a run folder: (text columns, number columns[, optional text columns]),
+# for runs.read_csv
 PREDICTIONS = (("sample_id", "part"), ("label", "predicted", "confidence"))
-SCORES = (("sample_id", "label"), ("influence",))
+SCORES = (("sample_id", "label"), ("influence",), ("suggested_label",))
 LOG = ((), ("step", "epoch", "loss", "accuracy"))
 JSON_COLUMNS = ("shape", "classes", "flipped", "split", "config", "metrics", "trust", "removed",
                 "state", "query", "verdict", "fixes")

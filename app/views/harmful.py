@@ -131,8 +131,7 @@ with left:
     st.plotly_chart(charts.scores_histogram(frame, method), key="histogram")
 with right:
     if ranking.flag:
-        what, below = ranking.flag
-        st.metric(what, f"{int((frame.influence < below).sum()):,} of {len(frame):,}")
+        st.metric(ranking.flag[0], f"{ranking.count_flagged(frame):,} of {len(frame):,}")
     if flipped:
         k_demo = st.session_state.get("top_k", 10)
         top = set(frame.sample_id.head(int(k_demo)))
@@ -195,7 +194,7 @@ rows = pd.DataFrame({
     "image": [images.data_url(data.images[position[sid]], LARGE) for sid in shown.sample_id],
     "given label": shown.label.astype(str).to_numpy(),
     "predicted": shown.predicted.to_numpy(),
-    "what removing it does": [ranking.in_words(s) for s in shown.influence],
+    "what removing it does": [ranking.row_in_words(r) for _, r in shown.iterrows()],
 })
 if flipped:
     rows["demo: true label"] = [flipped.get(sid, "") for sid in shown.sample_id]
@@ -239,7 +238,7 @@ if len(shown):
         item = shown.iloc[min(pick, len(shown) - 1)]
         left.image(images.enlarge(data.images[position[item.sample_id]], 224), width=224)
         right.markdown(f"**Given label:** {item.label}  \n**Predicted:** {item.predicted}  \n"
-                       f"{ranking.in_words(item.influence).capitalize()}.")
+                       f"{ranking.row_in_words(item).capitalize()}.")
         if item.sample_id in flipped:
             right.caption(f"Demo: the true label is {flipped[item.sample_id]}.")
 
