@@ -274,11 +274,14 @@ def report(ranking: pd.DataFrame, errors: pd.DataFrame, truth: pd.DataFrame, a,
         f"and test labels clean. CNN `{a.model_note}`, "
         f"plain SGD, batch 64, η = {a.lr}, {a.epochs} epochs (the paper: 20). "
         f"{ranking['split'].nunique()} splits. "
-        "SGD-influence, K&L and TracIn rank by influence on the mean validation loss; "
-        "confident learning is cleanlab's label quality on 5-fold out-of-sample probabilities "
-        "of the same CNN and SGD (the label check, below); its raw-pixel variant uses a "
-        "logistic regression on the first 50 principal components of the standardised pixels "
-        "instead.",
+        "SGD-influence, K&L and TracIn rank by influence on the mean validation loss"
+        + ("; confident learning is cleanlab's label quality on 5-fold out-of-sample "
+           "probabilities of the same CNN and SGD (the label check, below)"
+           if "confident-learning" in set(ranking.method) else "")
+        + ("; confident learning (raw pixels) is cleanlab's label quality on 5-fold "
+           "out-of-fold probabilities of a logistic regression on the first 50 principal "
+           "components of the standardised pixels" if "confident-learning-pixels" in
+           set(ranking.method) else "") + ".",
         "Recall of the flipped instances within each method's top 10% / 20%, and ROC AUC "
         "(mean ± std over splits):\n\n" + common.markdown(recall),
         f"Clean test error after removing the top-k and retraining (mode {a.mode}); no "
