@@ -277,10 +277,10 @@ def report(ranking: pd.DataFrame, errors: pd.DataFrame, truth: pd.DataFrame, a,
         "SGD-influence, K&L and TracIn rank by influence on the mean validation loss"
         + ("; confident learning is cleanlab's label quality on 5-fold out-of-sample "
            "probabilities of the same CNN and SGD (the label check, below)"
-           if "confident-learning" in set(ranking.method) else "")
+           if LABELS["confident-learning"] in set(ranking.method) else "")
         + ("; confident learning (raw pixels) is cleanlab's label quality on 5-fold "
            "out-of-fold probabilities of a logistic regression on the first 50 principal "
-           "components of the standardised pixels" if "confident-learning-pixels" in
+           "components of the standardised pixels" if LABELS["confident-learning-pixels"] in
            set(ranking.method) else "") + ".",
         "Recall of the flipped instances within each method's top 10% / 20%, and ROC AUC "
         "(mean ± std over splits):\n\n" + common.markdown(recall),
