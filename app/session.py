@@ -12,7 +12,7 @@ import streamlit as st
 
 import datasets
 from datasets import DataError, ImageSet
-from influence import runs
+from influence import labels, runs
 
 from .services import estimates
 from .services.store import (CANCELLED, DONE, FAILED, LOG, PREDICTIONS, SCORES, Store,
@@ -205,3 +205,22 @@ def usable(row: dict | None) -> bool:
 
 
 # --- charts --------------------------------------------------------------------------------------
+
+
+@st.cache_data(show_spinner="Checking the labels of the held-out images …", max_entries=16)
+def label_check(run_id: str, part: str) -> pd.DataFrame:
+    """The label check of a finished run's validation or test images (influence.labels): the
+    trained model's own probabilities, which are out of sample for them."""
+    return labels.check_part(store().open_run(run_id), part)
+
+
+def query_exclude(run_id: str, flagged) -> list[str]:
+    """The validation images this session leaves out of the query for this run: by default the
+    ones the label check flags, until the user decides otherwise."""
+    chosen = state().setdefault("exclude", {}).get(run_id)
+    return list(flagged) if chosen is None else [sid for sid in chosen if sid in set(flagged)]
+
+
+def set_query_exclude(run_id: str, ids) -> None:
+    state().setdefault("exclude", {})[run_id] = sorted(ids)
+    save()

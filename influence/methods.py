@@ -12,7 +12,7 @@ ranking is one entry here plus its scoring function.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -138,16 +138,27 @@ def get(key: str) -> Ranking:
     return REGISTRY[key]
 
 
-def scores(run: Run, key: str, on_progress: ProgressFn | None = None, **options) -> np.ndarray:
-    """One score per training position (negative = harmful / suspicious)."""
-    result = get(key).score(run, on_progress=on_progress, **options)
+def _computed(run: Run, key: str, on_progress: ProgressFn | None, exclude: Iterable[str],
+              options: dict) -> np.ndarray | pd.DataFrame:
+    ranking = get(key)
+    if ranking.estimates_removal and exclude:  # the query without these validation images
+        options = {**options, "query": run.query_loss(exclude)}
+    return ranking.score(run, on_progress=on_progress, **options)
+
+
+def scores(run: Run, key: str, on_progress: ProgressFn | None = None, exclude: Iterable[str] = (),
+           **options) -> np.ndarray:
+    """One score per training position (negative = harmful / suspicious). `exclude`:
+    validation images to leave out of the query of the rankings that estimate removal."""
+    result = _computed(run, key, on_progress, exclude, options)
     return result["influence"].to_numpy() if isinstance(result, pd.DataFrame) else result
 
 
-def score(run: Run, key: str, on_progress: ProgressFn | None = None, **options) -> pd.DataFrame:
+def score(run: Run, key: str, on_progress: ProgressFn | None = None, exclude: Iterable[str] = (),
+          **options) -> pd.DataFrame:
     """sample_id, label, influence (the ranking's score), and any extra columns the ranking
     gives, for every training instance still in use, most harmful or suspicious first."""
-    return run.ranking(get(key).score(run, on_progress=on_progress, **options))
+    return run.ranking(_computed(run, key, on_progress, exclude, options))
 
 
 def check(run: Run, key: str, n: int = 10, on_progress: ProgressFn | None = None,

@@ -8,6 +8,8 @@ from app.services import jobs
 from app.services.store import CANCELLED, DONE, FAILED, Store
 from helpers import (QUICK_MODEL, button, make_zip, new_app, ok, session_of, text, tick_and_clean,
                      train, wait_for_job)
+import datasets
+from influence import labels as labels_module
 from influence import runs
 
 pytestmark = pytest.mark.usefixtures("workspace")
@@ -249,3 +251,34 @@ def test_after_a_restart_an_interrupted_run_says_so(workspace):
     assert "This run was interrupted" in text(again)
     again.switch_page("views/train.py").run()
     assert "This run was interrupted" in text(ok(again))
+
+
+def test_the_yardstick_is_checked_and_wrong_validation_labels_leave_the_query():
+    """Validation labels with planted errors: page 3 shows the suspicious ones, leaves them out
+    of the query by default, and the ranking is computed with that query."""
+    at = new_app()
+    digits = datasets.load("digits")
+    val = digits.split(0.2, 0.2, 0).val
+    labels = digits.labels.copy()
+    wrong = val[:30]
+    labels[wrong] = (labels[wrong] + 1) % 10
+    noisy = digits.relabelled(labels, "30 validation labels wrong")
+    row = Store().add_dataset(noisy, "digits, noisy validation", session_of(at))
+    state = at.session_state["app"]
+    Store().save_session_state(session_of(at), {**state, "dataset": row["id"],
+                                                "datasets": [row["id"]]})
+    at = new_app(session_of(at))
+    at, job = train(at, epochs=10)
+    at.switch_page("views/harmful.py").run()
+    assert any("look wrong" in e.label for e in ok(at).expander)
+    leave_out = next(t for t in at.toggle if t.label.startswith("Leave these"))
+    assert leave_out.value  # by default the suspicious ones leave the query
+    check = labels_module.check_part(Store().open_run(at.session_state["app"]["run"]), "val")
+    hits = set(check.sample_id[check.flagged]) & {digits.ids[i] for i in wrong}
+    assert len(hits) >= 15, len(hits)
+    at.radio(key="score_method").set_value("sgd-last")
+    button(at.run(), "Compute influence").click().run()
+    assert wait_for_job(at).status == DONE
+    info = Store().score_info(at.session_state["app"]["run"])["sgd-last"]
+    assert set(info["query"]) == set(check.sample_id[check.flagged])
+    assert "flagged validation images left out of the query" in text(ok(at.run()))

@@ -270,9 +270,10 @@ def start_training(store: Store, session: str, dataset_id: str, config: RunConfi
     return launch(store, session, "train", "Training", work, [row["id"]], {"run": row["id"]})
 
 
-def start_scoring(store: Store, session: str, run_id: str, method: str) -> Job:
+def start_scoring(store: Store, session: str, run_id: str, method: str,
+                  exclude: list[str] | None = None) -> Job:
     """Score every training image of a finished run with one of the app's rankings
-    (methods.IN_APP)."""
+    (methods.IN_APP); `exclude`: validation images left out of the query."""
     if method not in methods.IN_APP:
         raise RunError(f"unknown ranking {method!r}: use one of {', '.join(methods.IN_APP)}")
     ranking = methods.get(method)
@@ -285,9 +286,10 @@ def start_scoring(store: Store, session: str, run_id: str, method: str) -> Job:
         run = store.open_run(run_id)
         job.say(f"ranking the training images of run {run_id} by {ranking.title}")
         job.report(Progress("score" if method in ("sgd", "sgd-last") else "rank", 0, 1))
-        frame = methods.score(run, method, on_progress=job.report)
+        frame = methods.score(run, method, on_progress=job.report, exclude=exclude or ())
         seconds = time.perf_counter() - begun
-        store.add_scores(run_id, method, frame, seconds)
+        store.add_scores(run_id, method, frame, seconds,
+                         exclude if methods.get(method).estimates_removal else None)
         job.say(f"scored {len(frame):,} training images in {seconds:.1f} s")
         return {"run": run_id, "method": method}
 

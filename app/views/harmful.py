@@ -43,6 +43,52 @@ scored = store.score_info(run["id"])
 job = jobs.latest(session.sid(), "score")
 busy = jobs.active(session.sid()) is not None
 
+st.markdown("**Two questions, two rankings.** To decide what to **remove**, rank by "
+            "**SGD-influence**: it estimates what leaving each image out does to this model's "
+            "validation loss, and page 4 checks the outcome against random removal. To find "
+            "**wrong labels**, use the **label check** (confident learning on your own model): "
+            "look at the images it flags and correct their labels; removing them is possible, "
+            "but it is not what that check estimates.")
+
+# --- the yardstick: are the validation labels right? ----------------------------------------------
+val_check = session.label_check(run["id"], "val")
+test_check = session.label_check(run["id"], "test")
+suspicious = val_check[val_check.flagged]
+exclude = session.query_exclude(run["id"], suspicious.sample_id) \
+    if len(suspicious) < len(val_check) else []
+with st.expander("Check the yardstick: the validation labels"
+                 + (f" — {len(suspicious)} look wrong" if len(suspicious) else " — all look right"),
+                 expanded=bool(len(suspicious)) and not scored):
+    st.caption("Every influence score measures harm on the validation images. If some of their "
+               "labels are wrong, good training images that contradict them look harmful. The "
+               "trained model never saw these images, so its own probabilities check them "
+               "(cleanlab's find_label_issues).")
+    if not len(suspicious):
+        st.success(f"None of the {len(val_check):,} validation labels looks wrong.")
+    else:
+        images.image_grid(data, [position[sid] for sid in suspicious.sample_id[:24]],
+                          [f"{g} → {s} ({p:.0%})" for g, s, p in zip(
+                              suspicious.label, suspicious.suggested_label,
+                              suspicious.suggested_p)][:24], per_row=8, side=72)
+        st.caption("Captions: given label → the label the model suggests (its probability).")
+        if len(suspicious) == len(val_check):
+            st.error("The check flags every validation image, so none would be left to "
+                     "measure with: look at the labels of your data before going on.")
+        else:
+            leave_out = st.toggle(
+                f"Leave these {len(suspicious)} images out of the query", value=bool(exclude),
+                key=f"exclude-{run['id']}", help="SGD-influence, the trust check and page 4's "
+                "comparison then use the mean loss over the other validation images. The test "
+                "images are never touched.")
+            if leave_out != bool(exclude):
+                session.set_query_exclude(run["id"], suspicious.sample_id if leave_out else [])
+                st.rerun()
+    n_test = int(test_check.flagged.sum())
+    if n_test:
+        st.info(f"{n_test} of the {len(test_check):,} test images look mislabelled too. They "
+                "are left as they are: the test error on page 4 counts them with their given "
+                "labels.", icon=":material/info:")
+
 # --- scoring -----------------------------------------------------------------------------------
 guess = session.estimate(row["id"], run["config"])
 epochs = run["config"]["epochs"]
@@ -63,7 +109,7 @@ with st.expander("Compute influence" + (" again, or another ranking to compare" 
     if st.button("Compute influence" if chosen in ("sgd", "sgd-last") else "Compute this ranking",
                  type="primary", disabled=busy, icon=":material/calculate:"):
         try:
-            jobs.start_scoring(store, session.sid(), run["id"], chosen)
+            jobs.start_scoring(store, session.sid(), run["id"], chosen, exclude)
             session.state()["method"][run["id"]] = chosen
             session.save()
             st.rerun()
@@ -85,6 +131,13 @@ if len(scored) > 1:
         session.state()["method"][run["id"]] = method
         session.save()
 frame = session.scores(run["id"], method)
+used = scored[method].get("query") or []
+if methods.get(method).estimates_removal and (used or exclude) and set(used) != set(exclude):
+    st.warning(f"This ranking was computed with {len(used)} validation images left out of the "
+               f"query; now {len(exclude)} are. Compute it again to use the current query.",
+               icon=":material/sync_problem:")
+elif used:
+    st.caption(f"Computed with the {len(used)} flagged validation images left out of the query.")
 ranking = methods.get(method)
 estimates = ranking.estimates_removal  # a score in units of validation loss
 
