@@ -96,7 +96,8 @@ def _draw(job: jobs.Job, curves: bool, log: bool) -> None:
                                 key=f"curve-{job.id}-{phase}")
     if job.lines and log:
         with st.expander("Log", expanded=job.running):
-            st.code("\n".join(job.lines[-200:]), language=None, height=200)
+            # newest first, so that the latest line is in view while the job runs
+            st.code("\n".join(reversed(job.lines[-200:])), language=None, height=200)
 
 
 def job_outcome(job: jobs.Job | None, done_text: str | None = None) -> None:

@@ -155,7 +155,7 @@ def compare_models(runs: dict[str, dict], key: str) -> None:
                           [f"{data.classes[int(before.label[i])]}: "
                            f"{data.classes[int(before.predicted[i])]}→"
                            f"{data.classes[int(after.predicted[i])]}" for i in ids],
-                          per_row=12, side=48)
+                          per_row=8, side=96)
     st.caption("Captions: true label: prediction before → after.")
 
 

@@ -47,9 +47,9 @@ def open_zip(f: BinaryIO, name: str) -> tuple[zipfile.ZipFile, int]:
                         f"{limits.MAX_MEMBERS:,}: upload fewer images")
     try:
         return zipfile.ZipFile(f), size
-    except Exception as e:  # BadZipFile, but hostile bytes also raise OSError, ValueError, ...
-        raise DataError(f"{name} is not a ZIP archive, or it is truncated or damaged ({e}): "
-                        "create it again with your system's 'compress to ZIP'") from None
+    except Exception:  # BadZipFile, but hostile bytes also raise OSError, ValueError, ...
+        raise DataError(f"{name} is not a ZIP archive, or it is truncated or damaged: create "
+                        "it again with your system's 'compress to ZIP'") from None
 
 
 def declared_entries(f: BinaryIO) -> int | None:
@@ -154,8 +154,8 @@ def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> b
     try:
         with archive.open(info) as member:
             data = member.read(limits.MAX_FILE_BYTES + 1)
-    except Exception as e:  # bad CRC, bad local header, zlib/lzma errors, truncation, ...
-        raise DataError(f"the archive is damaged: {path} cannot be read ({e}); create the ZIP "
+    except Exception:  # bad CRC, bad local header, zlib/lzma errors, truncation, ...
+        raise DataError(f"the archive is damaged: {path} cannot be read; create the ZIP "
                         "again") from None
     if len(data) != info.file_size:
         raise DataError(f"the archive is damaged: {path} does not have the size its directory "

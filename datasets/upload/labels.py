@@ -80,9 +80,9 @@ def read_labels_csv(table: File, by_name: dict[str, File]) -> list[tuple[File, s
                         "save it as 'CSV UTF-8'") from None
     try:
         rows = list(csv.reader(io.StringIO(text, newline="")))
-    except csv.Error as e:
-        raise DataError(f"labels.csv cannot be read as CSV ({e}): save it as a plain CSV file "
-                        "with the columns filename,label") from None
+    except csv.Error:
+        raise DataError("labels.csv cannot be read as CSV: save it as a plain CSV file with "
+                        "the columns filename,label") from None
     if not rows:
         raise DataError("labels.csv is empty: it needs a header line 'filename,label' and one "
                         "line per image")
