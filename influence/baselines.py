@@ -29,7 +29,7 @@ from torch.func import jvp, vmap
 from . import models
 from .progress import Progress, ProgressFn
 from .sgd import Objective, Params, Schedule
-from .sgd_influence import hvp_and_dot_grads, loss_gradient
+from .sgd_influence import FORWARD_AD, hvp_and_dot_grads, loss_gradient
 
 # Solve H v = u exactly (dense Hessian) up to this many parameters and parameters × instances;
 # otherwise iteratively (MINRES on Hessian-vector products).
@@ -45,7 +45,8 @@ def dot_grads(obj: Objective, theta: Params, v: Params) -> torch.Tensor:
     per-instance losses along v is d/dε ℓ_j(θ + εv) = ⟨g_j, v⟩."""
     out = []
     for idx in torch.arange(len(obj.y), device=obj.y.device).split(CHUNK):
-        out.append(jvp(lambda th: obj.losses(th, idx)[0], (theta,), (v,))[1])
+        with FORWARD_AD:  # forward-mode AD is process-wide: one thread in it at a time
+            out.append(jvp(lambda th: obj.losses(th, idx)[0], (theta,), (v,))[1])
     return torch.cat(out)
 
 

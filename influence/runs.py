@@ -333,7 +333,7 @@ class Run:
             query = loss_gradient(query or self.val_loss_fn, self.theta)
         K = self.schedule.epochs
         epochs = range(K - 1, K) if last_epoch_only else range(K)
-        total = len(epochs) * self.schedule.steps_per_epoch
+        total = len(epochs) * (2 * self.schedule.steps_per_epoch - 1)  # replayed + retraced
         done = iter(range(1, total + 1))
         report = (lambda t: on_progress(Progress("score", next(done), total))) \
             if on_progress else None

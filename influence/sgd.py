@@ -192,13 +192,17 @@ def run_sgd(obj: Objective, schedule: Schedule, theta: Params, keep_at: Callable
 
 
 def replay_epoch(obj: Objective, schedule: Schedule, theta_k: Params, k: int,
-                 keep: torch.Tensor) -> list[Params]:
+                 keep: torch.Tensor, on_step: Callable[[int], None] | None = None
+                 ) -> list[Params]:
     """Regenerate θ[t] for every step t of epoch k from the epoch's checkpoint (θ before each
-    step, in order). Same code and inputs as training, so bit-identical on CPU."""
+    step, in order). Same code and inputs as training, so bit-identical on CPU. on_step(t)
+    after each replayed step."""
     thetas = [theta_k]
     for t in schedule.epoch_steps(k)[:-1]:
         idx = torch.as_tensor(schedule.batch(t), device=obj.x.device)
         thetas.append(sgd_step(obj, thetas[-1], idx, float(schedule.lr[t]), keep)[0])
+        if on_step:
+            on_step(t)
     return thetas
 
 

@@ -45,11 +45,12 @@ def retrace(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
             keep_at: Callable[[int], torch.Tensor], u: Params, epochs: range,
             on_step: Callable[[int], None] | None = None) -> torch.Tensor:
     """Algorithm 2 over the given epochs (all of them: exact retrace; the last one: the
-    approximate version of Section 7.2). Returns L̂_{−j}(u) for every training position j."""
+    approximate version of Section 7.2). Returns L̂_{−j}(u) for every training position j.
+    on_step(t) after every replayed step and every retraced step (progress)."""
     scores = torch.zeros(obj.x.shape[0], dtype=obj.x.dtype, device=obj.x.device)
     for k in reversed(epochs):
         keep = keep_at(k)
-        thetas = replay_epoch(obj, schedule, checkpoints[k], k, keep)  # θ[t] of epoch k
+        thetas = replay_epoch(obj, schedule, checkpoints[k], k, keep, on_step)  # θ[t] of epoch k
         for t, theta in zip(reversed(schedule.epoch_steps(k)), reversed(thetas)):
             idx = torch.as_tensor(schedule.batch(t), device=obj.x.device)
             eta = float(schedule.lr[t])

@@ -301,8 +301,11 @@ TRUST = ("method", "n", "tau", "p_value", "sign_agreement", "groups", "group_siz
          "group_spearman", "group_p_value")  # what the trust check keeps
 
 
+CHECK_GROUPS = 20  # random groups of 5 % of the training images in the trust check
+
+
 def start_check(store: Store, session: str, run_id: str, method: str, n: int = 10,
-                groups: int = 20) -> Job:
+                groups: int = CHECK_GROUPS) -> Job:
     """The engine's trust check: real retraining without n single images spread over the ranking
     and without `groups` random groups of 5 % of the training images, all at once."""
     ranking = methods.get(method)

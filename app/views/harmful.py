@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, images, panels, session, words
-from app.services import jobs
+from app.services import estimates, jobs
 from app.services.store import DONE
 from influence import methods
 from influence.runs import RunError
@@ -96,8 +96,9 @@ labels = {"sgd": f"Exact: retrace all {epochs} epochs ({words.seconds(guess['sec
           "sgd-last": f"Fast: last epoch only ({words.seconds(guess['seconds_score_last'])})",
           **{m: f"Compare: {methods.get(m).title}" for m in methods.IN_APP
              if m not in ("sgd", "sgd-last")}}
-for m in ("kl", "tracin"):
-    labels[m] += f" ({words.seconds(guess['seconds_' + m])})"
+for m, key in (("kl", "seconds_kl"), ("tracin", "seconds_tracin"),
+               ("confident-learning", "seconds_label_check")):
+    labels[m] += f" ({words.seconds(guess[key])})"
 with st.expander("Compute influence" + (" again, or another ranking to compare" if scored
                                          else ""), expanded=not scored):
     chosen = st.radio("Method", list(labels), format_func=labels.get,
@@ -139,12 +140,12 @@ if methods.get(method).estimates_removal and (used or exclude) and set(used) != 
 elif used:
     st.caption(f"Computed with the {len(used)} flagged validation images left out of the query.")
 ranking = methods.get(method)
-estimates = ranking.estimates_removal  # a score in units of validation loss
+removal = ranking.estimates_removal  # a score in units of validation loss
 
 # --- trust check ------------------------------------------------------------------------------
 trust = scored[method].get("trust")
 check_job = jobs.latest(session.sid(), "check")
-if not estimates:
+if not removal:
     st.caption(f"This ranking ({ranking.title}) does not estimate what removing an "
                "image does to the model, so real retraining cannot check it image by image. "
                "Page 4 shows what removing its top images does.")
@@ -153,10 +154,11 @@ elif trust:
 else:
     c1, c2 = st.columns([1, 3])
     n_check = c1.number_input("Images to check", 4, 50, key=session.remember("n_check", 10))
-    per = guess["seconds_retrain"] / (epochs if ranking.estimates == "last" else 1)
+    took = estimates.check_seconds(guess, int(n_check), jobs.CHECK_GROUPS, ranking.estimates)
     c2.markdown(f"How far can you trust this ranking? The check retrains the model for real "
-                f"without each of {n_check} images spread over the ranking and compares "
-                f"({words.seconds(per * n_check)}).")
+                f"without each of {n_check} images spread over the ranking, and without each "
+                f"of {jobs.CHECK_GROUPS} random groups of 5 % of the training images, all at "
+                f"once, and compares ({words.seconds(took)}).")
     if c2.button("Check against real retraining", disabled=busy):
         try:
             jobs.start_check(store, session.sid(), run["id"], method, int(n_check))
@@ -265,12 +267,12 @@ columns = {
     "predicted": st.column_config.TextColumn("Predicted", width=90,
                                              help="The model's label and how sure it is."),
     "what removing it does": st.column_config.TextColumn(
-        "What removing it does" if estimates else "Why it ranks here", width=420),
+        "What removing it does" if removal else "Why it ranks here", width=420),
     "demo: true label": st.column_config.TextColumn("Demo: true label", width=115,
                                                     help="Filled in for the images whose "
                                                     "label the demo flipped."),
     "score": st.column_config.NumberColumn("Score", format="%.2e", help=(
-        "Estimated change of validation loss if removed." if estimates else
+        "Estimated change of validation loss if removed." if removal else
         "The method's score: lower = more suspicious.")),
     "sample id": st.column_config.TextColumn("Sample id", width="large"),
 }

@@ -10,7 +10,7 @@ from sklearn.metrics import confusion_matrix
 from app import charts, images, panels, session, words
 from datasets import DataError
 from datasets.export import to_zip
-from app.services import jobs
+from app.services import estimates, jobs
 from app.services.store import DONE
 from influence import cleaning, compare, methods
 from influence.runs import RunError
@@ -55,13 +55,15 @@ else:
         "all": f"all {epochs} epochs without them — the exact counterfactual "
                f"({words.seconds(guess['seconds_retrain'])})",
         "last": f"only the last epoch without them — faster "
-                f"({words.seconds(guess['seconds_retrain'] / epochs)})"}.get)
+                f"({words.seconds(guess['seconds_retrain_last'])})"}.get)
     controls = c2.number_input(
         f"Random controls: retrain without {len(ticked)} random images, this many times", 0,
         100, key=session.remember("controls", cleaning.CONTROLS),
         help="Shows whether removing the chosen images beat removing the same number at "
         "random, with a p-value. All controls run together in one vectorised retraining. 0: "
         "none (then nothing can be said about chance).")
+    more = estimates.controls_seconds(guess, int(controls), mode)
+    c2.caption(f"The controls take {words.seconds(more)} more.")
     if st.button(f"Retrain without the {len(ticked)} ticked image{'s' * (len(ticked) != 1)}",
                  type="primary", disabled=busy, icon=":material/restart_alt:"):
         try:

@@ -79,7 +79,8 @@ config = RunConfig(model=choice, epochs=int(epochs) if epochs else None, batch_s
 
 try:
     guess = session.estimate(row["id"], asdict(config))
-    st.info(f"Before you start: training should take **{words.seconds(guess['seconds_train'])}** "
+    took = guess["seconds_train"] + (guess["seconds_probe"] if auto_lr else 0)
+    st.info(f"Before you start: training should take **{words.seconds(took)}** "
             f"on this machine and use **{words.size(guess['disk_bytes'])}** of disk "
             f"({guess['n_train']:,} training images, {guess['steps']:,} SGD steps, "
             f"{guess['n_params']:,} parameters). Later, computing influence takes "
