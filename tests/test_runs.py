@@ -205,3 +205,16 @@ def test_disk_full_leaves_nothing_behind(saved, tmp_path, monkeypatch):
     with pytest.raises(runs.RunError, match="No space left on device"):
         run.save(tmp_path / "run")
     assert list(tmp_path.iterdir()) == []  # no half-written run, no temporary folder
+
+
+def test_the_query_can_leave_validation_images_out_but_not_all(logreg):
+    val_ids = [logreg.data.ids[i] for i in logreg.split.val]
+    some = logreg.query_loss(val_ids[:20])
+    rest = logreg.evaluate("val")[0] * len(val_ids)  # sum of all, minus the first 20's
+    first = logreg.query_loss(val_ids[20:])  # only the first 20 kept
+    with torch.no_grad():
+        mixed = (float(some(logreg.theta)) * (len(val_ids) - 20)
+                 + float(first(logreg.theta)) * 20)
+    assert mixed == pytest.approx(rest, rel=1e-9)
+    with pytest.raises(runs.RunError, match="every validation image is left out"):
+        logreg.query_loss(val_ids)
