@@ -67,11 +67,12 @@ def retrace(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
     return scores
 
 
-def forward_influence(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
-                      keep_at: Callable[[int], torch.Tensor], u: Params, members: torch.Tensor,
-                      on_step: Callable[[int], None] | None = None) -> torch.Tensor:
-    """⟨u, δ_j[T]⟩ for every training position j in `members` (the set M), where δ_j[t] is the
-    first-order-exact linearisation of θ_{−j}[t] − θ[t], computed forward in time.
+def forward_displacement(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
+                         keep_at: Callable[[int], torch.Tensor], members: torch.Tensor,
+                         on_step: Callable[[int], None] | None = None) -> Params:
+    """δ_j[T] for every training position j in `members` (the set M), as parameters with a
+    leading dimension |M|: the first-order-exact linearisation of θ_{−j}[t] − θ[t], computed
+    forward in time.
 
     Definition 2, θ_{−j}[t+1] = θ_{−j}[t] − η_t/|S_t| Σ_{i∈S_t, i≠j} g(z_i; θ_{−j}[t]),
     linearised around the recorded θ[t] (g(z_i; θ + δ) ≈ g(z_i; θ) + H_i[t] δ) gives, with δ = 0
@@ -88,7 +89,7 @@ def forward_influence(obj: Objective, schedule: Schedule, checkpoints: dict[int,
     with its own weights, vmapped over M: cost ∝ |M| HVPs per step, plus the gradients of the
     members in S_t. θ[t] is replayed epoch by epoch from the checkpoints, as in retrace.
     Instances removed in epoch k (keep_at(k)) have weight 0: removing them again changes nothing.
-    Negative = removing j lowers the query loss = j is harmful, as for retrace."""
+    """
     members = torch.as_tensor(members, device=obj.x.device)
     delta = {name: torch.zeros(len(members), *p.shape, dtype=p.dtype, device=p.device)
              for name, p in checkpoints[0].items()}
@@ -113,7 +114,32 @@ def forward_influence(obj: Objective, schedule: Schedule, checkpoints: dict[int,
                     d.index_add_(0, rows, eta * g_own[name])
             if on_step:
                 on_step(t)
+    return delta
+
+
+def forward_influence(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
+                      keep_at: Callable[[int], torch.Tensor], u: Params, members: torch.Tensor,
+                      on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+    """L_{−j}(u) ≈ ⟨u, δ_j[T]⟩ for every j in `members`, δ from forward_displacement: the linear
+    influence of Problem 4, like retrace but with the cross-epoch term kept.
+    Negative = removing j lowers the query loss = j is harmful, as for retrace."""
+    delta = forward_displacement(obj, schedule, checkpoints, keep_at, members, on_step)
     return sum((u[name] * d).flatten(1).sum(1) for name, d in delta.items())
+
+
+def forward_loss_change(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
+                        keep_at: Callable[[int], torch.Tensor],
+                        loss_fn: Callable[[Params], torch.Tensor], members: torch.Tensor,
+                        on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+    """loss(θ[T] + δ_j[T]) − loss(θ[T]) for every j in `members`: the query loss itself at the
+    linearised counterfactual parameters, instead of its first-order term ⟨∇loss, δ_j⟩. The
+    displacement is the same; this also keeps the query loss's own curvature, which is what
+    remains of the error of ⟨u, δ_j⟩ on a convex model. θ[T] = checkpoints[epochs]."""
+    delta = forward_displacement(obj, schedule, checkpoints, keep_at, members, on_step)
+    theta = checkpoints[schedule.epochs]
+    with torch.no_grad():
+        moved = vmap(lambda d: loss_fn({name: theta[name] + d[name] for name in theta}))(delta)
+        return moved - loss_fn(theta)
 
 
 def refine_extremes(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],

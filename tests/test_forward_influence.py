@@ -5,10 +5,11 @@ the counterfactual itself, so after several epochs every estimate equals the tru
 import numpy as np
 import pytest
 import torch
-from test_exactness import least_squares as least_squares_setup
+from test_exactness import least_squares as least_squares_setup, squared_loss
 
 from influence.sgd import counterfactual_sgd, run_sgd
-from influence.sgd_influence import forward_influence, refine_extremes, retrace
+from influence.sgd_influence import (forward_influence, forward_loss_change, loss_gradient,
+                                     refine_extremes, retrace)
 
 N, EPOCHS = 40, 3
 
@@ -79,3 +80,33 @@ def test_refine_extremes_rescores_exactly_the_two_ends():
     assert changed == ends and len(ends) == 2 * m
     ends = sorted(ends)
     torch.testing.assert_close(refined[ends], forward[ends], rtol=0, atol=1e-14)
+
+
+def test_loss_at_displaced_parameters_is_exact_for_a_quadratic_query():
+    """forward_loss_change evaluates the query loss at θ[T] + δ_j: for a quadratic model and
+    query that is the true change of the query loss, where ⟨u, δ_j⟩ misses its curvature."""
+    obj, schedule, theta0, _ = least_squares(0.01, 7)
+    gen = torch.Generator().manual_seed(5)
+    x_val = torch.randn(10, 5, generator=gen, dtype=torch.float64)
+    y_val = torch.randn(10, generator=gen, dtype=torch.float64)
+
+    def query_loss(theta):
+        return squared_loss(obj.outputs(theta, x_val), y_val).mean()
+
+    everyone = torch.ones(N, dtype=torch.bool)
+    checkpoints = run_sgd(obj, schedule, theta0, lambda k: everyone)
+    keeps = torch.cat([everyone[None], ~torch.eye(N, dtype=torch.bool)])
+    thetas = counterfactual_sgd(obj, schedule, theta0, keeps)
+    with torch.no_grad():
+        losses = torch.stack([query_loss({k: v[m] for k, v in thetas.items()})
+                              for m in range(N + 1)])
+    truth = (losses[1:] - losses[0]).numpy()
+
+    change = forward_loss_change(obj, schedule, checkpoints, lambda k: everyone, query_loss,
+                                 torch.arange(N)).numpy()
+    u = loss_gradient(query_loss, checkpoints[EPOCHS])
+    linear = forward_influence(obj, schedule, checkpoints, lambda k: everyone, u,
+                               torch.arange(N)).numpy()
+
+    np.testing.assert_allclose(change, truth, rtol=0, atol=1e-10)
+    assert np.abs(linear - truth).max() > 1e-3  # the query's curvature, which ⟨u, δ⟩ drops
