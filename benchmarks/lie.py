@@ -8,8 +8,8 @@ truth is the actual change of the mean validation loss in 200 counterfactual SGD
 once by `counterfactual_sgd`. Metrics: Kendall's τ against the truth, and the Jaccard index of
 {10 most negative} ∪ {10 most positive}. Methods: SGD-influence (Algorithm 2 over all epochs),
 the forward first-order-exact estimate for all 200 instances (Algorithm 2 plus the cross-epoch
-term), Algorithm 2 with its REFINE_M most negative and REFINE_M most positive re-scored by the
-forward estimate, Koh & Liang (exact damped Hessian at θ[T]), TracIn (epoch checkpoints).
+term), the validation loss at θ[T] plus that estimate's displacement, Algorithm 2 with its
+REFINE_M most negative and REFINE_M most positive re-scored by the forward estimate, Koh & Liang (exact damped Hessian at θ[T]), TracIn (epoch checkpoints).
 The SGD-based methods are timed (seconds per seed, and as a ratio to Algorithm 2's time).
 
     python benchmarks/lie.py --data mnist --model logreg --seeds 30
@@ -35,7 +35,8 @@ from common import baselines, datasets
 from influence import models
 from influence.sgd import (Objective, SGDConfig, counterfactual_sgd, initial_params,
                            make_schedule, per_sample_loss)
-from influence.sgd_influence import forward_influence, loss_gradient, refine_extremes, retrace
+from influence.sgd_influence import (forward_influence, forward_loss_change, loss_gradient,
+                                     refine_extremes, retrace)
 
 N_TRAIN = N_VAL = 200
 REFINE_M = 50  # ends re-scored by the forward estimate: 2·50 = half of the 200 instances
@@ -131,7 +132,7 @@ def one_seed(x: np.ndarray, y: np.ndarray, data: str, model_name: str, seed: int
     base, truth = losses[0], losses[1:] - losses[0]
 
     u = loss_gradient(val_loss, theta)
-    estimates, seconds = sgd_estimates(obj, schedule, checkpoints, u)
+    estimates, seconds = sgd_estimates(obj, schedule, checkpoints, u, val_loss)
     estimates["tracin"] = baselines.tracin_scores(obj, schedule, checkpoints, val_loss)
     H = baselines.dense_hessian(obj, theta, everyone)
     for lam in DAMPINGS:
@@ -146,10 +147,11 @@ def one_seed(x: np.ndarray, y: np.ndarray, data: str, model_name: str, seed: int
     return row
 
 
-def sgd_estimates(obj: Objective, schedule, checkpoints, u) -> tuple[dict, dict]:
+def sgd_estimates(obj: Objective, schedule, checkpoints, u, val_loss) -> tuple[dict, dict]:
     """Algorithm 2 ("sgd"), the forward first-order-exact estimate for every instance
-    ("forward") and Algorithm 2 with its ends refined ("refined"), with the seconds each took
-    (refined: Algorithm 2's time plus the refinement)."""
+    ("forward"), the validation loss at its displaced parameters ("forward-loss") and
+    Algorithm 2 with its ends refined ("refined"), with the seconds each took (refined:
+    Algorithm 2's time plus the refinement)."""
     everyone = torch.ones(N_TRAIN, dtype=torch.bool)
     epochs = range(schedule.epochs)
     began = time.perf_counter()
@@ -160,11 +162,17 @@ def sgd_estimates(obj: Objective, schedule, checkpoints, u) -> tuple[dict, dict]
                                 torch.arange(N_TRAIN))
     forward_s = time.perf_counter() - began
     began = time.perf_counter()
+    forward_loss = forward_loss_change(obj, schedule, checkpoints, lambda k: everyone, val_loss,
+                                       torch.arange(N_TRAIN))
+    forward_loss_s = time.perf_counter() - began
+    began = time.perf_counter()
     refined = refine_extremes(obj, schedule, checkpoints, lambda k: everyone, u, sgd, REFINE_M)
     refined_s = sgd_s + time.perf_counter() - began
-    estimates = {"sgd": sgd, "forward": forward, "refined": refined}
+    estimates = {"sgd": sgd, "forward": forward, "forward-loss": forward_loss,
+                 "refined": refined}
     return ({k: v.double().numpy() for k, v in estimates.items()},
-            {"sgd": sgd_s, "forward": forward_s, "refined": refined_s})
+            {"sgd": sgd_s, "forward": forward_s, "forward-loss": forward_loss_s,
+             "refined": refined_s})
 
 
 def with_headline(frame: pd.DataFrame, model: str) -> pd.DataFrame:
@@ -208,10 +216,13 @@ def time_section(tables: list[pd.DataFrame]) -> list[str]:
 FORWARD_NOTE = (
     "Forward (first-order exact): Algorithm 2 plus the term it drops, instance j's gradient "
     "taken at the counterfactual parameters when j returns in a later epoch "
-    "(influence.sgd_influence.forward_influence), for all 200 instances. Ends refined: "
+    "(influence.sgd_influence.forward_influence), for all 200 instances. Forward, loss at "
+    "θ[T] + δ_j: the same displacement δ_j, with the validation loss evaluated there instead "
+    "of its first-order term ⟨u, δ_j⟩ (forward_loss_change). Ends refined: "
     f"Algorithm 2 with its {REFINE_M} most negative and {REFINE_M} most positive re-scored by "
     f"the forward estimate; with 200 instances that is {2 * REFINE_M} of them, half.")
 FORWARD_LABELS = {"forward": "Forward (first-order exact)",
+                  "forward-loss": "Forward, loss at θ[T] + δ_j",
                   "refined": f"SGD-influence, ends refined (m = {REFINE_M})"}
 
 
@@ -334,6 +345,8 @@ def main(argv=None) -> dict:
         r, lam = rows[-1], HEADLINE_DAMPING[a.model]
         print(f"seed {seed}: tau={r['sgd_tau']:.3f} jaccard={r['sgd_jaccard']:.3f} "
               f"forward_tau={r['forward_tau']:.3f} forward_jaccard={r['forward_jaccard']:.3f} "
+              f"forward-loss_tau={r['forward-loss_tau']:.3f} "
+              f"forward-loss_jaccard={r['forward-loss_jaccard']:.3f} "
               f"refined_tau={r['refined_tau']:.3f} refined_jaccard={r['refined_jaccard']:.3f} "
               f"kl_tau={r[f'kl@{lam:g}_tau']:.3f} tracin_tau={r['tracin_tau']:.3f}", flush=True)
     frame = pd.DataFrame(rows)
