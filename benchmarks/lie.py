@@ -7,7 +7,10 @@ truth is the actual change of the mean validation loss in 200 counterfactual SGD
 (Definition 2: same initialisation, batches and step sizes, instance j skipped), computed at
 once by `counterfactual_sgd`. Metrics: Kendall's τ against the truth, and the Jaccard index of
 {10 most negative} ∪ {10 most positive}. Methods: SGD-influence (Algorithm 2 over all epochs),
-Koh & Liang (exact damped Hessian at θ[T]), TracIn (epoch checkpoints).
+the forward first-order-exact estimate for all 200 instances (Algorithm 2 plus the cross-epoch
+term), the validation loss at θ[T] plus that estimate's displacement, Algorithm 2 with its
+REFINE_M most negative and REFINE_M most positive re-scored by the forward estimate, Koh & Liang (exact damped Hessian at θ[T]), TracIn (epoch checkpoints).
+The SGD-based methods are timed (seconds per seed, and as a ratio to Algorithm 2's time).
 
     python benchmarks/lie.py --data mnist --model logreg --seeds 30
     python benchmarks/lie.py --quick          # digits 1 vs 7, 3 seeds
@@ -32,9 +35,11 @@ from common import datasets
 from influence import baselines, models
 from influence.sgd import (Objective, SGDConfig, counterfactual_sgd, initial_params,
                            make_schedule, per_sample_loss)
-from influence.sgd_influence import loss_gradient, retrace
+from influence.sgd_influence import (forward_influence, forward_loss_change, loss_gradient,
+                                     refine_extremes, retrace)
 
 N_TRAIN = N_VAL = 200
+REFINE_M = 50  # ends re-scored by the forward estimate: 2·50 = half of the 200 instances
 # Extra λ for Koh & Liang (the model's own L2 is in H). Each λ is its own solve with the same
 # dense H, so adding one leaves the others unchanged.
 DAMPINGS = (0.0, 0.01, 0.1, 1.0)
@@ -129,19 +134,47 @@ def one_seed(x: np.ndarray, y: np.ndarray, data: str, model_name: str, seed: int
     base, truth = losses[0], losses[1:] - losses[0]
 
     u = loss_gradient(val_loss, theta)
-    estimates = {"sgd": retrace(obj, schedule, checkpoints, lambda k: everyone, u,
-                                range(cfg.epochs)).double().numpy(),
-                 "tracin": baselines.tracin_scores(obj, schedule, checkpoints, val_loss)}
+    estimates, seconds = sgd_estimates(obj, schedule, checkpoints, u, val_loss)
+    estimates["tracin"] = baselines.tracin_scores(obj, schedule, checkpoints, val_loss)
     H = baselines.dense_hessian(obj, theta, everyone)
     for lam in DAMPINGS:
         estimates[f"kl@{lam:g}"] = baselines.influence_function(obj, theta, u, everyone, lam, H=H)
 
     row = {"seed": seed, "l2": l2, "val_loss": base,
-           "truth_abs_median": float(np.median(np.abs(truth)))}
+           "truth_abs_median": float(np.median(np.abs(truth))),
+           **{f"{name}_seconds": s for name, s in seconds.items()}}
     for name, est in estimates.items():
         row[f"{name}_tau"] = float(kendalltau(est, truth).statistic)
         row[f"{name}_jaccard"] = common.jaccard_extremes(est, truth)
     return row
+
+
+def sgd_estimates(obj: Objective, schedule, checkpoints, u, val_loss) -> tuple[dict, dict]:
+    """Algorithm 2 ("sgd"), the forward first-order-exact estimate for every instance
+    ("forward"), the validation loss at its displaced parameters ("forward-loss") and
+    Algorithm 2 with its ends refined ("refined"), with the seconds each took (refined:
+    Algorithm 2's time plus the refinement)."""
+    everyone = torch.ones(N_TRAIN, dtype=torch.bool)
+    epochs = range(schedule.epochs)
+    began = time.perf_counter()
+    sgd = retrace(obj, schedule, checkpoints, lambda k: everyone, u, epochs)
+    sgd_s = time.perf_counter() - began
+    began = time.perf_counter()
+    forward = forward_influence(obj, schedule, checkpoints, lambda k: everyone, u,
+                                torch.arange(N_TRAIN))
+    forward_s = time.perf_counter() - began
+    began = time.perf_counter()
+    forward_loss = forward_loss_change(obj, schedule, checkpoints, lambda k: everyone, val_loss,
+                                       torch.arange(N_TRAIN))
+    forward_loss_s = time.perf_counter() - began
+    began = time.perf_counter()
+    refined = refine_extremes(obj, schedule, checkpoints, lambda k: everyone, u, sgd, REFINE_M)
+    refined_s = sgd_s + time.perf_counter() - began
+    estimates = {"sgd": sgd, "forward": forward, "forward-loss": forward_loss,
+                 "refined": refined}
+    return ({k: v.double().numpy() for k, v in estimates.items()},
+            {"sgd": sgd_s, "forward": forward_s, "forward-loss": forward_loss_s,
+             "refined": refined_s})
 
 
 def with_headline(frame: pd.DataFrame, model: str) -> pd.DataFrame:
@@ -165,13 +198,74 @@ def table_for(frame: pd.DataFrame, data: str, model: str, dtype: str) -> pd.Data
     published = PUBLISHED.get((data, model), (math.nan,) * 4)
     rows = []
     for method, label, pub_tau, pub_jac in [("sgd", "SGD-influence", published[0], published[2]),
+                                            *[(m, label, math.nan, math.nan)
+                                              for m, label in FORWARD_LABELS.items()],
                                             ("kl", "Koh & Liang", published[1], published[3]),
                                             ("tracin", "TracIn", math.nan, math.nan)]:
+        if f"{method}_tau" not in frame:  # runs from before the forward estimate existed
+            continue
         rows.append({"data": data, "model": model, "dtype": dtype, "method": label,
                      "seeds": len(frame), "tau": common.mean_std(frame[f"{method}_tau"]),
                      "jaccard": common.mean_std(frame[f"{method}_jaccard"]),
                      "paper tau": pub_tau, "paper jaccard": pub_jac})
     return pd.DataFrame(rows).astype(object).fillna("–")
+
+
+def time_section(tables: list[pd.DataFrame]) -> list[str]:
+    """The timing table of the configurations that were timed (none before the forward
+    estimate existed)."""
+    tables = [t for t in tables if len(t)]
+    if not tables:
+        return []
+    table = pd.concat(tables).sort_values(["model", "data", "dtype"], kind="stable")
+    return [f"Time per seed for the 200 training instances (the refined ranking: Algorithm 2 "
+            f"plus the forward estimate for its {REFINE_M} most negative and {REFINE_M} most "
+            "positive), with the threads of the run note, on a machine shared with other "
+            "work:\n\n" + common.markdown(table)]
+
+
+FORWARD_NOTE = (
+    "Forward (first-order exact): Algorithm 2 plus the term it drops, instance j's gradient "
+    "taken at the counterfactual parameters when j returns in a later epoch "
+    "(influence.sgd_influence.forward_influence), for all 200 instances. Forward, loss at "
+    "θ[T] + δ_j: the same displacement δ_j, with the validation loss evaluated there instead "
+    "of its first-order term ⟨u, δ_j⟩ (forward_loss_change). Ends refined: "
+    f"Algorithm 2 with its {REFINE_M} most negative and {REFINE_M} most positive re-scored by "
+    f"the forward estimate; with 200 instances that is {2 * REFINE_M} of them, half.")
+FORWARD_LABELS = {"forward": "Forward (first-order exact)",
+                  "forward-loss": "Forward, loss at θ[T] + δ_j",
+                  "refined": f"SGD-influence, ends refined (m = {REFINE_M})"}
+
+
+def forward_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each forward-based method against Algorithm 2 on the same seeds: mean paired difference
+    of τ and of the Jaccard index, Wilcoxon signed-rank p-value, Holm-corrected over the
+    comparisons of this table."""
+    from scipy.stats import wilcoxon
+    from statsmodels.stats.multitest import multipletests
+
+    rows = []
+    for m, label in FORWARD_LABELS.items():
+        for metric in ("tau", "jaccard"):
+            diff = frame[f"{m}_{metric}"] - frame[f"sgd_{metric}"]
+            p = wilcoxon(diff).pvalue if (diff != 0).any() else 1.0
+            rows.append({"method": label, "metric": metric, "seeds": len(diff),
+                         "mean − Algorithm 2": f"{diff.mean():+.4f}",
+                         "seeds higher / lower": f"{(diff > 0).sum()} / {(diff < 0).sum()}",
+                         "p (Wilcoxon)": p})
+    table = pd.DataFrame(rows)
+    table["p (Holm)"] = multipletests(table["p (Wilcoxon)"], method="holm")[1]
+    return table
+
+
+def time_table(frame: pd.DataFrame, data: str, model: str, dtype: str) -> pd.DataFrame:
+    """Seconds per seed of the SGD-based methods, and per-seed ratios to Algorithm 2's time."""
+    labels = {"sgd": "SGD-influence (Algorithm 2)", **FORWARD_LABELS}
+    return pd.DataFrame([{"data": data, "model": model, "dtype": dtype, "method": label,
+                          "seconds": common.mean_std(frame[f"{m}_seconds"]),
+                          "× Algorithm 2": common.mean_std(frame[f"{m}_seconds"] /
+                                                           frame["sgd_seconds"])}
+                         for m, label in labels.items() if f"{m}_seconds" in frame])
 
 
 def damping_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -183,7 +277,7 @@ def damping_table(frame: pd.DataFrame) -> pd.DataFrame:
                          for lam in lams])
 
 
-def paired_table(frames: dict[tuple[str, str, str], pd.DataFrame]) -> pd.DataFrame:
+def baselines_table(frames: dict[tuple[str, str, str], pd.DataFrame]) -> pd.DataFrame:
     """SGD-influence against each baseline on the same seeds: mean per-seed difference of τ and
     of Jaccard, the paired t-test (scipy.stats.ttest_rel) and its Holm correction over every
     test of the table."""
@@ -213,6 +307,9 @@ def row_report(out: Path, frame: pd.DataFrame, data: str, model: str, dtype: str
         [f"{run_note} SGD settings: {sgd_config(data, model, 0.0, 0)}; L2 α = "
          f"{frame['l2'].mean():.4g} (mean over seeds; LogReg: 1/(C·n) with C per seed).",
          common.markdown(table_for(frame, data, model, dtype)),
+         *([f"Paired against Algorithm 2 (same seeds):\n\n{common.markdown(forward_table(frame))}"]
+           if "forward_tau" in frame else []),
+         *time_section([time_table(frame, data, model, dtype)]),
          f"Koh & Liang with extra damping λ (headline: λ = {HEADLINE_DAMPING[model]:g}, as in "
          "the authors' code):\n\n" + common.markdown(damping_table(frame)),
          f"Per-seed values: `{name}.csv`."])
@@ -236,19 +333,20 @@ def rebuild(out: Path) -> None:
 
 def combined_report(out: Path) -> Path | None:
     """benchmarks/results/lie.md: every configuration run so far (non-quick), one table."""
-    frames, commands = {}, []
+    frames, times, commands = {}, [], []
     for csv in sorted(out.glob("lie-*.csv")):
         _, data, model, dtype = csv.stem.split("-")
         if data == "digits":
             continue
         frames[data, model, dtype] = pd.read_csv(csv)
+        times.append(time_table(frames[data, model, dtype], data, model, dtype))
         commands.append(common.read_command(csv.with_suffix(".md")))
     if not frames:
         return None
     order = ["model", "data", "dtype"]
     table = pd.concat([table_for(f, *key) for key, f in frames.items()]).sort_values(
         order, kind="stable")
-    paired = paired_table(frames).sort_values(order, kind="stable")
+    paired = baselines_table(frames).sort_values(order, kind="stable")
     return common.write_report(
         out, "lie", "Table 1 reproduction: SGD-influence vs Koh & Liang vs TracIn",
         commands,
@@ -261,7 +359,8 @@ def combined_report(out: Path) -> Path | None:
          "SGD-influence against each baseline on the same seeds: mean difference = mean over "
          "seeds of (SGD-influence's τ or Jaccard − the baseline's), with the paired t-test "
          "over seeds:\n\n"
-         + common.markdown(paired) + "\n\n" + common.holm_note(paired)])
+         + common.markdown(paired) + "\n\n" + common.holm_note(paired),
+         FORWARD_NOTE, *time_section(times)])
 
 
 def main(argv=None) -> dict:
@@ -290,6 +389,10 @@ def main(argv=None) -> dict:
         rows.append(one_seed(x, y, a.data, a.model, seed, getattr(torch, a.dtype)))
         r, lam = rows[-1], HEADLINE_DAMPING[a.model]
         print(f"seed {seed}: tau={r['sgd_tau']:.3f} jaccard={r['sgd_jaccard']:.3f} "
+              f"forward_tau={r['forward_tau']:.3f} forward_jaccard={r['forward_jaccard']:.3f} "
+              f"forward-loss_tau={r['forward-loss_tau']:.3f} "
+              f"forward-loss_jaccard={r['forward-loss_jaccard']:.3f} "
+              f"refined_tau={r['refined_tau']:.3f} refined_jaccard={r['refined_jaccard']:.3f} "
               f"kl_tau={r[f'kl@{lam:g}_tau']:.3f} tracin_tau={r['tracin_tau']:.3f}", flush=True)
     frame = pd.DataFrame(rows)
     name = f"lie-{a.data}-{a.model}-{a.dtype}"
@@ -304,6 +407,10 @@ def main(argv=None) -> dict:
               [("tau", "sgd", "tau"), ("jaccard", "sgd", "jaccard"), ("kl_tau", "kl", "tau"),
                ("kl_jaccard", "kl", "jaccard"), ("tracin_tau", "tracin", "tau"),
                ("tracin_jaccard", "tracin", "jaccard")]}
+    result.update({f"{m}_{s}": float(frame[f"{m}_{s}"].mean()) for m in FORWARD_LABELS
+                   for s in ("tau", "jaccard")})
+    result.update({f"{m}_ratio": float((frame[f"{m}_seconds"] / frame["sgd_seconds"]).mean())
+                   for m in FORWARD_LABELS})
     common.summary(**result)
     return result
 

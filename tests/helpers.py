@@ -12,12 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+import torch
+from torch import nn
 from streamlit.testing.v1 import AppTest
 
 from app.services import jobs
 from app.services.store import DONE
 from datasets import DataError
 from datasets.upload import load_upload
+from influence.sgd import Objective, SGDConfig, initial_params, make_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(ROOT / "app" / "main.py")
@@ -207,3 +210,26 @@ def bomb_png(width: int, height: int) -> bytes:
     body = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
     data[8:33] = struct.pack(">I", 13) + body + struct.pack(">I", zlib.crc32(body))
     return bytes(data)
+
+
+# --- a quadratic problem for exactness tests ----------------------------------------------------
+def squared_loss(out, y):
+    return 0.5 * (out[:, 0] - y) ** 2
+
+
+def least_squares(n: int, epochs: int, batch_size: int, l2: float, lr_decay: str):
+    """A linear model with squared loss on n random instances (5 features, float64), its SGD
+    schedule, θ[1] and a random query u."""
+    gen = torch.Generator().manual_seed(0)
+    d = 5
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    y = x @ torch.randn(d, generator=gen, dtype=torch.float64) + 0.3 * torch.randn(
+        n, generator=gen, dtype=torch.float64)
+    torch.manual_seed(1)
+    model = nn.Linear(d, 1).double()
+    obj = Objective(model, x, y, l2=l2, loss=squared_loss)
+    cfg = SGDConfig(epochs=epochs, batch_size=batch_size, lr=0.05, lr_decay=lr_decay, l2=l2,
+                    seed=3)
+    theta0 = initial_params(model, "cpu", torch.float64)
+    u = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in theta0.items()}
+    return obj, make_schedule(n, cfg), theta0, u

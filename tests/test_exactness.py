@@ -5,33 +5,19 @@ brute-force counterfactual SGD."""
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from influence.sgd import Objective, SGDConfig, initial_params, make_schedule, run_sgd
+from helpers import least_squares
+from influence.sgd import run_sgd
 from influence.sgd_influence import retrace
-
-
-def squared_loss(out, y):
-    return 0.5 * (out[:, 0] - y) ** 2
 
 
 @pytest.mark.parametrize("l2,lr_decay", [(0.0, "constant"), (0.01, "inv_sqrt")])
 def test_linear_least_squares_one_epoch_is_exact(l2, lr_decay):
-    gen = torch.Generator().manual_seed(0)
-    n, d = 60, 5
-    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
-    y = x @ torch.randn(d, generator=gen, dtype=torch.float64) + 0.3 * torch.randn(
-        n, generator=gen, dtype=torch.float64)
-    torch.manual_seed(1)
-    model = nn.Linear(d, 1).double()
-    obj = Objective(model, x, y, l2=l2, loss=squared_loss)
-    cfg = SGDConfig(epochs=1, batch_size=7, lr=0.05, lr_decay=lr_decay, l2=l2, seed=3)
-    schedule = make_schedule(n, cfg)
+    n = 60
+    obj, schedule, theta0, u = least_squares(n, 1, 7, l2, lr_decay)
     everyone = torch.ones(n, dtype=torch.bool)
-    theta0 = initial_params(model, "cpu", torch.float64)
     checkpoints = run_sgd(obj, schedule, theta0, lambda k: everyone)
     theta_T = checkpoints[1]
-    u = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in theta_T.items()}
 
     estimate = retrace(obj, schedule, checkpoints, lambda k: everyone, u, range(1)).numpy()
 
