@@ -88,9 +88,17 @@ def refuse_unlearned(run: runs.Run, force: bool) -> None:
 def cmd_score(a) -> None:
     run = runs.load(a.run)
     refuse_unlearned(run, a.force)
-    frame = methods.score(run, a.method, on_progress=progress_bar())
+    method, options = a.method, {}
+    if a.refine is not None:
+        if a.method != "sgd":
+            raise runs.RunError("--refine re-scores the ends of the exact SGD-influence "
+                                "(--method sgd)")
+        if a.refine < 1:
+            raise runs.RunError("--refine must be 1 or more")
+        method, options = "sgd-refined", {"refine": a.refine}
+    frame = methods.score(run, method, on_progress=progress_bar(), **options)
     out = runs.write_csv(frame, a.out or Path(a.run) / "influence.csv")
-    print(json.dumps({"out": str(out), "method": a.method, "n": len(frame),
+    print(json.dumps({"out": str(out), "method": method, "n": len(frame),
                       "most_harmful": frame.sample_id.head(5).tolist()}))
 
 
@@ -165,6 +173,10 @@ def parser() -> argparse.ArgumentParser:
                    help="sgd: retrace all epochs; sgd-last: the last epoch only (faster); the "
                         "others are the baselines to compare with")
     s.add_argument("--out", help="CSV path (default RUN/influence.csv)")
+    s.add_argument("--refine", type=int, metavar="M",
+                   help="re-score the M most harmful and M most helpful with the first-order-"
+                        f"exact forward estimate (ranking sgd-refined; its default is "
+                        f"{methods.REFINE})")
     s.add_argument("--force", action="store_true",
                    help="score even a model that did not learn")
     s.set_defaults(func=cmd_score)

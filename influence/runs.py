@@ -38,7 +38,7 @@ from . import models
 from .progress import Progress, ProgressFn
 from .sgd import (Objective, Params, Schedule, SGDConfig, StepStats, counterfactual_sgd,
                   initial_params, make_schedule, per_sample_loss, predictions, run_sgd)
-from .sgd_influence import loss_gradient, retrace
+from .sgd_influence import loss_gradient, refine_extremes, retrace
 
 FORMAT = "sgd-influence-run/1"
 MIN_STEPS, MIN_EPOCHS, MAX_EPOCHS = 600, 20, 200  # the default epochs give at least MIN_STEPS
@@ -323,22 +323,31 @@ class Run:
 
     # --- SGD-influence (Algorithm 2) ------------------------------------------------------
     def influence(self, query: Params | Callable | None = None, last_epoch_only: bool = False,
-                  on_progress: ProgressFn | None = None) -> np.ndarray:
+                  on_progress: ProgressFn | None = None, refine: int = 0) -> np.ndarray:
         """L̂_{−j}(u) for every training position j, retracing every epoch (or the last one only:
         the paper's approximate version, Section 7.2). The query u defaults to the gradient of
-        the mean validation loss at θ[T]; give a loss function of θ or a vector instead."""
+        the mean validation loss at θ[T]; give a loss function of θ or a vector instead.
+        refine: then re-score the `refine` most negative and most positive with the forward,
+        first-order-exact estimate, which keeps the cross-epoch term (refine_extremes)."""
         if not (query is None or callable(query) or isinstance(query, dict)):
             raise RunError("the query must be a loss function of θ or a parameter vector")
         if callable(query) or query is None:
             query = loss_gradient(query or self.val_loss_fn, self.theta)
         K = self.schedule.epochs
         epochs = range(K - 1, K) if last_epoch_only else range(K)
+        if refine and last_epoch_only:
+            raise RunError("the ends are refined after a retrace of every epoch")
         total = len(epochs) * (2 * self.schedule.steps_per_epoch - 1)  # replayed + retraced
+        total += self.schedule.steps if refine else 0  # the forward pass of the ends
         done = iter(range(1, total + 1))
         report = (lambda t: on_progress(Progress("score", next(done), total))) \
             if on_progress else None
-        return retrace(self.objective, self.schedule, self.checkpoints, self.keep_at, query,
-                       epochs, report).cpu().double().numpy()
+        scores = retrace(self.objective, self.schedule, self.checkpoints, self.keep_at, query,
+                         epochs, report)
+        if refine:
+            scores = refine_extremes(self.objective, self.schedule, self.checkpoints,
+                                     self.keep_at, query, scores, refine, report)
+        return scores.cpu().double().numpy()
 
     def ranking(self, scores: np.ndarray | pd.DataFrame) -> pd.DataFrame:
         """One score per training position (or a frame of them, column "influence" and extra

@@ -186,3 +186,16 @@ def test_check_reports_singles_and_groups(run_dir):
     result = last_json(cli("check", out, "--method", "sgd-last", "--n", 3, "--groups", 4))
     assert result["n"] == 3 and result["groups"] == 4 and -1 <= result["group_spearman"] <= 1
     assert "group share" in one_line_error(cli("check", out, "--group-share", 0.9))
+
+
+def test_score_refine_rescores_the_ends(run_dir, tmp_path):
+    out, _ = run_dir
+    result = last_json(cli("score", out, "--refine", 3, "--out", tmp_path / "refined.csv"))
+    assert result["method"] == "sgd-refined"
+    plain = pd.read_csv(out / "influence.csv") if (out / "influence.csv").exists() else \
+        (last_json(cli("score", out)), pd.read_csv(out / "influence.csv"))[1]
+    refined = pd.read_csv(tmp_path / "refined.csv").set_index("sample_id").influence
+    changed = (refined.reindex(plain.sample_id).to_numpy() != plain.influence.to_numpy()).sum()
+    assert changed == 6  # the 3 most harmful and the 3 most helpful, re-scored
+    assert "--method sgd" in one_line_error(cli("score", out, "--method", "sgd-last",
+                                                "--refine", 3))

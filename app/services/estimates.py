@@ -18,7 +18,7 @@ import torch
 from torch.func import vmap
 
 from datasets import ImageSet
-from influence import baselines, cleaning, labels, probe, runs
+from influence import baselines, cleaning, labels, methods, probe, runs
 from influence.runs import RunConfig
 from influence.sgd import batch_stats, batch_weights, initial_params, sgd_step
 from influence.sgd_influence import hvp_and_dot_grads
@@ -95,6 +95,8 @@ def estimate(data: ImageSet, config: RunConfig) -> dict:
     train = steps * costs["step"] + epochs * costs["eval"] + finish
     probe_time = vectorised(costs, len(probe.FACTORS), probe.probe_steps(run))
     check_masks = 1 + CHECK_SINGLES + CHECK_GROUPS
+    ends = min(2 * methods.REFINE, n_train)  # one Hessian-vector product (≈ 3 steps) each
+    refine_time = steps * (costs["step"] + 3 * costs["mask"] * ends)
     per_image = costs["gradients"] / n_train  # one per-image gradient product
     bytes_per = torch.finfo(run.dtype).bits // 8
     disk = ((epochs + 2) * n_params * bytes_per + run.schedule.order.size * 4 + steps * 8
@@ -107,6 +109,7 @@ def estimate(data: ImageSet, config: RunConfig) -> dict:
         "seconds_train": train, "seconds_probe": probe_time,
         "seconds_score": steps * costs["retrace"] + costs["eval"],
         "seconds_score_last": last * costs["retrace"] + costs["eval"],
+        "seconds_score_refined": steps * costs["retrace"] + costs["eval"] + refine_time,
         "seconds_retrain": train, "seconds_retrain_last": last * costs["step"] + costs["eval"]
         + finish,
         "seconds_kl": (baselines.KL_ITERATIONS * min(n_train, baselines.KL_HESSIAN_SAMPLES)
