@@ -279,3 +279,54 @@ def test_a_fix_to_an_unknown_class_in_a_config_is_refused(run):
     from dataclasses import replace
     with pytest.raises(runs.RunError, match="classes"):
         runs.Run(replace(run.config, fixes={run.train_ids[0]: [10, 0]}), run.data)
+
+
+# --- cleaning rounds with fixes, and the relabel table ------------------------------------------
+def test_random_controls_fix_other_images_to_other_labels(run):
+    from influence import cleaning
+    labels = run.objective.y.numpy()
+    rounds = cleaning.random_controls(run, 3, 4, 5, seed=1)
+    assert len(rounds) == 5
+    for removed, fixes in rounds:
+        assert len(removed) == 3 and len(fixes) == 4 and not set(removed) & set(fixes)
+        assert all(c != labels[run.position[sid]] for sid, c in fixes.items())
+    assert len({tuple(sorted(f.items())) for _, f in rounds}) == 5
+    # without fixes: the random removals drawn as before fixes existed
+    rng = np.random.default_rng(1)
+    before = [[run.train_ids[i] for i in sorted(rng.choice(len(run.train_ids), 3, replace=False))]
+              for _ in range(5)]
+    assert cleaning.random_removals(run, 3, 5, seed=1) == before
+
+
+def test_a_cleaning_round_with_fixes_has_random_fixes_as_controls(run):
+    from influence import cleaning
+    ids = run.train_ids
+    child, verdict = cleaning.clean(run, [ids[1]], "last", controls=3,
+                                    fixes={ids[0]: other_label(run, 0)})
+    assert verdict["removed"] == 1 and verdict["relabelled"] == 1
+    assert verdict["controls"] == 3 and len(verdict["control_errors"]) == 3
+    assert child.config.fixes == {ids[0]: [run.class_index(other_label(run, 0)), 1]}
+    with pytest.raises(runs.RunError, match="remove or to fix"):
+        cleaning.clean(run, [], "last")
+
+
+def test_best_labels_skip_the_label_in_use_and_removed_rows():
+    from influence import relabel
+    effects = np.array([[0.0, -1.0, -2.0], [0.5, 0.0, 0.2], [np.nan] * 3])
+    best, effect = relabel.best_labels(effects, np.array([2, 1, 0]))
+    assert best.tolist() == [1, 2, -1]
+    np.testing.assert_array_equal(effect, [-1.0, 0.2, np.nan])
+    assert relabel.in_words(-0.012, "7", -0.004) == (
+        "relabelling as 7 is estimated to lower validation loss by 0.012; removing it by 0.004")
+    assert relabel.in_words(-0.012, "7", 0.004).endswith("removing it would raise it by 0.004")
+
+
+def test_the_relabel_table_leaves_out_removed_images(run):
+    from influence import relabel
+    child = run.without([run.train_ids[0]], "last")
+    effects = np.random.default_rng(0).normal(size=(len(run.train_ids), 10))
+    effects[0] = np.nan
+    frame = relabel.table(child, effects)
+    assert len(frame) == len(run.train_ids) - 1 and run.train_ids[0] not in set(frame.sample_id)
+    assert frame.effect_best.is_monotonic_increasing and "effect_to_9" in frame.columns
+    assert "effect_to_9" not in relabel.table(child, effects, per_class=False).columns
