@@ -624,6 +624,8 @@ def fix_split(data, split: int, a):
                 "check: right, flipped in its top 10%": right(suggested,
                                                               in_top(checked.influence.to_numpy())),
                 "check: flipped in its top 10%": int(len(in_top(checked.influence.to_numpy()))),
+                "sgd: top 10% (best fix) given its most common best label": one_class(
+                    best[top10(effect)]),
                 "both agree, flipped": float((best == suggested)[flipped].mean()),
                 "right where both agree, flipped": right(best, flipped & (best == suggested))}
     rounds = {}  # (way, k) → (removed ids, fixes)
@@ -648,11 +650,13 @@ def fix_split(data, split: int, a):
                              .mean(1)))
     rows = []
     for ((way, k), (removed, fixes)), error in zip(rounds.items(), errors):
+        new = np.array(list(fixes.values()), dtype=int)
         changed = [run.position[sid] for sid in [*removed, *fixes]]
         rows.append({"split": split, "way": way, "k": k, "images": len(changed),
                      "flipped among them": int(flipped[changed].sum()),
                      "fixed to the true label": int(sum(c == true[run.position[sid]]
                                                         for sid, c in fixes.items())),
+                     "largest share of one new label": one_class(new) if len(new) else np.nan,
                      "error": float(error), "control_error": float(control_error[
                          (len(removed), len(fixes))]), "base_error": base})
     print(f"split {split}: test error {100 * base:.2f}% · best label right for "
@@ -661,6 +665,11 @@ def fix_split(data, split: int, a):
           f" · " + " · ".join(f"{r['way']} {r['k']}: {100 * r['error']:.2f}%" for r in rows)
           + f" ({time.perf_counter() - began:.0f} s)", flush=True)
     return rows, [accuracy]
+
+
+def one_class(labels: np.ndarray) -> float:
+    """The share of the most common value: how much a set of new labels piles into one class."""
+    return float(np.bincount(labels).max() / len(labels))
 
 
 def fix_tables(rows: pd.DataFrame, accuracy: pd.DataFrame):
@@ -677,6 +686,9 @@ def fix_tables(rows: pd.DataFrame, accuracy: pd.DataFrame):
         row = {"way": way, "k": k, "images changed": common.mean_std(part["images"]),
                "flipped among them": common.mean_std(part["flipped among them"]),
                "fixed to the true label": common.mean_std(part["fixed to the true label"]),
+               "largest share of one new label": common.mean_std(
+                   part["largest share of one new label"])
+               if part["largest share of one new label"].notna().any() else "",
                "test error %": common.mean_std(100 * part.error),
                "random, same size %": common.mean_std(100 * part.control_error),
                "vs random (pp)": f"{100 * (part.error - part.control_error).mean():+.2f}",
