@@ -45,6 +45,11 @@ MIN_STEPS, MIN_EPOCHS, MAX_EPOCHS = 600, 20, 200  # the default epochs give at l
 # SGD steps (small data sets need many epochs to learn anything)
 LEARNED = 0.9  # a model learned if its validation loss is at most this share of chance's
 RETRAIN_MODES = ("all", "last")  # counterfactual SGD from the first epoch, or the last only
+# Where the chunks of Run.outcomes run: None = here, one after the other. A cluster backend may
+# set a function (run, chunks, mode, exclude) → an iterable of each chunk's rows (outcome_rows)
+# in order, or None to keep them here; influence itself never imports one.
+EXECUTOR: Callable[["Run", list[list[list[str]]], str, list[str]], Iterable[list[dict]] | None] \
+    | None = None
 
 
 class RunError(ValueError):
@@ -394,36 +399,55 @@ class Run:
         the last epoch only), every set in one SGD run vectorised over the removal masks
         (counterfactual_sgd, `chunk` masks at a time), and measure each retrained model. One
         row per set: query_loss (the mean loss over the validation images but `exclude`: the
-        query whose change the scores estimate), val_loss, val_error, test_loss, test_error."""
+        query whose change the scores estimate), val_loss, val_error, test_loss, test_error.
+        With an EXECUTOR set and more than one chunk, the chunks may run elsewhere (each chunk
+        is computed the same way wherever it runs; progress then comes per chunk)."""
         if mode not in RETRAIN_MODES:
             raise RunError(f"unknown mode {mode!r}: use all or last")
         for ids in removals:
             self.check_training_ids(ids)
         K = self.schedule.epochs
-        epochs = range(0, K) if mode == "all" else range(K - 1, K)
-        query = self.query_loss(exclude)
-        total = math.ceil(len(removals) / chunk) * len(epochs) * self.schedule.steps_per_epoch
+        per_chunk = (K if mode == "all" else 1) * self.schedule.steps_per_epoch
+        chunks = [removals[start:start + chunk] for start in range(0, len(removals), chunk)]
+        total = len(chunks) * per_chunk
         done = iter(range(1, total + 1))
         report = (lambda t: on_progress(Progress(phase, next(done), total))) \
             if on_progress else None
+        elsewhere = EXECUTOR(self, chunks, mode, list(exclude)) \
+            if EXECUTOR is not None and len(chunks) > 1 else None
         rows = []
-        for start in range(0, len(removals), chunk):
-            gone = torch.zeros(len(removals[start:start + chunk]), len(self.train_ids),
-                               dtype=torch.bool, device=self.device)
-            for m, ids in enumerate(removals[start:start + chunk]):
-                gone[m, [self.position[sid] for sid in ids]] = True
-            theta0 = self.checkpoints[epochs.start]
-            thetas = counterfactual_sgd(self.objective, self.schedule, theta0,
-                                        lambda k: self.keep_at(k)[None] & ~gone, epochs, report)
-            for m in range(len(gone)):
-                theta = {name: p[m] for name, p in thetas.items()}
-                with torch.no_grad():
-                    query_loss = float(query(theta))
-                rows.append({"query_loss": query_loss,
-                             **dict(zip(("val_loss", "val_error"), self.evaluate("val", theta))),
-                             **dict(zip(("test_loss", "test_error"),
-                                        self.evaluate("test", theta)))})
+        if elsewhere is None:
+            for part in chunks:
+                rows += self.outcome_rows(part, mode, exclude, report)
+            return pd.DataFrame(rows)
+        for k, part in enumerate(elsewhere, 1):
+            rows += part
+            if on_progress:
+                on_progress(Progress(phase, k * per_chunk, total))
         return pd.DataFrame(rows)
+
+    def outcome_rows(self, removals: list[list[str]], mode: str = "all",
+                     exclude: Iterable[str] = (), on_step: Callable | None = None) -> list[dict]:
+        """One chunk of outcomes(): every set of ids in one vectorised counterfactual SGD run."""
+        K = self.schedule.epochs
+        epochs = range(0, K) if mode == "all" else range(K - 1, K)
+        query = self.query_loss(exclude)
+        gone = torch.zeros(len(removals), len(self.train_ids), dtype=torch.bool,
+                           device=self.device)
+        for m, ids in enumerate(removals):
+            gone[m, [self.position[sid] for sid in ids]] = True
+        theta0 = self.checkpoints[epochs.start]
+        thetas = counterfactual_sgd(self.objective, self.schedule, theta0,
+                                    lambda k: self.keep_at(k)[None] & ~gone, epochs, on_step)
+        rows = []
+        for m in range(len(gone)):
+            theta = {name: p[m] for name, p in thetas.items()}
+            with torch.no_grad():
+                query_loss = float(query(theta))
+            rows.append({"query_loss": query_loss,
+                         **dict(zip(("val_loss", "val_error"), self.evaluate("val", theta))),
+                         **dict(zip(("test_loss", "test_error"), self.evaluate("test", theta)))})
+        return rows
 
     # --- trust check ----------------------------------------------------------------------
     def check(self, ranked: pd.DataFrame, mode: str = "all", n: int = 10, groups: int = 20,
