@@ -31,7 +31,7 @@ SAME_FILES = ("config.json", "checkpoints.safetensors", "weights.safetensors",
 @pytest.fixture(scope="module")
 def address():
     """A local Ray cluster of 2 CPUs for this module; its address, as RAY_ADDRESS would give."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env=ray_jobs.RUNTIME_ENV)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
@@ -144,36 +144,41 @@ cluster.start(Path(sys.argv[1]))  # RAY_ADDRESS is set: jobs go to the cluster
 ws = Store(sys.argv[1])
 d = ws.add_dataset(datasets.load("digits"), "digits", "x")
 job = jobs.start_training(ws, "x", d["id"], runs.RunConfig(model="logreg", epochs=300))
-while job.done == 0 and job.running:
-    time.sleep(0.1)
 print(job.id, job.result["run"], job.error, flush=True)
+if sys.argv[2] == "started":  # else killed at once: before its worker has even started
+    while job.done == 0 and job.running:
+        time.sleep(0.1)
+    print(job.done, flush=True)
 time.sleep(600)
 """
 
 
-def test_a_restarted_app_reattaches_to_its_job_and_collects_it(ws, address, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", RESTARTED, str(tmp_path)], cwd=ROOT,
+@pytest.mark.parametrize("when", ["started", "submitted"])
+def test_a_restarted_app_reattaches_to_its_job_and_collects_it(ws, address, tmp_path, when):
+    proc = subprocess.Popen([sys.executable, "-c", RESTARTED, str(tmp_path), when], cwd=ROOT,
                             stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": address})
     try:
         job_id, run_id, error = proc.stdout.readline().split()
         assert error == "None"
+        if when == "started":
+            assert int(proc.stdout.readline()) > 0  # it was training when the server died
     finally:
         proc.send_signal(signal.SIGKILL)  # the web server dies; its job actor does not
         proc.wait(30)
     assert jobs.get(job_id) is None  # nothing of it in this process yet
     restarted = Store(tmp_path)  # the next server start: recover() sees the actor alive
     assert restarted.run(run_id)["status"] == RUNNING
-    found = cluster.reattach(tmp_path)
-    assert [j.id for j in found] == [job_id] and jobs.get(job_id) is found[0]
-    job = found[0]
-    assert job.session == "x" and job.kind == "train" and jobs.active("x") is job
-    deadline = time.time() + 60
-    while not job.lines and time.time() < deadline:
+    cluster.reattach(tmp_path)
+    deadline = time.time() + 120
+    while (jobs.get(job_id) is None or not jobs.get(job_id).lines) and time.time() < deadline:
         time.sleep(0.2)
-    assert job.done > 0 and job.lines  # its progress so far, then live
+    job = jobs.get(job_id)
+    assert job.session == "x" and job.kind == "train" and jobs.active("x") is job
+    assert job.running and job.lines  # its progress so far, then live
     job.wait(300)
     assert job.status == DONE, job.error
+    assert job.done == job.total == 300 * 17 and len(job.curve("train")) == job.total
     row = restarted.run(run_id)
     assert row["status"] == DONE and row["metrics"]["epochs"] == 300
     assert runs.load(restarted.run_folder(run_id)).metrics == row["metrics"]

@@ -52,6 +52,7 @@ def connect(address: str, root: Path, remember: bool = False) -> dict:
     """Run new jobs on the Ray cluster at `address` (host:port of its head node), re-attach to
     this workspace's jobs there, and with `remember`, keep the address in the workspace for the
     next start. Returns the cluster's CPUs, GPUs and nodes."""
+    send_token_if_any()
     from . import ray_jobs  # imports Ray: only with a cluster configured
 
     backend = ray_jobs.connect(address)
@@ -63,6 +64,16 @@ def connect(address: str, root: Path, remember: bool = False) -> dict:
             tmp.write_text(json.dumps({"address": address}))
     reattach(root)
     return backend.resources()
+
+
+def send_token_if_any() -> None:
+    """Ray clusters ask for a token by default, but a process given an address sends one only
+    with RAY_AUTH_MODE=token (read when Ray is imported): send it whenever one is at hand (a
+    cluster without authentication accepts it too)."""
+    if "RAY_AUTH_MODE" not in os.environ and (
+            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+            or (Path.home() / ".ray" / "auth_token").is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def reattach(root: Path) -> list[jobs.Job]:

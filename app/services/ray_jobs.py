@@ -41,9 +41,10 @@ import ray
 import torch
 from ray import cloudpickle
 
-from datasets import DataError
+from datasets import DataError, ImageSet
 from datasets.storage import atomic_folder
 from influence import runs
+from influence.progress import Cancelled
 from influence.runs import RunError
 
 from ..words import plain_message
@@ -72,8 +73,14 @@ def connect(address: str | None) -> Backend:
     if not ray.is_initialized():
         if address != "auto":
             reachable(address)
-        ray.init(address=address, runtime_env=RUNTIME_ENV, log_to_driver=False,
-                 logging_level=logging.WARNING)
+        try:
+            ray.init(address=address, runtime_env=RUNTIME_ENV, log_to_driver=False,
+                     logging_level=logging.WARNING)
+        except ConnectionError as e:
+            raise ConnectionError(
+                f"the Ray cluster at {address!r} did not accept this app ({e}). If it uses "
+                "token authentication (Ray's default), put its token (`ray get-auth-token` on "
+                "the head node) into ~/.ray/auth_token here or into RAY_AUTH_TOKEN") from None
     return Backend()
 
 
@@ -113,10 +120,10 @@ class Backend:
         raises: a job that cannot be submitted fails with the reason."""
         space, name = namespace(store), f"job-{job.id}"
         try:
-            payload = ship(work, store, reads, owns)
             spec = {"id": job.id, "session": job.session, "kind": job.kind, "title": job.title,
                     "result": dict(job.result), "started": job.started, "owns": owns,
-                    "threads": jobs._threads or torch.get_num_threads()}
+                    "threads": jobs._threads or torch.get_num_threads(),
+                    **ship(work, store, reads, owns)}
             for run_id in owns:
                 store.set_owner(run_id, f"ray:{space}/{name}")
             gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
@@ -126,58 +133,68 @@ class Backend:
             failed(job, store, owns, e)
             return
         job.say(f"sent to the Ray cluster (a {'GPU' if gpus else 'CPU'} worker)")
-        follow(job, actor, store, owns, payload)
+        follow(job, actor, store, spec)
 
     def reattach(self, store: Store) -> list[jobs.Job]:
         """Find the job actors of this workspace that an earlier server process started, and
-        follow them again: their jobs are back in the registry, with their progress so far."""
+        follow them again: their jobs are back in the registry, with their progress so far.
+        Returns those found at once; an actor still waiting for a worker joins when it has
+        one."""
         space, found = namespace(store), []
         for entry in ray.util.list_named_actors(all_namespaces=True):
             if entry["namespace"] != space or jobs.get(entry["name"][len("job-"):]):
                 continue
             try:
                 actor = ray.get_actor(entry["name"], namespace=space)
-                spec = ray.get(actor.describe.remote(), timeout=60)
-            except Exception as e:  # it ended meanwhile
-                log.info("job actor %s is gone: %s", entry["name"], e)
+            except ValueError:  # it ended meanwhile
                 continue
-            job = jobs.Job(spec["session"], spec["kind"], spec["title"])
-            job.id, job.started = spec["id"], spec["started"]
-            job.result.update(spec["result"])
-            if jobs.adopt(job) is job:
-                follow(job, actor, store, spec["owns"])
-                found.append(job)
+            described = actor.describe.remote()
+            if ray.wait([described], timeout=10)[0]:
+                found += adopt(actor, store, described)
+            else:
+                threading.Thread(target=adopt, args=(actor, store, described),
+                                 daemon=True).start()
         return found
 
 
-def follow(job: jobs.Job, actor, store: Store, owns: list[str],
-           payload: dict | None = None) -> None:
-    job._thread = threading.Thread(target=_follow, args=(job, actor, store, owns, payload),
-                                   daemon=True, name=f"ray-{job.kind}-{job.id}")
+def adopt(actor, store: Store, described) -> list[jobs.Job]:
+    """Register the job of a job actor in this process and follow it."""
+    try:
+        spec = ray.get(described)
+    except Exception as e:  # it ended meanwhile
+        log.info("a job actor is gone: %s", e)
+        return []
+    job = jobs.Job(spec["session"], spec["kind"], spec["title"])
+    job.id, job.started = spec["id"], spec["started"]
+    job.result.update(spec["result"])
+    if jobs.adopt(job) is not job:
+        return []
+    follow(job, actor, store, spec)
+    return [job]
+
+
+def follow(job: jobs.Job, actor, store: Store, spec: dict) -> None:
+    job._thread = threading.Thread(target=_follow, args=(job, actor, store, spec), daemon=True,
+                                   name=f"ray-{job.kind}-{job.id}")
     job._thread.start()
 
 
-def _follow(job: jobs.Job, actor, store: Store, owns: list[str], payload: dict | None) -> None:
-    """Send the work (a new job), mirror the actor's progress into `job` until it ends, pass a
-    Cancel on, then collect the results into the store and end the actor."""
+def _follow(job: jobs.Job, actor, store: Store, spec: dict) -> None:
+    """Mirror the actor's progress into `job` until it ends (first sending it the folders its
+    work reads, unless an earlier server process did), pass a Cancel on, then collect the
+    results into the store and end the actor."""
+    owns, seen, started, asked = spec["owns"], {"lines": 0, "rows": {}}, False, False
     try:
-        if payload is not None:
-            sent = actor.start.remote(payload)
-            while not ray.wait([sent], timeout=POLL_SECONDS)[0]:  # no free worker yet
-                if job._cancel.is_set():
-                    ended(job, store, owns, CANCELLED, "cancelled before it started")
-                    return
-            ray.get(sent)
-        seen: dict = {"lines": 0, "rows": {}}
-        asked = False
         while True:
+            state = _get(actor.poll.remote(seen["lines"], seen["rows"]), job, started)
+            if not state["started"]:  # the work is in the actor's spec, the folders are here
+                _get(actor.start.remote({folder: pack(store.root / folder)
+                                         for folder in spec["folders"]}), job, started)
+                continue
+            started = True
             if job._cancel.is_set() and not asked:
                 actor.cancel.remote()
                 asked = True
-            state = ray.get(actor.poll.remote(seen["lines"], seen["rows"]), timeout=120)
-            if not state["started"]:
-                raise RuntimeError("the web server stopped before this job reached the cluster;"
-                                   " start it again")
             mirror(job, state, seen)
             if state["ended"]:
                 break
@@ -190,10 +207,21 @@ def _follow(job: jobs.Job, actor, store: Store, owns: list[str], payload: dict |
         job.error, job.suggested_lr = end["error"], end["suggested_lr"]
         job.finished = time.time()
         job.status = end["status"]  # last: a page that sees it finished finds the store ready
+    except Cancelled:
+        ended(job, store, owns, CANCELLED, "cancelled before it started")
     except Exception as e:
         failed(job, store, owns, e)
     finally:
         close(actor)
+
+
+def _get(ref, job: jobs.Job, started: bool):
+    """ray.get(ref), waiting as long as it takes (no free worker yet, a worker starting), unless
+    the user cancels a job that has not started."""
+    while not ray.wait([ref], timeout=POLL_SECONDS)[0]:
+        if job._cancel.is_set() and not started:
+            raise Cancelled()
+    return ray.get(ref)
 
 
 def mirror(job: jobs.Job, state: dict, seen: dict) -> None:
@@ -263,16 +291,21 @@ def close(actor) -> None:
 # --- what goes to the worker ---------------------------------------------------------------------
 class _Sender(cloudpickle.CloudPickler):
     """Pickles a job's work for a worker: the workspace store becomes a placeholder, a stored run
-    its id (its folder travels with the job), a run not trained yet its config and data."""
+    or data set its id (its folder travels with the job), a run not trained yet its config and
+    data. The work itself then stays small (kept by Ray with the actor, whatever the app does)."""
 
     def __init__(self, file, store: Store):
         super().__init__(file)
-        self.store, self.runs = store, set()
+        self.store, self.runs, self.datasets = store, set(), set()
         self.runs_folder = (store.root / "runs").resolve()
+        self.fingerprints = {row["fingerprint"]: row["id"] for row in store.datasets()}
 
     def persistent_id(self, obj):
         if obj is self.store:
             return ("store",)
+        if isinstance(obj, ImageSet) and (found := self.fingerprints.get(obj.fingerprint())):
+            self.datasets.add(found)
+            return ("dataset", found)
         if isinstance(obj, runs.Run):
             if obj.path is not None and Path(obj.path).resolve().parent == self.runs_folder:
                 self.runs.add(Path(obj.path).name)
@@ -292,26 +325,26 @@ class _Receiver(pickle.Unpickler):
             return self.store
         if pid[0] == "run":
             return self.store.open_run(pid[1])
+        if pid[0] == "dataset":
+            return self.store.load_data(pid[1])
         if pid[0] == "plan":
             return runs.Run(runs.RunConfig(**pid[1]), pid[2])
         raise pickle.UnpicklingError(f"unknown placeholder {pid[0]!r}")
 
 
 def ship(work, store: Store, reads: list[str], owns: list[str]) -> dict:
-    """Everything a job's worker needs, as bytes and rows: the pickled work, the rows of the
-    runs it reads or creates (and of their data sets and scores), and the folders of the runs
-    it reads and of their data sets."""
+    """What a job's worker needs besides the folders: the pickled work and the rows of the runs
+    it reads or creates (and of their data sets and scores); and which folders it needs: those
+    of the runs it reads and of their data sets (sent as bytes when the actor starts)."""
     buffer = io.BytesIO()
     sender = _Sender(buffer, store)
     sender.dump(work)
     reads = list(dict.fromkeys([*reads, *sorted(sender.runs)]))
     run_rows = [store.run(run_id) for run_id in dict.fromkeys(reads + owns)]
-    data_rows = {row["dataset"]: store.dataset(row["dataset"]) for row in run_rows}
-    folders = {}
-    for run_id in reads:
-        row = store.run(run_id)
-        for folder in (row["folder"], data_rows[row["dataset"]]["folder"]):
-            folders[folder] = pack(store.root / folder)
+    data_rows = {i: store.dataset(i) for i in {r["dataset"] for r in run_rows} | sender.datasets}
+    needed = {store.run(run_id)["dataset"] for run_id in reads} | sender.datasets
+    folders = [store.run(run_id)["folder"] for run_id in reads] + \
+        [data_rows[i]["folder"] for i in sorted(needed)]
     scores = [info for run_id in reads for info in store.score_info(run_id).values()]
     return {"work": buffer.getvalue(), "app_root": str(store.root), "folders": folders,
             "rows": {"datasets": list(data_rows.values()), "runs": run_rows, "scores": scores}}
@@ -378,22 +411,24 @@ class JobActor:
     def describe(self) -> dict:
         return self.spec
 
-    def start(self, payload: dict) -> None:
+    def start(self, folders: dict[str, bytes]) -> None:
+        """Unpack the folders the work reads and start it (once)."""
         if self.job is not None:
             return
-        jobs.use_cpu_threads(self.spec["threads"])  # as in the app: the same float sums
+        spec = self.spec
+        jobs.use_cpu_threads(spec["threads"])  # as in the app: the same float sums
         runs.EXECUTOR = outcomes_on_cluster
-        self.store = WorkerStore(self.root / "workspace", payload["app_root"])
+        self.store = WorkerStore(self.root / "workspace", spec["app_root"])
         for table in ("datasets", "runs", "scores"):
-            self.store.insert_rows(table, payload["rows"][table])
-        for folder, blob in payload["folders"].items():
+            self.store.insert_rows(table, spec["rows"][table])
+        for folder, blob in folders.items():
             unpack(blob, self.store.root / folder)
-        job = jobs.Job(self.spec["session"], self.spec["kind"], self.spec["title"])
-        job.id = self.spec["id"]
-        job.result.update(self.spec["result"])
+        job = jobs.Job(spec["session"], spec["kind"], spec["title"])
+        job.id = spec["id"]
+        job.result.update(spec["result"])
 
         def work(job: jobs.Job) -> dict:
-            return _Receiver(io.BytesIO(payload["work"]), self.store).load()(job)
+            return _Receiver(io.BytesIO(spec["work"]), self.store).load()(job)
 
         self.job = job
         self.thread = threading.Thread(target=jobs._execute, args=(job, work), daemon=True)
