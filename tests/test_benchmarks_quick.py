@@ -69,3 +69,13 @@ def test_noisy_eval_quick_checks_the_validation_labels(tmp_path):
     assert (tmp_path / "noisy-eval-quick-checks.csv").exists()
     assert result["val_precision"] > 0.5 and result["val_flagged"] > 0  # 10% planted
     assert 0 <= result["recall10_sgd"] <= 1 and 0 <= result["recall10_sgd_checked"] <= 1
+
+
+def test_noisy_fix_quick_compares_fixing_with_removing(tmp_path):
+    result = run_quick("noisy.py", tmp_path, "--fix", "--controls", "2")
+    text = assert_report(tmp_path, "noisy-fix-quick", "noisy.py")
+    assert "fix where both agree" in text and "(Holm)" in text and "Targets:" in text
+    assert (tmp_path / "noisy-fix-quick-labels.csv").exists()
+    assert 0 <= result["sgd_right_top10"] <= 1
+    assert result["check_right_top10"] > 0.8  # the label check's suggestions on digits
+    assert {"fix_gain_54", "fix_gain_108", "fix_gain_215"} <= result.keys()

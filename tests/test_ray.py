@@ -189,15 +189,19 @@ def test_outcome_chunks_as_ray_tasks_give_the_local_figures(ws, digits_id):
     run = runs.Run(runs.RunConfig(**FAST), ws.load_data(digits_id))
     run.train()
     removals = [run.train_ids[k:k + 3] for k in range(0, 27, 3)]
-    local, seen = run.outcomes(removals, "all", chunk=4), []
+    labels = run.objective.y.tolist()  # random-control style: each set also fixes one label
+    fixes = [{run.train_ids[k + 30]: (labels[k + 30] + 1) % 10} for k in range(0, 27, 3)]
+    local, seen = run.outcomes(removals, "all", chunk=4, fixes=fixes), []
     runs.EXECUTOR = ray_jobs.outcomes_on_cluster
     try:
-        fanned = run.outcomes(removals, "all", chunk=4, on_progress=lambda p: seen.append(p.done))
+        fanned = run.outcomes(removals, "all", chunk=4, fixes=fixes,
+                              on_progress=lambda p: seen.append(p.done))
     finally:
         runs.EXECUTOR = None
     per_chunk = run.schedule.steps
     assert seen == [per_chunk, 2 * per_chunk, 3 * per_chunk]  # one report per chunk: tasks
     pd.testing.assert_frame_equal(fanned, local)
+    assert not local.equals(run.outcomes(removals, "all", chunk=4))  # the fixes went along
 
 
 def test_benchmark_splits_as_ray_tasks_give_the_same_rows(address, tmp_path):

@@ -465,10 +465,11 @@ class JobActor:
 
 # --- fan-out: the chunks of Run.outcomes as tasks ------------------------------------------------
 @ray.remote
-def _outcome_chunk(run: runs.Run, removals: list[list[str]], mode: str, exclude: list[str],
+def _outcome_chunk(run: runs.Run, chunk: tuple[list, list], mode: str, exclude: list[str],
                    threads: int) -> list[dict]:
     torch.set_num_threads(threads)
-    return run.outcome_rows(removals, mode, exclude)
+    removals, fixes = chunk
+    return run.outcome_rows(removals, mode, exclude, None, fixes)
 
 
 def outcomes_on_cluster(run: runs.Run, chunks: list, mode: str, exclude: list[str]):
