@@ -50,6 +50,9 @@ def map_splits(fn, data, calls: list[tuple], a):
         for args in calls:
             yield fn(data, *args)
         return
+    from app.services.cluster import send_token_if_any
+
+    send_token_if_any()  # as the app does: before Ray is imported
     import ray
 
     if not ray.is_initialized():  # the code travels with the tasks: no shared file system needed

@@ -225,15 +225,23 @@ def test_benchmark_splits_as_ray_tasks_give_the_same_rows(address, tmp_path):
     pd.testing.assert_frame_equal(fanned, local)
 
 
+NO_CLUSTER = """
+import sys
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file("app/main.py", default_timeout=120).run()
+for page in ("views/train.py", "views/harmful.py", "views/retrain.py", "views/data.py"):
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+assert "Advanced: run the jobs on a Ray cluster" in [e.label for e in at.expander]
+from app.services import jobs
+assert jobs.REMOTE is None and "ray" not in sys.modules, \
+    sorted(m for m in sys.modules if m.startswith("ray"))
+"""
+
+
 def test_without_a_cluster_the_app_never_imports_ray(tmp_path):
-    code = ("import sys\nfrom pathlib import Path\n"
-            "import app.session, app.panels, app.scale_out\n"
-            "from app.services import cluster, jobs, store\n"
-            "cluster.start(Path(sys.argv[1]))\n"
-            "assert jobs.REMOTE is None and 'ray' not in sys.modules, "
-            "sorted(m for m in sys.modules if m.startswith('ray'))\n")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300,
-                          env={**env, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run([sys.executable, "-c", NO_CLUSTER], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**env, "PYTHONPATH": str(ROOT),
+                                                       "INFLUENCE_WORKSPACE": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-3000:]
