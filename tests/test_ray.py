@@ -54,10 +54,10 @@ def digits_id(ws):
 
 
 def here(start, *args, **kwargs) -> jobs.Job:
-    """Run a job in a thread of this process, as without a cluster."""
+    """Start a job in a thread of this process, as without a cluster."""
     backend, jobs.REMOTE = jobs.REMOTE, None
     try:
-        return start(*args, **kwargs).wait(300)
+        return start(*args, **kwargs)
     finally:
         jobs.REMOTE = backend
 
@@ -69,11 +69,12 @@ def actors(store: Store) -> list[str]:
 
 
 def test_every_kind_of_job_on_ray_gives_what_the_threads_give_bit_for_bit(ws, digits_id):
+    """Each kind of job twice at once, on the cluster (session "ray") and here ("here")."""
     config = runs.RunConfig(**FAST)
     far = jobs.start_training(ws, "ray", digits_id, config)
     assert ws.run(far.result["run"])["owner"].startswith("ray:")  # handed to its job actor
+    near = here(jobs.start_training, ws, "here", digits_id, config).wait(300)
     far.wait(300)
-    near = here(jobs.start_training, ws, "here", digits_id, config)
     assert (far.status, near.status) == (DONE, DONE), (far.error, near.error)
     assert far.done == far.total == near.total and len(far.curve("train")) == near.total
     assert any("epoch 3 of 3" in line for line in far.lines)
@@ -84,22 +85,22 @@ def test_every_kind_of_job_on_ray_gives_what_the_threads_give_bit_for_bit(ws, di
     drop = lambda m: {k: v for k, v in m.items() if k != "seconds"}  # noqa: E731
     assert drop(ws.run(a)["metrics"]) == drop(ws.run(b)["metrics"])
 
-    for run_id, start in ((a, jobs.start_scoring), (b, lambda *x: here(jobs.start_scoring, *x))):
-        job = start(ws, "ray" if run_id == a else "here", run_id, "sgd").wait(300)
-        assert job.status == DONE, job.error
+    far = jobs.start_scoring(ws, "ray", a, "sgd")
+    near = here(jobs.start_scoring, ws, "here", b, "sgd").wait(300)
+    assert (far.wait(300).status, near.status) == (DONE, DONE), (far.error, near.error)
     pd.testing.assert_frame_equal(ws.scores(a, "sgd"), ws.scores(b, "sgd"))
     assert (ws.run_folder(a) / "influence-sgd.csv").read_bytes() == \
         (ws.run_folder(b) / "influence-sgd.csv").read_bytes()
 
-    check = jobs.start_check(ws, "ray", a, "sgd", n=4, groups=3).wait(300)
-    here(jobs.start_check, ws, "here", b, "sgd", n=4, groups=3)
-    assert check.status == DONE, check.error
+    check = jobs.start_check(ws, "ray", a, "sgd", n=4, groups=3)
+    here(jobs.start_check, ws, "here", b, "sgd", n=4, groups=3).wait(300)
+    assert check.wait(300).status == DONE, check.error
     assert ws.score_info(a)["sgd"]["trust"] == ws.score_info(b)["sgd"]["trust"]
 
     remove = ws.open_run(a).train_ids[:5]
-    clean = jobs.start_cleaning(ws, "ray", a, remove, "all", "sgd", controls=3).wait(300)
-    local = here(jobs.start_cleaning, ws, "here", b, remove, "all", "sgd", controls=3)
-    assert clean.status == DONE, clean.error
+    clean = jobs.start_cleaning(ws, "ray", a, remove, "all", "sgd", controls=3)
+    local = here(jobs.start_cleaning, ws, "here", b, remove, "all", "sgd", controls=3).wait(300)
+    assert clean.wait(300).status == DONE, clean.error
     far_round, near_round = ws.round(clean.result["round"]), ws.round(local.result["round"])
     assert far_round["status"] == DONE and far_round["verdict"] == near_round["verdict"]
     c, d = far_round["cleaned"], near_round["cleaned"]
