@@ -18,9 +18,9 @@ def panel() -> None:
                    "come back into this workspace either way.")
         root = workspace_root().resolve()
         if info["connected"]:
-            st.success(f"Jobs run on the Ray cluster at `{info['address']}`: {info['cpus']} "
-                       f"CPUs and {info['gpus']} GPUs on {info['nodes']} machine"
-                       f"{'s' * (info['nodes'] != 1)}.", icon=":material/hub:")
+            st.success(f"Jobs run on the Ray cluster at `{info['address']}`: "
+                       f"{count(info['cpus'], 'CPU')} and {count(info['gpus'], 'GPU')} on "
+                       f"{count(info['nodes'], 'machine')}.", icon=":material/hub:")
             if not info["from_environment"] and st.button("Run new jobs here again",
                                                           key="ray_disconnect"):
                 cluster.disconnect(root)
@@ -38,3 +38,7 @@ def panel() -> None:
         if info["error"]:
             st.error(f"The Ray cluster at `{info['address']}` could not be used, so jobs run "
                      f"here: {info['error']}")
+
+
+def count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'s' * (n != 1)}"
