@@ -133,6 +133,21 @@ def test_a_run_whose_job_actor_is_gone_is_marked_interrupted(ws, digits_id):
     assert Store(ws.root).run(row["id"])["status"] == INTERRUPTED
 
 
+def test_an_address_given_on_the_data_page_is_kept_for_the_next_start(ws, address, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cluster.configured_address(tmp_path) is None
+    try:
+        info = cluster.connect(address, tmp_path, remember=True)  # the data page's Connect
+        assert (info["cpus"], info["gpus"], info["nodes"]) == (2, 0, 1)
+        assert cluster.configured_address(tmp_path) == address  # in the workspace's cluster.json
+        assert cluster.status()["connected"] and not cluster.status()["from_environment"]
+        cluster.disconnect(tmp_path)  # "Run new jobs here again"
+        assert jobs.REMOTE is None and cluster.configured_address(tmp_path) is None
+    finally:
+        cluster.connect(address, ws.root)  # this module's workspace runs on the cluster again
+
+
 RESTARTED = """
 import sys, time
 from pathlib import Path
