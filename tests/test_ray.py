@@ -190,7 +190,7 @@ def test_a_restarted_app_reattaches_to_its_jobs_and_collects_them(ws, address, t
             and time.time() < deadline:
         time.sleep(0.2)
     job = jobs.get(first)
-    assert job.session == "x" and job.kind == "train" and jobs.active("x") is job
+    assert job.session == "x" and job.kind == "train" and jobs.jobs_of("x") == [job]
     assert job.lines  # its progress so far (then live, unless it has ended meanwhile)
     for job_id, run, epochs in ((first, run_id, 300), (second, late_run, 50)):
         job = jobs.get(job_id).wait(300)
