@@ -11,6 +11,7 @@ with no removal on the same split: mean ± std and a paired t-test over splits.
 
     python benchmarks/cleansing.py --splits 10 --epochs 6
     python benchmarks/cleansing.py --quick     # digits, 2 splits, small k
+    python benchmarks/cleansing.py --splits 10 --epochs 6 --ray HEAD:6379   # splits on a cluster
 """
 from __future__ import annotations
 
@@ -104,6 +105,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--resume", action="store_true",
                         help="keep the splits already in the CSV and run only the others")
     common.add_common_options(parser)
+    common.add_ray_option(parser)
     a = parser.parse_args(argv)
     if a.quick:
         a.splits, a.epochs, a.ks = min(a.splits, 2), a.epochs or 8, "5,20"
@@ -118,10 +120,9 @@ def main(argv=None) -> dict:
     csv = out / f"{a.name_out}.csv"
     rows = pd.read_csv(csv).to_dict("records") if a.resume and csv.exists() else []
     done = {r["split"] for r in rows}
-    for split in range(a.splits):
-        if split in done:
-            continue
-        rows += one_split(data, split, a)
+    todo = [(split, a) for split in range(a.splits) if split not in done]
+    for split_rows in common.map_splits(one_split, data, todo, a):  # --ray: splits as tasks
+        rows += split_rows
         pd.DataFrame(rows).to_csv(csv, index=False)  # partial results survive an interruption
     result = report(pd.DataFrame(rows), a, out)
     common.summary(**result)

@@ -34,6 +34,42 @@ def add_common_options(parser) -> None:
                         help="a small, fast version on scikit-learn's digits (used by CI)")
 
 
+def add_ray_option(parser) -> None:
+    """--ray, for the scripts whose splits go through map_splits."""
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="run each split as a Ray task: on the cluster at ADDRESS (host:port "
+                             "of its head node), else at $RAY_ADDRESS, else on a Ray instance "
+                             "started here. A split's figures are the same either way")
+
+
+def map_splits(fn, data, calls: list[tuple], a):
+    """fn(data, *args) for each args of `calls`, the results in that order: one after the other
+    here, or with --ray each call as a Ray task, all submitted at once (each with a.threads
+    torch threads and as many CPUs; the data set is sent once)."""
+    if a.ray is None:
+        for args in calls:
+            yield fn(data, *args)
+        return
+    from app.services.cluster import send_token_if_any
+
+    send_token_if_any()  # as the app does: before Ray is imported
+    import ray
+
+    if not ray.is_initialized():  # the code travels with the tasks: no shared file system needed
+        ray.init(address=a.ray or None, runtime_env={
+            "py_modules": [str(ROOT / "influence"), str(ROOT / "datasets"), __file__],
+            "excludes": ["__pycache__", "*.pyc"]})
+    task = ray.remote(num_cpus=a.threads)(_in_task)
+    shared = ray.put(data)
+    for ref in [task.remote(fn, a.threads, shared, *args) for args in calls]:
+        yield ray.get(ref)
+
+
+def _in_task(fn, threads: int, data, *args):
+    setup(threads)
+    return fn(data, *args)
+
+
 def command() -> str:
     """The command line that produced a result, as one would retype it from the repo root."""
     script = Path(sys.argv[0]).resolve()

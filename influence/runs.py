@@ -46,6 +46,12 @@ MIN_STEPS, MIN_EPOCHS, MAX_EPOCHS = 600, 20, 200  # the default epochs give at l
 # SGD steps (small data sets need many epochs to learn anything)
 LEARNED = 0.9  # a model learned if its validation loss is at most this share of chance's
 RETRAIN_MODES = ("all", "last")  # counterfactual SGD from the first epoch, or the last only
+# Where the chunks of Run.outcomes run: None = here, one after the other. A cluster backend may
+# set a function (run, chunks, mode, exclude) → an iterable of each chunk's rows in order
+# (outcome_rows(removals, mode, exclude, None, fixes) of each chunk's (removals, fixes)), or None
+# to keep them here; influence itself never imports one.
+EXECUTOR: Callable[["Run", list[tuple[list, list]], str, list[str]], Iterable[list[dict]] | None] \
+    | None = None
 
 
 class RunError(ValueError):
@@ -516,46 +522,69 @@ class Run:
         removal masks and label vectors (counterfactual_sgd, `chunk` sets at a time), and
         measure each retrained model. One row per set: query_loss (the mean loss over the
         validation images but `exclude`: the query whose change the scores estimate),
-        val_loss, val_error, test_loss, test_error."""
+        val_loss, val_error, test_loss, test_error.
+        With an EXECUTOR set and more than one chunk, the chunks may run elsewhere (each chunk
+        is computed the same way wherever it runs; progress then comes per chunk)."""
         if mode not in RETRAIN_MODES:
             raise RunError(f"unknown mode {mode!r}: use all or last")
         fixes = list(fixes) if fixes is not None else [{}] * len(removals)
         if len(fixes) != len(removals):
             raise RunError("give one set of fixes per set of removals")
         K = self.schedule.epochs
-        epochs = range(0, K) if mode == "all" else range(K - 1, K)
+        first = 0 if mode == "all" else K - 1
         for ids in removals:
             self.check_training_ids(ids)
-        fixes = [self.new_fixes(f, epochs.start, ids) for f, ids in zip(fixes, removals)]
-        query = self.query_loss(exclude)
-        total = math.ceil(len(removals) / chunk) * len(epochs) * self.schedule.steps_per_epoch
+        fixes = [self.new_fixes(f, first, ids) for f, ids in zip(fixes, removals)]
+        per_chunk = (K - first) * self.schedule.steps_per_epoch
+        chunks = [(removals[start:start + chunk], fixes[start:start + chunk])
+                  for start in range(0, len(removals), chunk)]
+        total = len(chunks) * per_chunk
         done = iter(range(1, total + 1))
         report = (lambda t: on_progress(Progress(phase, next(done), total))) \
             if on_progress else None
+        elsewhere = EXECUTOR(self, chunks, mode, list(exclude)) \
+            if EXECUTOR is not None and len(chunks) > 1 else None
         rows = []
-        for start in range(0, len(removals), chunk):
-            gone = torch.zeros(len(removals[start:start + chunk]), len(self.train_ids),
-                               dtype=torch.bool, device=self.device)
-            fixed = torch.full(gone.shape, -1, device=self.device)  # new label, or −1: none
-            for m, (ids, fix) in enumerate(zip(removals[start:start + chunk],
-                                               fixes[start:start + chunk])):
-                gone[m, [self.position[sid] for sid in ids]] = True
-                for sid, (c, _) in fix.items():
-                    fixed[m, self.position[sid]] = c
-            theta0 = self.checkpoints[epochs.start]
-            thetas = counterfactual_sgd(
-                self.objective, self.schedule, theta0, lambda k: self.keep_at(k)[None] & ~gone,
-                epochs, report,
-                labels=lambda k: torch.where(fixed >= 0, fixed, self.labels_at(k)[None]))
-            for m in range(len(gone)):
-                theta = {name: p[m] for name, p in thetas.items()}
-                with torch.no_grad():
-                    query_loss = float(query(theta))
-                rows.append({"query_loss": query_loss,
-                             **dict(zip(("val_loss", "val_error"), self.evaluate("val", theta))),
-                             **dict(zip(("test_loss", "test_error"),
-                                        self.evaluate("test", theta)))})
+        if elsewhere is None:
+            for part, fixed in chunks:
+                rows += self.outcome_rows(part, mode, exclude, report, fixed)
+            return pd.DataFrame(rows)
+        for k, part in enumerate(elsewhere, 1):
+            rows += part
+            if on_progress:
+                on_progress(Progress(phase, k * per_chunk, total))
         return pd.DataFrame(rows)
+
+    def outcome_rows(self, removals: list[list[str]], mode: str = "all",
+                     exclude: Iterable[str] = (), on_step: Callable | None = None,
+                     fixes: list[Mapping[str, list[int]]] | None = None) -> list[dict]:
+        """One chunk of outcomes(): every set of ids, with its checked fixes (new_fixes: sample
+        id → [class index, first epoch]), in one vectorised counterfactual SGD run."""
+        K = self.schedule.epochs
+        epochs = range(0, K) if mode == "all" else range(K - 1, K)
+        query = self.query_loss(exclude)
+        fixes = fixes if fixes is not None else [{}] * len(removals)
+        gone = torch.zeros(len(removals), len(self.train_ids), dtype=torch.bool,
+                           device=self.device)
+        fixed = torch.full(gone.shape, -1, device=self.device)  # new label, or −1: none
+        for m, (ids, fix) in enumerate(zip(removals, fixes)):
+            gone[m, [self.position[sid] for sid in ids]] = True
+            for sid, (c, _) in fix.items():
+                fixed[m, self.position[sid]] = c
+        theta0 = self.checkpoints[epochs.start]
+        thetas = counterfactual_sgd(
+            self.objective, self.schedule, theta0, lambda k: self.keep_at(k)[None] & ~gone,
+            epochs, on_step,
+            labels=lambda k: torch.where(fixed >= 0, fixed, self.labels_at(k)[None]))
+        rows = []
+        for m in range(len(gone)):
+            theta = {name: p[m] for name, p in thetas.items()}
+            with torch.no_grad():
+                query_loss = float(query(theta))
+            rows.append({"query_loss": query_loss,
+                         **dict(zip(("val_loss", "val_error"), self.evaluate("val", theta))),
+                         **dict(zip(("test_loss", "test_error"), self.evaluate("test", theta)))})
+        return rows
 
     # --- trust check ----------------------------------------------------------------------
     def check(self, ranked: pd.DataFrame, mode: str = "all", n: int = 10, groups: int = 20,

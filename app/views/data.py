@@ -3,7 +3,7 @@ import numpy as np
 import streamlit as st
 
 import datasets
-from app import charts, images, session, words
+from app import charts, images, scale_out, session, words
 from datasets import DataError, limits
 from datasets.builtin import data_dir
 from datasets.upload import load_upload
@@ -186,3 +186,5 @@ if flipped:
 
 st.page_link("views/train.py", label="Next: train a model on these images",
              icon=":material/arrow_forward:")
+
+scale_out.panel()  # advanced: run the jobs on a Ray cluster
