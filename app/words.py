@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from datasets import DataError
-from influence.runs import RunError
+from influence.runs import RunConfig, RunError, selection_size
 from influence.sgd import Diverged
 
 PHASES = {"probe": "Choosing the learning rate", "train": "Training",
@@ -146,3 +146,15 @@ def trust(t: dict) -> str:
              "network the effect of one image is mostly noise of training itself; the group "
              "figure is the one to go by when removing many.")
     return text
+
+
+def selection_part(n_val: int, fraction: float = RunConfig.selection_fraction) -> str:
+    """Page 1's sentence on the selection part of the validation images."""
+    n = selection_size(n_val, fraction)
+    if n == 0:
+        return ("All validation images define the query of influence; none is held out to "
+                "judge how many images to remove.")
+    return (f"Of the validation images, **{n:,}** (about {fraction:.0%}, chosen by the seed) "
+            "are held out as the *selection* part: they never define what 'harmful' means, "
+            "and on page 3 they judge how many harmful images to remove. The other "
+            f"**{n_val - n:,}** define the query of influence.")

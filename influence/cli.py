@@ -207,6 +207,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--val-fraction", type=float, default=d.val_fraction)
     t.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    t.add_argument("--selection-fraction", type=float, default=d.selection_fraction,
+                   help="share of the validation images held out of the influence query, to "
+                        "judge how many images to remove (`curve`); 0: none")
     t.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
     t.add_argument("--dtype", default=d.dtype, choices=("float32", "float64"))
     t.add_argument("--out", required=True, help="new run folder")
