@@ -536,8 +536,8 @@ class Run:
     # --- many counterfactual retrainings at once ------------------------------------------
     def outcomes(self, removals: list[list[str]], mode: str = "all", exclude: Iterable[str] = (),
                  on_progress: ProgressFn | None = None, phase: str = "retrain",
-                 chunk: int = 32, fixes: list[Mapping[str, str | int]] | None = None
-                 ) -> pd.DataFrame:
+                 chunk: int = 32, fixes: list[Mapping[str, str | int]] | None = None,
+                 measure: Callable[[Params], dict] | None = None) -> pd.DataFrame:
         """Retrain without each set of ids (Definition 2; mode all: from the first epoch, last:
         the last epoch only), with the set's `fixes` (sample id → new label, one mapping per
         set, see new_fixes) from the same epoch, every set in one SGD run vectorised over the
@@ -545,7 +545,7 @@ class Run:
         measure each retrained model. One row per set: query_loss (the mean loss over the
         validation images but the selection part and `exclude`: the query whose change the
         scores estimate), val_loss, val_error, selection_loss, selection_error (NaN without a
-        selection part), test_loss, test_error."""
+        selection part), test_loss, test_error, and the fields `measure(θ)` returns."""
         if mode not in RETRAIN_MODES:
             raise RunError(f"unknown mode {mode!r}: use all or last")
         fixes = list(fixes) if fixes is not None else [{}] * len(removals)
@@ -585,7 +585,8 @@ class Run:
                              **dict(zip(("selection_loss", "selection_error"),
                                         self.evaluate("selection", theta))),
                              **dict(zip(("test_loss", "test_error"),
-                                        self.evaluate("test", theta)))})
+                                        self.evaluate("test", theta))),
+                             **(measure(theta) if measure else {})})
         return pd.DataFrame(rows)
 
     # --- trust check ----------------------------------------------------------------------
