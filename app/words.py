@@ -15,7 +15,8 @@ PHASES = {"probe": "Choosing the learning rate", "train": "Training",
           "score": "Computing influence", "rank": "Ranking",
           "check": "Checking against real retraining",
           "retrain": "Retraining without the ticked images",
-          "control": "Control: retraining without as many random images"}
+          "control": "Control: retraining without as many random images",
+          "curve": "Retraining without the top k and random sets of k"}
 
 
 def progress_text(job) -> str:
