@@ -157,8 +157,9 @@ def report(frame: pd.DataFrame, a, out: Path, curves: pd.DataFrame | None = None
         f"{a.lr}, {a.epochs} epochs"
         + (f"; {a.flip:.0%} of the training labels flipped to a random other class per split "
            "(validation and test labels clean)" if a.flip else "")
-        + f" (the paper: 20 epochs on 50,000 images; reduced to fit "
-        f"2 shared CPU cores). Retraining: counterfactual SGD, mode(s) {', '.join(a.modes)}. "
+        + (" (the paper: 20 epochs on 50,000 images; reduced to fit 2 shared CPU cores)"
+           if a.name == "mnist-10k" else "")
+        + f". Retraining: counterfactual SGD, mode(s) {', '.join(a.modes)}. "
         f"{frame['split'].nunique()} splits."
         + (" K&L: Hessian estimated on 500 random training instances, 20 MINRES steps, "
            "damping 0.01." if "kl" in a.methods else ""),
