@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import charts, panels, session
-from app.services import jobs
+from app import charts, panels, session, words
+from app.services import estimates, jobs
 from app.services.store import DONE
 from influence import kcurve, runs
 from influence.runs import RunError
@@ -27,11 +27,15 @@ def section(run: dict, method: str, busy: bool) -> None:
     mode = c1.selectbox("Retrain", runs.RETRAIN_MODES[::-1], key=session.remember(
         "curve_mode", "last"), format_func={"last": "last epoch (fast)",
                                             "all": "all epochs (exact)"}.get)
-    c2.markdown(f"Retrain without the top k of this ranking for k = "
-                f"{', '.join(map(str, kcurve.KS))} (as far as there are images), and without "
-                f"{kcurve.CONTROLS} random sets of each size, all at once. Each model is judged "
-                f"on the **selection** images — {share:.0%} of the validation images, held out "
-                "of the query that ranked them (page 1) — never on the test images.")
+    ks = kcurve.sizes((run["metrics"] or {}).get("train_size", max(kcurve.KS) + 1))
+    models = len(ks) + kcurve.CONTROLS * (len(ks) - 1)
+    took = estimates.controls_seconds(session.estimate(run["dataset"], run["config"]), models,
+                                      mode)
+    c2.markdown(f"Retrain without the top k of this ranking for k = {', '.join(map(str, ks))}, "
+                f"and without {kcurve.CONTROLS} random sets of each size: {models} models, all "
+                f"at once ({words.seconds(took)}). Each is judged on the **selection** images — "
+                f"{share:.0%} of the validation images, held out of the query that ranked them "
+                "(page 1) — never on the test images.")
     if c2.button("Compute how many to remove", disabled=busy, icon=":material/query_stats:"):
         try:
             jobs.start_curve(session.store(), session.sid(), run["id"], method, mode)

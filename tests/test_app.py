@@ -300,7 +300,7 @@ def test_how_many_to_remove_draws_the_curve_and_prefills_k(monkeypatch):
     button(at.run(), "Compute influence").click().run()
     assert wait_for_job(at).status == DONE
     ok(at.run())
-    assert "How many to remove?" in text(at) and "selection" in text(at)
+    assert "How many to remove?" in text(at) and "78 models, all at once" in text(at)
     assert at.number_input(key="top_k").value == 10
     button(at, "Compute how many to remove").click().run()
     job = wait_for_job(at)
