@@ -316,3 +316,6 @@ def test_how_many_to_remove_draws_the_curve_and_prefills_k(monkeypatch):
     assert len(at.session_state["app"]["ticks"][job.result["run"]]) == 20
     at.number_input(key="top_k").set_value(7).run()  # prefilled once: the user's K stays
     assert at.number_input(key="top_k").value == 7
+    at.switch_page("views/data.py").run()  # page 1 states the selection part
+    assert "**180** (about 50%, chosen by the seed) are held out as the *selection* part" \
+        in text(ok(at))
