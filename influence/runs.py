@@ -33,6 +33,7 @@ from scipy import stats
 
 import datasets
 from datasets import ImageSet
+from datasets.core import cut
 from datasets.storage import atomic_file, atomic_folder
 
 from . import models
@@ -71,6 +72,9 @@ class RunConfig:
     seed: int = 0
     val_fraction: float = 0.2
     test_fraction: float = 0.2
+    selection_fraction: float = 0.5  # share of the validation images held out of the query, to
+    # judge how many images to remove (influence.kcurve); 0: none, the whole validation part is
+    # the query (runs saved before this setting existed read as 0)
     device: str = "auto"
     dtype: str = "float32"
     removed: dict[str, int] = field(default_factory=dict)  # sample id → first epoch without it
@@ -98,6 +102,8 @@ class RunConfig:
                             "training images")
         if ok("lr") and self.lr is not None and not (math.isfinite(self.lr) and 0 < self.lr <= 10):
             problems.append("learning rate must be above 0 and at most 10")
+        if ok("selection_fraction") and not 0 <= self.selection_fraction <= 0.9:
+            problems.append("selection share must be between 0 and 0.9 of the validation images")
         if ok("l2") and not (math.isfinite(self.l2) and 0 <= self.l2 <= 10):
             problems.append("L2 must be between 0 and 10")
         if ok("lr_decay") and self.lr_decay not in ("constant", "inv_sqrt"):
@@ -123,6 +129,23 @@ def default_epochs(n_train: int, batch_size: int) -> int:
     """Epochs that give at least MIN_STEPS SGD steps (MIN_EPOCHS to MAX_EPOCHS)."""
     per_epoch = math.ceil(n_train / batch_size)
     return int(min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(MIN_STEPS / per_epoch))))
+
+
+def selection_part(val: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+                   ) -> np.ndarray:
+    """The positions of the selection part: `fraction` of the validation positions `val`,
+    stratified by label where possible and drawn by the run's seed (datasets.core.cut); empty
+    for fraction 0 or fewer than 2 validation images (at least one stays in the query)."""
+    size = selection_size(len(val), fraction)
+    if size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(cut(np.asarray(val), labels, size, seed)[1])
+
+
+def selection_size(n_val: int, fraction: float) -> int:
+    """How many of n_val validation images the selection part holds (one at least, and at
+    least one left for the query)."""
+    return 0 if fraction == 0 or n_val < 2 else min(max(1, round(fraction * n_val)), n_val - 1)
 
 
 def chance_loss(labels_train: np.ndarray, labels_val: np.ndarray, n_classes: int) -> float:
@@ -188,6 +211,9 @@ class Run:
             raise RunError(f"the data set {config.dataset!r} has changed since this run was "
                            "trained; train a new run on it")
         self.split = self.data.split(config.val_fraction, config.test_fraction, config.seed)
+        self.selection = selection_part(self.split.val, self.data.split_labels(),
+                                        config.selection_fraction, config.seed)
+        self.selection_ids = frozenset(self.data.ids[i] for i in self.selection)
         try:
             self.preset, self.preset_reason = models.resolve(config.model, self.data.shape)
         except ValueError as e:
@@ -280,7 +306,8 @@ class Run:
 
     # --- evaluation -----------------------------------------------------------------------
     def part(self, name: str) -> Objective:
-        positions = {"train": self.split.train, "val": self.split.val, "test": self.split.test}
+        positions = {"train": self.split.train, "val": self.split.val, "test": self.split.test,
+                     "selection": self.selection}
         if name not in positions:
             raise RunError(f"unknown part {name!r}")
         if name not in self._parts:  # training images: the labels in use in the last epoch
@@ -319,18 +346,19 @@ class Run:
         return (predictions(self.outputs(name, theta)) == self.part(name).y).cpu().numpy()
 
     def val_loss_fn(self, theta: Params) -> torch.Tensor:
-        """The mean validation loss as a function of θ: the default query of Algorithm 2."""
-        obj = self.part("val")
-        return per_sample_loss(obj.outputs(theta, obj.x), obj.y).mean()
+        """The default query of Algorithm 2 as a function of θ: the mean loss over the
+        validation images outside the selection part (query_loss())."""
+        return self.query_loss()(theta)
 
     def query_loss(self, exclude: Iterable[str] = ()) -> Callable[[Params], torch.Tensor]:
         """The query of Algorithm 2 as a function of θ: the mean loss over the validation
-        images, leaving out the sample ids in `exclude` (e.g. images whose label looks wrong, so
-        that they do not define what "harmful" means)."""
-        exclude = set(exclude)
-        if not exclude:
-            return self.val_loss_fn
+        images, leaving out the selection part (which judges how many to remove, and must not
+        define what "harmful" means) and the sample ids in `exclude` (e.g. images whose label
+        looks wrong)."""
+        exclude = set(exclude) | self.selection_ids
         obj = self.part("val")
+        if not exclude:
+            return lambda theta: per_sample_loss(obj.outputs(theta, obj.x), obj.y).mean()
         keep = torch.tensor([self.data.ids[i] not in exclude for i in self.split.val],
                             device=self.device)
         if not keep.any():
@@ -514,17 +542,19 @@ class Run:
     # --- many counterfactual retrainings at once ------------------------------------------
     def outcomes(self, removals: list[list[str]], mode: str = "all", exclude: Iterable[str] = (),
                  on_progress: ProgressFn | None = None, phase: str = "retrain",
-                 chunk: int = 32, fixes: list[Mapping[str, str | int]] | None = None
-                 ) -> pd.DataFrame:
+                 chunk: int = 32, fixes: list[Mapping[str, str | int]] | None = None,
+                 measure: Callable[[Params], dict] | None = None) -> pd.DataFrame:
         """Retrain without each set of ids (Definition 2; mode all: from the first epoch, last:
         the last epoch only), with the set's `fixes` (sample id → new label, one mapping per
         set, see new_fixes) from the same epoch, every set in one SGD run vectorised over the
         removal masks and label vectors (counterfactual_sgd, `chunk` sets at a time), and
         measure each retrained model. One row per set: query_loss (the mean loss over the
-        validation images but `exclude`: the query whose change the scores estimate),
-        val_loss, val_error, test_loss, test_error.
-        With an EXECUTOR set and more than one chunk, the chunks may run elsewhere (each chunk
-        is computed the same way wherever it runs; progress then comes per chunk)."""
+        validation images but the selection part and `exclude`: the query whose change the
+        scores estimate), val_loss, val_error, selection_loss, selection_error (NaN without a
+        selection part), test_loss, test_error, and the fields `measure(θ)` returns.
+        With an EXECUTOR set, more than one chunk and no `measure`, the chunks may run
+        elsewhere (each chunk is computed the same way wherever it runs; progress then comes
+        per chunk)."""
         if mode not in RETRAIN_MODES:
             raise RunError(f"unknown mode {mode!r}: use all or last")
         fixes = list(fixes) if fixes is not None else [{}] * len(removals)
@@ -543,11 +573,11 @@ class Run:
         report = (lambda t: on_progress(Progress(phase, next(done), total))) \
             if on_progress else None
         elsewhere = EXECUTOR(self, chunks, mode, list(exclude)) \
-            if EXECUTOR is not None and len(chunks) > 1 else None
+            if EXECUTOR is not None and len(chunks) > 1 and measure is None else None
         rows = []
         if elsewhere is None:
             for part, fixed in chunks:
-                rows += self.outcome_rows(part, mode, exclude, report, fixed)
+                rows += self.outcome_rows(part, mode, exclude, report, fixed, measure)
             return pd.DataFrame(rows)
         for k, part in enumerate(elsewhere, 1):
             rows += part
@@ -557,7 +587,8 @@ class Run:
 
     def outcome_rows(self, removals: list[list[str]], mode: str = "all",
                      exclude: Iterable[str] = (), on_step: Callable | None = None,
-                     fixes: list[Mapping[str, list[int]]] | None = None) -> list[dict]:
+                     fixes: list[Mapping[str, list[int]]] | None = None,
+                     measure: Callable[[Params], dict] | None = None) -> list[dict]:
         """One chunk of outcomes(): every set of ids, with its checked fixes (new_fixes: sample
         id → [class index, first epoch]), in one vectorised counterfactual SGD run."""
         K = self.schedule.epochs
@@ -583,7 +614,10 @@ class Run:
                 query_loss = float(query(theta))
             rows.append({"query_loss": query_loss,
                          **dict(zip(("val_loss", "val_error"), self.evaluate("val", theta))),
-                         **dict(zip(("test_loss", "test_error"), self.evaluate("test", theta)))})
+                         **dict(zip(("selection_loss", "selection_error"),
+                                    self.evaluate("selection", theta))),
+                         **dict(zip(("test_loss", "test_error"), self.evaluate("test", theta))),
+                         **(measure(theta) if measure else {})})
         return rows
 
     # --- trust check ----------------------------------------------------------------------
@@ -720,6 +754,8 @@ def config_from_json(raw: dict, path: Path) -> RunConfig:
     """A RunConfig from a run folder's config.json, checked by RunConfig.validate (a tampered
     file is refused here, not deep inside training or scoring)."""
     config = RunConfig(**{f.name: raw[f.name] for f in fields(RunConfig) if f.name in raw})
+    if "selection_fraction" not in raw:  # saved before the selection part: the whole
+        config.selection_fraction = 0.0  # validation part stayed the query
     try:
         config.validate()
     except RunError as e:

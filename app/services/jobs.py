@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from datasets import DataError
-from influence import cleaning, methods, probe, runs
+from influence import cleaning, kcurve, methods, probe, runs
 from influence.progress import Cancelled, Progress
 from influence.runs import RunConfig, RunError, TrainingLog
 from influence.sgd import Diverged
@@ -346,6 +346,30 @@ def start_check(store: Store, session: str, run_id: str, method: str, n: int = 1
 
     return start(session, "check", "Checking the ranking", work,
                  result={"run": run_id, "method": method}, store=store, reads=[run_id])
+
+
+def start_curve(store: Store, session: str, run_id: str, method: str, mode: str = "last",
+                controls: int = kcurve.CONTROLS, seed: int = 0) -> Job:
+    """How many to remove: the k-curve of a computed ranking (influence.kcurve), every top-k
+    and random removal in one vectorised retraining, judged on the run's selection images.
+    The job's result keeps the curve per k (`band`) and the suggestion."""
+    if mode not in runs.RETRAIN_MODES:
+        raise RunError(f"unknown mode {mode!r}: use all or last")
+    ranked = store.scores(run_id, method)
+    exclude = (store.score_info(run_id).get(method) or {}).get("query") or []
+
+    def work(job: Job) -> dict:
+        run = store.open_run(run_id)
+        ks = kcurve.sizes(len(ranked))
+        job.say(f"retraining without the top {', '.join(map(str, ks[1:]))} of the ranking and "
+                f"without {controls} random sets of each size, all at once (mode {mode})")
+        frame, found = kcurve.curve(run, ranked, mode, controls, seed, exclude=exclude,
+                                    on_progress=job.report)
+        job.say(found["sentence"])
+        return {"band": kcurve.band(frame).to_dict("records"), "suggestion": found}
+
+    return start(session, "curve", "Choosing how many to remove", work,
+                 result={"run": run_id, "method": method, "mode": mode})
 
 
 def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str],
