@@ -196,6 +196,26 @@ def test_retraining_with_fixes_matches_the_vectorised_outcomes(run):
             run.retrain([ids[9]], mode).evaluate("test")[0], abs=1e-9)  # the fixes matter
 
 
+def test_fixing_from_the_first_epoch_is_training_on_the_fixed_labels(run):
+    """What a fix means, checked end to end: fixing images to labels c (mode all) gives the very
+    model trained from scratch on a copy of the data where those images carry c (class names
+    and indices, positions and sample ids all line up)."""
+    ids, n = run.train_ids, 12
+    fixes = {ids[j]: other_label(run, j, 1 + j % 3) for j in range(0, 6 * n, 6)}
+    labels = run.data.labels.copy()
+    for sid, name in fixes.items():
+        labels[run.split.train[run.position[sid]]] = run.data.classes.index(name)
+    relabelled = runs.Run(runs.RunConfig(model="logreg", epochs=2, seed=0, dtype="float64"),
+                          run.data.relabelled(labels))
+    relabelled.train()
+    child = run.retrain([], "all", fixes=fixes)
+    for name in child.theta:
+        assert torch.equal(child.theta[name], relabelled.theta[name]), name
+    assert run.outcomes([[]], "all", fixes=[fixes]).test_loss[0] == pytest.approx(
+        relabelled.evaluate("test")[0], abs=1e-12)
+    assert child.evaluate("test")[0] != pytest.approx(run.evaluate("test")[0], abs=1e-9)
+
+
 def test_a_fixed_run_replays_and_scores_with_its_own_labels(run, tmp_path):
     ids = run.train_ids
     child = run.retrain([ids[2]], "last", fixes={ids[0]: other_label(run, 0)})
