@@ -350,3 +350,17 @@ def test_the_relabel_table_leaves_out_removed_images(run):
     assert len(frame) == len(run.train_ids) - 1 and run.train_ids[0] not in set(frame.sample_id)
     assert frame.effect_best.is_monotonic_increasing and "effect_to_9" in frame.columns
     assert "effect_to_9" not in relabel.table(child, effects, per_class=False).columns
+
+
+@pytest.mark.parametrize("key", ["sgd", "sgd-last"])
+def test_scoring_with_relabel_effects_gives_the_ranking_of_scoring_alone(run, key):
+    from influence import methods, relabel
+    leave_out = [run.data.ids[i] for i in run.split.val[:7]]
+    for exclude in ((), leave_out):
+        frame, effects = relabel.score(run, key, exclude=exclude)
+        alone = methods.score(run, key, exclude=exclude)
+        assert frame.sample_id.tolist() == alone.sample_id.tolist()
+        np.testing.assert_allclose(frame.influence, alone.influence, rtol=1e-10, atol=1e-15)
+        assert set(effects.sample_id) == set(frame.sample_id)
+    with pytest.raises(runs.RunError, match="relabel effects come with"):
+        relabel.score(run, "tracin")
