@@ -94,7 +94,8 @@ def p_value(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.1 else f"p = {p:.2f}"
 
 
-def verdict(v: dict, what: str = "Removing the ticked images") -> list[str]:
+def verdict(v: dict, what: str = "Removing the ticked images",
+            random_way: str = "Removing as many **random** images instead") -> list[str]:
     """A cleaning round's figures (influence.compare.cleaning_verdict) in plain sentences: what
     changed, whether the test set can tell, and how it compares with random removal. "Better"
     is only said where the Holm-corrected p-value is below 0.05."""
@@ -124,7 +125,7 @@ def verdict(v: dict, what: str = "Removing the ticked images") -> list[str]:
                      "images did better than removing as many at random.")
     else:
         controls = v["control_errors"]
-        lines.append(f"Removing as many **random** images instead ({v['controls']} times) gave "
+        lines.append(f"{random_way} ({v['controls']} times) gave "
                      f"{percent(float(np.mean(controls)))} on average; the chosen images did "
                      f"better than {v['better_than_controls']} of the {v['controls']}. "
                      + ("That is **better than chance** " if v["better_than_chance"] else

@@ -589,7 +589,15 @@ FIX_WAYS = {  # way → what it does, in the report's words
                             "suggestion too",
     "label check: fix": "fix the label check's top-k to its suggestion (where it differs)",
     "label check: remove": "remove the label check's top-k",
+    "remove (removal ranking)": "remove SGD-influence's top-k by its removal score (the app's "
+                                "ranking)",
+    "fix to the check's label (removal ranking)": "the same top-k: fix those the label check "
+                                                  "gives another label to that label, remove the "
+                                                  "rest (what the app recommends)",
 }
+FIX_PAIRS = {"fix": "remove", "label check: fix": "label check: remove",  # fixing vs removing
+             "fix to the check's label (removal ranking)": "remove (removal ranking)"}
+LAST_STEPS = 2  # "in the last 2 steps": images whose last use is one of the final SGD steps
 
 
 def fix_split(data, split: int, a):
@@ -643,6 +651,11 @@ def fix_split(data, split: int, a):
         rounds["label check: fix", k] = ([], {ids[j]: int(suggested[j]) for j in top_check
                                               if suggested[j] != given[j]})
         rounds["label check: remove", k] = ([ids[j] for j in top_check], {})
+        top_removal = np.argsort(removal, kind="stable")[:k]
+        rounds["remove (removal ranking)", k] = ([ids[j] for j in top_removal], {})
+        rounds["fix to the check's label (removal ranking)", k] = (
+            [ids[j] for j in top_removal if suggested[j] == given[j]],
+            {ids[j]: int(suggested[j]) for j in top_removal if suggested[j] != given[j]})
     sizes = sorted({(len(r), len(fx)) for r, fx in rounds.values()})
     controls = {size: cleaning.random_controls(run, *size, a.controls, seed=1000 * split + s)
                 for s, size in enumerate(sizes)}
@@ -651,6 +664,12 @@ def fix_split(data, split: int, a):
                           ).test_error.to_numpy()
     control_error = dict(zip(sizes, errors[len(rounds):].reshape(len(sizes), a.controls)
                              .mean(1)))
+    late = last_steps(run)
+    accuracy["steps"] = run.schedule.steps
+    accuracy[f"sgd: top 10% (best fix) in the last {LAST_STEPS} steps"] = float(
+        late[top10(effect)].mean())
+    accuracy[f"sgd: top 10% (removal) in the last {LAST_STEPS} steps"] = float(
+        late[top10(removal)].mean())
     rows = []
     for ((way, k), (removed, fixes)), error in zip(rounds.items(), errors):
         new = np.array(list(fixes.values()), dtype=int)
@@ -660,6 +679,7 @@ def fix_split(data, split: int, a):
                      "fixed to the true label": int(sum(c == true[run.position[sid]]
                                                         for sid, c in fixes.items())),
                      "largest share of one new label": one_class(new) if len(new) else np.nan,
+                     f"in the last {LAST_STEPS} steps": int(late[changed].sum()),
                      "error": float(error), "control_error": float(control_error[
                          (len(removed), len(fixes))]), "base_error": base})
     print(f"split {split}: test error {100 * base:.2f}% · best label right for "
@@ -668,6 +688,15 @@ def fix_split(data, split: int, a):
           f" · " + " · ".join(f"{r['way']} {r['k']}: {100 * r['error']:.2f}%" for r in rows)
           + f" ({time.perf_counter() - began:.0f} s)", flush=True)
     return rows, [accuracy]
+
+
+def last_steps(run) -> np.ndarray:
+    """Per training position: whether its last use is one of the final LAST_STEPS SGD steps
+    (the steps whose effect later training cannot undo)."""
+    late = np.zeros(len(run.train_ids), dtype=bool)
+    for t in range(run.schedule.steps - LAST_STEPS, run.schedule.steps):
+        late[np.asarray(run.schedule.batch(t))] = True
+    return late
 
 
 def one_class(labels: np.ndarray) -> float:
@@ -681,7 +710,7 @@ def fix_tables(rows: pd.DataFrame, accuracy: pd.DataFrame):
     t-tests over splits, Holm-corrected over every p of the table)."""
     from scipy.stats import ttest_rel
 
-    acc = accuracy.drop(columns=["split", "base_error"]).agg(common.mean_std).rename(
+    acc = accuracy.drop(columns=["split", "base_error", "steps"]).agg(common.mean_std).rename(
         "mean ± std over splits").rename_axis("measure").reset_index()
     table, p_values = [], []
     for (way, k), part in rows.groupby(["way", "k"], sort=False):
@@ -692,6 +721,8 @@ def fix_tables(rows: pd.DataFrame, accuracy: pd.DataFrame):
                "largest share of one new label": common.mean_std(
                    part["largest share of one new label"])
                if part["largest share of one new label"].notna().any() else "",
+               f"in the last {LAST_STEPS} steps": common.mean_std(
+                   part[f"in the last {LAST_STEPS} steps"]),
                "test error %": common.mean_std(100 * part.error),
                "random, same size %": common.mean_std(100 * part.control_error),
                "vs random (pp)": f"{100 * (part.error - part.control_error).mean():+.2f}",
@@ -699,8 +730,8 @@ def fix_tables(rows: pd.DataFrame, accuracy: pd.DataFrame):
         table.append(row)
         p_values += [(len(table) - 1, "p vs random", ttest_rel(part.error, part.control_error)),
                      (len(table) - 1, "p vs none", ttest_rel(part.error, part.base_error))]
-        if way in ("fix", "label check: fix"):
-            removed = rows[(rows.way == way.replace("fix", "remove")) & (rows.k == k)
+        if way in FIX_PAIRS:
+            removed = rows[(rows.way == FIX_PAIRS[way]) & (rows.k == k)
                            ].set_index("split").loc[part.index]
             row["fix − remove (pp)"] = f"{100 * (part.error - removed.error).mean():+.2f}"
             p_values.append((len(table) - 1, "p fix vs remove",
@@ -720,6 +751,10 @@ def fix_report(rows: pd.DataFrame, accuracy: pd.DataFrame, a, out: Path) -> dict
     right = accuracy["sgd: right, flipped in its top 10% (best fix)"].mean()
     fix_vs_remove = rows.pivot_table(index=["split", "k"], columns="way", values="error")
     gain = (fix_vs_remove["remove"] - fix_vs_remove["fix"]).groupby("k").mean()
+    recommended = (fix_vs_remove["remove (removal ranking)"] - fix_vs_remove[
+        "fix to the check's label (removal ranking)"]).groupby("k").mean()
+    late_fix, late_removal = (f"sgd: top 10% ({r}) in the last {LAST_STEPS} steps"
+                              for r in ("best fix", "removal"))
     common.write_report(out, a.name_out, "Planted label noise: fixing labels instead of "
                         "removing images", common.command(), [
         f"Data: {a.data_note}; {a.noise:.0%} of the training labels flipped to a random other "
@@ -747,12 +782,25 @@ def fix_report(rows: pd.DataFrame, accuracy: pd.DataFrame, a, out: Path) -> dict
         f"10%: {right:.3f}, {met(right >= 0.9)}. Fixing lowers test error more than removing "
         f"the same images (mean over splits of removing − fixing, pp): "
         + ", ".join(f"k = {k}: {100 * g:+.2f}" for k, g in gain.items())
-        + " (paired tests in the table).",
+        + " (paired tests in the table). The app's recommendation (its removal ranking, fixed "
+        "to the label check's label where it gives another one, the rest removed) against "
+        "removing the same images, pp: " + ", ".join(
+            f"k = {k}: {100 * g:+.2f}" for k, g in recommended.items()) + ".",
+        f"Where SGD-influence's best relabels are: of its top 10% by best relabel effect, "
+        f"{common.mean_std(accuracy[late_fix])} are images last used in the final {LAST_STEPS} "
+        f"SGD steps (of {int(accuracy.steps.iloc[0])} per run), against {common.mean_std(accuracy[late_removal])} "
+        "of its top 10% by removal score. A relabel changes an image's gradient by J_jᵀ(e_y − "
+        "e_c), which does not shrink when the model fits the image (a removal's g_j does), so "
+        "the largest first-order relabel effects belong to the last steps, and their best "
+        "labels follow the direction the validation loss wants there rather than the image; "
+        "fixing many of them at once is one large step in one direction, which the additive "
+        "first-order estimate does not foresee.",
         f"Per-split values: `{a.name_out}.csv`, `{a.name_out}-labels.csv`."])
     return {"sgd_right_top10": float(right),
             "check_right_top10": float(accuracy["check: right, flipped in its top 10%"].mean()),
             "sgd_right_flipped": float(accuracy["sgd: right, flipped"].mean()),
-            **{f"fix_gain_{k}": float(g) for k, g in gain.items()}}
+            **{f"fix_gain_{k}": float(g) for k, g in gain.items()},
+            **{f"recommended_gain_{k}": float(g) for k, g in recommended.items()}}
 
 
 def fix_labels(data, out: Path, a) -> dict:

@@ -10,10 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from typing import Iterable
+
+from . import methods
 from .methods import _amount
+from .progress import ProgressFn
 from .runs import Run
 
 MAX_CLASS_COLUMNS = 20  # tables show the effect of every label up to this many classes
+RANKINGS = ("sgd", "sgd-last")  # the rankings whose retrace also gives relabel effects
 
 
 def best_labels(effects: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -43,6 +48,19 @@ def table(run: Run, effects: np.ndarray, per_class: bool | None = None) -> pd.Da
         frame = pd.concat([frame, each], axis=1)
     frame = frame[~frame.sample_id.isin(run.config.removed)]
     return frame.sort_values("effect_best", kind="stable").reset_index(drop=True)
+
+
+def score(run: Run, key: str, on_progress: ProgressFn | None = None,
+          exclude: Iterable[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """methods.score of an SGD-influence ranking (RANKINGS) and, from the same retrace, the
+    relabel table of its effects (table): the query is the mean validation loss without
+    `exclude`, as for methods.score."""
+    if key not in RANKINGS:
+        raise methods.RunError(f"relabel effects come with {' or '.join(RANKINGS)}, not {key!r}")
+    exclude = list(exclude)
+    scores, effects = run.relabel_influence(run.query_loss(exclude) if exclude else None,
+                                            methods.get(key).estimates == "last", on_progress)
+    return run.ranking(scores), table(run, effects)
 
 
 def in_words(effect: float, best_label: str, removal: float | None = None) -> str:

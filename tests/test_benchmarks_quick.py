@@ -80,6 +80,8 @@ def test_noisy_fix_quick_compares_fixing_with_removing(tmp_path):
     assert 0 <= result["sgd_right_top10"] <= 1
     assert result["check_right_top10"] > 0.8  # the label check's suggestions on digits
     assert {"fix_gain_54", "fix_gain_108", "fix_gain_215"} <= result.keys()
+    assert {"recommended_gain_54", "recommended_gain_108"} <= result.keys()
+    assert "in the last 2 steps" in text
 
 
 def test_cleansing_quick_suggests_k_on_the_selection_part(tmp_path):

@@ -196,6 +196,26 @@ def test_retraining_with_fixes_matches_the_vectorised_outcomes(run):
             run.retrain([ids[9]], mode).evaluate("test")[0], abs=1e-9)  # the fixes matter
 
 
+def test_fixing_from_the_first_epoch_is_training_on_the_fixed_labels(run):
+    """What a fix means, checked end to end: fixing images to labels c (mode all) gives the very
+    model trained from scratch on a copy of the data where those images carry c (class names
+    and indices, positions and sample ids all line up)."""
+    ids, n = run.train_ids, 12
+    fixes = {ids[j]: other_label(run, j, 1 + j % 3) for j in range(0, 6 * n, 6)}
+    labels = run.data.labels.copy()
+    for sid, name in fixes.items():
+        labels[run.split.train[run.position[sid]]] = run.data.classes.index(name)
+    relabelled = runs.Run(runs.RunConfig(model="logreg", epochs=2, seed=0, dtype="float64"),
+                          run.data.relabelled(labels))
+    relabelled.train()
+    child = run.retrain([], "all", fixes=fixes)
+    for name in child.theta:
+        assert torch.equal(child.theta[name], relabelled.theta[name]), name
+    assert run.outcomes([[]], "all", fixes=[fixes]).test_loss[0] == pytest.approx(
+        relabelled.evaluate("test")[0], abs=1e-12)
+    assert child.evaluate("test")[0] != pytest.approx(run.evaluate("test")[0], abs=1e-9)
+
+
 def test_a_fixed_run_replays_and_scores_with_its_own_labels(run, tmp_path):
     ids = run.train_ids
     child = run.retrain([ids[2]], "last", fixes={ids[0]: other_label(run, 0)})
@@ -330,3 +350,17 @@ def test_the_relabel_table_leaves_out_removed_images(run):
     assert len(frame) == len(run.train_ids) - 1 and run.train_ids[0] not in set(frame.sample_id)
     assert frame.effect_best.is_monotonic_increasing and "effect_to_9" in frame.columns
     assert "effect_to_9" not in relabel.table(child, effects, per_class=False).columns
+
+
+@pytest.mark.parametrize("key", ["sgd", "sgd-last"])
+def test_scoring_with_relabel_effects_gives_the_ranking_of_scoring_alone(run, key):
+    from influence import methods, relabel
+    leave_out = [run.data.ids[i] for i in run.split.val[:7]]
+    for exclude in ((), leave_out):
+        frame, effects = relabel.score(run, key, exclude=exclude)
+        alone = methods.score(run, key, exclude=exclude)
+        assert frame.sample_id.tolist() == alone.sample_id.tolist()
+        np.testing.assert_allclose(frame.influence, alone.influence, rtol=1e-10, atol=1e-15)
+        assert set(effects.sample_id) == set(frame.sample_id)
+    with pytest.raises(runs.RunError, match="relabel effects come with"):
+        relabel.score(run, "tracin")

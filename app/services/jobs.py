@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from datasets import DataError
-from influence import cleaning, kcurve, methods, probe, runs
+from influence import cleaning, kcurve, methods, probe, relabel, runs
 from influence.progress import Cancelled, Progress
 from influence.runs import RunConfig, RunError, TrainingLog
 from influence.sgd import Diverged
@@ -302,10 +302,14 @@ def start_scoring(store: Store, session: str, run_id: str, method: str,
         run = store.open_run(run_id)
         job.say(f"ranking the training images of run {run_id} by {ranking.title}")
         job.report(Progress("score" if method in ("sgd", "sgd-last") else "rank", 0, 1))
-        frame = methods.score(run, method, on_progress=job.report, exclude=exclude or ())
+        effects = None
+        if method in relabel.RANKINGS:  # removal scores and relabel effects, one retrace
+            frame, effects = relabel.score(run, method, job.report, exclude or ())
+        else:
+            frame = methods.score(run, method, on_progress=job.report, exclude=exclude or ())
         seconds = time.perf_counter() - begun
         store.add_scores(run_id, method, frame, seconds,
-                         exclude if methods.get(method).estimates_removal else None)
+                         exclude if methods.get(method).estimates_removal else None, effects)
         job.say(f"scored {len(frame):,} training images in {seconds:.1f} s")
         return {"run": run_id, "method": method}
 
@@ -374,17 +378,19 @@ def start_curve(store: Store, session: str, run_id: str, method: str, mode: str 
 
 def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str],
                    mode: str = "all", method: str | None = None,
-                   controls: int = cleaning.CONTROLS, seed: int = 0) -> Job:
-    """A cleaning round: counterfactual retraining without `remove_ids`, saved as a run, and, as
-    controls, without as many random training images `controls` times (in one vectorised run),
-    with the statistics of influence.compare kept as the round's verdict."""
+                   controls: int = cleaning.CONTROLS, seed: int = 0,
+                   fixes: dict[str, str] | None = None) -> Job:
+    """A cleaning round: counterfactual retraining without `remove_ids` and with `fixes`
+    (sample id → new label), saved as a run, and, as controls, as many random removals and
+    random fixes `controls` times (in one vectorised run), with the statistics of
+    influence.compare kept as the round's verdict."""
     if (job := active(session)) is not None:
         if job.kind == "clean":
             return job
         raise Busy(f"{job.title} is still running: wait for it to finish or cancel it")
-    remove_ids = list(dict.fromkeys(remove_ids))
-    if not remove_ids:
-        raise RunError("tick at least one image to remove")
+    remove_ids, fixes = list(dict.fromkeys(remove_ids)), dict(fixes or {})
+    if not remove_ids and not fixes:
+        raise RunError("tick at least one image to remove or to fix")
     if mode not in runs.RETRAIN_MODES:
         raise RunError(f"unknown mode {mode!r}: use all or last")
     if controls < 0:
@@ -392,20 +398,22 @@ def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str
     base_row = store.run(run_id)
     base = store.open_run(run_id)
     base.check_training_ids(remove_ids)
+    base.new_fixes(fixes, 0 if mode == "all" else base.schedule.epochs - 1, remove_ids)
     exclude = (store.score_info(run_id).get(method) or {}).get("query") or []
     cleaned = store.new_run(base_row["dataset"], "cleaned", base.config, session, run_id)
     round_id = store.new_round(base_row["dataset"], run_id, method, mode, remove_ids,
-                               cleaned["id"], None, session)
+                               cleaned["id"], None, session, fixes)
 
     def work(job: Job) -> dict:
         try:
             with tracked(store, cleaned["id"]):
                 curve = job.training_log("retrain", base.schedule.epochs)
-                job.say(f"{PHASES['retrain'].lower()} ({len(remove_ids)} images, mode {mode})")
+                job.say(f"{PHASES['retrain'].lower()} ({len(remove_ids)} images removed, "
+                        f"{len(fixes)} fixed, mode {mode})")
                 child, verdict = cleaning.clean(
                     base, remove_ids, mode, controls, seed, exclude,
                     store.root / cleaned["folder"],
-                    lambda p: job.report(p) if p.phase == "control" else curve(p))
+                    lambda p: job.report(p) if p.phase == "control" else curve(p), fixes)
                 store.finish_run(cleaned["id"], DONE, child.metrics, config=child.config)
             job.say(f"test error {verdict['test_error_after']:.1%} (before: "
                     f"{verdict['test_error_before']:.1%}; {controls} random removals: "

@@ -57,12 +57,14 @@ CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, state TEXT, updated RE
 # Columns added since the first release: a workspace made before gets them when opened.
 ADDED_COLUMNS = (("scores", "query", "TEXT"),  # the validation ids left out of the query
                  ("rounds", "verdict", "TEXT"),  # influence.compare's figures of the round
-                 ("rounds", "fixes", "TEXT"))  # sample id → new label, next to removals
+                 ("rounds", "fixes", "TEXT"),  # sample id → new label, next to removals
+                 ("scores", "relabel", "TEXT"))  # file of the relabel effects (SGD-influence)
 # the result tables in a run folder: (text columns, number columns[, optional text columns]),
 # for runs.read_csv
 PREDICTIONS = (("sample_id", "part"), ("label", "predicted", "confidence"))
 SCORES = (("sample_id", "label"), ("influence",), ("suggested_label",))
 LOG = ((), ("step", "epoch", "loss", "accuracy"))
+RELABEL = (("sample_id", "label", "best_label"), ("effect_best",))  # influence.relabel.table
 JSON_COLUMNS = ("shape", "classes", "flipped", "split", "config", "metrics", "trust", "removed",
                 "state", "query", "verdict", "fixes")
 
@@ -282,13 +284,17 @@ class Store:
 
     # --- scores ----------------------------------------------------------------------------
     def add_scores(self, run_id: str, method: str, frame: pd.DataFrame, seconds: float,
-                   query: list[str] | None = None) -> Path:
+                   query: list[str] | None = None, relabel: pd.DataFrame | None = None) -> Path:
         """Keep a ranking of a run (replacing an earlier one of the same method); `query`: the
-        validation ids left out of the query it was computed for."""
+        validation ids left out of the query it was computed for; `relabel`: the relabel
+        effects from the same retrace (influence.relabel.table), kept beside it."""
         path = runs.write_csv(frame, self.run_folder(run_id) / f"influence-{method}.csv")
-        self._write("INSERT OR REPLACE INTO scores (run, method, file, seconds, created, query) "
-                    "VALUES (?,?,?,?,?,?)", (run_id, method, path.name, seconds, time.time(),
-                                             json.dumps(sorted(query or []))))
+        effects = None if relabel is None else runs.write_csv(
+            relabel, self.run_folder(run_id) / f"relabel-{method}.csv").name
+        self._write("INSERT OR REPLACE INTO scores (run, method, file, seconds, created, query, "
+                    "relabel) VALUES (?,?,?,?,?,?,?)",
+                    (run_id, method, path.name, seconds, time.time(),
+                     json.dumps(sorted(query or [])), effects))
         return path
 
     def set_trust(self, run_id: str, method: str, trust: dict) -> None:
@@ -306,14 +312,23 @@ class Store:
             raise runs.RunError(f"run {run_id} has not been scored with {method}")
         return runs.read_csv(self.run_folder(run_id) / info["file"], *SCORES)
 
+    def relabel(self, run_id: str, method: str) -> pd.DataFrame | None:
+        """The relabel effects kept with a ranking (influence.relabel.table), or None."""
+        info = self.score_info(run_id).get(method) or {}
+        if not info.get("relabel"):
+            return None
+        return runs.read_csv(self.run_folder(run_id) / info["relabel"], *RELABEL)
+
     # --- cleaning rounds -------------------------------------------------------------------
     def new_round(self, dataset_id: str, base: str, method: str | None, mode: str,
                   removed: list[str], cleaned: str, control: str | None,
-                  session: str | None = None) -> int:
+                  session: str | None = None, fixes: dict[str, str] | None = None) -> int:
+        """A cleaning round: `removed` ids and `fixes` (sample id → new label, a class name)."""
         return self._write("INSERT INTO rounds (dataset, base, method, mode, removed, cleaned, "
-                           "control, status, session, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                           "control, status, session, created, fixes) "
+                           "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                            (dataset_id, base, method, mode, json.dumps(list(removed)), cleaned,
-                            control, RUNNING, session, time.time()))
+                            control, RUNNING, session, time.time(), json.dumps(fixes or {})))
 
     def finish_round(self, round_id: int, status: str, verdict: dict | None = None) -> None:
         self._write("UPDATE rounds SET status = ?, verdict = COALESCE(?, verdict) WHERE id = ?",

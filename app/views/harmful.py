@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts, how_many, images, panels, session, words
+from app import charts, fixes, how_many, images, panels, session, words
 from app.services import estimates, jobs
 from app.services.store import DONE
 from influence import methods
@@ -199,7 +199,9 @@ with right:
         chance = k_demo * len(flipped) / len(frame)
         st.info(f"**Demo:** {len(flipped)} labels were flipped. **{in_top}** of them are in "
                 f"the top {k_demo} (picking at random would find about {chance:.1f}), and "
-                f"**{in_ticked}** of your {len(ticked)} ticked images are flipped ones.",
+                f"**{in_ticked}** of your {len(ticked)} ticked images are flipped ones"
+                + (f"; {fixes.demo_words(flipped, ticked, fixed)}." if (
+                    fixed := fixes.current(run["id"], ticked)) else "."),
                 icon=":material/science:")
 
 st.subheader("Ranked training images")
@@ -300,6 +302,8 @@ if len(shown):
                        f"{ranking.row_in_words(item).capitalize()}.")
         if item.sample_id in flipped:
             right.caption(f"Demo: the true label is {flipped[item.sample_id]}.")
+
+fixes.view(run, method, view, data, position, flipped, int(top_k), per_page, filters)
 
 export = table.drop(columns=["predicted"]).rename(columns={"influence": "score"})
 st.download_button("Whole ranking (CSV)", export.to_csv(index=False),

@@ -7,7 +7,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 from sklearn.metrics import confusion_matrix
 
-from app import charts, images, panels, session, words
+from app import charts, fixes, images, panels, session, words
 from datasets import DataError
 from datasets.export import to_zip
 from app.services import estimates, jobs
@@ -28,26 +28,30 @@ if row is None or run is None or run["dataset"] != row["id"] or not session.usab
 data, position = session.data_of(row["id"])
 store = session.store()
 ticked = sorted(session.ticks())
+fixed = fixes.current(run["id"], set(ticked))  # sample id → new label
 method = session.method()
 busy = jobs.active(session.sid()) is not None
 flipped = row.get("flipped") or {}
 
 # --- retrain ---------------------------------------------------------------------------------
 st.subheader("Retrain")
-if not ticked:
-    st.info("No image is ticked yet: tick the ones to remove on page 3.")
+if not ticked and not fixed:
+    st.info("No image is ticked or fixed yet: tick the ones to remove on page 3, or fix their "
+            "labels there.")
     st.page_link("views/harmful.py", label="Go to 3 · Harmful images",
                  icon=":material/arrow_back:")
 else:
     demo = f" — {len(set(ticked) & flipped.keys())} of them have a flipped label" \
         if flipped else ""
-    st.markdown(f"You ticked **{len(ticked)}** image{'s' * (len(ticked) != 1)}{demo}:")
+    if ticked:
+        st.markdown(f"You ticked **{len(ticked)}** image{'s' * (len(ticked) != 1)}{demo}:")
     shown = ticked[:32]
     images.image_grid(data, [position[i] for i in shown],
                       [data.classes[data.labels[position[i]]] for i in shown], per_row=16,
                       side=40)
     if len(ticked) > len(shown):
         st.caption(f"… and {len(ticked) - len(shown)} more.")
+    fixes.show_fixed(data, position, fixed, flipped)
     guess = session.estimate(row["id"], run["config"])
     epochs = run["config"]["epochs"]
     c1, c2 = st.columns(2)
@@ -57,19 +61,20 @@ else:
         "last": f"only the last epoch without them — faster "
                 f"({words.seconds(guess['seconds_retrain_last'])})"}.get)
     controls = c2.number_input(
-        f"Random controls: retrain without {len(ticked)} random images, this many times", 0,
+        fixes.controls_words(len(ticked), len(fixed)), 0,
         100, key=session.remember("controls", cleaning.CONTROLS),
         help="Shows whether removing the chosen images beat removing the same number at "
         "random, with a p-value. All controls run together in one vectorised retraining. 0: "
         "none (then nothing can be said about chance).")
     more = estimates.controls_seconds(guess, int(controls), mode)
     c2.caption(f"The controls take {words.seconds(more)} more.")
-    if st.button(f"Retrain without the {len(ticked)} ticked image{'s' * (len(ticked) != 1)}",
+    if st.button(fixes.button_words(len(ticked), len(fixed)),
                  type="primary", disabled=busy, icon=":material/restart_alt:"):
         try:
             job = jobs.start_cleaning(store, session.sid(), run["id"], ticked, mode, method,
                                       int(controls),
-                                      seed=run["config"]["seed"] + len(store.rounds(row["id"])))
+                                      seed=run["config"]["seed"] + len(store.rounds(row["id"])),
+                                      fixes=fixed)
             session.state()["round"] = job.result["round"]
             session.save()
             st.rerun()
@@ -176,24 +181,29 @@ def verdict_of(chosen: dict) -> dict:
 
 def summary(chosen: dict, v: dict) -> None:
     """The outcome of a round in a few sentences, its random controls, and the estimate."""
-    removed = chosen["removed"]
+    removed, changed = chosen["removed"], chosen.get("fixes") or {}
     k = len(removed)
-    lines = words.verdict(v, f"Removing the {k} ticked image{'s' * (k != 1)}")
+    lines = words.verdict(v, fixes.round_words(k, len(changed)), fixes.controls_said(changed))
     if flipped:
         hits = len(set(removed) & flipped.keys())
         lines.append(f"*Demo:* {hits} of the {k} removed images had a flipped label "
-                     f"({len(flipped)} were flipped in all).")
+                     f"({len(flipped)} were flipped in all)"
+                     + (f"; {fixes.demo_words(flipped, removed, changed)}." if changed else "."))
     st.markdown("  \n".join(lines))
     ranking = methods.get(chosen["method"]) if chosen["method"] else None
     if ranking and ranking.estimates_removal and "query_change" in v and \
             chosen["method"] in store.score_info(run["id"]):
         scores = session.scores(run["id"], chosen["method"]).set_index("sample_id").influence
-        predicted = float(scores.reindex(removed).sum())
+        predicted = float(scores.reindex(removed).sum()) + fixes.estimated_total(
+            changed, store.relabel(run["id"], chosen["method"]))
         actual = v["query_change"]
-        st.caption(f"{ranking.name} estimated that removing them would "
-                   f"{'lower' if predicted < 0 else 'raise'} the validation loss by "
-                   f"{abs(predicted):.3g}; retraining {'lowered' if actual < 0 else 'raised'} it "
-                   f"by {abs(actual):.3g}.")
+        what = fixes.round_words(k, len(changed)).lower() if changed else "removing them"
+        if np.isfinite(predicted):  # (fixes without relabel effects have no estimate)
+            st.caption(f"{ranking.name} estimated that {what} would "
+                       f"{'lower' if predicted < 0 else 'raise'} the validation loss by "
+                       f"{abs(predicted):.3g}; retraining "
+                       f"{'lowered' if actual < 0 else 'raised'} it by {abs(actual):.3g}.")
+    fixes.show_per_class(data, position, run["config"], removed, changed)
     if v["controls"]:
         st.plotly_chart(charts.controls_chart(v), key=f"controls-{chosen['id']}")
 
@@ -212,7 +222,9 @@ if rounds and not cleaning_now:  # never an earlier round's result under a new r
     if len(rounds) > 1:
         index = st.selectbox("Cleaning round", range(len(rounds)), index=index,
                              format_func=lambda i: f"Round {number[rounds[i]['id']]}: "
-                             f"{len(rounds[i]['removed'])} removed", key="round_pick")
+                             f"{len(rounds[i]['removed'])} removed"
+                             + (f", {len(rounds[i]['fixes'])} fixed" if rounds[i].get("fixes")
+                                else ""), key="round_pick")
     chosen = rounds[index]
     models = {"before": run, "after cleaning": store.run(chosen["cleaned"])}
     summary(chosen, verdict_of(chosen))
@@ -225,7 +237,7 @@ if rounds and not cleaning_now:  # never an earlier round's result under a new r
     keep = np.setdiff1d(np.arange(len(data)), [position[i] for i in removed])
 
     def cleaned_zip() -> bytes:
-        return to_zip(data.subset(keep))
+        return to_zip(fixes.relabelled(data, position, cleaned["config"]).subset(keep))
 
     ranking = session.scores(run["id"], chosen["method"]) if chosen["method"] in \
         store.score_info(run["id"]) else None
@@ -243,11 +255,13 @@ if rounds and not cleaning_now:  # never an earlier round's result under a new r
     c1.download_button("Cleaned data set (ZIP)", cleaned_zip,
                        file_name=f"{row['name']}-cleaned.zip", mime="application/zip",
                        icon=":material/download:", width="stretch")
-    c1.caption(f"{len(keep):,} images in one folder per class, ready to upload again.")
+    c1.caption(f"{len(keep):,} images in one folder per class (fixed ones in their new "
+               "class), ready to upload again.")
     c2.download_button("Removed images (CSV)", table.to_csv(index=False),
                        file_name=f"{row['name']}-removed.csv", mime="text/csv",
                        icon=":material/download:", width="stretch")
     c2.caption(f"The {len(removed)} removed ids with their labels and scores.")
+    fixes.fixes_download(c2, row["name"], data, position, run, chosen)
     if c3.button("Clean further from the cleaned model", width="stretch",
                  icon=":material/cleaning_services:"):
         session.set_run(cleaned["id"])
@@ -273,7 +287,7 @@ if history:
 
     st.dataframe(pd.DataFrame([{
         "round": number[r["id"]], "from model": words.run_label(store.run(r["base"])),
-        "removed": len(r["removed"]),
+        "removed": len(r["removed"]), "fixed": len(r.get("fixes") or {}),
         "ranking": methods.get(r["method"]).title if r["method"] else "—",
         "retrained": "all epochs" if r["mode"] == "all" else "last epoch",
         "test error before": error_of(r["base"]), "after": error_of(r["cleaned"]),
