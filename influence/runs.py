@@ -37,7 +37,8 @@ from datasets.storage import atomic_file, atomic_folder
 from . import models
 from .progress import Progress, ProgressFn
 from .sgd import (Objective, Params, Schedule, SGDConfig, StepStats, counterfactual_sgd,
-                  initial_params, make_schedule, per_sample_loss, predictions, run_sgd)
+                  initial_params, make_schedule, per_sample_loss, predictions, replayed_steps,
+                  run_sgd)
 from .sgd_influence import loss_gradient, retrace
 
 FORMAT = "sgd-influence-run/1"
@@ -333,7 +334,8 @@ class Run:
             query = loss_gradient(query or self.val_loss_fn, self.theta)
         K = self.schedule.epochs
         epochs = range(K - 1, K) if last_epoch_only else range(K)
-        total = len(epochs) * (2 * self.schedule.steps_per_epoch - 1)  # replayed + retraced
+        steps = self.schedule.steps_per_epoch
+        total = len(epochs) * (replayed_steps(steps) + steps)  # replayed + retraced
         done = iter(range(1, total + 1))
         report = (lambda t: on_progress(Progress("score", next(done), total))) \
             if on_progress else None
