@@ -5,6 +5,7 @@ one line on stderr with a non-zero exit status."""
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from dataclasses import fields
@@ -15,7 +16,7 @@ from tqdm import tqdm
 import datasets
 from datasets import DataError
 
-from . import cleaning, methods, models, probe, runs
+from . import cleaning, methods, models, probe, relabel, runs
 from .progress import Progress
 from .sgd import Diverged
 
@@ -85,33 +86,85 @@ def refuse_unlearned(run: runs.Run, force: bool) -> None:
                             "means nothing: train it longer, or give --force")
 
 
+RELABELLING = ("sgd", "sgd-last")  # the rankings whose retrace also gives relabel effects
+
+
 def cmd_score(a) -> None:
+    if a.relabel and a.method not in RELABELLING:
+        raise runs.RunError(f"--relabel needs a method that retraces SGD: "
+                            f"{' or '.join(RELABELLING)}")
     run = runs.load(a.run)
     refuse_unlearned(run, a.force)
-    frame = methods.score(run, a.method, on_progress=progress_bar())
-    out = runs.write_csv(frame, a.out or Path(a.run) / "influence.csv")
-    print(json.dumps({"out": str(out), "method": a.method, "n": len(frame),
-                      "most_harmful": frame.sample_id.head(5).tolist()}))
+    method, options = a.method, {}
+    if a.refine is not None:
+        if a.method != "sgd" or a.relabel:
+            raise runs.RunError("--refine re-scores the ends of the exact SGD-influence "
+                                "(--method sgd, without --relabel)")
+        if a.refine < 1:
+            raise runs.RunError("--refine must be 1 or more")
+        method, options = "sgd-refined", {"refine": a.refine}
+    out = Path(a.out or Path(a.run) / "influence.csv")
+    if not a.relabel:
+        frame = methods.score(run, method, on_progress=progress_bar(), **options)
+        runs.write_csv(frame, out)
+    else:  # removal scores and relabel effects from one retrace
+        scores, effects = run.relabel_influence(last_epoch_only=a.method == "sgd-last",
+                                                on_progress=progress_bar())
+        frame, fixes = run.ranking(scores), relabel.table(run, effects)
+        runs.write_csv(frame, out)
+        runs.write_csv(fixes, out.parent / "relabel.csv")
+    print(json.dumps({"out": str(out), "method": method, "n": len(frame),
+                      "most_harmful": frame.sample_id.head(5).tolist()}
+                     | ({"relabel": str(out.parent / "relabel.csv"),
+                         "best_fixes": fixes.sample_id.head(5).tolist()} if a.relabel else {})))
+
+
+def read_text(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise runs.RunError(f"cannot read the {what} {path}: {e}") from None
 
 
 def read_ids(path: str) -> list[str]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise runs.RunError(f"cannot read the removal list {path}: {e}") from None
+    text = read_text(path, "removal list")
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def read_fixes(path: str) -> dict[str, str]:
+    """`sample_id,new_label` lines (CSV; an optional header line of exactly these names) as
+    sample id → new label, the label by class name."""
+    fixes = {}
+    rows = csv.reader(read_text(path, "list of fixes").splitlines())
+    for line, row in enumerate(rows, 1):
+        row = [field.strip() for field in row]
+        if not any(row) or (line == 1 and row == ["sample_id", "new_label"]):
+            continue
+        if len(row) != 2 or not all(row):
+            raise runs.RunError(f"line {line} of {path} is not `sample_id,new_label`")
+        sid, label = row
+        if fixes.get(sid, label) != label:
+            raise runs.RunError(f"{sid!r} has two new labels in {path}: {fixes[sid]!r} and "
+                                f"{label!r}")
+        fixes[sid] = label
+    return fixes
+
+
 def cmd_retrain(a) -> None:
-    remove = read_ids(a.remove)
+    if a.remove is None and a.fix is None:
+        raise runs.RunError("give the images to remove (--remove FILE), the labels to fix "
+                            "(--fix FILE), or both")
+    remove = read_ids(a.remove) if a.remove is not None else []
+    fixes = read_fixes(a.fix) if a.fix is not None else {}
     run = runs.load(a.run)
     runs.refuse_existing(a.out)
-    if not remove:  # retraining without nothing reproduces the run: no comparison to make
+    run.without(remove, a.mode, fixes)  # every check before anything is trained or written
+    if not remove and not fixes:  # retraining with no change reproduces the run: no comparison
         child = runs.retrain_saved(run, remove, a.mode, a.out, on_progress=progress_bar())
         print(summary(child))
         return
     child, verdict = cleaning.clean(run, remove, a.mode, a.controls, a.seed, out=a.out,
-                                    on_progress=progress_bar())
+                                    on_progress=progress_bar(), fixes=fixes)
     figures = {k: (None if isinstance(v, float) and v != v else v)  # NaN is not JSON
                for k, v in verdict.items()}
     print(json.dumps(json.loads(summary(child)) | figures))
@@ -165,17 +218,30 @@ def parser() -> argparse.ArgumentParser:
                    help="sgd: retrace all epochs; sgd-last: the last epoch only (faster); the "
                         "others are the baselines to compare with")
     s.add_argument("--out", help="CSV path (default RUN/influence.csv)")
+    s.add_argument("--refine", type=int, metavar="M",
+                   help="re-score the M most harmful and M most helpful with the first-order-"
+                        f"exact forward estimate (ranking sgd-refined; its default is "
+                        f"{methods.REFINE})")
     s.add_argument("--force", action="store_true",
                    help="score even a model that did not learn")
+    s.add_argument("--relabel", action="store_true",
+                   help="also write relabel.csv next to the scores: for every training image "
+                        "the other label estimated to lower validation loss most, and its "
+                        "effect (and every label's, up to 20 classes); sgd and sgd-last only, "
+                        "from the same retrace")
     s.set_defaults(func=cmd_score)
 
-    r = sub.add_parser("retrain", help="counterfactual SGD without some instances")
+    r = sub.add_parser("retrain", help="counterfactual SGD without some instances, or with "
+                                       "some labels fixed")
     r.add_argument("run")
-    r.add_argument("--remove", required=True, help="file with one sample_id per line")
+    r.add_argument("--remove", help="file with one sample_id per line")
+    r.add_argument("--fix", help="file of `sample_id,new_label` lines (the label by class "
+                                 "name): train with these labels instead")
     r.add_argument("--mode", default="all", choices=runs.RETRAIN_MODES)
     r.add_argument("--controls", type=int, default=cleaning.CONTROLS,
-                   help="random removals of as many images, to compare with (0: none)")
-    r.add_argument("--seed", type=int, default=0, help="seed of the random removals")
+                   help="random removals of as many images (and random fixes of as many "
+                        "labels, each to a random other class), to compare with (0: none)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the random controls")
     r.add_argument("--out", required=True, help="new run folder")
     r.set_defaults(func=cmd_retrain)
 

@@ -82,10 +82,18 @@ def label_check_in_words(score: float, suggested_label: str | None = None,
     return text + f"; it suggests {suggested_label} ({suggested_p:.0%})"
 
 
+REFINE = 50  # the ends re-scored by "sgd-refined": the 50 most harmful and 50 most helpful
+
 REGISTRY: dict[str, Ranking] = {r.key: r for r in (
     Ranking("sgd", "SGD-influence", "SGD-influence, exact (all epochs)",
             "Follows the whole training run backwards (the paper's Algorithm 2).",
             lambda run, **kw: run.influence(**kw)),
+    Ranking("sgd-refined", "SGD-influence, refined ends", "SGD-influence, first-order exact at "
+            "both ends (slower)",
+            f"Algorithm 2, then the {REFINE} most harmful and the {REFINE} most helpful "
+            "re-scored with the term Algorithm 2 drops when an image comes back in a later "
+            "epoch: a first-order-exact estimate where it matters most, at the ends you tick.",
+            lambda run, refine=REFINE, **kw: run.influence(refine=refine, **kw)),
     Ranking("sgd-last", "SGD-influence (last epoch)", "SGD-influence, fast (last epoch)",
             "Follows only the last epoch backwards: a cheaper approximation (the paper's "
             "Section 7.2).",

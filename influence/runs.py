@@ -2,7 +2,8 @@
 with a split, saved in a run directory.
 
 A run directory holds
-    config.json              what was run (data set, split, model, SGD settings, removed ids)
+    config.json              what was run (data set, split, model, SGD settings, removed ids,
+                             fixed labels)
     checkpoints.safetensors  θ at the start of every epoch (K tensors sets)
     weights.safetensors      θ[T], the trained model
     schedule.safetensors     the batch order of every epoch and η_t of every step
@@ -21,7 +22,7 @@ import time
 import types
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Iterable, get_args, get_origin, get_type_hints
+from typing import Callable, Iterable, Mapping, get_args, get_origin, get_type_hints
 
 import numpy as np
 import pandas as pd
@@ -39,7 +40,7 @@ from .progress import Progress, ProgressFn
 from .sgd import (Objective, Params, Schedule, SGDConfig, StepStats, counterfactual_sgd,
                   initial_params, make_schedule, per_sample_loss, predictions, replayed_steps,
                   run_sgd)
-from .sgd_influence import loss_gradient, retrace
+from .sgd_influence import loss_gradient, refine_extremes, retrace, retrace_with_relabel
 
 FORMAT = "sgd-influence-run/1"
 MIN_STEPS, MIN_EPOCHS, MAX_EPOCHS = 600, 20, 200  # the default epochs give at least MIN_STEPS
@@ -68,6 +69,8 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "float32"
     removed: dict[str, int] = field(default_factory=dict)  # sample id → first epoch without it
+    fixes: dict[str, list[int]] = field(default_factory=dict)  # sample id → [class index of
+    # its new label, first epoch with it]; the label is an index into the data set's classes
     parent: str | None = None
     fingerprint: str | None = None
 
@@ -100,6 +103,13 @@ class RunConfig:
             problems.append("device must be auto, cpu or cuda")
         if ok("removed") and any(v < 0 for v in self.removed.values()):
             problems.append("removed must map sample ids to epochs from 0")
+        if ok("fixes") and any(len(v) != 2 or min(v) < 0 for v in self.fixes.values()):
+            problems.append("fixes must map sample ids to [class index, first epoch], both "
+                            "from 0")
+        if ok("removed") and ok("fixes") and self.removed.keys() & self.fixes.keys():
+            both = sorted(self.removed.keys() & self.fixes.keys())
+            problems.append(f"{len(both)} id(s) are both removed and fixed (e.g. {both[0]!r}): "
+                            "an image is either removed or given a new label")
         if problems:
             raise RunError("; ".join(problems))
 
@@ -132,6 +142,8 @@ def of_type(value, hint) -> bool:
         key_type, value_type = get_args(hint)
         return isinstance(value, dict) and all(of_type(k, key_type) and of_type(v, value_type)
                                                for k, v in value.items())
+    if get_origin(hint) is list:
+        return isinstance(value, list) and all(of_type(v, get_args(hint)[0]) for v in value)
     if isinstance(value, bool):
         return hint is bool
     if hint is float:
@@ -182,11 +194,14 @@ class Run:
         self.train_ids = [self.data.ids[i] for i in self.split.train]
         self.position = {sid: j for j, sid in enumerate(self.train_ids)}
         self.check_training_ids(self.config.removed)
+        self.check_training_ids(self.config.fixes)
+        self.check_fixed_labels(self.config.fixes)
         self.device, self.dtype = device_of(self.config.device), getattr(torch, self.config.dtype)
         self.model = models.build(self.preset.name, self.data.shape, len(self.data.classes),
                                   self.config.seed)
         self.model.to(self.device, self.dtype)
-        self.objective = self._objective(self.split.train, self.config.l2)
+        self.objective = self._objective(self.split.train, self.config.l2,
+                                         self.labels_at(self.config.epochs - 1))
         self.schedule: Schedule = make_schedule(len(self.split.train), self.config.sgd())
         self.checkpoints: dict[int, Params] = {}
         self.metrics: dict = {}
@@ -204,9 +219,46 @@ class Run:
                 + ", ".join(repr(sid) for sid in unknown[:3]) + (" …" if len(unknown) > 3 else "")
                 + (f" ({held_out} of them are validation or test images)" if held_out else ""))
 
-    def _objective(self, positions: np.ndarray, l2: float = 0.0) -> Objective:
+    def check_fixed_labels(self, fixes: dict[str, list[int]]) -> None:
+        """RunError unless every fix names a class of the data set other than the image's
+        given label."""
+        n = len(self.data.classes)
+        for sid, (label, _) in fixes.items():
+            if label >= n:
+                raise RunError(f"the fix of {sid!r} names class {label}, but the data set has "
+                               f"{n} classes")
+            if label == self.data.labels[self.split.train[self.position[sid]]]:
+                raise RunError(f"the fix of {sid!r} gives it its own label "
+                               f"{self.data.classes[label]!r}")
+
+    def class_index(self, label: str | int) -> int:
+        """A label as the index of its class: a str is a class name, an int a class index."""
+        classes = self.data.classes
+        if isinstance(label, str) and label in classes:
+            return classes.index(label)
+        if isinstance(label, (int, np.integer)) and not isinstance(label, bool) \
+                and 0 <= label < len(classes):
+            return int(label)
+        shown = ", ".join(map(str, classes[:10])) + (" …" if len(classes) > 10 else "")
+        raise RunError(f"unknown label {label!r}: the classes are {shown}")
+
+    def labels_at(self, k: int) -> torch.Tensor:
+        """The label of every training position in epoch k: the given labels, with those
+        fixed from an epoch ≤ k changed to their new label."""
+        labels = torch.as_tensor(self.data.labels[self.split.train], device=self.device)
+        changed = [(self.position[sid], c) for sid, (c, first) in self.config.fixes.items()
+                   if first <= k]
+        if changed:
+            positions, new = zip(*changed)
+            labels = labels.clone()
+            labels[list(positions)] = torch.as_tensor(new, device=self.device)
+        return labels
+
+    def _objective(self, positions: np.ndarray, l2: float = 0.0,
+                   labels: torch.Tensor | None = None) -> Objective:
         x = as_inputs(self.data.images[positions], self.device, self.dtype)
-        y = torch.as_tensor(self.data.labels[positions], device=self.device)
+        y = torch.as_tensor(self.data.labels[positions], device=self.device) \
+            if labels is None else labels
         return Objective(self.model, x, y, l2)
 
     def keep_at(self, k: int) -> torch.Tensor:
@@ -226,8 +278,9 @@ class Run:
         positions = {"train": self.split.train, "val": self.split.val, "test": self.split.test}
         if name not in positions:
             raise RunError(f"unknown part {name!r}")
-        if name not in self._parts:
-            self._parts[name] = self._objective(positions[name])
+        if name not in self._parts:  # training images: the labels in use in the last epoch
+            self._parts[name] = self._objective(
+                positions[name], labels=self.objective.y if name == "train" else None)
         return self._parts[name]
 
     def outputs(self, name: str, theta: Params | None = None) -> torch.Tensor:
@@ -300,12 +353,13 @@ class Run:
             on_progress(Progress("train", done, total, val=self._val_summary(theta, k)))
 
         result = run_sgd(self.objective, self.schedule, theta0, self.keep_at, epochs,
-                         on_step if on_progress else None, on_epoch if on_progress else None)
+                         on_step if on_progress else None, on_epoch if on_progress else None,
+                         self.labels_at)
         self.checkpoints = {**{k: v for k, v in (checkpoints or {}).items() if k < start},
                             **result}
         val_loss, val_error = self.evaluate("val")
         test_loss, test_error = self.evaluate("test")
-        chance = chance_loss(self.data.labels[self.split.train], self.data.labels[self.split.val],
+        chance = chance_loss(self.objective.y.cpu().numpy(), self.data.labels[self.split.val],
                              len(self.data.classes))
         self.metrics = {
             "train_size": int(self.keep_at(self.schedule.epochs - 1).sum()),
@@ -324,28 +378,66 @@ class Run:
 
     # --- SGD-influence (Algorithm 2) ------------------------------------------------------
     def influence(self, query: Params | Callable | None = None, last_epoch_only: bool = False,
-                  on_progress: ProgressFn | None = None) -> np.ndarray:
+                  on_progress: ProgressFn | None = None, refine: int = 0) -> np.ndarray:
         """L̂_{−j}(u) for every training position j, retracing every epoch (or the last one only:
         the paper's approximate version, Section 7.2). The query u defaults to the gradient of
-        the mean validation loss at θ[T]; give a loss function of θ or a vector instead."""
+        the mean validation loss at θ[T]; give a loss function of θ or a vector instead.
+        refine: then re-score the `refine` most negative and most positive with the forward,
+        first-order-exact estimate, which keeps the cross-epoch term (refine_extremes)."""
+        if refine and last_epoch_only:
+            raise RunError("the ends are refined after a retrace of every epoch")
+        if refine and self.config.fixes:
+            raise RunError("the refined ranking does not follow fixed labels yet: rank a run "
+                           "without fixes, or use the exact ranking")
+        u, epochs, report = self._retrace_setup(query, last_epoch_only, on_progress,
+                                                self.schedule.steps if refine else 0)
+        scores = retrace(self.objective, self.schedule, self.checkpoints, self.keep_at, u,
+                         epochs, report, self.labels_at)
+        if refine:
+            scores = refine_extremes(self.objective, self.schedule, self.checkpoints,
+                                     self.keep_at, u, scores, refine, report)
+        return scores.cpu().double().numpy()
+
+    def relabel_influence(self, query: Params | Callable | None = None,
+                          last_epoch_only: bool = False, on_progress: ProgressFn | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """The removal scores L̂_{−j}(u) of `influence` and, from the same retrace, the relabel
+        effects L̂_{j→c}(u): N × classes, the estimated change of the query loss if training
+        position j had label c (negative = that label lowers it). 0 at the label in use; NaN
+        rows for the instances no longer in use (removed), which cannot be relabelled. Label c
+        means label c in every retraced epoch: an image fixed from the last epoch only, retraced
+        over all epochs, has a non-zero effect for its new label too (its given label in the
+        earlier epochs changes)."""
+        u, epochs, report = self._retrace_setup(query, last_epoch_only, on_progress)
+        scores, effects = retrace_with_relabel(self.objective, self.schedule, self.checkpoints,
+                                               self.keep_at, u, epochs, len(self.data.classes),
+                                               report, self.labels_at)
+        effects = effects.cpu().double().numpy()
+        effects[~self.keep_at(self.schedule.epochs - 1).cpu().numpy()] = np.nan
+        return scores.cpu().double().numpy(), effects
+
+    def _retrace_setup(self, query, last_epoch_only: bool, on_progress: ProgressFn | None,
+                       more_steps: int = 0):
+        """u, the epochs to retrace and the progress report of Algorithm 2 (and `more_steps`
+        units of work after it)."""
         if not (query is None or callable(query) or isinstance(query, dict)):
             raise RunError("the query must be a loss function of θ or a parameter vector")
         if callable(query) or query is None:
             query = loss_gradient(query or self.val_loss_fn, self.theta)
         K = self.schedule.epochs
         epochs = range(K - 1, K) if last_epoch_only else range(K)
+        # the replayed (some twice: sgd.EpochReplay) and the retraced steps, and what follows
         steps = self.schedule.steps_per_epoch
-        total = len(epochs) * (replayed_steps(steps) + steps)  # replayed + retraced
+        total = len(epochs) * (replayed_steps(steps) + steps) + more_steps
         done = iter(range(1, total + 1))
         report = (lambda t: on_progress(Progress("score", next(done), total))) \
             if on_progress else None
-        return retrace(self.objective, self.schedule, self.checkpoints, self.keep_at, query,
-                       epochs, report).cpu().double().numpy()
+        return query, epochs, report
 
     def ranking(self, scores: np.ndarray | pd.DataFrame) -> pd.DataFrame:
         """One score per training position (or a frame of them, column "influence" and extra
         columns) as a table of the instances still in use, lowest (most harmful) first."""
-        labels = self.data.labels[self.split.train]
+        labels = self.objective.y.cpu().numpy()  # the labels in use (fixed ones included)
         frame = pd.DataFrame({"sample_id": self.train_ids,
                               "label": [self.data.classes[c] for c in labels]})
         if isinstance(scores, pd.DataFrame):
@@ -356,25 +448,61 @@ class Run:
         return frame.sort_values("influence", kind="stable").reset_index(drop=True)
 
     # --- counterfactual retraining (Definition 2) -----------------------------------------
-    def without(self, remove_ids, mode: str = "all") -> "Run":
+    def new_fixes(self, fixes: Mapping[str, str | int], first: int, removing=()
+                  ) -> dict[str, list[int]]:
+        """Fixes (sample id → new label: a class name, or a class index) as config entries
+        [class index, first epoch], checked: training images of this run, known labels, each
+        different from the image's given label and from the label it has now, none removed
+        (already, or in `removing`), and none fixed already from an earlier epoch than `first`
+        (its labels could not be told apart)."""
+        self.check_training_ids(fixes)
+        removed = set(self.config.removed) | set(removing)
+        current = self.objective.y.cpu().numpy()
+        new = {}
+        for sid, label in fixes.items():
+            c = self.class_index(label)
+            if sid in removed:
+                raise RunError(f"{sid!r} is both removed and fixed: an image is either removed "
+                               "or given a new label")
+            position = self.position[sid]
+            if c == self.data.labels[self.split.train[position]]:
+                raise RunError(f"{self.data.classes[c]!r} is the given label of {sid!r}: a fix "
+                               "must change its label")
+            if c == current[position]:
+                raise RunError(f"{sid!r} is labelled {self.data.classes[c]!r} already: a fix "
+                               "must change its label")
+            if sid in self.config.fixes and self.config.fixes[sid][1] < first:
+                raise RunError(f"{sid!r} was fixed from epoch {self.config.fixes[sid][1] + 1} "
+                               "already: fix it again from the first epoch (mode all)")
+            new[sid] = [c, first]
+        return new
+
+    def without(self, remove_ids=(), mode: str = "all",
+                fixes: Mapping[str, str | int] | None = None) -> "Run":
         """A new, untrained run: the same data, split, initialisation and batch order, with
-        `remove_ids` skipped from the first epoch (mode all) or from the last (mode last)."""
+        `remove_ids` skipped and the `fixes` (sample id → new label, see new_fixes) applied,
+        both from the first epoch (mode all) or from the last (mode last)."""
         if mode not in RETRAIN_MODES:
             raise RunError(f"unknown mode {mode!r}: use all or last")
         remove_ids = list(dict.fromkeys(remove_ids))
         self.check_training_ids(remove_ids)
         first = 0 if mode == "all" else self.schedule.epochs - 1
+        fixed = {**self.config.fixes, **self.new_fixes(fixes or {}, first, remove_ids)}
         removed = dict(self.config.removed)
         for sid in remove_ids:
+            if sid in fixed:
+                raise RunError(f"{sid!r} is both removed and fixed: an image is either removed "
+                               "or given a new label")
             removed[sid] = min(removed.get(sid, first), first)
-        config = RunConfig(**{**asdict(self.config), "removed": removed,
+        config = RunConfig(**{**asdict(self.config), "removed": removed, "fixes": fixed,
                               "parent": str(self.path) if self.path else None})
         return Run(config, self.data)
 
-    def retrain(self, remove_ids, mode: str = "all", on_progress: ProgressFn | None = None) -> "Run":
-        """Counterfactual SGD without `remove_ids`; mode last starts from the last epoch's
-        checkpoint, so only that epoch is re-run."""
-        child = self.without(remove_ids, mode)
+    def retrain(self, remove_ids=(), mode: str = "all", on_progress: ProgressFn | None = None,
+                fixes: Mapping[str, str | int] | None = None) -> "Run":
+        """Counterfactual SGD without `remove_ids` and with the `fixes` (sample id → new label);
+        mode last starts from the last epoch's checkpoint, so only that epoch is re-run."""
+        child = self.without(remove_ids, mode, fixes)
         start = 0 if mode == "all" else self.schedule.epochs - 1
         child.train(on_progress, start=start, checkpoints=self.checkpoints)
         return child
@@ -382,18 +510,25 @@ class Run:
     # --- many counterfactual retrainings at once ------------------------------------------
     def outcomes(self, removals: list[list[str]], mode: str = "all", exclude: Iterable[str] = (),
                  on_progress: ProgressFn | None = None, phase: str = "retrain",
-                 chunk: int = 32) -> pd.DataFrame:
+                 chunk: int = 32, fixes: list[Mapping[str, str | int]] | None = None
+                 ) -> pd.DataFrame:
         """Retrain without each set of ids (Definition 2; mode all: from the first epoch, last:
-        the last epoch only), every set in one SGD run vectorised over the removal masks
-        (counterfactual_sgd, `chunk` masks at a time), and measure each retrained model. One
-        row per set: query_loss (the mean loss over the validation images but `exclude`: the
-        query whose change the scores estimate), val_loss, val_error, test_loss, test_error."""
+        the last epoch only), with the set's `fixes` (sample id → new label, one mapping per
+        set, see new_fixes) from the same epoch, every set in one SGD run vectorised over the
+        removal masks and label vectors (counterfactual_sgd, `chunk` sets at a time), and
+        measure each retrained model. One row per set: query_loss (the mean loss over the
+        validation images but `exclude`: the query whose change the scores estimate),
+        val_loss, val_error, test_loss, test_error."""
         if mode not in RETRAIN_MODES:
             raise RunError(f"unknown mode {mode!r}: use all or last")
-        for ids in removals:
-            self.check_training_ids(ids)
+        fixes = list(fixes) if fixes is not None else [{}] * len(removals)
+        if len(fixes) != len(removals):
+            raise RunError("give one set of fixes per set of removals")
         K = self.schedule.epochs
         epochs = range(0, K) if mode == "all" else range(K - 1, K)
+        for ids in removals:
+            self.check_training_ids(ids)
+        fixes = [self.new_fixes(f, epochs.start, ids) for f, ids in zip(fixes, removals)]
         query = self.query_loss(exclude)
         total = math.ceil(len(removals) / chunk) * len(epochs) * self.schedule.steps_per_epoch
         done = iter(range(1, total + 1))
@@ -403,11 +538,17 @@ class Run:
         for start in range(0, len(removals), chunk):
             gone = torch.zeros(len(removals[start:start + chunk]), len(self.train_ids),
                                dtype=torch.bool, device=self.device)
-            for m, ids in enumerate(removals[start:start + chunk]):
+            fixed = torch.full(gone.shape, -1, device=self.device)  # new label, or −1: none
+            for m, (ids, fix) in enumerate(zip(removals[start:start + chunk],
+                                               fixes[start:start + chunk])):
                 gone[m, [self.position[sid] for sid in ids]] = True
+                for sid, (c, _) in fix.items():
+                    fixed[m, self.position[sid]] = c
             theta0 = self.checkpoints[epochs.start]
-            thetas = counterfactual_sgd(self.objective, self.schedule, theta0,
-                                        lambda k: self.keep_at(k)[None] & ~gone, epochs, report)
+            thetas = counterfactual_sgd(
+                self.objective, self.schedule, theta0, lambda k: self.keep_at(k)[None] & ~gone,
+                epochs, report,
+                labels=lambda k: torch.where(fixed >= 0, fixed, self.labels_at(k)[None]))
             for m in range(len(gone)):
                 theta = {name: p[m] for name, p in thetas.items()}
                 with torch.no_grad():
@@ -470,7 +611,8 @@ class Run:
             prob = self.probabilities(part)
             frames.append(pd.DataFrame({
                 "sample_id": [self.data.ids[i] for i in positions], "part": part,
-                "label": self.data.labels[positions], "predicted": prob.argmax(1),
+                "label": (self.objective.y.cpu().numpy() if part == "train"
+                          else self.data.labels[positions]), "predicted": prob.argmax(1),
                 "confidence": prob.max(1)}))
         return pd.concat(frames, ignore_index=True)
 
@@ -600,11 +742,13 @@ def train_new(config: RunConfig, out: str | os.PathLike, data: ImageSet | None =
 
 
 def retrain_saved(run: Run, remove_ids, mode: str, out: str | os.PathLike,
-                  on_progress: ProgressFn | None = None) -> Run:
-    """Counterfactual retraining of a saved run without `remove_ids`, saved to `out`."""
+                  on_progress: ProgressFn | None = None,
+                  fixes: Mapping[str, str | int] | None = None) -> Run:
+    """Counterfactual retraining of a saved run without `remove_ids` and with `fixes`, saved to
+    `out`."""
     refuse_existing(out)
     log = TrainingLog(on_progress)
-    child = run.retrain(remove_ids, mode, log)
+    child = run.retrain(remove_ids, mode, log, fixes)
     child.save(out, log.frame())
     return child
 

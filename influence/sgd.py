@@ -5,6 +5,11 @@ Notation follows the paper: θ[t] are the parameters before step t, S_t the mini
 η_t its learning rate, ℓ(z; θ) the per-instance loss including the L2 term, g = ∇θ ℓ.
 One SGD step (Eq. 2):  θ[t+1] = θ[t] − η_t/|S_t| · Σ_{i∈S_t} g(z_i; θ[t]).
 Steps are counted from 0 in code.
+
+Labels: by default every step uses the objective's labels y. A run whose labels were fixed
+(a counterfactual with some labels changed from some epoch on) gives the label vector in use
+(one label per training position) to each step; removal masks and label vectors are the two
+things a counterfactual run may change, nothing else.
 """
 from __future__ import annotations
 
@@ -54,18 +59,21 @@ class Objective:
     def outputs(self, theta: Params, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, theta, (x,))
 
-    def losses(self, theta: Params, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ℓ(z_i; θ) for i in idx, and the model outputs."""
+    def losses(self, theta: Params, idx: torch.Tensor, labels: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ℓ(z_i; θ) for i in idx, and the model outputs. `labels`: the label of every training
+        position to use instead of y (a run with fixed labels)."""
         out = self.outputs(theta, self.x[idx])
-        ell = self.loss(out, self.y[idx])
+        ell = self.loss(out, (self.y if labels is None else labels)[idx])
         if self.l2:
             ell = ell + 0.5 * self.l2 * sum((p * p).sum() for p in theta.values())
         return ell, out
 
-    def weighted(self, theta: Params, w: torch.Tensor, idx: torch.Tensor):
+    def weighted(self, theta: Params, w: torch.Tensor, idx: torch.Tensor,
+                 labels: torch.Tensor | None = None):
         """Σ_i w_i ℓ(z_i; θ); with w_i = 1/|S_t| this is the mean mini-batch loss.
         Aux: per-instance losses and outputs."""
-        ell, out = self.losses(theta, idx)
+        ell, out = self.losses(theta, idx, labels)
         return (w * ell).sum(), (ell, out)
 
 
@@ -146,40 +154,44 @@ class StepStats:
 
 
 def sgd_step(obj: Objective, theta: Params, idx: torch.Tensor, lr: float, keep: torch.Tensor,
-             weights: Callable = batch_weights):
-    """θ[t+1] = θ[t] − η_t/|S_t| · Σ_{i∈S_t, kept} g(z_i; θ[t])   (Eq. 2; Definition 2)."""
+             weights: Callable = batch_weights, labels: torch.Tensor | None = None):
+    """θ[t+1] = θ[t] − η_t/|S_t| · Σ_{i∈S_t, kept} g(z_i; θ[t])   (Eq. 2; Definition 2), with
+    g taken at the labels in use (`labels`; default the objective's y)."""
     w = weights(keep, idx, obj.x.dtype)
-    g, (ell, out) = grad(obj.weighted, has_aux=True)(theta, w, idx)
+    g, (ell, out) = grad(obj.weighted, has_aux=True)(theta, w, idx, labels)
     return {k: p - lr * g[k] for k, p in theta.items()}, (ell, out)
 
 
-def batch_stats(obj: Objective, idx: torch.Tensor, keep: torch.Tensor, ell, out):
+def batch_stats(obj: Objective, idx: torch.Tensor, keep: torch.Tensor, ell, out,
+                labels: torch.Tensor | None = None):
     """Mean loss and accuracy over the kept instances of one batch, for the training log."""
     kept = keep[idx]
     n_kept = max(int(kept.sum()), 1)
-    correct = (predictions(out) == obj.y[idx])[kept].sum()
+    correct = (predictions(out) == (obj.y if labels is None else labels)[idx])[kept].sum()
     return float(ell[kept].sum()) / n_kept, float(correct) / n_kept
 
 
 def run_sgd(obj: Objective, schedule: Schedule, theta: Params, keep_at: Callable[[int], torch.Tensor],
             epochs: range | None = None, on_step: Callable[[StepStats], None] | None = None,
-            on_epoch: Callable[[int, Params], None] | None = None):
+            on_epoch: Callable[[int, Params], None] | None = None,
+            labels_at: Callable[[int], torch.Tensor] | None = None):
     """Run SGD over `epochs` (default: all) from θ at the start of the first of them.
 
     keep_at(k) gives the boolean mask of training positions used in epoch k (all True for normal
-    SGD). on_step gets each step's batch loss and accuracy, on_epoch each epoch's final θ.
+    SGD), labels_at(k) the labels used in epoch k (default: the objective's y). on_step gets
+    each step's batch loss and accuracy, on_epoch each epoch's final θ.
     Returns {k: θ at the start of epoch k} for every epoch run, plus the final θ under
     key epochs.stop: one checkpoint per epoch, never one per step."""
     epochs = epochs if epochs is not None else range(schedule.epochs)
     checkpoints = {epochs.start: theta}
     first_loss = None
     for k in epochs:
-        keep = keep_at(k)
+        keep, labels = keep_at(k), labels_at(k) if labels_at else None
         for t in schedule.epoch_steps(k):
             idx = torch.as_tensor(schedule.batch(t), device=obj.x.device)
             lr = float(schedule.lr[t])
-            theta, (ell, out) = sgd_step(obj, theta, idx, lr, keep)
-            loss, acc = batch_stats(obj, idx, keep, ell, out)
+            theta, (ell, out) = sgd_step(obj, theta, idx, lr, keep, labels=labels)
+            loss, acc = batch_stats(obj, idx, keep, ell, out, labels)
             first_loss = first_loss if first_loss is not None else loss
             if not math.isfinite(loss) or loss > 100 * max(first_loss, 1.0):
                 raise Diverged(t, loss, lr)
@@ -214,12 +226,14 @@ class EpochReplay:
     is read. Memory ∝ (T_k/every + every)·|θ| instead of T_k·|θ|; read backwards, it costs
     replayed_steps(T_k) SGD steps, about one replay more than keeping every θ. Read forwards
     (iter) it keeps nothing and costs T_k − 1 steps. on_step(t) after each replayed step
-    (a recomputation is work too). every = 1 keeps every θ."""
+    (a recomputation is work too). `keep` and `labels`: the epoch's mask and labels, as in
+    training. every = 1 keeps every θ (T_k of them, what the replay held before)."""
 
     def __init__(self, obj: Objective, schedule: Schedule, theta_k: Params, k: int,
                  keep: torch.Tensor, on_step: Callable[[int], None] | None = None,
-                 every: int | None = None):
+                 labels: torch.Tensor | None = None, every: int | None = None):
         self.obj, self.schedule, self.keep, self.on_step = obj, schedule, keep, on_step
+        self.labels = labels
         self.steps = schedule.epoch_steps(k)
         self.every = every or checkpoint_every(len(self.steps))
         self.kept = [theta_k]  # θ before the steps 0, every, 2·every, … of the epoch
@@ -232,7 +246,8 @@ class EpochReplay:
         """θ before the epoch's step i + 1, from θ before its step i."""
         t = self.steps[i]
         idx = torch.as_tensor(self.schedule.batch(t), device=self.obj.x.device)
-        theta = sgd_step(self.obj, theta, idx, float(self.schedule.lr[t]), self.keep)[0]
+        theta = sgd_step(self.obj, theta, idx, float(self.schedule.lr[t]), self.keep,
+                         labels=self.labels)[0]
         if self.on_step:
             self.on_step(t)
         return theta
@@ -274,35 +289,44 @@ class EpochReplay:
 
 def replay_epoch(obj: Objective, schedule: Schedule, theta_k: Params, k: int,
                  keep: torch.Tensor, on_step: Callable[[int], None] | None = None,
-                 every: int | None = None) -> EpochReplay:
-    """θ[t] for every step t of epoch k from the epoch's checkpoint, as an EpochReplay: every
-    ⌈√T_k⌉-th θ kept, the steps between recomputed when read. on_step(t) after each replayed
-    step."""
-    return EpochReplay(obj, schedule, theta_k, k, keep, on_step, every)
+                 labels: torch.Tensor | None = None, every: int | None = None
+                 ) -> EpochReplay:
+    """θ[t] for every step t of epoch k from the epoch's checkpoint (θ before each step, in
+    order), as an EpochReplay: every ⌈√T_k⌉-th θ kept, the steps between recomputed when read.
+    Same code and inputs as training (the epoch's mask `keep` and `labels`), so bit-identical on
+    CPU. on_step(t) after each replayed step. every = 1 keeps every θ."""
+    return EpochReplay(obj, schedule, theta_k, k, keep, on_step, labels, every)
 
 
 def counterfactual_sgd(obj: Objective, schedule: Schedule, theta: Params,
                        keeps: torch.Tensor | Callable[[int], torch.Tensor],
                        epochs: range | None = None,
                        on_step: Callable[[int], None] | None = None,
-                       weights: Callable = batch_weights) -> Params:
+                       weights: Callable = batch_weights,
+                       labels: torch.Tensor | Callable[[int], torch.Tensor] | None = None
+                       ) -> Params:
     """Definition 2 for many removal sets at once: θ_{−S}[T] for every row of `keeps` (M × N
     boolean masks; or a function giving them for epoch k), by one SGD run vectorised over the
-    masks with torch.func.vmap, from θ at the start of the first of `epochs`. on_step(t) is
-    called after each step t (a progress report; raising from it stops the run). `weights`:
-    how a batch weighs its kept instances (batch_weights: Definition 2; kept_mean_weights: SGD
-    on the kept instances alone). Returns parameters with a leading dimension M."""
+    masks with torch.func.vmap, from θ at the start of the first of `epochs`. `labels`: the
+    labels each run uses (M × N, or a function giving them for epoch k; default the
+    objective's y for all), so that counterfactuals with fixed labels run in the same vmap.
+    on_step(t) is called after each step t (a progress report; raising from it stops the run).
+    `weights`: how a batch weighs its kept instances (batch_weights: Definition 2;
+    kept_mean_weights: SGD on the kept instances alone). Returns parameters with a leading
+    dimension M."""
     epochs = epochs if epochs is not None else range(schedule.epochs)
     keeps_at = keeps if callable(keeps) else (lambda k: keeps)
     m = keeps_at(epochs.start).shape[0]
+    labels_at = labels if callable(labels) else (
+        (lambda k: labels) if labels is not None else (lambda k: obj.y.expand(m, -1)))
     thetas = {k: v.expand(m, *v.shape).clone() for k, v in theta.items()}
-    step_all = vmap(lambda th, keep, idx, lr: sgd_step(obj, th, idx, lr, keep, weights)[0],
-                    in_dims=(0, 0, None, None))
+    step_all = vmap(lambda th, keep, y, idx, lr: sgd_step(obj, th, idx, lr, keep, weights, y)[0],
+                    in_dims=(0, 0, 0, None, None))
     for k in epochs:
-        keep = keeps_at(k)
+        keep, y = keeps_at(k), labels_at(k)
         for t in schedule.epoch_steps(k):
             idx = torch.as_tensor(schedule.batch(t), device=obj.x.device)
-            thetas = step_all(thetas, keep, idx, float(schedule.lr[t]))
+            thetas = step_all(thetas, keep, y, idx, float(schedule.lr[t]))
             if on_step:
                 on_step(t)
     return thetas

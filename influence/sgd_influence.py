@@ -9,6 +9,19 @@ H[t] is the Hessian of the mean mini-batch loss at θ[t]. An instance used in se
 collects a term for each of its steps (the multi-epoch estimator, Section 5).
 Negative L̂ = removing j lowers the query loss = j is harmful.
 
+Relabelling (the same retrace). With f_j = f(x_j; θ) the model outputs (logits) and J_j[t] their
+Jacobian in θ at θ[t], every per-instance gradient is g(z_j; θ) = J_jᵀ ∂ℓ/∂f(f_j, y_j) + αθ. Giving
+j the label c instead of y_j changes it by J_jᵀ Δ_jc, Δ_jc = ∂ℓ/∂f(f_j, c) − ∂ℓ/∂f(f_j, y_j), so the
+counterfactual step moves θ by −η_t/|S_t| J_jᵀ Δ_jc (where removal moves it by +η_t/|S_t| g_j) and
+    L̂_{j→c} += −η_t/|S_t| ⟨J_j[t] u, Δ_jc⟩           for every j ∈ S_t and every class c,
+with the same u at the same step as for removal. J_j[t] u for the whole batch is the tangent of
+the batch's outputs along u: it comes out of the jvp that gives H[t]u (forward_over_reverse).
+    cross-entropy, and squared loss on one-hot targets:  Δ_jc = e_{y_j} − e_c,
+        L̂_{j→c} = Σ_{t: j∈S_t} η_t/|S_t| ((J_j[t]u)_c − (J_j[t]u)_{y_j});
+    binary cross-entropy (one logit):  Δ = 2y_j − 1 for c = 1 − y_j,
+        L̂_{j→1−y} = −Σ_{t: j∈S_t} η_t/|S_t| (J_j[t]u)(2y_j − 1).
+Negative L̂_{j→c} = giving j the label c lowers the query loss, as for removal.
+
 forward_influence keeps the one first-order term Algorithm 2 drops (j's gradient taken at the
 counterfactual parameters when j returns in a later epoch), forward in time for a chosen set of
 instances; refine_extremes applies it to the two ends of an Algorithm-2 ranking.
@@ -28,44 +41,93 @@ from .sgd import Objective, Params, Schedule, batch_weights, replay_epoch
 FORWARD_AD = threading.Lock()
 
 
-def hvp_and_dot_grads(obj: Objective, theta: Params, idx: torch.Tensor, w: torch.Tensor,
-                      u: Params) -> tuple[Params, torch.Tensor]:
+def forward_over_reverse(obj: Objective, theta: Params, idx: torch.Tensor, w: torch.Tensor,
+                         u: Params, labels: torch.Tensor | None = None
+                         ) -> tuple[Params, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward-over-reverse pass at θ for the instances idx weighted by w: H u, H the Hessian
-    of Σ_i w_i ℓ(z_i; θ), and ⟨u, g(z_i; θ)⟩ for every i in idx. The jvp of (∇θ weighted loss,
-    per-instance losses) along u gives both at once: d/dε ∇θL(θ+εu) = H u and
-    d/dε ℓ_i(θ+εu) = ⟨g_i, u⟩. No loop over instances. With w = batch_weights(keep, S_t) this is
-    H[t]u of the mean mini-batch loss at step t; the one Hessian-vector product of the engine."""
+    of Σ_i w_i ℓ(z_i; θ); ⟨u, g(z_i; θ)⟩ for every i in idx; the outputs f_i; and J_i u, the
+    outputs' Jacobian times u. The jvp of (∇θ weighted loss, per-instance losses, outputs)
+    along u gives all at once: d/dε ∇θL(θ+εu) = H u, d/dε ℓ_i(θ+εu) = ⟨g_i, u⟩ and
+    d/dε f_i(θ+εu) = J_i u (forward mode computes that tangent on the way to ℓ_i's anyway). No
+    loop over instances. With w = batch_weights(keep, S_t) this is H[t]u of the mean mini-batch
+    loss at step t; the one Hessian-vector product of the engine. `labels`: the labels in use
+    (default the objective's y)."""
 
-    def grad_and_losses(th):
-        g, (ell, _) = grad(obj.weighted, has_aux=True)(th, w, idx)
-        return g, ell
+    def grad_losses_outputs(th):
+        g, (ell, out) = grad(obj.weighted, has_aux=True)(th, w, idx, labels)
+        return g, ell, out
 
     with FORWARD_AD:
-        _, (hu, u_dot_g) = jvp(grad_and_losses, (theta,), (u,))
+        (_, _, out), (hu, u_dot_g, ju) = jvp(grad_losses_outputs, (theta,), (u,))
+    return hu, u_dot_g, out, ju
+
+
+def hvp_and_dot_grads(obj: Objective, theta: Params, idx: torch.Tensor, w: torch.Tensor,
+                      u: Params, labels: torch.Tensor | None = None
+                      ) -> tuple[Params, torch.Tensor]:
+    """H u and ⟨u, g(z_i; θ)⟩ for every i in idx: forward_over_reverse without the outputs."""
+    hu, u_dot_g, _, _ = forward_over_reverse(obj, theta, idx, w, u, labels)
     return hu, u_dot_g
+
+
+def label_gradient_change(loss: Callable, out: torch.Tensor, y: torch.Tensor,
+                          classes: int) -> torch.Tensor:
+    """Δ_ic = ∂ℓ/∂f(f_i, c) − ∂ℓ/∂f(f_i, y_i) for every instance i and class c (B × C × outputs):
+    relabelling i from y_i to c changes g(z_i; θ) by J_iᵀ Δ_ic. Computed from the loss itself
+    (any loss of the outputs): e_{y_i} − e_c for cross-entropy and for squared loss on one-hot
+    targets, y_i − c for binary cross-entropy on one logit; 0 for c = y_i."""
+    dl_df = grad(lambda f, target: loss(f, target).sum())  # per instance: the sum separates
+    per_class = vmap(lambda c: dl_df(out, c.expand_as(y)))(
+        torch.arange(classes, device=out.device))  # C × B × outputs
+    return per_class.transpose(0, 1) - dl_df(out, y)[:, None]
 
 
 def retrace(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
             keep_at: Callable[[int], torch.Tensor], u: Params, epochs: range,
-            on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+            on_step: Callable[[int], None] | None = None,
+            labels_at: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
     """Algorithm 2 over the given epochs (all of them: exact retrace; the last one: the
     approximate version of Section 7.2). Returns L̂_{−j}(u) for every training position j.
-    on_step(t) after every replayed step and every retraced step (progress)."""
+    on_step(t) after every replayed step and every retraced step (progress). labels_at(k): the
+    labels used in epoch k (default the objective's y)."""
+    return _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step, labels_at)[0]
+
+
+def retrace_with_relabel(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
+                         keep_at: Callable[[int], torch.Tensor], u: Params, epochs: range,
+                         classes: int, on_step: Callable[[int], None] | None = None,
+                         labels_at: Callable[[int], torch.Tensor] | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 2 as `retrace`, also accumulating the relabel effect L̂_{j→c}(u) of every
+    training position j and class c (N × classes) from the same pass (see the module notes):
+    label c in every retraced step. 0 for removed instances, and for c = the label j has at
+    every retraced step."""
+    return _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step, labels_at, classes)
+
+
+def _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step=None, labels_at=None,
+             classes: int | None = None):
     scores = torch.zeros(obj.x.shape[0], dtype=obj.x.dtype, device=obj.x.device)
+    relabel = None if classes is None else torch.zeros(obj.x.shape[0], classes,
+                                                       dtype=obj.x.dtype, device=obj.x.device)
     for k in reversed(epochs):
         keep = keep_at(k)
-        thetas = replay_epoch(obj, schedule, checkpoints[k], k, keep, on_step)  # θ[t] of epoch k
+        labels = labels_at(k) if labels_at else obj.y
+        thetas = replay_epoch(obj, schedule, checkpoints[k], k, keep, on_step, labels)  # θ[t]
         for t, theta in zip(reversed(schedule.epoch_steps(k)), reversed(thetas)):
             idx = torch.as_tensor(schedule.batch(t), device=obj.x.device)
             eta = float(schedule.lr[t])
             w = batch_weights(keep, idx, obj.x.dtype)  # 1/|S_t|; removed instances get 0
-            hu, u_dot_g = hvp_and_dot_grads(obj, theta, idx, w, u)
+            hu, u_dot_g, out, ju = forward_over_reverse(obj, theta, idx, w, u, labels)
             # L̂_{−j} += ⟨u, η_t/|S_t| g(z_j; θ[t])⟩
             scores.index_add_(0, idx, eta * w * u_dot_g)
+            if relabel is not None:  # L̂_{j→c} += −η_t/|S_t| ⟨J_j[t]u, Δ_jc⟩
+                delta = label_gradient_change(obj.loss, out, labels[idx], classes)
+                relabel.index_add_(0, idx, -eta * w[:, None] * (delta @ ju[:, :, None])[..., 0])
             u = {name: u[name] - eta * hu[name] for name in u}  # u ← (I − η_t H[t]) u
             if on_step:
                 on_step(t)
-    return scores
+    return scores, relabel
 
 
 def forward_displacement(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],

@@ -72,6 +72,16 @@ def test_noisy_eval_quick_checks_the_validation_labels(tmp_path):
     assert 0 <= result["recall10_sgd"] <= 1 and 0 <= result["recall10_sgd_checked"] <= 1
 
 
+def test_noisy_fix_quick_compares_fixing_with_removing(tmp_path):
+    result = run_quick("noisy.py", tmp_path, "--fix", "--controls", "2")
+    text = assert_report(tmp_path, "noisy-fix-quick", "noisy.py")
+    assert "fix where both agree" in text and "(Holm)" in text and "Targets:" in text
+    assert (tmp_path / "noisy-fix-quick-labels.csv").exists()
+    assert 0 <= result["sgd_right_top10"] <= 1
+    assert result["check_right_top10"] > 0.8  # the label check's suggestions on digits
+    assert {"fix_gain_54", "fix_gain_108", "fix_gain_215"} <= result.keys()
+
+
 def test_scale_quick_fits_time_against_images_times_epochs(tmp_path):
     result = run_quick("scale.py", tmp_path)
     text = assert_report(tmp_path, "scale", "scale.py")

@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from influence import cli as influence_cli
+from influence import runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,3 +188,90 @@ def test_check_reports_singles_and_groups(run_dir):
     result = last_json(cli("check", out, "--method", "sgd-last", "--n", 3, "--groups", 4))
     assert result["n"] == 3 and result["groups"] == 4 and -1 <= result["group_spearman"] <= 1
     assert "group share" in one_line_error(cli("check", out, "--group-share", 0.9))
+
+
+def test_score_refine_rescores_the_ends(run_dir, tmp_path):
+    out, _ = run_dir
+    result = last_json(cli("score", out, "--refine", 3, "--out", tmp_path / "refined.csv"))
+    assert result["method"] == "sgd-refined"
+    plain = pd.read_csv(out / "influence.csv") if (out / "influence.csv").exists() else \
+        (last_json(cli("score", out)), pd.read_csv(out / "influence.csv"))[1]
+    refined = pd.read_csv(tmp_path / "refined.csv").set_index("sample_id").influence
+    changed = (refined.reindex(plain.sample_id).to_numpy() != plain.influence.to_numpy()).sum()
+    assert changed == 6  # the 3 most harmful and the 3 most helpful, re-scored
+    assert "--method sgd" in one_line_error(cli("score", out, "--method", "sgd-last",
+                                                "--refine", 3))
+
+
+# --- relabelling: score --relabel, retrain --fix ------------------------------------------------
+def test_score_relabel_writes_the_best_label_of_every_image(run_dir, tmp_path):
+    out, _ = run_dir
+    if not (out / "influence.csv").exists():
+        last_json(cli("score", out))
+    result = last_json(cli("score", out, "--relabel", "--out", tmp_path / "influence.csv"))
+    assert result["relabel"] == str(tmp_path / "relabel.csv")
+    # the removal scores are those of a plain scoring
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "influence.csv"),
+                                  pd.read_csv(out / "influence.csv"))
+    fixes = pd.read_csv(tmp_path / "relabel.csv", dtype={"label": str, "best_label": str})
+    classes = [str(c) for c in range(10)]
+    assert list(fixes.columns) == ["sample_id", "label", "best_label", "effect_best",
+                                   *(f"effect_to_{c}" for c in classes)]
+    assert len(fixes) == 1077 and fixes.effect_best.is_monotonic_increasing
+    assert (fixes.best_label != fixes.label).all()
+    each = fixes[[f"effect_to_{c}" for c in classes]].to_numpy()
+    own = np.array(classes)[None] == fixes.label.to_numpy()[:, None]
+    assert (each[own] == 0).all()  # the label it has: no change
+    np.testing.assert_array_equal(np.where(own, np.inf, each).min(1), fixes.effect_best)
+    assert fixes.effect_best.iloc[0] < 0 and result["best_fixes"] == list(fixes.sample_id[:5])
+    proc = cli("score", out, "--relabel", "--method", "tracin", "--out", tmp_path / "x.csv")
+    assert "--relabel needs" in one_line_error(proc) and not (tmp_path / "x.csv").exists()
+
+
+def test_retrain_fixes_labels_and_removes_images_together(run_dir, tmp_path):
+    out, summary = run_dir
+    run = runs.load(out)
+    ids, labels = run.train_ids, run.objective.y.numpy()
+    (tmp_path / "fix.csv").write_text("sample_id,new_label\n" + "".join(
+        f"{ids[j]},{(labels[j] + 1) % 10}\n" for j in range(3)))
+    (tmp_path / "remove.txt").write_text(f"{ids[3]}\n{ids[4]}\n")
+    result = last_json(cli("retrain", out, "--fix", tmp_path / "fix.csv", "--remove",
+                           tmp_path / "remove.txt", "--mode", "last", "--controls", 2,
+                           "--out", tmp_path / "fixed"))
+    assert result["train_size"] == summary["train_size"] - 2
+    assert result["relabelled"] == 3 and result["removed"] == 2 and result["controls"] == 2
+    config = json.loads((tmp_path / "fixed" / "config.json").read_text())
+    assert config["fixes"] == {ids[j]: [int((labels[j] + 1) % 10), 2] for j in range(3)}
+    assert config["removed"] == {ids[3]: 2, ids[4]: 2}
+    only_fixes = last_json(cli("retrain", out, "--fix", tmp_path / "fix.csv", "--mode", "last",
+                               "--controls", 0, "--out", tmp_path / "only-fixed"))
+    assert only_fixes["train_size"] == summary["train_size"] and only_fixes["relabelled"] == 3
+
+
+@pytest.mark.parametrize("fix,remove,words", [
+    ("{train0},no-such-class", "", "unknown label"),
+    ("{train0},{label0}", "", "given label"),
+    ("{train0},{other0}", "{train0}", "both removed and fixed"),
+    ("{val0},{other0}", "", "validation or test"),
+    ("no-such-image,{other0}", "", "no-such-image"),
+    ("{train0},{other0},extra", "", "not `sample_id,new_label`"),
+    ("", None, "give the images to remove"),
+])
+def test_bad_fixes_are_one_line_errors_and_write_nothing(run_dir, tmp_path, fix, remove, words):
+    out, _ = run_dir
+    run = runs.load(out)
+    given = run.data.labels[run.split.train[0]]
+    names = {"train0": run.train_ids[0], "val0": run.data.ids[run.split.val[0]],
+             "label0": run.data.classes[given],
+             "other0": run.data.classes[(given + 1) % len(run.data.classes)]}
+    args = []
+    if fix:
+        (tmp_path / "fix.csv").write_text(fix.format(**names) + "\n")
+        args += ["--fix", tmp_path / "fix.csv"]
+    if remove is not None:
+        (tmp_path / "remove.txt").write_text(remove.format(**names) + "\n")
+        args += ["--remove", tmp_path / "remove.txt"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = cli("retrain", out, *args, "--out", tmp_path / "never")
+    assert words in one_line_error(proc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written

@@ -92,10 +92,12 @@ with st.expander("Check the yardstick: the validation labels"
 # --- scoring -----------------------------------------------------------------------------------
 guess = session.estimate(row["id"], run["config"])
 epochs = run["config"]["epochs"]
+OURS = ("sgd", "sgd-refined", "sgd-last")  # SGD-influence, the others are to compare with
 labels = {"sgd": f"Exact: retrace all {epochs} epochs ({words.seconds(guess['seconds_score'])})",
+          "sgd-refined": f"Exact, with the {methods.REFINE} most harmful and most helpful "
+                         f"refined ({words.seconds(guess['seconds_score_refined'])})",
           "sgd-last": f"Fast: last epoch only ({words.seconds(guess['seconds_score_last'])})",
-          **{m: f"Compare: {methods.get(m).title}" for m in methods.IN_APP
-             if m not in ("sgd", "sgd-last")}}
+          **{m: f"Compare: {methods.get(m).title}" for m in methods.IN_APP if m not in OURS}}
 for m, key in (("kl", "seconds_kl"), ("tracin", "seconds_tracin"),
                ("confident-learning", "seconds_label_check")):
     labels[m] += f" ({words.seconds(guess[key])})"
@@ -104,10 +106,10 @@ with st.expander("Compute influence" + (" again, or another ranking to compare" 
     chosen = st.radio("Method", list(labels), format_func=labels.get,
                       captions=[methods.get(m).help for m in labels],
                       key=session.remember("score_method", "sgd"),
-                      help="SGD-influence (the first two) is what this tool is built on. The "
+                      help="SGD-influence (the first three) is what this tool is built on. The "
                       "others are well-known ways of ranking training images, for comparison: "
                       "the demo's flipped-label count and page 4's retraining work for all.")
-    if st.button("Compute influence" if chosen in ("sgd", "sgd-last") else "Compute this ranking",
+    if st.button("Compute influence" if chosen in OURS else "Compute this ranking",
                  type="primary", disabled=busy, icon=":material/calculate:"):
         try:
             jobs.start_scoring(store, session.sid(), run["id"], chosen, exclude)
