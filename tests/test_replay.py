@@ -9,12 +9,13 @@ from helpers import least_squares
 from influence.sgd import checkpoint_every, replay_epoch, replayed_steps, sgd_step
 
 
-def full_replay(obj, schedule, theta, k, keep):
+def full_replay(obj, schedule, theta, k, keep, labels=None):
     """θ before every step of epoch k, each one kept (what replay_epoch held before)."""
     thetas = [theta]
     for t in schedule.epoch_steps(k)[:-1]:
         idx = torch.as_tensor(schedule.batch(t))
-        thetas.append(sgd_step(obj, thetas[-1], idx, float(schedule.lr[t]), keep)[0])
+        thetas.append(sgd_step(obj, thetas[-1], idx, float(schedule.lr[t]), keep,
+                               labels=labels)[0])
     return thetas
 
 
@@ -53,6 +54,19 @@ def test_segment_replay_is_bit_identical_to_the_full_replay(steps):
             assert identical(scattered[t], truth[t]), t
         with pytest.raises(IndexError):
             scattered[steps]
+
+
+def test_segment_replay_uses_the_epochs_labels():
+    steps = 11
+    obj, schedule, theta0, _ = least_squares(3 * steps, 1, 3, 0.0, "constant")
+    keep = torch.ones(3 * steps, dtype=torch.bool)
+    labels = obj.y.clone()
+    labels[::4] += 1.0  # some targets changed (a run with fixed labels)
+    truth = full_replay(obj, schedule, theta0, 0, keep, labels)
+    assert not identical(truth[-1], full_replay(obj, schedule, theta0, 0, keep)[-1])
+    replay = replay_epoch(obj, schedule, theta0, 0, keep, labels=labels)
+    for t, (a, b) in enumerate(zip(reversed(replay), reversed(truth))):
+        assert identical(a, b), t
 
 
 def test_replayed_steps_is_about_one_extra_replay():
