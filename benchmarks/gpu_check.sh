@@ -11,20 +11,17 @@
 #           train + exact score (time; peak host and GPU memory), progress every tenth
 #   speed   benchmarks/speed.py --device cuda: score_over_train on the real MNIST test set
 #   scale   benchmarks/scale.py --device cuda: time and memory against images and parameters
-# Results (reports and logs) go to $OUT when set (the device runner's output folder), else to
-# benchmarks/results/gpu/. speed and scale read the MNIST IDX files from $MNIST_DIR, else from
-# shared/data/mnist in the repository when present, else from benchmarks/common.py's default.
-# Python: $PYTHON, else python3 (with torch built for CUDA).
+# Results (reports and logs) go to $OUT when set, else to benchmarks/results/gpu/. speed and scale
+# read the MNIST IDX files from $MNIST_DIR when set, else from the benchmarks' default data folder.
+# Python: $PYTHON, else python3 (with torch built for CUDA). Nothing here has run on a GPU yet.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 export CUBLAS_WORKSPACE_CONFIG=:4096:8 PYTHONUNBUFFERED=1
-MNIST=${MNIST_DIR:-}
-[ -z "$MNIST" ] && [ -d shared/data/mnist ] && MNIST=shared/data/mnist
 DATA=()
-[ -n "$MNIST" ] && DATA=(--data-dir "$MNIST")
+[ -n "${MNIST_DIR:-}" ] && DATA=(--data-dir "$MNIST_DIR")
 
 { nvidia-smi || true
   "$PY" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda,

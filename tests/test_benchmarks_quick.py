@@ -83,7 +83,7 @@ def test_noisy_fix_quick_compares_fixing_with_removing(tmp_path):
 
 
 def test_scale_quick_fits_time_against_images_times_epochs(tmp_path):
-    result = run_quick("scale.py", tmp_path)
+    result = run_quick("scale.py", tmp_path / "scale.md")
     text = assert_report(tmp_path, "scale", "scale.py")
     assert "ms per image-epoch (slope)" in text and "Cleaning in an hour" in text
     assert (tmp_path / "scale.png").stat().st_size > 10_000 and (tmp_path / "scale.csv").exists()
