@@ -218,11 +218,14 @@ def write(a, rows, trained, n_params, schedule, device) -> None:
     if device.type != "cuda":
         frame = frame.drop(columns="peak GPU MB")
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    short = "; one epoch keeps this run within minutes on a 2-core CPU" if a.epochs == 1 else ""
     setting = (f"{a.images:,} random {a.shape.replace('x', '×')} images (pixels and 10 labels "
                f"uniformly random; a further 1,000 as the validation query), model `{a.model}` "
                f"({n_params:,} parameters, |θ| = {theta_mb:.1f} MB in float32), batch "
                f"{a.batch_size}, {a.epochs} epoch(s) of {schedule.steps_per_epoch} steps = "
-               f"{schedule.steps} steps; exact scoring retraces all of them. Each process first "
+               f"{schedule.steps} steps; exact scoring retraces all of them. The replay holds "
+               "the θ of one epoch at a time, so more epochs add time (linearly) but not peak "
+               f"memory{short}. Each process first "
                "runs one SGD step and one Hessian-vector pass untimed (the first call of a "
                f"torch.func transform costs seconds). Device {device}{gpu}, "
                f"torch {torch.__version__}, {a.threads} thread(s), {os.cpu_count()} CPU cores.")
