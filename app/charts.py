@@ -87,3 +87,33 @@ def controls_chart(v: dict) -> go.Figure:
                       xaxis_tickformat=".1%", xaxis_title="test error (lower is better)",
                       yaxis=dict(visible=False, range=[-1, 1]))
     return fig
+
+
+def k_curve_chart(band: pd.DataFrame, suggested: int) -> go.Figure:
+    """Selection loss and error after removing the ranking's top k (line), and the range of as
+    many random removals (shaded, with their mean dashed), against k; the suggested k marked."""
+    fig = make_subplots(1, 2, subplot_titles=("Selection loss (lower is better)",
+                                              "Selection error (lower is better)"))
+    x = band.k.astype(str)
+    for col, what in enumerate(("selection_loss", "selection_error"), 1):
+        low, high = band[f"random_low_{what}"], band[f"random_high_{what}"]
+        if low.notna().any():
+            fig.add_trace(go.Scatter(x=x, y=high, mode="lines", line=dict(width=0),
+                                     showlegend=False, hoverinfo="skip"), 1, col)
+            fig.add_trace(go.Scatter(x=x, y=low, mode="lines", line=dict(width=0),
+                                     fill="tonexty", fillcolor="rgba(255,127,14,0.2)",
+                                     name="random removals (range)", showlegend=col == 1,
+                                     legendgroup="r"), 1, col)
+            fig.add_trace(go.Scatter(x=x, y=band[f"random_mean_{what}"], mode="lines",
+                                     line=dict(color=ORANGE, dash="dash"),
+                                     name="random removals (mean)", showlegend=col == 1,
+                                     legendgroup="m"), 1, col)
+        fig.add_trace(go.Scatter(x=x, y=band[what], mode="lines+markers",
+                                 line=dict(color=BLUE, width=2), name="top k of the ranking",
+                                 showlegend=col == 1, legendgroup="t"), 1, col)
+        fig.add_vline(x=str(suggested), line_color=GREEN, line_dash="dot", row=1, col=col)
+    fig.update_xaxes(title_text="k (images removed)", type="category")
+    fig.update_yaxes(tickformat=".1%", row=1, col=2)
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", y=-0.3))
+    return fig

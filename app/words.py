@@ -8,14 +8,15 @@ import time
 import numpy as np
 
 from datasets import DataError
-from influence.runs import RunError
+from influence.runs import RunConfig, RunError, selection_size
 from influence.sgd import Diverged
 
 PHASES = {"probe": "Choosing the learning rate", "train": "Training",
           "score": "Computing influence", "rank": "Ranking",
           "check": "Checking against real retraining",
           "retrain": "Retraining without the ticked images",
-          "control": "Control: retraining without as many random images"}
+          "control": "Control: retraining without as many random images",
+          "curve": "Retraining without the top k and random sets of k"}
 
 
 def progress_text(job) -> str:
@@ -146,3 +147,15 @@ def trust(t: dict) -> str:
              "network the effect of one image is mostly noise of training itself; the group "
              "figure is the one to go by when removing many.")
     return text
+
+
+def selection_part(n_val: int, fraction: float = RunConfig.selection_fraction) -> str:
+    """Page 1's sentence on the selection part of the validation images."""
+    n = selection_size(n_val, fraction)
+    if n == 0:
+        return ("All validation images define the query of influence; none is held out to "
+                "judge how many images to remove.")
+    return (f"Of the validation images, **{n:,}** (about {fraction:.0%}, chosen by the seed) "
+            "are held out as the *selection* part: they never define what 'harmful' means, "
+            "and on page 3 they judge how many harmful images to remove. The other "
+            f"**{n_val - n:,}** define the query of influence.")

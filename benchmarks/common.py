@@ -34,6 +34,42 @@ def add_common_options(parser) -> None:
                         help="a small, fast version on scikit-learn's digits (used by CI)")
 
 
+def add_ray_option(parser) -> None:
+    """--ray, for the scripts whose splits go through map_splits."""
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="run each split as a Ray task: on the cluster at ADDRESS (host:port "
+                             "of its head node), else at $RAY_ADDRESS, else on a Ray instance "
+                             "started here. A split's figures are the same either way")
+
+
+def map_splits(fn, data, calls: list[tuple], a):
+    """fn(data, *args) for each args of `calls`, the results in that order: one after the other
+    here, or with --ray each call as a Ray task, all submitted at once (each with a.threads
+    torch threads and as many CPUs; the data set is sent once)."""
+    if a.ray is None:
+        for args in calls:
+            yield fn(data, *args)
+        return
+    from app.services.cluster import send_token_if_any
+
+    send_token_if_any()  # as the app does: before Ray is imported
+    import ray
+
+    if not ray.is_initialized():  # the code travels with the tasks: no shared file system needed
+        ray.init(address=a.ray or None, runtime_env={
+            "py_modules": [str(ROOT / "influence"), str(ROOT / "datasets"), __file__],
+            "excludes": ["__pycache__", "*.pyc"]})
+    task = ray.remote(num_cpus=a.threads)(_in_task)
+    shared = ray.put(data)
+    for ref in [task.remote(fn, a.threads, shared, *args) for args in calls]:
+        yield ray.get(ref)
+
+
+def _in_task(fn, threads: int, data, *args):
+    setup(threads)
+    return fn(data, *args)
+
+
 def command() -> str:
     """The command line that produced a result, as one would retype it from the repo root."""
     script = Path(sys.argv[0]).resolve()
@@ -88,10 +124,11 @@ def jaccard_extremes(estimate: np.ndarray, truth: np.ndarray, k: int = 10) -> fl
 
 
 # --- the cleansing and label-noise experiments ------------------------------------------------
-def image_data(quick: bool, data_dir: str | None) -> datasets.ImageSet:
+def image_data(quick: bool, data_dir: str | None, digits: bool = False
+               ) -> datasets.ImageSet:
     """The real MNIST test set (10,000 images, IDX files in the shared data folder next to the
-    repository), or digits when quick."""
-    if quick:
+    repository), or digits when quick or asked for."""
+    if quick or digits:
         return datasets.load("digits")
     folder = Path(data_dir) if data_dir else SHARED_DATA / "mnist"
     return datasets.load(str(folder))
@@ -100,7 +137,7 @@ def image_data(quick: bool, data_dir: str | None) -> datasets.ImageSet:
 def data_name(data: datasets.ImageSet, quick: bool, data_dir: str | None) -> str:
     """The data in plain words for a report: never a machine path (data.source of a folder
     names the folder as it was found on this machine)."""
-    if quick:
+    if quick or data.source.startswith("scikit-learn"):
         return data.source  # scikit-learn's bundled digits: no path in it
     if data_dir is None or Path(data_dir).resolve() == (SHARED_DATA / "mnist").resolve():
         return f"the MNIST test set ({len(data):,} images, IDX files)"
@@ -111,9 +148,11 @@ def prepare_experiment(a, stem: str) -> tuple[datasets.ImageSet, Path]:
     """The data, output folder and descriptive notes of a cleansing/label-noise run: fills
     a.name, a.name_out (e.g. cleansing, cleansing-quick, noisy-all), a.lr, a.model_note,
     a.data_note."""
-    a.name = "digits" if a.quick else "mnist-10k"
-    a.name_out = stem + ("-quick" if a.quick else "") + ("" if a.mode == "last" else f"-{a.mode}")
-    data = image_data(a.quick, a.data_dir)
+    digits = getattr(a, "digits", False)
+    a.name = "digits" if a.quick or digits else "mnist-10k"
+    a.name_out = (stem + ("-quick" if a.quick else "-digits" if digits else "")
+                  + ("" if a.mode == "last" else f"-{a.mode}"))
+    data = image_data(a.quick, a.data_dir, digits)
     probe = runs.Run(runs.RunConfig(dataset=a.name, model="auto"), data)
     a.lr, a.model_note = probe.config.lr, probe.preset.name
     a.data_note = (f"{data_name(data, a.quick, a.data_dir)}, {len(probe.split.train)}/"
@@ -123,12 +162,15 @@ def prepare_experiment(a, stem: str) -> tuple[datasets.ImageSet, Path]:
     return data, out
 
 
-def train_run(data: datasets.ImageSet, seed: int, epochs: int, name: str) -> runs.Run:
+def train_run(data: datasets.ImageSet, seed: int, epochs: int, name: str,
+              selection: float = 0.0) -> runs.Run:
     """The paper's Section 7.2 recipe at our scale: the preset CNN for the image size, plain SGD,
     batch 64, the preset's learning rate (0.05 for the MNIST CNN), no momentum or decay;
-    train/validation/test = 60/20/20 % of the data, split by `seed`."""
+    train/validation/test = 60/20/20 % of the data, split by `seed`. `selection`: the share of
+    the validation images held out of the query (0, the paper's setting: the whole validation
+    part is the query)."""
     run = runs.Run(runs.RunConfig(dataset=name, model="auto", epochs=epochs, batch_size=64,
-                                  seed=seed, device="cpu"), data)
+                                  seed=seed, device="cpu", selection_fraction=selection), data)
     run.train()
     return run
 

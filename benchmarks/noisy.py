@@ -32,6 +32,7 @@ computed (the split's run is trained again, and must reproduce the stored test e
     python benchmarks/noisy.py --splits 5 --epochs 6 --noisy-eval
     python benchmarks/noisy.py --splits 5 --epochs 6 --fix
     python benchmarks/noisy.py --quick      # digits, 2 splits
+    python benchmarks/noisy.py --splits 5 --epochs 6 --ray HEAD:6379   # splits on a cluster
 """
 from __future__ import annotations
 
@@ -382,6 +383,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--controls", type=int, default=5,
                         help="with --fix: random rounds of the same size per cleaning")
     common.add_common_options(parser)
+    common.add_ray_option(parser)
     a = parser.parse_args(argv)
     if a.quick:
         a.splits, a.epochs = min(a.splits, 2), a.epochs or 8
@@ -401,12 +403,14 @@ def main(argv=None) -> dict:
     files = [out / f"{a.name_out}-{part}.csv"
              for part in ("ranking", "errors", "truth", "labels")]
     ranking, errors, truth, checks = [stored(f) if a.resume else [] for f in files]
+    todo = []
     for split in range(a.splits):
         have = frozenset(r["method"] for r in ranking if r["split"] == split)
         if set(a.methods) <= have:
             continue
         base = next((r["base_error"] for r in errors if r["split"] == split), None)
-        r, e, t, c = one_split(data, split, a, have, base)
+        todo.append((split, a, have, base))
+    for r, e, t, c in common.map_splits(one_split, data, todo, a):  # --ray: splits as tasks
         ranking, errors, truth, checks = ranking + r, errors + e, truth + t, checks + c
         ranking, errors = in_registry_order(ranking), in_registry_order(errors)
         for f, rows in zip(files, (ranking, errors, truth, checks)):
@@ -566,10 +570,9 @@ def by_split(data, out: Path, a, stem: str, suffix: str, one_split, report) -> d
         a.name_out += f"-{a.epochs}epochs"
     files = [out / f"{a.name_out}.csv", out / f"{a.name_out}-{suffix}.csv"]
     rows, second = [stored(f) if a.resume else [] for f in files]
-    for split in range(a.splits):
-        if any(r["split"] == split for r in second):
-            continue
-        r, c = one_split(data, split, a)
+    todo = [(split, a) for split in range(a.splits) if not any(r["split"] == split
+                                                               for r in second)]
+    for r, c in common.map_splits(one_split, data, todo, a):  # --ray: splits as tasks
         rows, second = rows + r, second + c
         for f, part in zip(files, (rows, second)):
             pd.DataFrame(part).to_csv(f, index=False)

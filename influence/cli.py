@@ -1,4 +1,4 @@
-"""Command line: python -m influence {train,score,retrain,check} …
+"""Command line: python -m influence {train,score,retrain,check,curve} …
 
 train and retrain print a final JSON line; long work shows a progress bar on stderr; errors are
 one line on stderr with a non-zero exit status."""
@@ -16,7 +16,7 @@ from tqdm import tqdm
 import datasets
 from datasets import DataError
 
-from . import cleaning, methods, models, probe, relabel, runs
+from . import cleaning, kcurve, methods, models, probe, relabel, runs
 from .progress import Progress
 from .sgd import Diverged
 
@@ -180,6 +180,28 @@ def cmd_check(a) -> None:
     print(json.dumps({k: result[k] for k in keys if k in result}))
 
 
+def cmd_curve(a) -> None:
+    run = runs.load(a.run)
+    refuse_unlearned(run, a.force)
+    out = Path(a.out or Path(a.run) / "curve.csv")
+    runs.refuse_existing(out)
+    if a.ranking is not None:  # a ranking written by `score`: most harmful first
+        ranked = runs.read_csv(a.ranking, text=("sample_id",), numbers=("influence",))
+        ranked = ranked.sort_values("influence", kind="stable")
+        method = str(a.ranking)
+    else:
+        ranked, method = methods.score(run, a.method, on_progress=progress_bar()), a.method
+    frame, found = kcurve.curve(run, ranked, a.mode, a.controls, a.seed,
+                                on_progress=progress_bar())
+    runs.write_csv(kcurve.table(frame), out)
+    keys = ("k", "best_k", "helps", "loss", "loss_none", "p", "p_holm", "tests", "n_selection",
+            "stability", "k_low", "k_high", "mode", "controls", "p_random", "sentence")
+    print(json.dumps({"out": str(out), "method": method}
+                     | {("suggested_k" if k == "k" else k):
+                        None if isinstance(found[k], float) and found[k] != found[k] else found[k]
+                        for k in keys}))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m influence",
                                 description="SGD-influence: find the training images that hurt "
@@ -207,6 +229,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--val-fraction", type=float, default=d.val_fraction)
     t.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    t.add_argument("--selection-fraction", type=float, default=d.selection_fraction,
+                   help="share of the validation images held out of the influence query, to "
+                        "judge how many images to remove (`curve`); 0: none")
     t.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
     t.add_argument("--dtype", default=d.dtype, choices=("float32", "float64"))
     t.add_argument("--out", required=True, help="new run folder")
@@ -254,6 +279,21 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--method", default="sgd",
                    choices=[k for k, r in methods.REGISTRY.items() if r.estimates_removal])
     c.set_defaults(func=cmd_check)
+
+    k = sub.add_parser("curve", help="how many to remove: retrain without the top k of a "
+                                     "ranking for several k, judged on the selection images")
+    k.add_argument("run")
+    k.add_argument("--method", default="sgd-last", choices=list(methods.REGISTRY),
+                   help="the ranking to compute (default sgd-last, fast)")
+    k.add_argument("--ranking", help="use this ranking CSV (written by `score`) instead")
+    k.add_argument("--mode", default="last", choices=runs.RETRAIN_MODES,
+                   help="retrain the last epoch only (default) or all epochs")
+    k.add_argument("--controls", type=int, default=kcurve.CONTROLS,
+                   help="random removals of each size, for the band (0: none)")
+    k.add_argument("--seed", type=int, default=0, help="seed of the random removals")
+    k.add_argument("--out", help="CSV path (default RUN/curve.csv)")
+    k.add_argument("--force", action="store_true", help="even for a model that did not learn")
+    k.set_defaults(func=cmd_curve)
     return p
 
 

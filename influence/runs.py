@@ -33,6 +33,7 @@ from scipy import stats
 
 import datasets
 from datasets import ImageSet
+from datasets.core import cut
 from datasets.storage import atomic_file, atomic_folder
 
 from . import models
@@ -47,6 +48,12 @@ MIN_STEPS, MIN_EPOCHS, MAX_EPOCHS = 600, 20, 200  # the default epochs give at l
 # SGD steps (small data sets need many epochs to learn anything)
 LEARNED = 0.9  # a model learned if its validation loss is at most this share of chance's
 RETRAIN_MODES = ("all", "last")  # counterfactual SGD from the first epoch, or the last only
+# Where the chunks of Run.outcomes run: None = here, one after the other. A cluster backend may
+# set a function (run, chunks, mode, exclude) → an iterable of each chunk's rows in order
+# (outcome_rows(removals, mode, exclude, None, fixes) of each chunk's (removals, fixes)), or None
+# to keep them here; influence itself never imports one.
+EXECUTOR: Callable[["Run", list[tuple[list, list]], str, list[str]], Iterable[list[dict]] | None] \
+    | None = None
 
 
 class RunError(ValueError):
@@ -66,6 +73,9 @@ class RunConfig:
     seed: int = 0
     val_fraction: float = 0.2
     test_fraction: float = 0.2
+    selection_fraction: float = 0.5  # share of the validation images held out of the query, to
+    # judge how many images to remove (influence.kcurve); 0: none, the whole validation part is
+    # the query (runs saved before this setting existed read as 0)
     device: str = "auto"
     dtype: str = "float32"
     removed: dict[str, int] = field(default_factory=dict)  # sample id → first epoch without it
@@ -93,6 +103,8 @@ class RunConfig:
                             "training images")
         if ok("lr") and self.lr is not None and not (math.isfinite(self.lr) and 0 < self.lr <= 10):
             problems.append("learning rate must be above 0 and at most 10")
+        if ok("selection_fraction") and not 0 <= self.selection_fraction <= 0.9:
+            problems.append("selection share must be between 0 and 0.9 of the validation images")
         if ok("l2") and not (math.isfinite(self.l2) and 0 <= self.l2 <= 10):
             problems.append("L2 must be between 0 and 10")
         if ok("lr_decay") and self.lr_decay not in ("constant", "inv_sqrt"):
@@ -118,6 +130,23 @@ def default_epochs(n_train: int, batch_size: int) -> int:
     """Epochs that give at least MIN_STEPS SGD steps (MIN_EPOCHS to MAX_EPOCHS)."""
     per_epoch = math.ceil(n_train / batch_size)
     return int(min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(MIN_STEPS / per_epoch))))
+
+
+def selection_part(val: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+                   ) -> np.ndarray:
+    """The positions of the selection part: `fraction` of the validation positions `val`,
+    stratified by label where possible and drawn by the run's seed (datasets.core.cut); empty
+    for fraction 0 or fewer than 2 validation images (at least one stays in the query)."""
+    size = selection_size(len(val), fraction)
+    if size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(cut(np.asarray(val), labels, size, seed)[1])
+
+
+def selection_size(n_val: int, fraction: float) -> int:
+    """How many of n_val validation images the selection part holds (one at least, and at
+    least one left for the query)."""
+    return 0 if fraction == 0 or n_val < 2 else min(max(1, round(fraction * n_val)), n_val - 1)
 
 
 def chance_loss(labels_train: np.ndarray, labels_val: np.ndarray, n_classes: int) -> float:
@@ -183,6 +212,9 @@ class Run:
             raise RunError(f"the data set {config.dataset!r} has changed since this run was "
                            "trained; train a new run on it")
         self.split = self.data.split(config.val_fraction, config.test_fraction, config.seed)
+        self.selection = selection_part(self.split.val, self.data.split_labels(),
+                                        config.selection_fraction, config.seed)
+        self.selection_ids = frozenset(self.data.ids[i] for i in self.selection)
         try:
             self.preset, self.preset_reason = models.resolve(config.model, self.data.shape)
         except ValueError as e:
@@ -275,7 +307,8 @@ class Run:
 
     # --- evaluation -----------------------------------------------------------------------
     def part(self, name: str) -> Objective:
-        positions = {"train": self.split.train, "val": self.split.val, "test": self.split.test}
+        positions = {"train": self.split.train, "val": self.split.val, "test": self.split.test,
+                     "selection": self.selection}
         if name not in positions:
             raise RunError(f"unknown part {name!r}")
         if name not in self._parts:  # training images: the labels in use in the last epoch
@@ -314,18 +347,19 @@ class Run:
         return (predictions(self.outputs(name, theta)) == self.part(name).y).cpu().numpy()
 
     def val_loss_fn(self, theta: Params) -> torch.Tensor:
-        """The mean validation loss as a function of θ: the default query of Algorithm 2."""
-        obj = self.part("val")
-        return per_sample_loss(obj.outputs(theta, obj.x), obj.y).mean()
+        """The default query of Algorithm 2 as a function of θ: the mean loss over the
+        validation images outside the selection part (query_loss())."""
+        return self.query_loss()(theta)
 
     def query_loss(self, exclude: Iterable[str] = ()) -> Callable[[Params], torch.Tensor]:
         """The query of Algorithm 2 as a function of θ: the mean loss over the validation
-        images, leaving out the sample ids in `exclude` (e.g. images whose label looks wrong, so
-        that they do not define what "harmful" means)."""
-        exclude = set(exclude)
-        if not exclude:
-            return self.val_loss_fn
+        images, leaving out the selection part (which judges how many to remove, and must not
+        define what "harmful" means) and the sample ids in `exclude` (e.g. images whose label
+        looks wrong)."""
+        exclude = set(exclude) | self.selection_ids
         obj = self.part("val")
+        if not exclude:
+            return lambda theta: per_sample_loss(obj.outputs(theta, obj.x), obj.y).mean()
         keep = torch.tensor([self.data.ids[i] not in exclude for i in self.split.val],
                             device=self.device)
         if not keep.any():
@@ -510,54 +544,83 @@ class Run:
     # --- many counterfactual retrainings at once ------------------------------------------
     def outcomes(self, removals: list[list[str]], mode: str = "all", exclude: Iterable[str] = (),
                  on_progress: ProgressFn | None = None, phase: str = "retrain",
-                 chunk: int = 32, fixes: list[Mapping[str, str | int]] | None = None
-                 ) -> pd.DataFrame:
+                 chunk: int = 32, fixes: list[Mapping[str, str | int]] | None = None,
+                 measure: Callable[[Params], dict] | None = None) -> pd.DataFrame:
         """Retrain without each set of ids (Definition 2; mode all: from the first epoch, last:
         the last epoch only), with the set's `fixes` (sample id → new label, one mapping per
         set, see new_fixes) from the same epoch, every set in one SGD run vectorised over the
         removal masks and label vectors (counterfactual_sgd, `chunk` sets at a time), and
         measure each retrained model. One row per set: query_loss (the mean loss over the
-        validation images but `exclude`: the query whose change the scores estimate),
-        val_loss, val_error, test_loss, test_error."""
+        validation images but the selection part and `exclude`: the query whose change the
+        scores estimate), val_loss, val_error, selection_loss, selection_error (NaN without a
+        selection part), test_loss, test_error, and the fields `measure(θ)` returns.
+        With an EXECUTOR set, more than one chunk and no `measure`, the chunks may run
+        elsewhere (each chunk is computed the same way wherever it runs; progress then comes
+        per chunk)."""
         if mode not in RETRAIN_MODES:
             raise RunError(f"unknown mode {mode!r}: use all or last")
         fixes = list(fixes) if fixes is not None else [{}] * len(removals)
         if len(fixes) != len(removals):
             raise RunError("give one set of fixes per set of removals")
         K = self.schedule.epochs
-        epochs = range(0, K) if mode == "all" else range(K - 1, K)
+        first = 0 if mode == "all" else K - 1
         for ids in removals:
             self.check_training_ids(ids)
-        fixes = [self.new_fixes(f, epochs.start, ids) for f, ids in zip(fixes, removals)]
-        query = self.query_loss(exclude)
-        total = math.ceil(len(removals) / chunk) * len(epochs) * self.schedule.steps_per_epoch
+        fixes = [self.new_fixes(f, first, ids) for f, ids in zip(fixes, removals)]
+        per_chunk = (K - first) * self.schedule.steps_per_epoch
+        chunks = [(removals[start:start + chunk], fixes[start:start + chunk])
+                  for start in range(0, len(removals), chunk)]
+        total = len(chunks) * per_chunk
         done = iter(range(1, total + 1))
         report = (lambda t: on_progress(Progress(phase, next(done), total))) \
             if on_progress else None
+        elsewhere = EXECUTOR(self, chunks, mode, list(exclude)) \
+            if EXECUTOR is not None and len(chunks) > 1 and measure is None else None
         rows = []
-        for start in range(0, len(removals), chunk):
-            gone = torch.zeros(len(removals[start:start + chunk]), len(self.train_ids),
-                               dtype=torch.bool, device=self.device)
-            fixed = torch.full(gone.shape, -1, device=self.device)  # new label, or −1: none
-            for m, (ids, fix) in enumerate(zip(removals[start:start + chunk],
-                                               fixes[start:start + chunk])):
-                gone[m, [self.position[sid] for sid in ids]] = True
-                for sid, (c, _) in fix.items():
-                    fixed[m, self.position[sid]] = c
-            theta0 = self.checkpoints[epochs.start]
-            thetas = counterfactual_sgd(
-                self.objective, self.schedule, theta0, lambda k: self.keep_at(k)[None] & ~gone,
-                epochs, report,
-                labels=lambda k: torch.where(fixed >= 0, fixed, self.labels_at(k)[None]))
-            for m in range(len(gone)):
-                theta = {name: p[m] for name, p in thetas.items()}
-                with torch.no_grad():
-                    query_loss = float(query(theta))
-                rows.append({"query_loss": query_loss,
-                             **dict(zip(("val_loss", "val_error"), self.evaluate("val", theta))),
-                             **dict(zip(("test_loss", "test_error"),
-                                        self.evaluate("test", theta)))})
+        if elsewhere is None:
+            for part, fixed in chunks:
+                rows += self.outcome_rows(part, mode, exclude, report, fixed, measure)
+            return pd.DataFrame(rows)
+        for k, part in enumerate(elsewhere, 1):
+            rows += part
+            if on_progress:
+                on_progress(Progress(phase, k * per_chunk, total))
         return pd.DataFrame(rows)
+
+    def outcome_rows(self, removals: list[list[str]], mode: str = "all",
+                     exclude: Iterable[str] = (), on_step: Callable | None = None,
+                     fixes: list[Mapping[str, list[int]]] | None = None,
+                     measure: Callable[[Params], dict] | None = None) -> list[dict]:
+        """One chunk of outcomes(): every set of ids, with its checked fixes (new_fixes: sample
+        id → [class index, first epoch]), in one vectorised counterfactual SGD run."""
+        K = self.schedule.epochs
+        epochs = range(0, K) if mode == "all" else range(K - 1, K)
+        query = self.query_loss(exclude)
+        fixes = fixes if fixes is not None else [{}] * len(removals)
+        gone = torch.zeros(len(removals), len(self.train_ids), dtype=torch.bool,
+                           device=self.device)
+        fixed = torch.full(gone.shape, -1, device=self.device)  # new label, or −1: none
+        for m, (ids, fix) in enumerate(zip(removals, fixes)):
+            gone[m, [self.position[sid] for sid in ids]] = True
+            for sid, (c, _) in fix.items():
+                fixed[m, self.position[sid]] = c
+        theta0 = self.checkpoints[epochs.start]
+        thetas = counterfactual_sgd(
+            self.objective, self.schedule, theta0, lambda k: self.keep_at(k)[None] & ~gone,
+            epochs, on_step,
+            labels=lambda k: torch.where(fixed >= 0, fixed, self.labels_at(k)[None]))
+        rows = []
+        for m in range(len(gone)):
+            theta = {name: p[m] for name, p in thetas.items()}
+            with torch.no_grad():
+                query_loss = float(query(theta))
+            rows.append({"query_loss": query_loss,
+                         **dict(zip(("val_loss", "val_error"), self.evaluate("val", theta))),
+                         **dict(zip(("selection_loss", "selection_error"),
+                                    self.evaluate("selection", theta))),
+                         **dict(zip(("test_loss", "test_error"), self.evaluate("test", theta))),
+                         **(measure(theta) if measure else {})})
+        return rows
 
     # --- trust check ----------------------------------------------------------------------
     def check(self, ranked: pd.DataFrame, mode: str = "all", n: int = 10, groups: int = 20,
@@ -693,6 +756,8 @@ def config_from_json(raw: dict, path: Path) -> RunConfig:
     """A RunConfig from a run folder's config.json, checked by RunConfig.validate (a tampered
     file is refused here, not deep inside training or scoring)."""
     config = RunConfig(**{f.name: raw[f.name] for f in fields(RunConfig) if f.name in raw})
+    if "selection_fraction" not in raw:  # saved before the selection part: the whole
+        config.selection_fraction = 0.0  # validation part stayed the query
     try:
         config.validate()
     except RunError as e:

@@ -7,7 +7,7 @@ import pytest
 from app.services import jobs
 from app.services.store import CANCELLED, DONE, FAILED, Store
 from helpers import (QUICK_MODEL, button, make_zip, new_app, ok, session_of, text, tick_and_clean,
-                     train, wait_for_job)
+                     train, trained_in_app, wait_for_job)
 import datasets
 from influence import labels as labels_module
 from influence import runs
@@ -282,3 +282,40 @@ def test_the_yardstick_is_checked_and_wrong_validation_labels_leave_the_query():
     info = Store().score_info(at.session_state["app"]["run"])["sgd-last"]
     assert set(info["query"]) == set(check.sample_id[check.flagged])
     assert "flagged validation images left out of the query" in text(ok(at.run()))
+
+
+def test_how_many_to_remove_draws_the_curve_and_prefills_k(monkeypatch):
+    from influence import kcurve
+
+    real = kcurve.suggest
+
+    def helps_at_20(*args, **kwargs):  # whatever the 1-epoch model says, a suggestion to act on
+        found = real(*args, **kwargs)
+        return {**found, "k": 20, "helps": True, "sentence": "Suggested: remove the top 20."}
+
+    monkeypatch.setattr(kcurve, "suggest", helps_at_20)
+    at = trained_in_app()
+    at.switch_page("views/harmful.py").run()
+    at.radio(key="score_method").set_value("sgd-last")
+    button(at.run(), "Compute influence").click().run()
+    assert wait_for_job(at).status == DONE
+    ok(at.run())
+    assert "How many to remove?" in text(at) and "78 models, all at once" in text(at)
+    assert at.number_input(key="top_k").value == 10
+    button(at, "Compute how many to remove").click().run()
+    job = wait_for_job(at)
+    assert job.kind == "curve" and job.status == DONE, job.error
+    band = job.result["band"]
+    assert [r["k"] for r in band] == [0, 5, 10, 20, 50, 100, 200, 500]
+    assert all(r["random_low_selection_loss"] <= r["random_high_selection_loss"]
+               for r in band[1:])
+    ok(at.run())
+    assert "Suggested: remove the top 20." in text(at)
+    assert at.number_input(key="top_k").value == 20  # prefilled from the suggestion
+    button(at, "Tick top 20").click().run()
+    assert len(at.session_state["app"]["ticks"][job.result["run"]]) == 20
+    at.number_input(key="top_k").set_value(7).run()  # prefilled once: the user's K stays
+    assert at.number_input(key="top_k").value == 7
+    at.switch_page("views/data.py").run()  # page 1 states the selection part
+    assert "**180** (about 50%, chosen by the seed) are held out as the *selection* part" \
+        in text(ok(at))

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -80,6 +81,23 @@ def test_noisy_fix_quick_compares_fixing_with_removing(tmp_path):
     assert 0 <= result["sgd_right_top10"] <= 1
     assert result["check_right_top10"] > 0.8  # the label check's suggestions on digits
     assert {"fix_gain_54", "fix_gain_108", "fix_gain_215"} <= result.keys()
+
+
+def test_cleansing_quick_suggests_k_on_the_selection_part(tmp_path):
+    result = run_quick("cleansing.py", tmp_path, "--selection", "0.5", "--methods",
+                       "sgd,sgd-last,random", "--curve-methods", "sgd")
+    text = assert_report(tmp_path, "cleansing-quick-selection", "cleansing.py")
+    assert "**Suggested k**" in text and "best fixed k in hindsight (k = " in text
+    assert "k = 0 (no removal)" in text and "p (Holm)" in text
+    curves = pd.read_csv(tmp_path / "cleansing-quick-selection-curve.csv")
+    assert sorted(curves.k.unique()) == [0, 5, 20] and set(curves.method) == {"sgd"}
+    assert set(curves.suggested) <= {0, 5, 20}
+    # k = 0 retrains nothing away: its test error is the model's own
+    none = curves[curves.k == 0]
+    assert (none.error == none.base_error).all()
+    # the best fixed k in hindsight includes k = 0, so it is never worse than no removal
+    assert result["hindsight_error"] <= result["none_error"]
+    assert 0 <= result["suggested_error"] < 1 and result["hindsight_k"] in (0, 5, 20)
 
 
 def test_scale_quick_fits_time_against_images_times_epochs(tmp_path):

@@ -275,3 +275,40 @@ def test_bad_fixes_are_one_line_errors_and_write_nothing(run_dir, tmp_path, fix,
     proc = cli("retrain", out, *args, "--out", tmp_path / "never")
     assert words in one_line_error(proc)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_curve_writes_the_curve_and_prints_the_suggestion(run_dir, tmp_path):
+    out, _ = run_dir
+    result = last_json(cli("curve", out, "--controls", 2, "--out", tmp_path / "curve.csv"))
+    frame = pd.read_csv(tmp_path / "curve.csv")
+    ks = [0, 5, 10, 20, 50, 100, 200, 500]
+    assert frame[frame.kind == "top"].k.tolist() == ks
+    assert len(frame) == len(ks) + 2 * (len(ks) - 1)
+    assert {"selection_loss", "selection_error", "query_loss"} <= set(frame.columns)
+    assert result["method"] == "sgd-last" and result["mode"] == "last"
+    assert result["suggested_k"] in ks and result["n_selection"] == 180
+    assert result["sentence"] and (result["suggested_k"] > 0) == result["helps"]
+    last_json(cli("score", out, "--method", "sgd-last", "--out", tmp_path / "s.csv"))
+    again = last_json(cli("curve", out, "--ranking", tmp_path / "s.csv", "--controls", 2,
+                          "--out", tmp_path / "again.csv"))
+    assert again["suggested_k"] == result["suggested_k"]  # the same ranking, the same curve
+    assert pd.read_csv(tmp_path / "again.csv").equals(frame)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--controls", "-1"], "random controls"),
+    (["--ranking", "no-such.csv"], "missing or damaged"),
+])
+def test_bad_curve_input_is_one_line_and_writes_nothing(run_dir, tmp_path, args, words):
+    out, _ = run_dir
+    proc = cli("curve", out, "--out", tmp_path / "c.csv", *args)
+    assert words in one_line_error(proc) and not (tmp_path / "c.csv").exists()
+
+
+def test_curve_refuses_a_run_without_selection_images(tmp_path):
+    out = tmp_path / "run"
+    last_json(cli("train", "--model", "logreg", "--epochs", 1, "--lr", 0.5,
+                  "--selection-fraction", 0, "--out", out))
+    proc = cli("curve", out, "--force")
+    assert "no selection images" in one_line_error(proc)
+    assert not (out / "curve.csv").exists()

@@ -1,13 +1,14 @@
 """Runs: deterministic replay, checkpoint round trip, Definition 2, the empty-removal identity."""
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from influence import methods, runs
-from influence.sgd import Diverged, batch_weights, replay_epoch, sgd_step
+from influence.sgd import Diverged, batch_weights, per_sample_loss, replay_epoch, sgd_step
 
 CONFIG = dict(dataset="digits", epochs=3, batch_size=32, seed=1)
 
@@ -150,7 +151,10 @@ def test_many_removals_in_one_vectorised_run_match_one_by_one_retraining(logreg)
         alone = logreg.retrain(ids_removed, "all") if ids_removed else logreg
         assert row.val_loss == pytest.approx(alone.evaluate("val")[0], rel=1e-9)
         assert row.test_error == pytest.approx(alone.evaluate("test")[1], abs=1e-12)
-    assert rows.query_loss[0] == pytest.approx(logreg.evaluate("val")[0], rel=1e-9)
+    with torch.no_grad():
+        query = float(logreg.query_loss()(logreg.theta))
+    assert rows.query_loss[0] == pytest.approx(query, rel=1e-9)
+    assert rows.selection_loss[0] == pytest.approx(logreg.evaluate("selection")[0], rel=1e-9)
 
 
 def test_a_run_never_changes_the_config_it_is_given():
@@ -208,9 +212,11 @@ def test_disk_full_leaves_nothing_behind(saved, tmp_path, monkeypatch):
 
 
 def test_the_query_can_leave_validation_images_out_but_not_all(logreg):
-    val_ids = [logreg.data.ids[i] for i in logreg.split.val]
+    val_ids = [logreg.data.ids[i] for i in logreg.split.val
+               if logreg.data.ids[i] not in logreg.selection_ids]  # the query's images
     some = logreg.query_loss(val_ids[:20])
-    rest = logreg.evaluate("val")[0] * len(val_ids)  # sum of all, minus the first 20's
+    with torch.no_grad():  # sum of all, minus the first 20's
+        rest = float(logreg.query_loss()(logreg.theta)) * len(val_ids)
     first = logreg.query_loss(val_ids[20:])  # only the first 20 kept
     with torch.no_grad():
         mixed = (float(some(logreg.theta)) * (len(val_ids) - 20)
@@ -218,3 +224,47 @@ def test_the_query_can_leave_validation_images_out_but_not_all(logreg):
     assert mixed == pytest.approx(rest, rel=1e-9)
     with pytest.raises(runs.RunError, match="every validation image is left out"):
         logreg.query_loss(val_ids)
+
+
+def test_half_the_validation_part_is_held_out_of_the_query_to_select_k(logreg):
+    val, selection = set(logreg.split.val), set(logreg.selection)
+    assert selection < val and abs(len(selection) - len(val) / 2) <= 1
+    again = runs.Run(runs.RunConfig(**{**dataclasses.asdict(logreg.config), "fingerprint": None}))
+    assert np.array_equal(again.selection, logreg.selection)  # the run's seed fixes it
+    other = runs.Run(runs.RunConfig(dataset="digits", model="logreg", epochs=2, seed=1))
+    assert not np.array_equal(other.selection, logreg.selection)
+    query_part = sorted(val - selection)
+    obj = logreg.part("val")
+    rows = [list(logreg.split.val).index(i) for i in query_part]
+    with torch.no_grad():
+        by_hand = float(per_sample_loss(obj.outputs(logreg.theta, obj.x[rows]), obj.y[rows])
+                        .mean())
+        assert float(logreg.val_loss_fn(logreg.theta)) == pytest.approx(by_hand, rel=1e-12)
+        # a left-out validation image is left out on top of the selection part
+        left_out = logreg.data.ids[query_part[0]]
+        fewer = float(logreg.query_loss([left_out])(logreg.theta))
+    one = float(per_sample_loss(obj.outputs(logreg.theta, obj.x[rows[:1]]), obj.y[rows[:1]]))
+    assert fewer * (len(rows) - 1) + one == pytest.approx(by_hand * len(rows), rel=1e-9)
+
+
+def test_no_selection_part_keeps_the_whole_validation_part_as_the_query(logreg):
+    whole = runs.Run(runs.RunConfig(**{**dataclasses.asdict(logreg.config), "fingerprint": None,
+                                       "selection_fraction": 0.0}))
+    assert len(whole.selection) == 0 and not whole.selection_ids
+    with torch.no_grad():
+        assert float(whole.val_loss_fn(logreg.theta)) == pytest.approx(
+            whole.evaluate("val", logreg.theta)[0], rel=1e-12)
+    assert np.isnan(whole.evaluate("selection", logreg.theta)[0])
+
+
+def test_a_run_saved_before_the_selection_part_still_uses_its_whole_validation_part(saved,
+                                                                                     tmp_path):
+    out = shutil.copytree(saved[1], tmp_path / "old")
+    raw = json.loads((out / "config.json").read_text())
+    assert raw["selection_fraction"] == 0.5
+    del raw["selection_fraction"]
+    (out / "config.json").write_text(json.dumps(raw))
+    old = runs.load(out)
+    assert old.config.selection_fraction == 0.0 and len(old.selection) == 0
+    with pytest.raises(runs.RunError, match="selection share"):
+        runs.RunConfig(selection_fraction=0.95).validate()

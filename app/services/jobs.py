@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from datasets import DataError
-from influence import cleaning, methods, probe, runs
+from influence import cleaning, kcurve, methods, probe, runs
 from influence.progress import Cancelled, Progress
 from influence.runs import RunConfig, RunError, TrainingLog
 from influence.sgd import Diverged
@@ -134,6 +134,8 @@ _threads: int | None = None  # set by use_cpu_threads; every job thread uses the
 # --- the registry ------------------------------------------------------------------------------
 _jobs: dict[str, Job] = {}
 _lock = threading.Lock()
+REMOTE = None  # where jobs given a store run when a cluster is configured (a backend with
+# submit(job, work, store, reads, owns): app.services.cluster sets it); None: here, in threads
 
 
 def jobs_of(session: str) -> list[Job]:
@@ -157,10 +159,13 @@ def get(job_id: str) -> Job | None:
 
 
 def start(session: str, kind: str, title: str, work: Callable[[Job], dict],
-          fresh: bool = False, result: dict | None = None) -> Job:
+          fresh: bool = False, result: dict | None = None, store: Store | None = None,
+          reads: list[str] = (), owns: list[str] = ()) -> Job:
     """Run `work(job)` in a background thread, unless this session already runs a job: the same
     kind is found again (never duplicated; with `fresh`, Busy is raised instead), another kind
-    raises Busy."""
+    raises Busy. With a `store` and a cluster configured (REMOTE), the work runs there instead,
+    with its own copy of the stored runs it `reads`; the runs it `owns` (creates) are handed to
+    it."""
     with _lock:
         running = next((j for j in _jobs.values() if j.session == session and j.running), None)
         if running is not None:
@@ -171,10 +176,20 @@ def start(session: str, kind: str, title: str, work: Callable[[Job], dict],
         job.result.update(result or {})
         _jobs[job.id] = job
         _prune(session)
+    if store is not None and REMOTE is not None:
+        REMOTE.submit(job, work, store, list(reads), list(owns))
+        return job
     job._thread = threading.Thread(target=_execute, args=(job, work), daemon=True,
                                    name=f"job-{kind}-{job.id}")
     job._thread.start()
     return job
+
+
+def adopt(job: Job) -> Job:
+    """Register a job that runs elsewhere and was started by an earlier server process (a
+    cluster backend re-attaching to it after a restart); the one registered already wins."""
+    with _lock:
+        return _jobs.setdefault(job.id, job)
 
 
 def launch(store: Store, session: str, kind: str, title: str, work: Callable[[Job], dict],
@@ -182,7 +197,8 @@ def launch(store: Store, session: str, kind: str, title: str, work: Callable[[Jo
     """start(), for work on runs registered beforehand: if the job is refused or turns out to be
     a duplicate, those runs are closed as cancelled so that none stays 'running'."""
     try:
-        job = start(session, kind, title, work, fresh=True, result=result)
+        job = start(session, kind, title, work, fresh=True, result=result, store=store,
+                    owns=run_ids)
     except Busy:
         for run_id in run_ids:
             store.finish_run(run_id, CANCELLED, error="another job of this session was running")
@@ -294,7 +310,7 @@ def start_scoring(store: Store, session: str, run_id: str, method: str,
         return {"run": run_id, "method": method}
 
     return start(session, "score", f"Ranking by {ranking.title}", work,
-                 result={"run": run_id, "method": method})
+                 result={"run": run_id, "method": method}, store=store, reads=[run_id])
 
 
 TRUST = ("method", "n", "tau", "p_value", "sign_agreement", "groups", "group_size",
@@ -329,7 +345,31 @@ def start_check(store: Store, session: str, run_id: str, method: str, n: int = 1
         return trust
 
     return start(session, "check", "Checking the ranking", work,
-                 result={"run": run_id, "method": method})
+                 result={"run": run_id, "method": method}, store=store, reads=[run_id])
+
+
+def start_curve(store: Store, session: str, run_id: str, method: str, mode: str = "last",
+                controls: int = kcurve.CONTROLS, seed: int = 0) -> Job:
+    """How many to remove: the k-curve of a computed ranking (influence.kcurve), every top-k
+    and random removal in one vectorised retraining, judged on the run's selection images.
+    The job's result keeps the curve per k (`band`) and the suggestion."""
+    if mode not in runs.RETRAIN_MODES:
+        raise RunError(f"unknown mode {mode!r}: use all or last")
+    ranked = store.scores(run_id, method)
+    exclude = (store.score_info(run_id).get(method) or {}).get("query") or []
+
+    def work(job: Job) -> dict:
+        run = store.open_run(run_id)
+        ks = kcurve.sizes(len(ranked))
+        job.say(f"retraining without the top {', '.join(map(str, ks[1:]))} of the ranking and "
+                f"without {controls} random sets of each size, all at once (mode {mode})")
+        frame, found = kcurve.curve(run, ranked, mode, controls, seed, exclude=exclude,
+                                    on_progress=job.report)
+        job.say(found["sentence"])
+        return {"band": kcurve.band(frame).to_dict("records"), "suggestion": found}
+
+    return start(session, "curve", "Choosing how many to remove", work,
+                 result={"run": run_id, "method": method, "mode": mode})
 
 
 def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str],

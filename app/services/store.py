@@ -22,6 +22,7 @@ import uuid
 from contextlib import closing, contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -74,8 +75,17 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
+# Owners of running jobs other than a server process, by the prefix of their `owner` value
+# ("<kind>:<name>"): kind → is that job still alive? A cluster backend registers its own
+# (app.services.cluster: "ray"); an owner of a kind nobody registered counts as gone.
+OWNER_CHECKS: dict[str, Callable[[str], bool]] = {}
+
+
 def owner_alive(owner: str | None) -> bool:
     """Is the server process that owns a running job still alive (and not a restart of us)?"""
+    kind, _, name = (owner or "").partition(":")
+    if kind in OWNER_CHECKS:
+        return OWNER_CHECKS[kind](name)
     try:
         pid, boot = (owner or "").split(":")
         pid = int(pid)
@@ -212,6 +222,21 @@ class Store:
                     (run_id, dataset_id, kind, parent, str(folder), RUNNING,
                      json.dumps(asdict(config)), session, f"{os.getpid()}:{BOOT}", time.time()))
         return self.run(run_id)
+
+    def set_owner(self, run_id: str, owner: str) -> None:
+        """Hand a running run to another owner (e.g. a job on a cluster: see OWNER_CHECKS)."""
+        self._write("UPDATE runs SET owner = ? WHERE id = ?", (owner, run_id))
+
+    def insert_rows(self, table: str, rows: list[dict]) -> None:
+        """Copy rows as this store's readers return them (run(), dataset(), …) into it: a job
+        on a cluster worker gets its own store holding the rows it reads."""
+        if table not in ("datasets", "runs", "scores", "rounds"):
+            raise ValueError(f"unknown table {table!r}")
+        for row in rows:
+            values = [json.dumps(v) if k in JSON_COLUMNS and v is not None else v
+                      for k, v in row.items()]
+            self._write(f"INSERT OR REPLACE INTO {table} ({', '.join(row)}) VALUES "
+                        f"({', '.join('?' * len(row))})", values)
 
     def finish_run(self, run_id: str, status: str, metrics: dict | None = None,
                    error: str | None = None, config: runs.RunConfig | None = None) -> dict:

@@ -3,7 +3,7 @@ import numpy as np
 import streamlit as st
 
 import datasets
-from app import charts, images, session, words
+from app import charts, images, scale_out, session, words
 from datasets import DataError, limits
 from datasets.builtin import data_dir
 from datasets.upload import load_upload
@@ -179,6 +179,7 @@ parts = data.split(split["val"], split["test"], split["seed"])
 st.markdown(f"**{len(parts.train):,}** images for training, **{len(parts.val):,}** for "
             f"validation and **{len(parts.test):,}** for the test. The test images are never "
             "used to compute influence — only to measure the model before and after cleaning.")
+st.caption(words.selection_part(len(parts.val)))
 if flipped:
     st.info(f"Demo on: **{len(flipped)}** training labels were flipped at random "
             f"(seed {split['seed']}). Pages 3 and 4 tell you how many of them the tool finds.",
@@ -186,3 +187,5 @@ if flipped:
 
 st.page_link("views/train.py", label="Next: train a model on these images",
              icon=":material/arrow_forward:")
+
+scale_out.panel()  # advanced: run the jobs on a Ray cluster

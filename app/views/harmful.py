@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts, images, panels, session, words
+from app import charts, how_many, images, panels, session, words
 from app.services import estimates, jobs
 from app.services.store import DONE
 from influence import methods
@@ -171,6 +171,8 @@ if check_job is not None and check_job.result.get("run") == run["id"] and (
         check_job.running or check_job.status != DONE):
     panels.job_panel("check", curves=False, log_after=False)
     panels.job_outcome(check_job)
+
+how_many.section(run, method, busy)
 
 # --- the ranking -------------------------------------------------------------------------------
 preds = session.predictions(run["id"]).set_index("sample_id")
