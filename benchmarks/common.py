@@ -288,3 +288,72 @@ def line_chart(path: str | Path, frame: pd.DataFrame, x: str, y: str, err: str, 
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+# --- scale: devices, memory, wider models --------------------------------------------------------
+def device_or_exit(name: str) -> torch.device:
+    """The device a benchmark was asked for; a clear message and exit status 2 when it is cuda
+    and this machine has none (instead of a traceback)."""
+    try:
+        return runs.device_of(name)
+    except runs.RunError:
+        print(f"error: --device {name} was asked for, but torch sees no CUDA GPU here "
+              f"(torch {torch.__version__}, torch.cuda.is_available() is False); "
+              "use --device cpu or auto", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a timing covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def memory_mb(field: str = "VmHWM") -> float:
+    """This process's resident memory from /proc/self/status: VmHWM its peak, VmRSS now."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def reset_peak_memory() -> bool:
+    """Start a new peak (VmHWM := VmRSS now) by writing 5 to /proc/self/clear_refs (Linux ≥ 4.0),
+    so that one process can measure the peaks of its phases one after another. False where the
+    kernel does not allow it (the peak then also covers the earlier phases)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def wide_cnn(width: int, hidden: int):
+    """A wider CNN built for the scale benchmarks (no preset): cnn-small's two 3×3 convolutions
+    with `width` and 2·width channels, then a hidden layer of `hidden` units. Most of its
+    parameters are in that layer, so it has many parameters for little computation:
+    width 16, hidden 512 on 32×32×3 images is 1.06M parameters."""
+    from torch import nn
+
+    def build(h: int, w: int, c: int, k: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
+                             nn.MaxPool2d(2), nn.Flatten(),
+                             nn.Linear(2 * width * (h // 4) * (w // 4), hidden), nn.ReLU(),
+                             nn.Linear(hidden, k))
+    return build
+
+
+WIDE = {"cnn-wide": (16, 512), "cnn-wider": (32, 1024)}  # name → (width, hidden)
+
+
+def register_wide_presets() -> list[str]:
+    """The two wider CNNs as presets of this process (models.PRESETS), so that runs can use
+    them by name like the built-in ones; the product never sees them."""
+    from influence import models
+
+    for name, (width, hidden) in WIDE.items():
+        models.PRESETS.setdefault(name, models.Preset(
+            name, f"wider CNN ({width}/{2 * width} channels, {hidden} hidden)", 0.05,
+            wide_cnn(width, hidden), min_side=4))
+    return list(WIDE)

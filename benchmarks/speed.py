@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                 # the paper's MNIST CNN on the real 10k MNIST images
     python benchmarks/speed.py --quick         # digits, tiny; for CI
+    python benchmarks/speed.py --device cuda   # on a GPU (fails with a message when there is none)
 
 Reports
     score_over_train      wall time of a full retrace ÷ wall time of training the same epochs
@@ -33,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import data_name  # noqa: E402  (benchmarks/ is on sys.path)
+from common import data_name, device_or_exit  # noqa: E402  (benchmarks/ on sys.path)
 from influence import runs  # noqa: E402
 from influence.sgd import batch_weights, replay_epoch, sgd_step  # noqa: E402
 from influence.sgd_influence import hvp_and_dot_grads, loss_gradient  # noqa: E402
@@ -43,8 +44,12 @@ MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 
 def timed(fn) -> float:
+    """Seconds of fn(), with the GPU work it queued (CUDA runs asynchronously)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 
@@ -94,6 +99,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="digits, 2 epochs, 1 repeat (for CI)")
     ap.add_argument("--out", default=str(RESULTS / "speed.md"))
     a = ap.parse_args(argv)
+    device_or_exit(a.device)  # a clear message, before any work, when CUDA is asked for but absent
     dataset, model = (a.data_dir, "cnn") if not a.quick else ("digits", "auto")
     if a.quick:
         a.epochs, a.repeats, a.ref_steps = 2, 1, 2

@@ -39,7 +39,8 @@ from datasets.storage import atomic_file, atomic_folder
 from . import models
 from .progress import Progress, ProgressFn
 from .sgd import (Objective, Params, Schedule, SGDConfig, StepStats, counterfactual_sgd,
-                  initial_params, make_schedule, per_sample_loss, predictions, run_sgd)
+                  initial_params, make_schedule, per_sample_loss, predictions, replayed_steps,
+                  run_sgd)
 from .sgd_influence import loss_gradient, refine_extremes, retrace, retrace_with_relabel
 
 FORMAT = "sgd-influence-run/1"
@@ -459,8 +460,9 @@ class Run:
             query = loss_gradient(query or self.val_loss_fn, self.theta)
         K = self.schedule.epochs
         epochs = range(K - 1, K) if last_epoch_only else range(K)
-        # the replayed and the retraced steps, and what follows
-        total = len(epochs) * (2 * self.schedule.steps_per_epoch - 1) + more_steps
+        # the replayed (some twice: sgd.EpochReplay) and the retraced steps, and what follows
+        steps = self.schedule.steps_per_epoch
+        total = len(epochs) * (replayed_steps(steps) + steps) + more_steps
         done = iter(range(1, total + 1))
         report = (lambda t: on_progress(Progress("score", next(done), total))) \
             if on_progress else None

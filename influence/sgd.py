@@ -203,20 +203,99 @@ def run_sgd(obj: Objective, schedule: Schedule, theta: Params, keep_at: Callable
     return checkpoints
 
 
+def checkpoint_every(steps: int) -> int:
+    """⌈√T_k⌉ for an epoch of T_k steps: keeping every ⌈√T_k⌉-th θ and the segment being read
+    holds about 2√T_k θ instead of T_k (the classic checkpointing trade)."""
+    return math.isqrt(steps - 1) + 1 if steps > 1 else 1
+
+
+def replayed_steps(steps: int, every: int | None = None) -> int:
+    """SGD steps an EpochReplay of `steps` steps takes when read backwards once (as retrace
+    reads it): T_k − 1 to reach its end, keeping every `every`-th θ, plus every − 1 to recompute
+    each segment but the last, which is still held. About one extra replay for every = ⌈√T_k⌉."""
+    every = every or checkpoint_every(steps)
+    return steps - 1 + (math.ceil(steps / every) - 1) * (every - 1)
+
+
+class EpochReplay:
+    """θ[t] for every step t of epoch k (θ before each step, in order), regenerated from the
+    epoch's checkpoint θ_k by the same code and inputs as training, so bit-identical on CPU.
+
+    A sequence (len, [i], reversed, iter) that holds only every `every`-th θ (default ⌈√T_k⌉)
+    and the one segment of θ last read: a segment is replayed from its nearest kept θ when it
+    is read. Memory ∝ (T_k/every + every)·|θ| instead of T_k·|θ|; read backwards, it costs
+    replayed_steps(T_k) SGD steps, about one replay more than keeping every θ. Read forwards
+    (iter) it keeps nothing and costs T_k − 1 steps. on_step(t) after each replayed step
+    (a recomputation is work too). `keep` and `labels`: the epoch's mask and labels, as in
+    training. every = 1 keeps every θ (T_k of them, what the replay held before)."""
+
+    def __init__(self, obj: Objective, schedule: Schedule, theta_k: Params, k: int,
+                 keep: torch.Tensor, on_step: Callable[[int], None] | None = None,
+                 labels: torch.Tensor | None = None, every: int | None = None):
+        self.obj, self.schedule, self.keep, self.on_step = obj, schedule, keep, on_step
+        self.labels = labels
+        self.steps = schedule.epoch_steps(k)
+        self.every = every or checkpoint_every(len(self.steps))
+        self.kept = [theta_k]  # θ before the steps 0, every, 2·every, … of the epoch
+        self.segment, self.segment_index = None, None  # the segment last read
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def _step(self, theta: Params, i: int) -> Params:
+        """θ before the epoch's step i + 1, from θ before its step i."""
+        t = self.steps[i]
+        idx = torch.as_tensor(self.schedule.batch(t), device=self.obj.x.device)
+        theta = sgd_step(self.obj, theta, idx, float(self.schedule.lr[t]), self.keep,
+                         labels=self.labels)[0]
+        if self.on_step:
+            self.on_step(t)
+        return theta
+
+    def _segment(self, s: int) -> list[Params]:
+        """θ before the steps s·every … (s+1)·every − 1 (to the epoch's end), replayed from the
+        kept θ of segment s; the kept θ up to it are replayed first when not yet known."""
+        if self.segment_index != s:
+            self.segment = self.segment_index = None  # freed before the replay
+            while len(self.kept) <= s:
+                theta, first = self.kept[-1], (len(self.kept) - 1) * self.every
+                for i in range(first, first + self.every):
+                    theta = self._step(theta, i)
+                self.kept.append(theta)
+            first = s * self.every
+            segment = [self.kept[s]]
+            for i in range(first, min(first + self.every, len(self)) - 1):
+                segment.append(self._step(segment[-1], i))
+            self.segment, self.segment_index = segment, s
+        return self.segment
+
+    def __getitem__(self, i: int) -> Params:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"step {i} of an epoch of {len(self)} steps")
+        s, r = divmod(i % len(self), self.every)
+        return self._segment(s)[r]
+
+    def __reversed__(self):
+        for s in reversed(range(math.ceil(len(self) / self.every))):
+            yield from reversed(self._segment(s))
+
+    def __iter__(self):
+        theta = self.kept[0]
+        for i in range(len(self)):
+            if i:
+                theta = self._step(theta, i - 1)
+            yield theta
+
+
 def replay_epoch(obj: Objective, schedule: Schedule, theta_k: Params, k: int,
                  keep: torch.Tensor, on_step: Callable[[int], None] | None = None,
-                 labels: torch.Tensor | None = None) -> list[Params]:
-    """Regenerate θ[t] for every step t of epoch k from the epoch's checkpoint (θ before each
-    step, in order). Same code and inputs as training (the epoch's mask `keep` and `labels`),
-    so bit-identical on CPU. on_step(t) after each replayed step."""
-    thetas = [theta_k]
-    for t in schedule.epoch_steps(k)[:-1]:
-        idx = torch.as_tensor(schedule.batch(t), device=obj.x.device)
-        thetas.append(sgd_step(obj, thetas[-1], idx, float(schedule.lr[t]), keep,
-                               labels=labels)[0])
-        if on_step:
-            on_step(t)
-    return thetas
+                 labels: torch.Tensor | None = None, every: int | None = None
+                 ) -> EpochReplay:
+    """θ[t] for every step t of epoch k from the epoch's checkpoint (θ before each step, in
+    order), as an EpochReplay: every ⌈√T_k⌉-th θ kept, the steps between recomputed when read.
+    Same code and inputs as training (the epoch's mask `keep` and `labels`), so bit-identical on
+    CPU. on_step(t) after each replayed step. every = 1 keeps every θ."""
+    return EpochReplay(obj, schedule, theta_k, k, keep, on_step, labels, every)
 
 
 def counterfactual_sgd(obj: Objective, schedule: Schedule, theta: Params,

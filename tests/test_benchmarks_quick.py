@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -99,3 +100,35 @@ def test_cleansing_quick_suggests_k_on_the_selection_part(tmp_path):
     # the best fixed k in hindsight includes k = 0, so it is never worse than no removal
     assert result["hindsight_error"] <= result["none_error"]
     assert 0 <= result["suggested_error"] < 1 and result["hindsight_k"] in (0, 5, 20)
+
+
+def test_scale_quick_fits_time_against_images_times_epochs(tmp_path):
+    result = run_quick("scale.py", tmp_path / "scale.md")
+    text = assert_report(tmp_path, "scale", "scale.py")
+    assert "ms per image-epoch (slope)" in text and "Cleaning in an hour" in text
+    assert (tmp_path / "scale.png").stat().st_size > 10_000 and (tmp_path / "scale.csv").exists()
+    assert 0 <= result["score_r2"] <= 1 and result["score_over_train"] > 0
+
+
+def test_memory_quick_keeps_fewer_thetas_than_steps(tmp_path):
+    result = run_quick("memory.py", tmp_path / "memory.md")
+    text = assert_report(tmp_path, "memory", "memory.py")
+    assert "| every θ (before)" in text and "63 |" in text  # every θ of a 63-step epoch
+    assert result["n_params"] > 1_000_000
+    assert result["after_peak_mb"] < result["before_peak_mb"]  # 16 θ of 4 MB held, not 63
+
+
+def test_replay_check_quick_finds_the_replay_bit_identical_on_the_cpu(tmp_path):
+    result = run_quick("replay_check.py", tmp_path / "replay-check.md")
+    assert_report(tmp_path, "replay-check", "replay_check.py")
+    assert result == {"replay_gap_deterministic": 0, "replay_gap_default": 0, "theta_vs_cpu": 0}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("script", ["speed.py", "scale.py", "memory.py", "replay_check.py"])
+def test_cuda_without_a_gpu_is_refused_with_a_message(script):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--device", "cuda"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--device cuda was asked for, but torch sees no CUDA GPU here" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -2,8 +2,9 @@
 
 Every estimate is built from unit costs timed on the real model and data, by the very code the
 jobs run, for a few steps of the run's own schedule: one recorded training step with its
-bookkeeping, one retraced step (replay plus the Hessian-vector pass), one vectorised
-counterfactual step for 1 and for 8 removal masks (its cost grows about linearly in the masks),
+bookkeeping, one retraced step (replay plus the Hessian-vector pass; the steps the replay
+recomputes between its kept θ count as training steps), one vectorised counterfactual step for
+1 and for 8 removal masks (its cost grows about linearly in the masks),
 one evaluation of the validation images, and one pass of per-image gradients. A job's time is
 then its count of each unit; benchmarks/estimates.py measures how close that comes.
 """
@@ -20,7 +21,7 @@ from torch.func import vmap
 from datasets import ImageSet
 from influence import baselines, cleaning, labels, methods, probe, runs
 from influence.runs import RunConfig
-from influence.sgd import batch_stats, batch_weights, initial_params, sgd_step
+from influence.sgd import batch_stats, batch_weights, initial_params, replayed_steps, sgd_step
 from influence.sgd_influence import hvp_and_dot_grads
 
 CHUNK = 32  # removal masks per vectorised run (Run.outcomes)
@@ -90,6 +91,7 @@ def estimate(data: ImageSet, config: RunConfig) -> dict:
     costs = unit_costs(run)
     steps, epochs = run.schedule.steps, run.schedule.epochs
     last = run.schedule.steps_per_epoch
+    again = replayed_steps(last) - (last - 1)  # steps of an epoch replayed a second time
     n_train, n_params = len(run.split.train), sum(p.numel() for p in run.model.parameters())
     finish = 3 * costs["eval"] * (len(data) / max(len(run.split.val), 1))  # every part, saved
     train = steps * costs["step"] + epochs * costs["eval"] + finish
@@ -97,6 +99,7 @@ def estimate(data: ImageSet, config: RunConfig) -> dict:
     check_masks = 1 + CHECK_SINGLES + CHECK_GROUPS
     ends = min(2 * methods.REFINE, n_train)  # one Hessian-vector product (≈ 3 steps) each
     refine_time = steps * (costs["step"] + 3 * costs["mask"] * ends)
+    score = steps * costs["retrace"] + epochs * again * costs["step"] + costs["eval"]
     per_image = costs["gradients"] / n_train  # one per-image gradient product
     bytes_per = torch.finfo(run.dtype).bits // 8
     disk = ((epochs + 2) * n_params * bytes_per + run.schedule.order.size * 4 + steps * 8
@@ -107,9 +110,9 @@ def estimate(data: ImageSet, config: RunConfig) -> dict:
         "n_test": len(run.split.test), "steps": steps, "n_params": n_params,
         "costs": costs,
         "seconds_train": train, "seconds_probe": probe_time,
-        "seconds_score": steps * costs["retrace"] + costs["eval"],
-        "seconds_score_last": last * costs["retrace"] + costs["eval"],
-        "seconds_score_refined": steps * costs["retrace"] + costs["eval"] + refine_time,
+        "seconds_score": score,
+        "seconds_score_last": last * costs["retrace"] + again * costs["step"] + costs["eval"],
+        "seconds_score_refined": score + refine_time,
         "seconds_retrain": train, "seconds_retrain_last": last * costs["step"] + costs["eval"]
         + finish,
         "seconds_kl": (baselines.KL_ITERATIONS * min(n_train, baselines.KL_HESSIAN_SAMPLES)
