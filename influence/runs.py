@@ -39,13 +39,16 @@ from . import models
 from .progress import Progress, ProgressFn
 from .sgd import (Objective, Params, Schedule, SGDConfig, StepStats, counterfactual_sgd,
                   initial_params, make_schedule, per_sample_loss, predictions, run_sgd)
-from .sgd_influence import loss_gradient, refine_extremes, retrace, retrace_with_relabel
+from .sgd_influence import (loss_gradient, refine_extremes, retrace, retrace_queries,
+                            retrace_with_relabel, sample_loss_gradients)
 
 FORMAT = "sgd-influence-run/1"
 MIN_STEPS, MIN_EPOCHS, MAX_EPOCHS = 600, 20, 200  # the default epochs give at least MIN_STEPS
 # SGD steps (small data sets need many epochs to learn anything)
 LEARNED = 0.9  # a model learned if its validation loss is at most this share of chance's
 RETRAIN_MODES = ("all", "last")  # counterfactual SGD from the first epoch, or the last only
+MAX_EXPLAINED = 1000  # test images explained in one call (Run.explain)
+EXPLAIN_CHUNK = 100  # queries carried through one replay (memory grows with it)
 
 
 class RunError(ValueError):
@@ -432,6 +435,53 @@ class Run:
             if on_progress else None
         return query, epochs, report
 
+    # --- why this mistake: SGD-influence on single test images -----------------------------
+    def test_positions(self, test_ids: Iterable[str]) -> np.ndarray:
+        """Positions within the test part of the given sample ids; RunError naming the first id
+        that is not a test image of this run (unknown, training or validation)."""
+        test_ids = list(test_ids)
+        where = {self.data.ids[i]: q for q, i in enumerate(self.split.test)}
+        parts = {self.data.ids[i]: part for part in ("train", "val")
+                 for i in getattr(self.split, part)}
+        for sid in test_ids:
+            if sid not in where:
+                part = {"train": "a training image", "val": "a validation image"}.get(
+                    parts.get(sid), "not an image of this data set")
+                raise RunError(f"{sid!r} is {part}: give the ids of test images")
+        return np.array([where[sid] for sid in test_ids], dtype=np.int64)
+
+    def test_loss_fn(self, sample_id: str) -> Callable[[Params], torch.Tensor]:
+        """The loss of one test image as a function of θ: the query of "why this mistake?"."""
+        obj, q = self.part("test"), int(self.test_positions([sample_id])[0])
+        x, y = obj.x[q:q + 1], obj.y[q:q + 1]
+        return lambda theta: per_sample_loss(obj.outputs(theta, x), y)[0]
+
+    def explain(self, test_ids: Iterable[str], last_epoch_only: bool = False,
+                on_progress: ProgressFn | None = None, chunk: int = EXPLAIN_CHUNK) -> np.ndarray:
+        """Q × N: L̂_{−j}(u_q) for every test image q of `test_ids` and training position j,
+        u_q = ∇θ of q's loss at θ[T]: the estimated change of that test image's loss when j is
+        removed (negative = removing j lowers it: j is harmful to q, e.g. pulled the model
+        towards its wrong answer on a mistake). The queries go through one replay `chunk` at a time (retrace_queries)."""
+        positions = self.test_positions(test_ids)
+        if not 1 <= len(positions) <= MAX_EXPLAINED:
+            raise RunError(f"explain 1 to {MAX_EXPLAINED} test images at a time, not "
+                           f"{len(positions)}")
+        K = self.schedule.epochs
+        epochs = range(K - 1, K) if last_epoch_only else range(K)
+        chunks = [positions[i:i + chunk] for i in range(0, len(positions), chunk)]
+        total = len(chunks) * len(epochs) * (2 * self.schedule.steps_per_epoch - 1)
+        done = iter(range(1, total + 1))
+        report = (lambda t: on_progress(Progress("score", next(done), total))) \
+            if on_progress else None
+        test = self.part("test")
+        rows = []
+        for part in chunks:
+            queries = Objective(self.model, test.x[part], test.y[part])
+            us = sample_loss_gradients(queries, self.theta)
+            rows.append(retrace_queries(self.objective, self.schedule, self.checkpoints,
+                                        self.keep_at, us, epochs, report, self.labels_at))
+        return torch.cat(rows).cpu().double().numpy()
+
     def ranking(self, scores: np.ndarray | pd.DataFrame) -> pd.DataFrame:
         """One score per training position (or a frame of them, column "influence" and extra
         columns) as a table of the instances still in use, lowest (most harmful) first."""
@@ -508,15 +558,18 @@ class Run:
     # --- many counterfactual retrainings at once ------------------------------------------
     def outcomes(self, removals: list[list[str]], mode: str = "all", exclude: Iterable[str] = (),
                  on_progress: ProgressFn | None = None, phase: str = "retrain",
-                 chunk: int = 32, fixes: list[Mapping[str, str | int]] | None = None
-                 ) -> pd.DataFrame:
+                 chunk: int = 32, fixes: list[Mapping[str, str | int]] | None = None,
+                 query: Callable[[Params], torch.Tensor] | None = None,
+                 measure: Callable[[Params], Mapping] | None = None) -> pd.DataFrame:
         """Retrain without each set of ids (Definition 2; mode all: from the first epoch, last:
         the last epoch only), with the set's `fixes` (sample id → new label, one mapping per
         set, see new_fixes) from the same epoch, every set in one SGD run vectorised over the
         removal masks and label vectors (counterfactual_sgd, `chunk` sets at a time), and
         measure each retrained model. One row per set: query_loss (the mean loss over the
         validation images but `exclude`: the query whose change the scores estimate),
-        val_loss, val_error, test_loss, test_error."""
+        val_loss, val_error, test_loss, test_error. `query`: another query loss of θ (e.g. one
+        test image's, test_loss_fn) instead of the validation one; `measure(θ)`: more columns
+        of each row (a mapping)."""
         if mode not in RETRAIN_MODES:
             raise RunError(f"unknown mode {mode!r}: use all or last")
         fixes = list(fixes) if fixes is not None else [{}] * len(removals)
@@ -527,7 +580,7 @@ class Run:
         for ids in removals:
             self.check_training_ids(ids)
         fixes = [self.new_fixes(f, epochs.start, ids) for f, ids in zip(fixes, removals)]
-        query = self.query_loss(exclude)
+        query = query or self.query_loss(exclude)
         total = math.ceil(len(removals) / chunk) * len(epochs) * self.schedule.steps_per_epoch
         done = iter(range(1, total + 1))
         report = (lambda t: on_progress(Progress(phase, next(done), total))) \
@@ -554,13 +607,15 @@ class Run:
                 rows.append({"query_loss": query_loss,
                              **dict(zip(("val_loss", "val_error"), self.evaluate("val", theta))),
                              **dict(zip(("test_loss", "test_error"),
-                                        self.evaluate("test", theta)))})
+                                        self.evaluate("test", theta))),
+                             **(measure(theta) if measure else {})})
         return pd.DataFrame(rows)
 
     # --- trust check ----------------------------------------------------------------------
     def check(self, ranked: pd.DataFrame, mode: str = "all", n: int = 10, groups: int = 20,
               group_share: float = 0.05, exclude: Iterable[str] = (), seed: int = 0,
-              on_progress: ProgressFn | None = None) -> dict:
+              on_progress: ProgressFn | None = None,
+              query: Callable[[Params], torch.Tensor] | None = None) -> dict:
         """Compare a ranking's estimated removal effects (`ranked`: sample_id, influence) with
         the real effect of removal on the query, retraining in `mode`:
         * singles: n instances spread evenly over the ranking (both ends), each removed alone:
@@ -568,7 +623,8 @@ class Run:
         * groups: `groups` random groups of `group_share` of the training set; a group's
           estimate is the sum of its members' scores: Spearman correlation with the truth (the
           linear datamodeling score of TRAK, Park et al. 2023).
-        All removals, plus an empty one as the reference, in one vectorised retraining."""
+        `query`: the loss whose change the scores estimate, if not the validation loss (e.g. one
+        test image's, test_loss_fn). All removals, plus an empty one as the reference, in one vectorised retraining."""
         if n < 2 or groups < 0 or not 0 < group_share <= 0.5:
             raise RunError("the trust check needs at least 2 single images, 0 or more groups "
                            "and a group share above 0 and at most 0.5")
@@ -580,7 +636,8 @@ class Run:
         members = [list(rng.choice(ranked.sample_id.to_numpy(), size, replace=False))
                    for _ in range(groups)] if len(ranked) > size else []
         removals = [[]] + [[sid] for sid in picked.sample_id] + members
-        losses = self.outcomes(removals, mode, exclude, on_progress, phase="check").query_loss
+        losses = self.outcomes(removals, mode, exclude, on_progress, phase="check",
+                               query=query).query_loss
         actual = (losses - losses[0]).to_numpy()[1:]  # change against the empty removal
         estimate = picked.influence.to_numpy()
         single, grouped = actual[:len(picked)], actual[len(picked):]
