@@ -79,3 +79,14 @@ def test_noisy_fix_quick_compares_fixing_with_removing(tmp_path):
     assert 0 <= result["sgd_right_top10"] <= 1
     assert result["check_right_top10"] > 0.8  # the label check's suggestions on digits
     assert {"fix_gain_54", "fix_gain_108", "fix_gain_215"} <= result.keys()
+
+
+def test_explain_quick_fixes_mistakes_and_compares_methods(tmp_path):
+    result = run_quick("explain.py", tmp_path, "--methods", "sgd-last,similar,random")
+    text = assert_report(tmp_path, "explain-quick", "explain.py")
+    assert "McNemar" in text and "p (Holm)" in text and "most similar" in text
+    assert result["images"] == 6
+    assert all(0 <= result[f"{k}_m{m}"] <= 1 for k in ("sgd_last", "similar", "random")
+               for m in (5, 10))
+    # digits: removing the 10 most harmful for a mistake fixes it more often than 10 random
+    assert result["sgd_last_m10"] > result["random_m10"]
