@@ -8,13 +8,14 @@ test images q (in test order), each method picks m training images for q alone:
         to lower q's loss most (the query is q's own loss; influence.explain);
     similar: the m training images nearest to q (cosine of the CNN's penultimate features);
     random: m seeded random training images.
-The model is retrained without them (counterfactual SGD, --mode; last = the last epoch re-run,
+The test images go through in chunks of --chunk (scored together, then retrained; the CSV keeps
+every finished chunk, and --resume carries on from it). The model is retrained without them (counterfactual SGD, --mode; last = the last epoch re-run,
 the paper's main protocol), all of q's removal sets in one vectorised run (Run.outcomes), and q
 counts as fixed when its prediction becomes its label. Fix rates are compared across the same
 test images with McNemar's exact test (only the images that one method fixes and the other not
 count), Holm-corrected over every comparison of the report.
 
-    python benchmarks/explain.py --images 50 --epochs 3
+    python benchmarks/explain.py --images 50 --epochs 3 --subset 4000 --methods sgd-last,kl,…
     python benchmarks/explain.py --quick      # digits, a few images
 """
 from __future__ import annotations
@@ -161,10 +162,16 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=50, help="misclassified test images")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--subset", type=int, default=None,
+                        help="use a seeded random subset of this many images (a smaller, "
+                             "quicker problem)")
     parser.add_argument("--ms", default="5,10,20", help="training images removed per test image")
     parser.add_argument("--mode", choices=["last", "all"], default="last")
     parser.add_argument("--methods", default=",".join(NAMES))
-    parser.add_argument("--seed", type=int, default=0, help="split and random picks")
+    parser.add_argument("--chunk", type=int, default=10, help="test images scored together")
+    parser.add_argument("--seed", type=int, default=0, help="split, subset and random picks")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the test images already in the CSV and do only the others")
     parser.add_argument("--data-dir", default=None,
                         help="default: the MNIST IDX files in the data folder beside the "
                              "repository (common.SHARED_DATA)")
@@ -175,23 +182,37 @@ def main(argv=None) -> dict:
     common.setup(a.threads)
     a.ms, a.methods = [int(m) for m in a.ms.split(",")], a.methods.split(",")
     data, out = common.prepare_experiment(a, "explain")
+    if a.subset and a.subset < len(data):
+        pick = np.sort(np.random.default_rng(a.seed).choice(len(data), a.subset, replace=False))
+        data = data.subset(pick)
     run = common.train_run(data, a.seed, a.epochs, a.name)
+    a.data_note = (f"{common.data_name(data, a.quick, a.data_dir)}"
+                   + (f" (a seeded random {a.subset:,} of its images)" if a.subset else "")
+                   + f", {len(run.split.train)}/{len(run.split.val)}/{len(run.split.test)} "
+                     "train/validation/test")
     base_error = common.test_error(run)
     test_ids = mistakes(run, a.images)
     print(f"test error {base_error:.2%}; explaining {len(test_ids)} mistakes", flush=True)
-    chosen, seconds = {}, {}
-    for key in a.methods:
-        chosen[key], seconds[key] = picks(run, key, test_ids, max(a.ms), a.seed)
-        print(f"{key}: {seconds[key]:.0f} s", flush=True)
-    rows, csv = [], out / f"{a.name_out}.csv"
-    for q, test_id in enumerate(test_ids):
-        began = time.perf_counter()
-        rows += retrain_for(run, test_id, {k: c[q] for k, c in chosen.items()}, a.ms, a.mode)
+    csv = out / f"{a.name_out}.csv"
+    stored = pd.read_csv(csv, dtype={"test_id": str}) if a.resume and csv.exists() else None
+    rows = stored.to_dict("records") if stored is not None else []
+    seconds = ({k: float(v) for k, v in stored.groupby("method", sort=False)
+                .score_seconds.sum().items()} if stored is not None else {})
+    done = {r["test_id"] for r in rows}
+    todo = [sid for sid in test_ids if sid not in done]
+    for start in range(0, len(todo), a.chunk):
+        part, began = todo[start:start + a.chunk], time.perf_counter()
+        chosen, spent = {}, {}
+        for key in a.methods:
+            chosen[key], spent[key] = picks(run, key, part, max(a.ms),
+                                             a.seed + test_ids.index(part[0]))
+            seconds[key] = seconds.get(key, 0.0) + spent[key]
+        for q, test_id in enumerate(part):
+            rows += [dict(r, score_seconds=spent[r["method"]] / len(part)) for r in retrain_for(
+                run, test_id, {k: c[q] for k, c in chosen.items()}, a.ms, a.mode)]
         pd.DataFrame(rows).to_csv(csv, index=False)  # partial results survive an interruption
-        print(f"{q + 1}/{len(test_ids)} {test_id}: fixed by "
-              + ", ".join(sorted({r["method"] for r in rows[-len(a.methods) * len(a.ms):]
-                                  if r["fixed"]})) + f" ({time.perf_counter() - began:.0f} s)",
-              flush=True)
+        print(f"{len(done) + start + len(part)}/{len(test_ids)} test images "
+              f"({time.perf_counter() - began:.0f} s)", flush=True)
     result = report(pd.DataFrame(rows), seconds, a, out, base_error)
     common.summary(**result)
     return result
