@@ -22,6 +22,11 @@ the batch's outputs along u: it comes out of the jvp that gives H[t]u (forward_o
         L̂_{j→1−y} = −Σ_{t: j∈S_t} η_t/|S_t| (J_j[t]u)(2y_j − 1).
 Negative L̂_{j→c} = giving j the label c lowers the query loss, as for removal.
 
+Many queries at once (retrace_queries). The retrace is linear in u, and θ[t] and H[t] do not depend
+on it: Q queries u_1 … u_Q (e.g. the loss gradients of Q test images, sample_loss_gradients)
+share one replay of the θ[t], and each step's jvp carries the Q tangents together
+(torch.func.vmap over u), giving the Q × N matrix L̂_{−j}(u_q) row by row equal to Q retraces.
+
 forward_influence keeps the one first-order term Algorithm 2 drops (j's gradient taken at the
 counterfactual parameters when j returns in a later epoch), forward in time for a chosen set of
 instances; refine_extremes applies it to the two ends of an Algorithm-2 ranking.
