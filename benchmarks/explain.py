@@ -35,7 +35,6 @@ from influence.sgd import predictions
 NAMES = {"sgd": "SGD-influence", "sgd-last": "SGD-influence (last epoch)", "kl": "Koh & Liang",
          "tracin": "TracIn", "similar": "most similar (features)", "random": "random"}
 ESTIMATES = ("sgd", "sgd-last", "kl", "tracin")  # rank by estimated change of q's loss
-KL_OPTIONS = {"hessian_samples": 500, "cg_iters": 20}  # as the other benchmarks (common)
 
 
 def mistakes(run, n: int) -> list[str]:
@@ -55,12 +54,13 @@ def similar(run, test_ids: list[str]) -> np.ndarray:
     return -(a @ b.T)
 
 
-def picks(run, key: str, test_ids: list[str], m: int, seed: int) -> tuple[np.ndarray, float]:
+def picks(run, key: str, test_ids: list[str], m: int, seed: int, kl: dict
+          ) -> tuple[np.ndarray, float]:
     """Q × m training positions each method would remove for each test image, and the seconds
     its scores took."""
     began = time.perf_counter()
     if key in ESTIMATES:
-        scores = explain.scores(run, key, test_ids, **(KL_OPTIONS if key == "kl" else {}))
+        scores = explain.scores(run, key, test_ids, **(kl if key == "kl" else {}))
     elif key == "similar":
         scores = similar(run, test_ids)
     else:
@@ -139,8 +139,9 @@ def report(frame: pd.DataFrame, seconds: dict, a, out: Path, base_error: float) 
         f"{a.epochs} epochs; test error {base_error:.2%}. The first {n} misclassified test "
         f"images (in test order). Retraining: counterfactual SGD, mode {a.mode}"
         + (" (the last epoch re-run without the removed images)" if a.mode == "last" else "")
-        + ", every removal set of one test image in one vectorised run. K&L: Hessian "
-        "estimated on 500 random training instances, 20 MINRES steps, damping 0.01.",
+        + f", every removal set of one test image in one vectorised run. K&L: Hessian "
+        f"estimated on {a.kl_samples} random training instances, {a.kl_iters} MINRES steps, "
+        "damping 0.01.",
         "Test images whose prediction became their label after removing each method's top-m "
         "for that image:\n\n" + common.markdown(fix),
         "Mean change of that test image's loss, and of the whole test error (fraction), "
@@ -169,6 +170,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--mode", choices=["last", "all"], default="last")
     parser.add_argument("--methods", default=",".join(NAMES))
     parser.add_argument("--chunk", type=int, default=10, help="test images scored together")
+    parser.add_argument("--kl-samples", type=int, default=500,
+                        help="K&L: training instances its Hessian is estimated on")
+    parser.add_argument("--kl-iters", type=int, default=20, help="K&L: MINRES steps")
     parser.add_argument("--seed", type=int, default=0, help="split, subset and random picks")
     parser.add_argument("--resume", action="store_true",
                         help="keep the test images already in the CSV and do only the others")
@@ -204,8 +208,9 @@ def main(argv=None) -> dict:
         part, began = todo[start:start + a.chunk], time.perf_counter()
         chosen, spent = {}, {}
         for key in a.methods:
-            chosen[key], spent[key] = picks(run, key, part, max(a.ms),
-                                             a.seed + test_ids.index(part[0]))
+            chosen[key], spent[key] = picks(
+                run, key, part, max(a.ms), a.seed + test_ids.index(part[0]),
+                {"hessian_samples": a.kl_samples, "cg_iters": a.kl_iters})
             seconds[key] = seconds.get(key, 0.0) + spent[key]
         for q, test_id in enumerate(part):
             rows += [dict(r, score_seconds=spent[r["method"]] / len(part)) for r in retrain_for(
