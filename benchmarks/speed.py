@@ -122,12 +122,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--ref-steps", type=int, default=8, help="steps timed for the reference")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quick", action="store_true", help="digits, 2 epochs, 1 repeat (for CI)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's own choice)")
     ap.add_argument("--explain-only", action="store_true",
                     help="time only the explanation of 1, 10, 100 test images at once "
                          "(default out: speed-explain.md)")
     ap.add_argument("--out", default=None, help="report (default benchmarks/results/speed.md)")
     a = ap.parse_args(argv)
     a.out = a.out or str(RESULTS / ("speed-explain.md" if a.explain_only else "speed.md"))
+    if a.threads:
+        torch.set_num_threads(a.threads)
     dataset, model = (a.data_dir, "cnn") if not a.quick else ("digits", "auto")
     if a.quick:
         a.epochs, a.repeats, a.ref_steps = 2, 1, 2
@@ -209,7 +213,7 @@ def write_explain_report(a, argv, run, r, machine) -> None:
 Command: `{command.strip()}`
 
 Machine: {machine}. Data: {data_name(run.data, a.quick, a.data_dir)}; {len(run.train_ids)}
-training images, model `{run.preset}`, batch {s.batch_size}, {s.epochs} epochs = {s.steps}
+training images, model `{run.preset.name}`, batch {s.batch_size}, {s.epochs} epochs = {s.steps}
 steps. Run.explain retraces every epoch once for all the test images given, their query
 vectors vmapped through the same jvp. Medians of {a.repeats} alternating repeats.
 
