@@ -200,8 +200,9 @@ def main(argv=None) -> dict:
     csv = out / f"{a.name_out}.csv"
     stored = pd.read_csv(csv, dtype={"test_id": str}) if a.resume and csv.exists() else None
     rows = stored.to_dict("records") if stored is not None else []
-    seconds = ({k: float(v) for k, v in stored.groupby("method", sort=False)
-                .score_seconds.sum().items()} if stored is not None else {})
+    seconds = ({k: float(v) for k, v in stored.drop_duplicates(["test_id", "method"])
+                .groupby("method", sort=False).score_seconds.sum().items()}
+               if stored is not None else {})  # score_seconds: per test image and method
     done = {r["test_id"] for r in rows}
     todo = [sid for sid in test_ids if sid not in done]
     for start in range(0, len(todo), a.chunk):
