@@ -150,7 +150,7 @@ def report(frame: pd.DataFrame, seconds: dict, a, out: Path, base_error: float) 
         "only one of the two fixed):\n\n" + common.markdown(table) + "\n\n"
         + f"p (Holm): corrected over the {len(table)} tests of this table; {significant} of "
           "them below 0.05.",
-        "Scoring time (one core):\n\n" + common.markdown(timing),
+        "Scoring time (one core, on a shared machine under heavy load):\n\n" + common.markdown(timing),
         f"Per test image and method: `{a.name_out}.csv`."])
     result = {"images": n}
     for key in a.methods:
@@ -186,12 +186,12 @@ def main(argv=None) -> dict:
     common.setup(a.threads)
     a.ms, a.methods = [int(m) for m in a.ms.split(",")], a.methods.split(",")
     data, out = common.prepare_experiment(a, "explain")
+    name = common.data_name(data, a.quick, a.data_dir)
     if a.subset and a.subset < len(data):
         pick = np.sort(np.random.default_rng(a.seed).choice(len(data), a.subset, replace=False))
         data = data.subset(pick)
     run = common.train_run(data, a.seed, a.epochs, a.name)
-    a.data_note = (f"{common.data_name(data, a.quick, a.data_dir)}"
-                   + (f" (a seeded random {a.subset:,} of its images)" if a.subset else "")
+    a.data_note = (name + (f", of which a seeded random {a.subset:,} images" if a.subset else "")
                    + f", {len(run.split.train)}/{len(run.split.val)}/{len(run.split.test)} "
                      "train/validation/test")
     base_error = common.test_error(run)
