@@ -134,14 +134,15 @@ def verdict(v: dict, what: str = "Removing the ticked images",
     return lines
 
 
-def trust(t: dict) -> str:
-    """The trust check's figures in words: groups first (what a user removes), then singles."""
+def trust(t: dict, of: str = "validation loss") -> str:
+    """The trust check's figures in words: groups first (what a user removes), then singles.
+    `of`: the loss whose change was estimated (e.g. "this test image's loss")."""
     text = "Checked against real retraining. "
     if t.get("group_spearman") is not None:
         rho = t["group_spearman"]
         how = "closely" if rho >= 0.7 else "roughly" if rho >= 0.4 else "hardly"
         text += (f"**Groups:** for {t['groups']} random groups of {t['group_size']:,} images, "
-                 f"the summed estimates follow the real change of validation loss {how} "
+                 f"the summed estimates follow the real change of {of} {how} "
                  f"(Spearman {rho:.2f}; 1 = same order, 0 = no relation). ")
     text += (f"**Single images:** Kendall τ = {t['tau']:.2f} over {t['n']} images, and the "
              f"estimate had the right sign for {t['sign_agreement']:.0%} of them. On a deep "

@@ -9,6 +9,10 @@ Reports
     last_over_train       the same for the last-epoch version
     relabel_over_score    a full retrace that also gives the relabel effects of every image and
                           class (Run.relabel_influence) ÷ one that gives removal scores only
+    explain_qN_over_single  explaining N test images at once (Run.explain: one retrace, N
+                          tangents vmapped through the same jvp) ÷ N × explaining one, for
+                          N = 10 and 100 (target for 100: ≤ 0.2); --explain-only measures
+                          these alone and writes speed-explain.md
     speedup_vs_reference  the reference algorithm's inner loop (a Python loop of one backward
                           pass per instance, plus a double-backward HVP, on stored θ[t]) ÷ ours
                           (replay θ[t] + one forward-over-reverse pass), on the same steps
@@ -74,6 +78,32 @@ def our_step(obj, schedule, keep, t, theta_prev, idx_prev, idx, u) -> None:
     hvp_and_dot_grads(obj, theta_t, idx, batch_weights(keep, idx, obj.x.dtype), u)
 
 
+QUERIES = (1, 10, 100)  # test images explained at once
+
+
+def explain_times(run, repeats: int) -> dict:
+    """Median seconds of Run.explain (all epochs) for Q = 1, 10, 100 test images, alternating,
+    and each Q's time ÷ Q × the time for one."""
+    ids = [run.data.ids[i] for i in run.split.test[:max(QUERIES)]]
+    run.explain(ids[:1])  # warm-up
+    times = {q: [] for q in QUERIES}
+    for _ in range(repeats):
+        for q in QUERIES:
+            times[q].append(timed(lambda: run.explain(ids[:q])))
+    medians = {q: statistics.median(t) for q, t in times.items()}
+    return {**{f"explain_q{q}_s": medians[q] for q in QUERIES},
+            **{f"explain_q{q}_over_single": medians[q] / (q * medians[1])
+               for q in QUERIES if q > 1}}
+
+
+def explain_rows(r: dict) -> str:
+    return "\n".join(
+        f"| {q} test images at once ÷ {q} × one (`explain_q{q}_over_single`) | "
+        f"{r[f'explain_q{q}_over_single']:.3f} ({r[f'explain_q{q}_s']:.1f} s vs "
+        f"{q} × {r['explain_q1_s']:.2f} s) | {'≤ 0.2' if q == 100 else ''} |"
+        for q in QUERIES if q > 1)
+
+
 def child_peak_rss_mb(code: str) -> float:
     """Peak resident memory (VmHWM) of a fresh Python process running `code`. (getrusage's
     ru_maxrss is no good here: a child inherits its parent's high-water mark across fork+exec.)"""
@@ -97,9 +127,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--ref-steps", type=int, default=8, help="steps timed for the reference")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quick", action="store_true", help="digits, 2 epochs, 1 repeat (for CI)")
-    ap.add_argument("--out", default=str(RESULTS / "speed.md"))
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's own choice)")
+    ap.add_argument("--explain-only", action="store_true",
+                    help="time only the explanation of 1, 10, 100 test images at once "
+                         "(default out: speed-explain.md)")
+    ap.add_argument("--out", default=None, help="report (default benchmarks/results/speed.md)")
     a = ap.parse_args(argv)
     device_or_exit(a.device)  # a clear message, before any work, when CUDA is asked for but absent
+    a.out = a.out or str(RESULTS / ("speed-explain.md" if a.explain_only else "speed.md"))
+    if a.threads:
+        torch.set_num_threads(a.threads)
     dataset, model = (a.data_dir, "cnn") if not a.quick else ("digits", "auto")
     if a.quick:
         a.epochs, a.repeats, a.ref_steps = 2, 1, 2
@@ -111,6 +149,11 @@ def main(argv=None) -> dict:
           f"device {run.device}", file=sys.stderr)
 
     run.train()  # warm-up (also fills the checkpoints)
+    if a.explain_only:
+        result = explain_times(run, a.repeats)
+        write_explain_report(a, argv, run, result, machine_of(run))
+        print(" ".join(f"{key}={value:.3f}" for key, value in result.items()))
+        return result
     train_s, full_s, last_s, relabel_s = [], [], [], []
     for _ in range(a.repeats):
         train_s.append(timed(run.train))
@@ -143,6 +186,7 @@ def main(argv=None) -> dict:
         per_step = theta_bytes * schedule.steps
         peak_rss_mb = child_peak_rss_mb(f"from influence.cli import main; main(['score', {str(out)!r}])")
     import_rss_mb = child_peak_rss_mb("import influence.runs")
+    explained = explain_times(run, a.repeats)
 
     result = {
         "score_over_train": full_t / train_t,
@@ -153,15 +197,38 @@ def main(argv=None) -> dict:
         "peak_rss_mb": peak_rss_mb, "import_rss_mb": import_rss_mb,
         "train_s": train_t, "score_s": full_t, "score_last_s": last_t,
         "score_relabel_s": relabel_t,
-        "ref_step_ms": 1000 * ref_t, "our_step_ms": 1000 * ours_t,
+        "ref_step_ms": 1000 * ref_t, "our_step_ms": 1000 * ours_t, **explained,
     }
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-               f"torch {torch.__version__} ({torch.get_num_threads()} threads), device "
-               f"{run.device}" + (f" ({torch.cuda.get_device_name()})"
-                                  if run.device.type == "cuda" else ""))
-    write_report(a, argv, run, result, stored, per_step, machine)
+    write_report(a, argv, run, result, stored, per_step, machine_of(run))
     print(" ".join(f"{key}={value:.3f}" for key, value in result.items()))
     return result
+
+
+def machine_of(run) -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), device "
+            f"{run.device}" + (f" ({torch.cuda.get_device_name()})"
+                               if run.device.type == "cuda" else ""))
+
+
+def write_explain_report(a, argv, run, r, machine) -> None:
+    command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    s = run.schedule
+    text = f"""# Speed of "why this mistake?": many test images in one retrace
+
+Command: `{command.strip()}`
+
+Machine: {machine}. Data: {data_name(run.data, a.quick, a.data_dir)}; {len(run.train_ids)}
+training images, model `{run.preset.name}`, batch {s.batch_size}, {s.epochs} epochs = {s.steps}
+steps. Run.explain retraces every epoch once for all the test images given, their query
+vectors vmapped through the same jvp. Medians of {a.repeats} alternating repeats.
+
+| measure | value | target |
+|---|---|---|
+{explain_rows(r)}
+"""
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(text)
 
 
 def write_report(a, argv, run, r, stored, per_step, machine) -> None:
@@ -186,6 +253,7 @@ Medians of {a.repeats} alternating repeats; the reference and ours timed on the 
 | run folder ÷ θ for every step (`disk_ratio`) | {r['disk_ratio']:.4f} ({stored / 1e6:.2f} MB vs {per_step / 1e6:.1f} MB) | ≤ 0.02 |
 | peak RSS of `python -m influence score` (`peak_rss_mb`) | {r['peak_rss_mb']:.0f} MB | |
 | of which importing torch and the engine (`import_rss_mb`) | {r['import_rss_mb']:.0f} MB | |
+{explain_rows(r)}
 
 Seconds: training {r['train_s']:.2f}, full retrace {r['score_s']:.2f}, last epoch
 {r['score_last_s']:.2f}, full retrace with relabel effects {r['score_relabel_s']:.2f}; per step: reference {r['ref_step_ms']:.0f} ms, ours {r['our_step_ms']:.0f} ms.

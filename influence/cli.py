@@ -1,4 +1,4 @@
-"""Command line: python -m influence {train,score,retrain,check,curve} …
+"""Command line: python -m influence {train,score,retrain,check,curve,explain} …
 
 train and retrain print a final JSON line; long work shows a progress bar on stderr; errors are
 one line on stderr with a non-zero exit status."""
@@ -16,7 +16,7 @@ from tqdm import tqdm
 import datasets
 from datasets import DataError
 
-from . import cleaning, kcurve, methods, models, probe, relabel, runs
+from . import cleaning, explain, kcurve, methods, models, probe, relabel, runs
 from .progress import Progress
 from .sgd import Diverged
 
@@ -126,8 +126,8 @@ def read_text(path: str, what: str) -> str:
         raise runs.RunError(f"cannot read the {what} {path}: {e}") from None
 
 
-def read_ids(path: str) -> list[str]:
-    text = read_text(path, "removal list")
+def read_ids(path: str, what: str = "removal list") -> list[str]:
+    text = read_text(path, what)
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -200,6 +200,24 @@ def cmd_curve(a) -> None:
                      | {("suggested_k" if k == "k" else k):
                         None if isinstance(found[k], float) and found[k] != found[k] else found[k]
                         for k in keys}))
+
+
+def cmd_explain(a) -> None:
+    test_ids = list(dict.fromkeys(read_ids(a.test_ids, "list of test ids")))
+    if not 1 <= len(test_ids) <= runs.MAX_EXPLAINED:
+        raise runs.RunError(f"{a.test_ids} lists {len(test_ids)} test ids: give 1 to "
+                            f"{runs.MAX_EXPLAINED}")
+    if a.top < 1:
+        raise runs.RunError("--top must be 1 or more")
+    run = runs.load(a.run)
+    refuse_unlearned(run, a.force)
+    run.test_positions(test_ids)  # every id checked before any work
+    out = Path(a.out or Path(a.run) / "explain.csv")
+    matrix = explain.scores(run, a.method, test_ids, on_progress=progress_bar())
+    frame = explain.table(run, test_ids, matrix, a.top)
+    runs.write_csv(frame, out)
+    print(json.dumps({"out": str(out), "method": a.method, "test_images": len(test_ids),
+                      "rows": len(frame)}))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -294,6 +312,23 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--out", help="CSV path (default RUN/curve.csv)")
     k.add_argument("--force", action="store_true", help="even for a model that did not learn")
     k.set_defaults(func=cmd_curve)
+
+    e = sub.add_parser("explain", help="why this mistake? the training images that most "
+                                       "raised and most lowered each test image's loss")
+    e.add_argument("run")
+    e.add_argument("--test-ids", required=True, help="file with one test sample_id per line "
+                                                     f"(at most {runs.MAX_EXPLAINED})")
+    e.add_argument("--method", default="sgd", choices=list(explain.BATCHED),
+                   help="sgd: retrace all epochs; sgd-last: the last epoch only (faster). All "
+                        "test images share one retrace")
+    e.add_argument("--top", type=int, default=20,
+                   help="training images listed per test image and side (default 20)")
+    e.add_argument("--out", help="CSV path (default RUN/explain.csv): test_id, side (harmful: "
+                                 "removal lowers that test image's loss; helpful: raises it), "
+                                 "rank, sample_id, label, score")
+    e.add_argument("--force", action="store_true", help="explain even a model that did not "
+                                                        "learn")
+    e.set_defaults(func=cmd_explain)
     return p
 
 

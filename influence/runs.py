@@ -41,7 +41,8 @@ from .progress import Progress, ProgressFn
 from .sgd import (Objective, Params, Schedule, SGDConfig, StepStats, counterfactual_sgd,
                   initial_params, make_schedule, per_sample_loss, predictions, replayed_steps,
                   run_sgd)
-from .sgd_influence import loss_gradient, refine_extremes, retrace, retrace_with_relabel
+from .sgd_influence import (loss_gradient, refine_extremes, retrace, retrace_queries,
+                            retrace_with_relabel, sample_loss_gradients)
 
 FORMAT = "sgd-influence-run/1"
 MIN_STEPS, MIN_EPOCHS, MAX_EPOCHS = 600, 20, 200  # the default epochs give at least MIN_STEPS
@@ -54,6 +55,8 @@ RETRAIN_MODES = ("all", "last")  # counterfactual SGD from the first epoch, or t
 # to keep them here; influence itself never imports one.
 EXECUTOR: Callable[["Run", list[tuple[list, list]], str, list[str]], Iterable[list[dict]] | None] \
     | None = None
+MAX_EXPLAINED = 1000  # test images explained in one call (Run.explain)
+EXPLAIN_CHUNK = 100  # queries carried through one replay (memory grows with it)
 
 
 class RunError(ValueError):
@@ -468,6 +471,53 @@ class Run:
             if on_progress else None
         return query, epochs, report
 
+    # --- why this mistake: SGD-influence on single test images -----------------------------
+    def test_positions(self, test_ids: Iterable[str]) -> np.ndarray:
+        """Positions within the test part of the given sample ids; RunError naming the first id
+        that is not a test image of this run (unknown, training or validation)."""
+        test_ids = list(test_ids)
+        where = {self.data.ids[i]: q for q, i in enumerate(self.split.test)}
+        parts = {self.data.ids[i]: part for part in ("train", "val")
+                 for i in getattr(self.split, part)}
+        for sid in test_ids:
+            if sid not in where:
+                part = {"train": "a training image", "val": "a validation image"}.get(
+                    parts.get(sid), "not an image of this data set")
+                raise RunError(f"{sid!r} is {part}: give the ids of test images")
+        return np.array([where[sid] for sid in test_ids], dtype=np.int64)
+
+    def test_loss_fn(self, sample_id: str) -> Callable[[Params], torch.Tensor]:
+        """The loss of one test image as a function of θ: the query of "why this mistake?"."""
+        obj, q = self.part("test"), int(self.test_positions([sample_id])[0])
+        x, y = obj.x[q:q + 1], obj.y[q:q + 1]
+        return lambda theta: per_sample_loss(obj.outputs(theta, x), y)[0]
+
+    def explain(self, test_ids: Iterable[str], last_epoch_only: bool = False,
+                on_progress: ProgressFn | None = None, chunk: int = EXPLAIN_CHUNK) -> np.ndarray:
+        """Q × N: L̂_{−j}(u_q) for every test image q of `test_ids` and training position j,
+        u_q = ∇θ of q's loss at θ[T]: the estimated change of that test image's loss when j is
+        removed (negative = removing j lowers it: j is harmful to q, e.g. pulled the model
+        towards its wrong answer on a mistake). The queries go through one replay `chunk` at a time (retrace_queries)."""
+        positions = self.test_positions(test_ids)
+        if not 1 <= len(positions) <= MAX_EXPLAINED:
+            raise RunError(f"explain 1 to {MAX_EXPLAINED} test images at a time, not "
+                           f"{len(positions)}")
+        K = self.schedule.epochs
+        epochs = range(K - 1, K) if last_epoch_only else range(K)
+        chunks = [positions[i:i + chunk] for i in range(0, len(positions), chunk)]
+        total = len(chunks) * len(epochs) * (2 * self.schedule.steps_per_epoch - 1)
+        done = iter(range(1, total + 1))
+        report = (lambda t: on_progress(Progress("score", next(done), total))) \
+            if on_progress else None
+        test = self.part("test")
+        rows = []
+        for part in chunks:
+            queries = Objective(self.model, test.x[part], test.y[part])
+            us = sample_loss_gradients(queries, self.theta)
+            rows.append(retrace_queries(self.objective, self.schedule, self.checkpoints,
+                                        self.keep_at, us, epochs, report, self.labels_at))
+        return torch.cat(rows).cpu().double().numpy()
+
     def ranking(self, scores: np.ndarray | pd.DataFrame) -> pd.DataFrame:
         """One score per training position (or a frame of them, column "influence" and extra
         columns) as a table of the instances still in use, lowest (most harmful) first."""
@@ -545,7 +595,8 @@ class Run:
     def outcomes(self, removals: list[list[str]], mode: str = "all", exclude: Iterable[str] = (),
                  on_progress: ProgressFn | None = None, phase: str = "retrain",
                  chunk: int = 32, fixes: list[Mapping[str, str | int]] | None = None,
-                 measure: Callable[[Params], dict] | None = None) -> pd.DataFrame:
+                 query: Callable[[Params], torch.Tensor] | None = None,
+                 measure: Callable[[Params], Mapping] | None = None) -> pd.DataFrame:
         """Retrain without each set of ids (Definition 2; mode all: from the first epoch, last:
         the last epoch only), with the set's `fixes` (sample id → new label, one mapping per
         set, see new_fixes) from the same epoch, every set in one SGD run vectorised over the
@@ -553,10 +604,12 @@ class Run:
         measure each retrained model. One row per set: query_loss (the mean loss over the
         validation images but the selection part and `exclude`: the query whose change the
         scores estimate), val_loss, val_error, selection_loss, selection_error (NaN without a
-        selection part), test_loss, test_error, and the fields `measure(θ)` returns.
-        With an EXECUTOR set, more than one chunk and no `measure`, the chunks may run
-        elsewhere (each chunk is computed the same way wherever it runs; progress then comes
-        per chunk)."""
+        selection part), test_loss, test_error. `query`: another query loss of θ (e.g. one
+        test image's, test_loss_fn) instead of the validation one; `measure(θ)`: more columns
+        of each row (a mapping).
+        With an EXECUTOR set, more than one chunk and neither `query` nor `measure`, the chunks
+        may run elsewhere (each chunk is computed the same way wherever it runs; progress then
+        comes per chunk)."""
         if mode not in RETRAIN_MODES:
             raise RunError(f"unknown mode {mode!r}: use all or last")
         fixes = list(fixes) if fixes is not None else [{}] * len(removals)
@@ -575,11 +628,12 @@ class Run:
         report = (lambda t: on_progress(Progress(phase, next(done), total))) \
             if on_progress else None
         elsewhere = EXECUTOR(self, chunks, mode, list(exclude)) \
-            if EXECUTOR is not None and len(chunks) > 1 and measure is None else None
+            if EXECUTOR is not None and len(chunks) > 1 \
+            and query is None and measure is None else None
         rows = []
         if elsewhere is None:
             for part, fixed in chunks:
-                rows += self.outcome_rows(part, mode, exclude, report, fixed, measure)
+                rows += self.outcome_rows(part, mode, exclude, report, fixed, query, measure)
             return pd.DataFrame(rows)
         for k, part in enumerate(elsewhere, 1):
             rows += part
@@ -590,12 +644,13 @@ class Run:
     def outcome_rows(self, removals: list[list[str]], mode: str = "all",
                      exclude: Iterable[str] = (), on_step: Callable | None = None,
                      fixes: list[Mapping[str, list[int]]] | None = None,
-                     measure: Callable[[Params], dict] | None = None) -> list[dict]:
+                     query: Callable[[Params], torch.Tensor] | None = None,
+                     measure: Callable[[Params], Mapping] | None = None) -> list[dict]:
         """One chunk of outcomes(): every set of ids, with its checked fixes (new_fixes: sample
         id → [class index, first epoch]), in one vectorised counterfactual SGD run."""
         K = self.schedule.epochs
         epochs = range(0, K) if mode == "all" else range(K - 1, K)
-        query = self.query_loss(exclude)
+        query = query or self.query_loss(exclude)
         fixes = fixes if fixes is not None else [{}] * len(removals)
         gone = torch.zeros(len(removals), len(self.train_ids), dtype=torch.bool,
                            device=self.device)
@@ -625,7 +680,8 @@ class Run:
     # --- trust check ----------------------------------------------------------------------
     def check(self, ranked: pd.DataFrame, mode: str = "all", n: int = 10, groups: int = 20,
               group_share: float = 0.05, exclude: Iterable[str] = (), seed: int = 0,
-              on_progress: ProgressFn | None = None) -> dict:
+              on_progress: ProgressFn | None = None,
+              query: Callable[[Params], torch.Tensor] | None = None) -> dict:
         """Compare a ranking's estimated removal effects (`ranked`: sample_id, influence) with
         the real effect of removal on the query, retraining in `mode`:
         * singles: n instances spread evenly over the ranking (both ends), each removed alone:
@@ -633,7 +689,8 @@ class Run:
         * groups: `groups` random groups of `group_share` of the training set; a group's
           estimate is the sum of its members' scores: Spearman correlation with the truth (the
           linear datamodeling score of TRAK, Park et al. 2023).
-        All removals, plus an empty one as the reference, in one vectorised retraining."""
+        `query`: the loss whose change the scores estimate, if not the validation loss (e.g. one
+        test image's, test_loss_fn). All removals, plus an empty one as the reference, in one vectorised retraining."""
         if n < 2 or groups < 0 or not 0 < group_share <= 0.5:
             raise RunError("the trust check needs at least 2 single images, 0 or more groups "
                            "and a group share above 0 and at most 0.5")
@@ -645,7 +702,8 @@ class Run:
         members = [list(rng.choice(ranked.sample_id.to_numpy(), size, replace=False))
                    for _ in range(groups)] if len(ranked) > size else []
         removals = [[]] + [[sid] for sid in picked.sample_id] + members
-        losses = self.outcomes(removals, mode, exclude, on_progress, phase="check").query_loss
+        losses = self.outcomes(removals, mode, exclude, on_progress, phase="check",
+                               query=query).query_loss
         actual = (losses - losses[0]).to_numpy()[1:]  # change against the empty removal
         estimate = picked.influence.to_numpy()
         single, grouped = actual[:len(picked)], actual[len(picked):]

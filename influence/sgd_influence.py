@@ -22,6 +22,11 @@ the batch's outputs along u: it comes out of the jvp that gives H[t]u (forward_o
         L̂_{j→1−y} = −Σ_{t: j∈S_t} η_t/|S_t| (J_j[t]u)(2y_j − 1).
 Negative L̂_{j→c} = giving j the label c lowers the query loss, as for removal.
 
+Many queries at once (retrace_queries). The retrace is linear in u, and θ[t] and H[t] do not depend
+on it: Q queries u_1 … u_Q (e.g. the loss gradients of Q test images, sample_loss_gradients)
+share one replay of the θ[t], and each step's jvp carries the Q tangents together
+(torch.func.vmap over u), giving the Q × N matrix L̂_{−j}(u_q) row by row equal to Q retraces.
+
 forward_influence keeps the one first-order term Algorithm 2 drops (j's gradient taken at the
 counterfactual parameters when j returns in a later epoch), forward in time for a chosen set of
 instances; refine_extremes applies it to the two ends of an Algorithm-2 ranking.
@@ -105,29 +110,69 @@ def retrace_with_relabel(obj: Objective, schedule: Schedule, checkpoints: dict[i
     return _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step, labels_at, classes)
 
 
-def _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step=None, labels_at=None,
-             classes: int | None = None):
-    scores = torch.zeros(obj.x.shape[0], dtype=obj.x.dtype, device=obj.x.device)
-    relabel = None if classes is None else torch.zeros(obj.x.shape[0], classes,
-                                                       dtype=obj.x.dtype, device=obj.x.device)
+def retraced_steps(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
+                   keep_at: Callable[[int], torch.Tensor], epochs: range,
+                   on_step: Callable[[int], None] | None = None,
+                   labels_at: Callable[[int], torch.Tensor] | None = None):
+    """The steps of Algorithm 2 in the order it retraces them, t = T−1, …, 1 over `epochs`:
+    (t, θ[t], S_t, η_t, w, labels) with w_i = 1/|S_t| (0 for removed instances). θ[t] is
+    replayed epoch by epoch from the checkpoints (on_step(t) after each replayed step); the
+    caller calls on_step(t) after retracing step t."""
     for k in reversed(epochs):
         keep = keep_at(k)
         labels = labels_at(k) if labels_at else obj.y
         thetas = replay_epoch(obj, schedule, checkpoints[k], k, keep, on_step, labels)  # θ[t]
         for t, theta in zip(reversed(schedule.epoch_steps(k)), reversed(thetas)):
             idx = torch.as_tensor(schedule.batch(t), device=obj.x.device)
-            eta = float(schedule.lr[t])
-            w = batch_weights(keep, idx, obj.x.dtype)  # 1/|S_t|; removed instances get 0
-            hu, u_dot_g, out, ju = forward_over_reverse(obj, theta, idx, w, u, labels)
-            # L̂_{−j} += ⟨u, η_t/|S_t| g(z_j; θ[t])⟩
-            scores.index_add_(0, idx, eta * w * u_dot_g)
-            if relabel is not None:  # L̂_{j→c} += −η_t/|S_t| ⟨J_j[t]u, Δ_jc⟩
-                delta = label_gradient_change(obj.loss, out, labels[idx], classes)
-                relabel.index_add_(0, idx, -eta * w[:, None] * (delta @ ju[:, :, None])[..., 0])
-            u = {name: u[name] - eta * hu[name] for name in u}  # u ← (I − η_t H[t]) u
-            if on_step:
-                on_step(t)
+            yield t, theta, idx, float(schedule.lr[t]), batch_weights(keep, idx, obj.x.dtype), \
+                labels
+
+
+def _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step=None, labels_at=None,
+             classes: int | None = None):
+    scores = torch.zeros(obj.x.shape[0], dtype=obj.x.dtype, device=obj.x.device)
+    relabel = None if classes is None else torch.zeros(obj.x.shape[0], classes,
+                                                       dtype=obj.x.dtype, device=obj.x.device)
+    for t, theta, idx, eta, w, labels in retraced_steps(obj, schedule, checkpoints, keep_at,
+                                                        epochs, on_step, labels_at):
+        hu, u_dot_g, out, ju = forward_over_reverse(obj, theta, idx, w, u, labels)
+        # L̂_{−j} += ⟨u, η_t/|S_t| g(z_j; θ[t])⟩
+        scores.index_add_(0, idx, eta * w * u_dot_g)
+        if relabel is not None:  # L̂_{j→c} += −η_t/|S_t| ⟨J_j[t]u, Δ_jc⟩
+            delta = label_gradient_change(obj.loss, out, labels[idx], classes)
+            relabel.index_add_(0, idx, -eta * w[:, None] * (delta @ ju[:, :, None])[..., 0])
+        u = {name: u[name] - eta * hu[name] for name in u}  # u ← (I − η_t H[t]) u
+        if on_step:
+            on_step(t)
     return scores, relabel
+
+
+def retrace_queries(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
+                    keep_at: Callable[[int], torch.Tensor], us: Params, epochs: range,
+                    on_step: Callable[[int], None] | None = None,
+                    labels_at: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
+    """Algorithm 2 for Q queries at once: `us` holds Q query vectors u_q (parameters with a
+    leading dimension Q). Returns the Q × N matrix L̂_{−j}(u_q). One replay of the θ[t] serves
+    every query; each step's jvp carries the Q tangents together (torch.func.vmap over u), so
+    row q equals retrace(…, u_q, …) at a fraction of Q retraces."""
+    n_queries = next(iter(us.values())).shape[0]
+    scores = torch.zeros(n_queries, obj.x.shape[0], dtype=obj.x.dtype, device=obj.x.device)
+    for t, theta, idx, eta, w, labels in retraced_steps(obj, schedule, checkpoints, keep_at,
+                                                        epochs, on_step, labels_at):
+        hu, u_dot_g = vmap(lambda u: hvp_and_dot_grads(obj, theta, idx, w, u, labels))(us)
+        # L̂_{−j}(u_q) += ⟨u_q, η_t/|S_t| g(z_j; θ[t])⟩ for every q
+        scores.index_add_(1, idx, eta * w * u_dot_g)
+        us = {name: us[name] - eta * hu[name] for name in us}  # u_q ← (I − η_t H[t]) u_q
+        if on_step:
+            on_step(t)
+    return scores
+
+
+def sample_loss_gradients(obj: Objective, theta: Params) -> Params:
+    """∇θ ℓ(z_q; θ) of every instance q of `obj` (no L2 term: a query is a loss on held-out
+    images), as parameters with a leading dimension Q: torch.func per-sample gradients."""
+    return vmap(grad(lambda th, x, y: obj.loss(obj.outputs(th, x[None]), y[None]).sum()),
+                in_dims=(None, 0, 0))(theta, obj.x, obj.y)
 
 
 def forward_displacement(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],

@@ -319,3 +319,32 @@ def test_how_many_to_remove_draws_the_curve_and_prefills_k(monkeypatch):
     at.switch_page("views/data.py").run()  # page 1 states the selection part
     assert "**180** (about 50%, chosen by the seed) are held out as the *selection* part" \
         in text(ok(at))
+
+
+def test_why_this_mistake_explains_ticks_retrains_and_shows_the_new_prediction():
+    at = ok(new_app())
+    at, _ = train(at, epochs=1)
+    at.switch_page("views/retrain.py").run()
+    ok(at)
+    assert "Why this mistake?" in text(at) and "test images wrong" in text(at)
+    test_id = at.selectbox(key="why_image").value
+    at.radio(key="why_method").set_value("sgd-last")
+    button(at.run(), "Explain this mistake").click().run()
+    assert wait_for_job(at).status == DONE
+    ok(at.run())
+    said = text(at)
+    assert "Pushed it towards this mistake" in said and "Helped it most" in said
+    assert at.selectbox(key="why_image").value == test_id
+    at.number_input(key="why_k").set_value(3)
+    button(at.run(), "Tick the 3 that pushed it most").click().run()
+    ticked = at.session_state["app"]["ticks"][at.session_state["app"]["run"]]
+    assert len(ticked) == 3
+    at.radio(key="mode").set_value("last")
+    button(at.run(), "Retrain without the 3 ticked").click().run()
+    assert wait_for_job(at).status == DONE
+    ok(at.run())
+    assert "After the latest retraining** (without 3 images)" in text(at)
+    button(at, "Check this explanation against real retraining").click().run()
+    assert wait_for_job(at).status == DONE
+    ok(at.run())
+    assert "the real change of this test image's loss" in text(at)

@@ -132,3 +132,16 @@ def test_cuda_without_a_gpu_is_refused_with_a_message(script):
     assert done.returncode == 2
     assert "--device cuda was asked for, but torch sees no CUDA GPU here" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+
+
+def test_explain_quick_fixes_mistakes_and_compares_methods(tmp_path):
+    result = run_quick("explain.py", tmp_path, "--methods", "sgd-last,similar,random")
+    text = assert_report(tmp_path, "explain-quick", "explain.py")
+    assert "McNemar" in text and "p (Holm)" in text and "most similar" in text
+    assert result["images"] == 6
+    assert all(0 <= result[f"{k}_m{m}"] <= 1 for k in ("sgd_last", "similar", "random")
+               for m in (5, 10))
+    # digits: removing the 10 most harmful for a mistake fixes it more often than 10 random
+    assert result["sgd_last_m10"] > result["random_m10"]

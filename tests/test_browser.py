@@ -234,3 +234,37 @@ def test_two_browser_sessions_work_at_once_without_mixing(server, browser):
     assert "Ticked: 10 images" in body_a and "Ticked: 0 images" in body_b
     assert "demo: 108 training labels flipped" in body_a
     assert "flipped" not in body_b
+
+
+def test_why_this_mistake_opens_a_test_image_ticks_from_it_and_shows_its_new_prediction(
+        server, browser):
+    """Page 4's "why this mistake?": open a misclassified test image, explain it (fast), tick
+    the training images that pushed it most, retrain the last epoch, see its new prediction."""
+    url, _ = server
+    page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    open_app(page, url)
+    go(page, "2 · Train")
+    page.get_by_role("combobox", name="Model", exact=True).click()
+    page.get_by_role("option", name="logistic regression").click()
+    settle(page)
+    page.get_by_role("button", name=re.compile("Start training")).click()
+    wait_for_text(page, "Next: find the harmful training images", timeout=180)
+    settle(page)
+    go(page, "4 · Retrain and compare")
+    wait_for_text(page, "Why this mistake?")
+    page.get_by_text("fast, last epoch only").click()
+    settle(page)
+    page.get_by_role("button", name=re.compile("Explain this mistake")).click()
+    wait_for_text(page, "Pushed it towards this mistake", timeout=180)
+    settle(page)
+    no_errors(page)
+    page.get_by_role("button", name=re.compile("Tick the 5 that pushed it most")).click()
+    settle(page)
+    wait_for_text(page, "You ticked 5 images")
+    page.get_by_text("only the last epoch without them").click()
+    settle(page)
+    page.get_by_role("button", name=re.compile("Retrain without the 5 ticked")).click()
+    wait_for_text(page, "After the latest retraining", timeout=240)
+    settle(page)
+    no_errors(page)
+    assert re.search(r"the model says \S+ — (now right|still wrong)", page.inner_text("body"))

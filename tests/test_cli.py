@@ -312,3 +312,42 @@ def test_curve_refuses_a_run_without_selection_images(tmp_path):
     proc = cli("curve", out, "--force")
     assert "no selection images" in one_line_error(proc)
     assert not (out / "curve.csv").exists()
+
+
+def test_explain_writes_the_harmful_and_helpful_images_of_each_test_image(run_dir, tmp_path):
+    out, _ = run_dir
+    run = runs.load(out)
+    test_ids = [run.data.ids[i] for i in run.split.test[:2]]
+    (tmp_path / "ids.txt").write_text("\n".join(test_ids) + "\n")
+    result = last_json(cli("explain", out, "--test-ids", tmp_path / "ids.txt", "--method",
+                           "sgd-last", "--top", 3, "--out", tmp_path / "why.csv"))
+    frame = pd.read_csv(tmp_path / "why.csv", dtype={"test_id": str, "sample_id": str})
+    assert result["test_images"] == 2 and result["rows"] == len(frame) == 12
+    assert list(frame.columns) == ["test_id", "side", "rank", "sample_id", "label", "score"]
+    assert set(frame.test_id) == set(test_ids) and set(frame.sample_id) <= set(run.train_ids)
+    first = frame[(frame.test_id == test_ids[0]) & (frame.side == "harmful")]
+    single = run.influence(run.test_loss_fn(test_ids[0]), last_epoch_only=True)
+    np.testing.assert_allclose(first.score, np.sort(single)[:3], rtol=1e-5)
+    assert (frame[frame.side == "helpful"].score > 0).all()
+
+
+@pytest.mark.parametrize("ids,words", [
+    ("no-such-image", "not an image of this data set"),
+    ("{train0}", "is a training image"),
+    ("{test0}\n{val0}", "is a validation image"),
+    ("many", "give 1 to 1000"),
+    ("", "give 1 to 1000"),
+])
+def test_bad_test_ids_are_one_line_errors_and_write_nothing(run_dir, tmp_path, ids, words):
+    out, _ = run_dir
+    run = runs.load(out)
+    if ids == "many":
+        ids = "\n".join(run.data.ids[:1001])
+    names = {"train0": run.train_ids[0], "val0": run.data.ids[run.split.val[0]],
+             "test0": run.data.ids[run.split.test[0]]}
+    (tmp_path / "ids.txt").write_text(ids.format(**names) + "\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = cli("explain", out, "--test-ids", tmp_path / "ids.txt", "--out", tmp_path / "x.csv")
+    assert words in one_line_error(proc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    assert not (out / "explain.csv").exists()

@@ -8,6 +8,7 @@ from plotly.subplots import make_subplots
 from sklearn.metrics import confusion_matrix
 
 from app import charts, fixes, images, panels, session, words
+from app.views import explain as why
 from datasets import DataError
 from datasets.export import to_zip
 from app.services import estimates, jobs
@@ -310,3 +311,7 @@ if history:
                 compare_models({"first": done[a], "second": done[b]}, "history")
             else:
                 st.info("Pick two different models.")
+
+# --- why this mistake? (app/views/explain.py) ----------------------------------------------------
+st.divider()
+why.show(run, row)
