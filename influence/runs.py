@@ -463,13 +463,17 @@ class Run:
             query = loss_gradient(query or self.val_loss_fn, self.theta)
         K = self.schedule.epochs
         epochs = range(K - 1, K) if last_epoch_only else range(K)
-        # the replayed (some twice: sgd.EpochReplay) and the retraced steps, and what follows
-        steps = self.schedule.steps_per_epoch
-        total = len(epochs) * (replayed_steps(steps) + steps) + more_steps
+        total = self.retrace_steps(epochs) + more_steps
         done = iter(range(1, total + 1))
         report = (lambda t: on_progress(Progress("score", next(done), total))) \
             if on_progress else None
         return query, epochs, report
+
+    def retrace_steps(self, epochs: range) -> int:
+        """Units of progress of one retrace over `epochs`: the replayed steps (some twice:
+        sgd.EpochReplay) and the retraced ones."""
+        steps = self.schedule.steps_per_epoch
+        return len(epochs) * (replayed_steps(steps) + steps)
 
     # --- why this mistake: SGD-influence on single test images -----------------------------
     def test_positions(self, test_ids: Iterable[str]) -> np.ndarray:
@@ -497,7 +501,8 @@ class Run:
         """Q × N: L̂_{−j}(u_q) for every test image q of `test_ids` and training position j,
         u_q = ∇θ of q's loss at θ[T]: the estimated change of that test image's loss when j is
         removed (negative = removing j lowers it: j is harmful to q, e.g. pulled the model
-        towards its wrong answer on a mistake). The queries go through one replay `chunk` at a time (retrace_queries)."""
+        towards its wrong answer on a mistake). The queries go through one replay `chunk` at a
+        time (retrace_queries)."""
         positions = self.test_positions(test_ids)
         if not 1 <= len(positions) <= MAX_EXPLAINED:
             raise RunError(f"explain 1 to {MAX_EXPLAINED} test images at a time, not "
@@ -505,7 +510,7 @@ class Run:
         K = self.schedule.epochs
         epochs = range(K - 1, K) if last_epoch_only else range(K)
         chunks = [positions[i:i + chunk] for i in range(0, len(positions), chunk)]
-        total = len(chunks) * len(epochs) * (2 * self.schedule.steps_per_epoch - 1)
+        total = len(chunks) * self.retrace_steps(epochs)
         done = iter(range(1, total + 1))
         report = (lambda t: on_progress(Progress("score", next(done), total))) \
             if on_progress else None
