@@ -1,5 +1,6 @@
 """The benchmark scripts' --quick modes (digits, few seeds, small k) run end to end, write their
 reports, and show what they should, loosely. No timing assertions."""
+import math
 import os
 import subprocess
 import sys
@@ -56,3 +57,16 @@ def test_noisy_quick_finds_flipped_labels_better_than_random(tmp_path):
     assert result["recall10_random"] < 0.2
     assert result["recall10_sgd"] > result["recall10_random"] + 0.2
     assert result["auc_sgd"] > 0.65
+
+
+def test_groups_quick_sums_predict_group_removal(tmp_path):
+    result = run_quick("groups.py", tmp_path)
+    text = assert_report(tmp_path, "groups-quick", "groups.py")
+    assert "group Spearman" in text and "predicted / actual" in text and "Seconds" in text
+    assert (tmp_path / "groups-quick.png").stat().st_size > 10_000
+    for part in ("groups", "topk", "times"):
+        assert (tmp_path / f"groups-quick-{part}.csv").exists()
+    # SGD-influence's summed scores rank random 5 % groups by their retrained change.
+    assert math.isfinite(result["spearman_sgd"]) and result["spearman_sgd"] > 0
+    assert all(-1 <= result[f"spearman_{m}"] <= 1 for m in ("sgd_last", "kl", "tracin"))
+    assert 0 <= result["sign_sgd"] <= 1
