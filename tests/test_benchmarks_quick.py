@@ -1,5 +1,6 @@
 """The benchmark scripts' --quick modes (digits, few seeds, small k) run end to end, write their
 reports, and show what they should, loosely. No timing assertions."""
+import math
 import os
 import subprocess
 import sys
@@ -134,8 +135,6 @@ def test_cuda_without_a_gpu_is_refused_with_a_message(script):
     assert "Traceback" not in done.stderr
 
 
-
-
 def test_explain_quick_fixes_mistakes_and_compares_methods(tmp_path):
     result = run_quick("explain.py", tmp_path, "--methods", "sgd-last,similar,random")
     text = assert_report(tmp_path, "explain-quick", "explain.py")
@@ -145,3 +144,16 @@ def test_explain_quick_fixes_mistakes_and_compares_methods(tmp_path):
                for m in (5, 10))
     # digits: removing the 10 most harmful for a mistake fixes it more often than 10 random
     assert result["sgd_last_m10"] > result["random_m10"]
+
+
+def test_groups_quick_sums_predict_group_removal(tmp_path):
+    result = run_quick("groups.py", tmp_path)
+    text = assert_report(tmp_path, "groups-quick", "groups.py")
+    assert "group Spearman" in text and "predicted / actual" in text and "Seconds" in text
+    assert (tmp_path / "groups-quick.png").stat().st_size > 10_000
+    for part in ("groups", "topk", "times"):
+        assert (tmp_path / f"groups-quick-{part}.csv").exists()
+    # SGD-influence's summed scores rank random 5 % groups by their retrained change.
+    assert math.isfinite(result["spearman_sgd"]) and result["spearman_sgd"] > 0
+    assert all(-1 <= result[f"spearman_{m}"] <= 1 for m in ("sgd_last", "kl", "tracin"))
+    assert 0 <= result["sign_sgd"] <= 1
