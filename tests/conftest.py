@@ -9,6 +9,7 @@ os.environ.setdefault("INFLUENCE_WORKSPACE", str(ROOT / ".pytest_cache" / "works
 import pytest  # noqa: E402
 
 import helpers  # noqa: E402
+from influence import runs  # noqa: E402
 
 
 @pytest.fixture
@@ -36,3 +37,13 @@ def upload(tmp_path, monkeypatch):
     assert os.listdir(tmp_path / "cwd") == []
     assert sorted(os.listdir(tmp_path)) == ["cwd", "in"]
     assert set(os.listdir(tmp_path.parent)) - before_parent <= {tmp_path.name}
+
+
+@pytest.fixture(scope="module")
+def digits_logreg():
+    """Logistic regression on the digits, 2 epochs in float64: small enough for exact checks
+    (one per test module)."""
+    run = runs.Run(runs.RunConfig(dataset="digits", model="logreg", epochs=2, lr=0.5,
+                                  dtype="float64"))
+    run.train()
+    return run

@@ -77,21 +77,13 @@ def test_baselines_explain_with_the_same_query_and_suspicion_rankings_cannot(dnn
         explain.scores(dnn, "isolation-forest", [test_id])
 
 
-@pytest.fixture(scope="module")
-def logreg():
-    run = runs.Run(runs.RunConfig(dataset="digits", model="logreg", epochs=2, lr=0.5,
-                                  dtype="float64"))
-    run.train()
-    return run
-
-
-def test_trust_check_of_one_test_image_measures_that_image_loss(logreg):
-    test_id = logreg.data.ids[logreg.split.test[0]]
-    result = explain.check(logreg, "sgd", test_id, n=8, groups=5)
+def test_trust_check_of_one_test_image_measures_that_image_loss(digits_logreg):
+    test_id = digits_logreg.data.ids[digits_logreg.split.test[0]]
+    result = explain.check(digits_logreg, "sgd", test_id, n=8, groups=5)
     assert result["n"] == 8 and result["tau"] > 0.5 and result["sign_agreement"] >= 0.75, result
     # the truth is the change of that image's loss, not of the validation loss
     removed = [result["rows"].sample_id[0]]
-    child = logreg.retrain(removed, "all")
-    loss = logreg.test_loss_fn(test_id)
-    change = float(loss(child.theta) - loss(logreg.theta))
+    child = digits_logreg.retrain(removed, "all")
+    loss = digits_logreg.test_loss_fn(test_id)
+    change = float(loss(child.theta) - loss(digits_logreg.theta))
     assert result["rows"].actual[0] == pytest.approx(change, rel=1e-6, abs=1e-12)

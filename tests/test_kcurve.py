@@ -7,16 +7,8 @@ import pytest
 from influence import kcurve, methods, runs
 
 
-@pytest.fixture(scope="module")
-def digits_run():
-    run = runs.Run(runs.RunConfig(dataset="digits", model="logreg", epochs=2, lr=0.5,
-                                  dtype="float64"))
-    run.train()
-    return run
-
-
-def test_the_curve_retrains_every_top_k_and_random_set_in_one_go(digits_run):
-    run = digits_run
+def test_the_curve_retrains_every_top_k_and_random_set_in_one_go(digits_logreg):
+    run = digits_logreg
     ranked = methods.score(run, "sgd-last")
     frame, found = kcurve.curve(run, ranked, controls=2, ks=(0, 5, 50, 5000))
     ks = [0, 5, 50]  # 5000 is more than the training images: clipped
@@ -37,12 +29,12 @@ def test_the_curve_retrains_every_top_k_and_random_set_in_one_go(digits_run):
                                                 "random_high_selection_error"}
 
 
-def test_a_run_without_a_selection_part_is_refused(digits_run):
-    old = runs.Run(runs.RunConfig(**{**dataclasses.asdict(digits_run.config),
+def test_a_run_without_a_selection_part_is_refused(digits_logreg):
+    old = runs.Run(runs.RunConfig(**{**dataclasses.asdict(digits_logreg.config),
                                      "fingerprint": None, "selection_fraction": 0.0}))
-    old.checkpoints = digits_run.checkpoints
+    old.checkpoints = digits_logreg.checkpoints
     with pytest.raises(runs.RunError, match="no selection images"):
-        kcurve.curve(old, methods.score(digits_run, "random"))
+        kcurve.curve(old, methods.score(digits_logreg, "random"))
 
 
 def test_sizes_are_clipped_to_the_images_in_use():
