@@ -114,7 +114,7 @@ def test_split_refuses_too_few_images():
 # --- IDX files -------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="../shared/data/mnist is not here")
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="the MNIST IDX files are not beside the repository")
 def test_real_mnist_test_set_from_idx_files():
     data = datasets.load(str(SHARED_MNIST))
     assert data.images.shape == (10000, 28, 28, 1)
