@@ -39,7 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import data_name, device_or_exit  # noqa: E402  (benchmarks/ on sys.path)
-from influence import runs  # noqa: E402
+from influence import run_folder  # noqa: E402
+from influence.config import RunConfig  # noqa: E402
+from influence.runs import Run  # noqa: E402
 from influence.sgd import batch_weights, replay_epoch, sgd_step  # noqa: E402
 from influence.sgd_influence import hvp_and_dot_grads, loss_gradient  # noqa: E402
 
@@ -141,9 +143,9 @@ def main(argv=None) -> dict:
     dataset, model = (a.data_dir, "cnn") if not a.quick else ("digits", "auto")
     if a.quick:
         a.epochs, a.repeats, a.ref_steps = 2, 1, 2
-    config = runs.RunConfig(dataset=dataset, model=model, epochs=a.epochs,
+    config = RunConfig(dataset=dataset, model=model, epochs=a.epochs,
                             batch_size=a.batch_size, lr=0.05, device=a.device, seed=0)
-    run = runs.Run(config)
+    run = Run(config)
     obj, schedule = run.objective, run.schedule
     print(f"{len(run.train_ids)} training images, {run.preset}, {schedule.steps} steps, "
           f"device {run.device}", file=sys.stderr)
@@ -180,7 +182,7 @@ def main(argv=None) -> dict:
     ref_t, ours_t = statistics.median(ref_s), statistics.median(ours_s)
 
     with tempfile.TemporaryDirectory() as tmp:
-        out = run.save(Path(tmp) / "run")
+        out = run_folder.save(run, Path(tmp) / "run")
         stored = folder_bytes(out)
         theta_bytes = sum(p.numel() * p.element_size() for p in run.theta.values())
         per_step = theta_bytes * schedule.steps
