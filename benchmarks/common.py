@@ -172,7 +172,7 @@ def train_run(data: datasets.ImageSet, seed: int, epochs: int, name: str,
     the validation images held out of the query (0, the paper's setting: the whole validation
     part is the query)."""
     run = Run(RunConfig(dataset=name, model="auto", epochs=epochs, batch_size=64,
-                                  seed=seed, device="cpu", selection_fraction=selection), data)
+                        seed=seed, device="cpu", selection_fraction=selection), data)
     run.train()
     return run
 

@@ -95,7 +95,7 @@ def measure(a, n: int, epochs: int, model: str, clean: bool) -> dict:
     register_wide_presets()
     data = image_data(a.quick, a.data_dir).subset(range(n))
     config = RunConfig(dataset=f"scale-{n}", model=model, epochs=epochs, batch_size=64,
-                            device=a.device, seed=0)
+                       device=a.device, seed=0)
     warm_up(Run(replace(config, epochs=1), data.subset(range(min(n, 200)))), clean)
     run = Run(config, data)
     row = {"images": n, "train images": len(run.train_ids), "epochs": epochs, "model": model,

@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
     if a.quick:
         a.epochs, a.repeats, a.ref_steps = 2, 1, 2
     config = RunConfig(dataset=dataset, model=model, epochs=a.epochs,
-                            batch_size=a.batch_size, lr=0.05, device=a.device, seed=0)
+                       batch_size=a.batch_size, lr=0.05, device=a.device, seed=0)
     run = Run(config)
     obj, schedule = run.objective, run.schedule
     print(f"{len(run.train_ids)} training images, {run.preset}, {schedule.steps} steps, "

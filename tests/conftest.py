@@ -45,6 +45,6 @@ def digits_logreg():
     """Logistic regression on the digits, 2 epochs in float64: small enough for exact checks
     (one per test module)."""
     run = runs.Run(RunConfig(dataset="digits", model="logreg", epochs=2, lr=0.5,
-                                  dtype="float64"))
+                             dtype="float64"))
     run.train()
     return run

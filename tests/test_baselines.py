@@ -106,7 +106,7 @@ def planted():
     labels[flipped] = (labels[flipped] + rng.integers(1, 10, len(flipped))) % 10
     data = type(data)(images, labels, data.classes, data.ids, "planted")
     run = runs.Run(RunConfig(dataset="planted", model="logreg", epochs=2, seed=0,
-                                  device="cpu"), data)
+                             device="cpu"), data)
     run.train()
     is_flipped = np.isin(run.split.train, flipped)
     return run, is_flipped

@@ -32,7 +32,7 @@ def test_q_queries_in_one_retrace_equal_q_single_retraces(epochs, l2):
 def dnn():
     """A small non-linear network on the digits in float64, trained 2 epochs of 5 steps."""
     run = runs.Run(RunConfig(dataset="digits", model="dnn", epochs=2, batch_size=256,
-                                  lr=0.5, dtype="float64", seed=3))
+                             lr=0.5, dtype="float64", seed=3))
     run.train()
     return run
 

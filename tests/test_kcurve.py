@@ -32,7 +32,7 @@ def test_the_curve_retrains_every_top_k_and_random_set_in_one_go(digits_logreg):
 
 def test_a_run_without_a_selection_part_is_refused(digits_logreg):
     old = runs.Run(RunConfig(**{**dataclasses.asdict(digits_logreg.config),
-                                     "fingerprint": None, "selection_fraction": 0.0}))
+                                "fingerprint": None, "selection_fraction": 0.0}))
     old.checkpoints = digits_logreg.checkpoints
     with pytest.raises(RunError, match="no selection images"):
         kcurve.curve(old, methods.rank(digits_logreg, "random"))

@@ -27,7 +27,7 @@ def noisy_digits():
     noisy[wrong] = (noisy[wrong] + rng.integers(1, 10, len(wrong))) % 10
     data = data.relabelled(noisy, "validation labels flipped too")
     run = runs.Run(RunConfig(dataset="digits", model="logreg", epochs=10, device="cpu",
-                                  **SPLIT), data)
+                             **SPLIT), data)
     run.train()
     return run, flipped, {data.ids[i] for i in wrong}
 

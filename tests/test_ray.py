@@ -116,7 +116,7 @@ def test_every_kind_of_job_on_ray_gives_what_the_threads_give_bit_for_bit(ws, di
 
 def test_cancel_stops_the_job_on_the_cluster_and_keeps_nothing(ws, digits_id):
     job = jobs.start_training(ws, "cancel", digits_id, RunConfig(model="logreg",
-                                                                      epochs=1000))
+                                                                 epochs=1000))
     deadline = time.time() + 120
     while job.done == 0 and time.time() < deadline:
         time.sleep(0.2)

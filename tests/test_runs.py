@@ -131,7 +131,7 @@ def logreg():
     """Logistic regression on the digits, float64: a model whose estimates are close to the
     truth, so that the trust check must find agreement."""
     run = runs.Run(RunConfig(dataset="digits", model="logreg", epochs=2, lr=0.5,
-                                  dtype="float64"))
+                             dtype="float64"))
     run.train()
     return run
 
@@ -251,7 +251,7 @@ def test_half_the_validation_part_is_held_out_of_the_query_to_select_k(logreg):
 
 def test_no_selection_part_keeps_the_whole_validation_part_as_the_query(logreg):
     whole = runs.Run(RunConfig(**{**dataclasses.asdict(logreg.config), "fingerprint": None,
-                                       "selection_fraction": 0.0}))
+                                  "selection_fraction": 0.0}))
     assert len(whole.selection) == 0 and not whole.selection_ids
     with torch.no_grad():
         assert float(whole.val_loss_fn(logreg.theta)) == pytest.approx(

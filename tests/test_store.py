@@ -96,7 +96,7 @@ def test_scores_trust_and_rounds_are_kept(ws, digits, tmp_path):
     row = ws.new_run(d["id"], "train", RunConfig(), "s1")
     ws.run_folder(row["id"]).mkdir(parents=True)
     frame = pd.DataFrame({"sample_id": ["digits-0001", "digits-0002"],
-                               "label": ["01", "2"], "influence": [-0.5, 0.25]})
+                          "label": ["01", "2"], "influence": [-0.5, 0.25]})
     ws.add_scores(row["id"], "sgd", frame, 1.5)
     back = ws.scores(row["id"], "sgd")
     assert back.sample_id.tolist() == frame.sample_id.tolist()

@@ -122,8 +122,8 @@ class Store:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         except OSError as e:  # (database errors come as a RunError from _db)
             raise RunError(f"cannot use the workspace folder {self.root}: {e}. Check that "
-                                "it is writable and the disk is not full, or set "
-                                "INFLUENCE_WORKSPACE to another folder") from None
+                           "it is writable and the disk is not full, or set "
+                           "INFLUENCE_WORKSPACE to another folder") from None
         self.recover()
 
     @contextmanager
@@ -138,8 +138,8 @@ class Store:
                     yield db
         except sqlite3.Error as e:
             raise RunError(f"cannot read or write the workspace database in {self.root}: "
-                                f"{e}. Check that the disk is not full and the folder is "
-                                "writable") from None
+                           f"{e}. Check that the disk is not full and the folder is "
+                           "writable") from None
 
     def _rows(self, sql: str, args=()) -> list[dict]:
         with self._db() as db:
@@ -272,7 +272,7 @@ class Store:
         row = self.run(run_id)
         if row["status"] != DONE:
             raise RunError(f"run {run_id} is {row['status']}; only finished runs can be "
-                                "opened")
+                           "opened")
         data = data if data is not None else self.load_data(row["dataset"])
         return run_folder.load(self.root / row["folder"], data)
 
