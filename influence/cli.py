@@ -19,7 +19,7 @@ from datasets import DataError
 from . import cleaning, explain, kcurve, methods, models, probe, relabel, run_folder, trust
 from .config import (MAX_EPOCHS, MIN_EPOCHS, MIN_STEPS, RETRAIN_MODES, RunConfig,
                      RunError)
-from .runs import MAX_EXPLAINED, Run
+from .runs import Run
 from .progress import Progress
 from .sgd import Diverged
 
@@ -205,9 +205,9 @@ def cmd_curve(a) -> None:
 
 def cmd_explain(a) -> None:
     test_ids = list(dict.fromkeys(read_ids(a.test_ids, "list of test ids")))
-    if not 1 <= len(test_ids) <= MAX_EXPLAINED:
+    if not 1 <= len(test_ids) <= explain.MAX_TEST_IMAGES:
         raise RunError(f"{a.test_ids} lists {len(test_ids)} test ids: give 1 to "
-                       f"{MAX_EXPLAINED}")
+                       f"{explain.MAX_TEST_IMAGES}")
     if a.top < 1:
         raise RunError("--top must be 1 or more")
     run = run_folder.load(a.run)
@@ -317,7 +317,7 @@ def parser() -> argparse.ArgumentParser:
                                        "raised and most lowered each test image's loss")
     e.add_argument("run")
     e.add_argument("--test-ids", required=True, help="file with one test sample_id per line "
-                                                     f"(at most {MAX_EXPLAINED})")
+                                                     f"(at most {explain.MAX_TEST_IMAGES})")
     e.add_argument("--method", default="sgd", choices=methods.keys(explains="batched"),
                    help="sgd: retrace all epochs; sgd-last: the last epoch only (faster). All "
                         "test images share one retrace")

@@ -3,9 +3,9 @@
 The query of Algorithm 2 becomes the loss of a single test image q: u_q = ∇θ ℓ(z_q; θ[T]), and
 L̂_{−j}(u_q) estimates how q's loss changes when training image j is removed (negative: removing
 j lowers it, so j is harmful to q). SGD-influence explains Q test images with one replay and Q
-tangents (Run.explain: the rankings whose `explains` is "batched"); the other rankings that can
-explain a test image (Koh & Liang, TracIn: "single") take the same query one test image at a
-time, for comparison. The trust check of an explanation is influence.trust.of_test_image.
+tangents (retrace_test_images: the rankings whose `explains` is "batched"); the other rankings
+that can explain a test image (Koh & Liang, TracIn: "single") take the same query one test image
+at a time, for comparison. The trust check of an explanation is influence.trust.of_test_image.
 """
 from __future__ import annotations
 
@@ -13,13 +13,46 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import methods
 from .config import RunError
-from .progress import ProgressFn
+from .progress import Progress, ProgressFn
 from .runs import Run
+from .sgd import Objective
+from .sgd_influence import retrace_queries, sample_loss_gradients
 
+MAX_TEST_IMAGES = 1000  # test images explained in one call (retrace_test_images)
+CHUNK = 100  # queries carried through one replay (memory grows with it)
 SIDES = ("harmful", "helpful")  # removal lowers the test image's loss / raises it
+
+
+def retrace_test_images(run: Run, test_ids: Iterable[str], last_epoch_only: bool = False,
+                        on_progress: ProgressFn | None = None, chunk: int = CHUNK) -> np.ndarray:
+    """Q × N: L̂_{−j}(u_q) for every test image q of `test_ids` and training position j,
+    u_q = ∇θ of q's loss at θ[T]: the estimated change of that test image's loss when j is
+    removed (negative = removing j lowers it: j is harmful to q, e.g. pulled the model
+    towards its wrong answer on a mistake). The queries go through one replay `chunk` at a
+    time (retrace_queries)."""
+    positions = run.test_positions(test_ids)
+    if not 1 <= len(positions) <= MAX_TEST_IMAGES:
+        raise RunError(f"explain 1 to {MAX_TEST_IMAGES} test images at a time, not "
+                       f"{len(positions)}")
+    K = run.schedule.epochs
+    epochs = range(K - 1, K) if last_epoch_only else range(K)
+    chunks = [positions[i:i + chunk] for i in range(0, len(positions), chunk)]
+    total = len(chunks) * run.retrace_steps(epochs)
+    done = iter(range(1, total + 1))
+    report = (lambda t: on_progress(Progress("score", next(done), total))) \
+        if on_progress else None
+    test = run.part("test")
+    rows = []
+    for part in chunks:
+        queries = Objective(run.model, test.x[part], test.y[part])
+        us = sample_loss_gradients(queries, run.theta)
+        rows.append(retrace_queries(run.objective, run.schedule, run.checkpoints,
+                                    run.keep_at, us, epochs, report, run.labels_at))
+    return torch.cat(rows).cpu().double().numpy()
 
 
 def explaining(key: str) -> methods.Ranking:
@@ -37,7 +70,7 @@ def test_scores(run: Run, key: str, test_ids: Iterable[str],
     removed, by the ranking `key` (batched: all test images in one retrace)."""
     ranking, test_ids = explaining(key), list(test_ids)
     if ranking.explains == "batched":
-        return run.explain(test_ids, ranking.last_epoch_only, on_progress)
+        return retrace_test_images(run, test_ids, ranking.last_epoch_only, on_progress)
     run.test_positions(test_ids)  # every id checked before any work
     return np.stack([methods.position_scores(run, key, on_progress, query=run.test_loss_fn(sid),
                                              **options) for sid in test_ids])

@@ -70,7 +70,7 @@ def check_curve(run: Run, ranked: pd.DataFrame, mode: str = "last",
 def curve(run: Run, ranked: pd.DataFrame, mode: str = "last", controls: int = CONTROLS,
           seed: int = 0, ks: Iterable[int] = KS, exclude: Iterable[str] = (),
           on_progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
-    """The curve of a ranking (`ranked`: sample_id, most harmful first, e.g. methods.score) and
+    """The curve of a ranking (`ranked`: sample_id, most harmful first, e.g. methods.rank) and
     the suggestion. One row per retrained model: k, kind ("top" or "random"), draw (0 for the
     top-k, 1..R for the random sets), the columns of counterfactual.outcomes (selection_loss,
     selection_error, query_loss, …) and the per-image selection losses and correctness."""

@@ -57,8 +57,9 @@ class Ranking:
     in_app: bool = True
     relabels: bool = False  # its retrace also gives relabel effects (Run.relabel_influence)
     explains: Literal["batched", "single"] | None = None  # "why this mistake?" for test
-    # images: "batched" = many test images share one retrace (Run.explain), "single" = one test
-    # image at a time (compute with its loss as the query), None = it cannot explain one
+    # images: "batched" = many test images share one retrace (explain.retrace_test_images),
+    # "single" = one test image at a time (compute with its loss as the query), None = it
+    # cannot explain one
     phase: Literal["score", "rank"] = "rank"  # its progress: "score" = SGD-influence's retraced
     # steps, "rank" = a baseline's own units
     options: dict = field(default_factory=dict)  # default keyword options of compute

@@ -1,16 +1,17 @@
 """A run: a data set, its split and one recorded SGD schedule, with the model trained on it.
 
 `Run` is what a notebook user holds: build one from a RunConfig (influence.config), train it
-(Algorithm 1), score its training images (Algorithm 2, SGD-influence), explain single test
-images, and retrain it without some images or with some labels fixed (counterfactual SGD,
-Definition 2). Saving and loading are in influence.run_folder, many retrainings at once in
-influence.counterfactual, the trust check in influence.trust.
+(Algorithm 1), score its training images (Algorithm 2, SGD-influence), and retrain it without
+some images or with some labels fixed (counterfactual SGD, Definition 2). Saving and loading are
+in influence.run_folder, the checked inputs of a retraining and many retrainings at once in
+influence.counterfactual, the trust check in influence.trust, "why this mistake?" for test
+images in influence.explain.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -21,25 +22,15 @@ import torch
 import datasets
 from datasets import ImageSet
 
-from . import models
-from .config import (RunConfig, RunError, check_mode, default_epochs, device_of,
-                     selection_part)
-from .counterfactual import checked_fixes
+from . import counterfactual, models
+from .config import RunConfig, RunError, default_epochs, device_of, selection_part
+from .counterfactual import Changes
 from .progress import Progress, ProgressFn
 from .sgd import (Objective, Params, Schedule, StepStats, initial_params, make_schedule,
                   per_sample_loss, predictions, replayed_steps, run_sgd)
-from .sgd_influence import (loss_gradient, refine_extremes, retrace, retrace_queries,
-                            retrace_with_relabel, sample_loss_gradients)
+from .sgd_influence import loss_gradient, refine_extremes, retrace, retrace_with_relabel
 
 LEARNED = 0.9  # a model learned if its validation loss is at most this share of chance's
-MAX_EXPLAINED = 1000  # test images explained in one call (Run.explain)
-EXPLAIN_CHUNK = 100  # queries carried through one replay (memory grows with it)
-# Where the chunks of counterfactual.outcomes run, per run (Run.outcome_executor): None = here,
-# one after the other; or a function (run, chunks, mode, exclude) → an iterable of each chunk's
-# rows in order (counterfactual.outcome_rows of each chunk's (removals, fixes)), or None to keep
-# them here. A cluster backend sets it on the runs it opens; influence itself never imports one.
-OutcomeExecutor = Callable[["Run", list[tuple[list, list]], str, list[str]],
-                           Iterable[list[dict]] | None]
 
 
 def chance_loss(labels_train: np.ndarray, labels_val: np.ndarray, n_classes: int) -> float:
@@ -88,9 +79,7 @@ class Run:
         self.config.validate(len(self.split.train))
         self.train_ids = [self.data.ids[i] for i in self.split.train]
         self.position = {sid: j for j, sid in enumerate(self.train_ids)}
-        self.check_training_ids(self.config.removed)
-        self.check_training_ids(self.config.fixes)
-        self.check_fixed_labels(self.config.fixes)
+        counterfactual.check_config_changes(self)
         self.device, self.dtype = device_of(self.config.device), getattr(torch, self.config.dtype)
         self.model = models.build(self.preset.name, self.data.shape, len(self.data.classes),
                                   self.config.seed)
@@ -101,42 +90,9 @@ class Run:
         self.checkpoints: dict[int, Params] = {}
         self.metrics: dict = {}
         self.path: Path | None = None
-        self.outcome_executor: OutcomeExecutor | None = None  # see OutcomeExecutor
+        self.outcome_executor: counterfactual.OutcomeExecutor | None = None  # where the
+        # chunks of counterfactual.outcomes of this run go; None: here, one after the other
         self._parts: dict[str, Objective] = {}  # validation and test inputs, built when needed
-
-    def check_training_ids(self, ids) -> None:
-        """RunError unless every id is a training instance of this run."""
-        unknown = [sid for sid in ids if sid not in self.position]
-        if unknown:
-            known = set(self.data.ids)
-            held_out = sum(sid in known for sid in unknown)
-            raise RunError(
-                f"{len(unknown)} id(s) are not training instances of this run: "
-                + ", ".join(repr(sid) for sid in unknown[:3]) + (" …" if len(unknown) > 3 else "")
-                + (f" ({held_out} of them are validation or test images)" if held_out else ""))
-
-    def check_fixed_labels(self, fixes: dict[str, list[int]]) -> None:
-        """RunError unless every fix names a class of the data set other than the image's
-        given label."""
-        n = len(self.data.classes)
-        for sid, (label, _) in fixes.items():
-            if label >= n:
-                raise RunError(f"the fix of {sid!r} names class {label}, but the data set has "
-                               f"{n} classes")
-            if label == self.data.labels[self.split.train[self.position[sid]]]:
-                raise RunError(f"the fix of {sid!r} gives it its own label "
-                               f"{self.data.classes[label]!r}")
-
-    def class_index(self, label: str | int) -> int:
-        """A label as the index of its class: a str is a class name, an int a class index."""
-        classes = self.data.classes
-        if isinstance(label, str) and label in classes:
-            return classes.index(label)
-        if isinstance(label, (int, np.integer)) and not isinstance(label, bool) \
-                and 0 <= label < len(classes):
-            return int(label)
-        shown = ", ".join(map(str, classes[:10])) + (" …" if len(classes) > 10 else "")
-        raise RunError(f"unknown label {label!r}: the classes are {shown}")
 
     def labels_at(self, k: int) -> torch.Tensor:
         """The label of every training position in epoch k: the given labels, with those
@@ -336,7 +292,7 @@ class Run:
         steps = self.schedule.steps_per_epoch
         return len(epochs) * (replayed_steps(steps) + steps)
 
-    # --- why this mistake: SGD-influence on single test images -----------------------------
+    # --- single test images: the queries of "why this mistake?" (influence.explain) --------
     def test_positions(self, test_ids: Iterable[str]) -> np.ndarray:
         """Positions within the test part of the given sample ids; RunError naming the first id
         that is not a test image of this run (unknown, training or validation)."""
@@ -357,33 +313,6 @@ class Run:
         x, y = obj.x[q:q + 1], obj.y[q:q + 1]
         return lambda theta: per_sample_loss(obj.outputs(theta, x), y)[0]
 
-    def explain(self, test_ids: Iterable[str], last_epoch_only: bool = False,
-                on_progress: ProgressFn | None = None, chunk: int = EXPLAIN_CHUNK) -> np.ndarray:
-        """Q × N: L̂_{−j}(u_q) for every test image q of `test_ids` and training position j,
-        u_q = ∇θ of q's loss at θ[T]: the estimated change of that test image's loss when j is
-        removed (negative = removing j lowers it: j is harmful to q, e.g. pulled the model
-        towards its wrong answer on a mistake). The queries go through one replay `chunk` at a
-        time (retrace_queries)."""
-        positions = self.test_positions(test_ids)
-        if not 1 <= len(positions) <= MAX_EXPLAINED:
-            raise RunError(f"explain 1 to {MAX_EXPLAINED} test images at a time, not "
-                           f"{len(positions)}")
-        K = self.schedule.epochs
-        epochs = range(K - 1, K) if last_epoch_only else range(K)
-        chunks = [positions[i:i + chunk] for i in range(0, len(positions), chunk)]
-        total = len(chunks) * self.retrace_steps(epochs)
-        done = iter(range(1, total + 1))
-        report = (lambda t: on_progress(Progress("score", next(done), total))) \
-            if on_progress else None
-        test = self.part("test")
-        rows = []
-        for part in chunks:
-            queries = Objective(self.model, test.x[part], test.y[part])
-            us = sample_loss_gradients(queries, self.theta)
-            rows.append(retrace_queries(self.objective, self.schedule, self.checkpoints,
-                                        self.keep_at, us, epochs, report, self.labels_at))
-        return torch.cat(rows).cpu().double().numpy()
-
     def ranking(self, scores: np.ndarray | pd.DataFrame) -> pd.DataFrame:
         """One score per training position (or a frame of them, column "influence" and extra
         columns) as a table of the instances still in use, lowest (most harmful) first."""
@@ -398,29 +327,9 @@ class Run:
         return frame.sort_values("influence", kind="stable").reset_index(drop=True)
 
     # --- counterfactual retraining (Definition 2) -----------------------------------------
-    def first_retrained(self, mode: str) -> int:
-        """The first epoch a retraining in `mode` re-runs: 0 (all) or the last one (last)."""
-        check_mode(mode)
-        return 0 if mode == "all" else self.schedule.epochs - 1
-
-    def changes(self, remove_ids=(), mode: str = "all",
-                fixes: Mapping[str, str | int] | None = None) -> Changes:
-        """The one check of a retraining's inputs: a known mode, `remove_ids` (de-duplicated)
-        training images of this run without a fixed label, and `fixes` (sample id → new label:
-        a class name or index) checked by counterfactual.checked_fixes."""
-        first = self.first_retrained(mode)
-        remove_ids = tuple(dict.fromkeys(remove_ids))
-        self.check_training_ids(remove_ids)
-        fixed = checked_fixes(self, fixes or {}, first, remove_ids)
-        both = [sid for sid in remove_ids if sid in self.config.fixes]
-        if both:
-            raise RunError(f"{both[0]!r} is both removed and fixed: an image is either removed "
-                           "or given a new label")
-        return Changes(remove_ids, fixed, first)
-
     def without(self, changes: Changes) -> "Run":
         """A new, untrained run: the same data, split, initialisation and batch order, with the
-        checked `changes` (Run.changes) from their first epoch."""
+        checked `changes` (counterfactual.changes) from their first epoch."""
         removed = dict(self.config.removed)
         for sid in changes.removed:
             removed[sid] = min(removed.get(sid, changes.first), changes.first)
@@ -431,22 +340,14 @@ class Run:
 
     def retrain(self, remove_ids=(), mode: str = "all", on_progress: ProgressFn | None = None,
                 fixes: Mapping[str, str | int] | None = None) -> "Run":
-        """Counterfactual SGD without `remove_ids` and with the `fixes` (sample id → new label);
-        mode last starts from the last epoch's checkpoint, so only that epoch is re-run."""
-        return self.apply(self.changes(remove_ids, mode, fixes), on_progress)
+        """Counterfactual SGD without `remove_ids` and with the `fixes` (sample id → new label:
+        a class name or index), checked by counterfactual.changes; mode last starts from the
+        last epoch's checkpoint, so only that epoch is re-run."""
+        return self.apply(counterfactual.changes(self, remove_ids, mode, fixes), on_progress)
 
     def apply(self, changes: Changes, on_progress: ProgressFn | None = None) -> "Run":
-        """Counterfactual SGD with checked `changes` (Run.changes), from their first epoch."""
+        """Counterfactual SGD with checked `changes` (counterfactual.changes), from their first
+        epoch."""
         child = self.without(changes)
         child.train(on_progress, start=changes.first, checkpoints=self.checkpoints)
         return child
-
-
-@dataclass(frozen=True)
-class Changes:
-    """The checked inputs of one counterfactual retraining (Run.changes): the training images
-    removed and the labels fixed (sample id → [class index, first epoch]), both from epoch
-    `first` (0 in mode all, the last epoch in mode last)."""
-    removed: tuple[str, ...]
-    fixes: dict[str, list[int]]
-    first: int

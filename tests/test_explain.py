@@ -40,7 +40,7 @@ def dnn():
 @pytest.mark.parametrize("last_epoch_only", [True, False])
 def test_each_row_is_the_single_query_influence_of_that_test_image(dnn, last_epoch_only):
     test_ids = [dnn.data.ids[i] for i in dnn.split.test[:3]]
-    matrix = dnn.explain(test_ids, last_epoch_only, chunk=2)  # two chunks: 2 + 1 queries
+    matrix = explain.retrace_test_images(dnn, test_ids, last_epoch_only, chunk=2)  # two chunks: 2 + 1 queries
     assert matrix.shape == (3, len(dnn.train_ids))
     for sid, row in zip(test_ids, matrix):
         single = dnn.influence(dnn.test_loss_fn(sid), last_epoch_only)
@@ -53,9 +53,9 @@ def test_only_test_images_can_be_explained(dnn):
     for sid, words in ((train_id, "a training image"), (val_id, "a validation image"),
                        ("no-such-image", "not an image of this data set")):
         with pytest.raises(RunError, match=words):
-            dnn.explain([sid])
+            explain.retrace_test_images(dnn, [sid])
     with pytest.raises(RunError, match="1 to 1000"):
-        dnn.explain([])
+        explain.retrace_test_images(dnn, [])
 
 
 def test_the_table_lists_harmful_then_helpful_images_with_their_scores(dnn):

@@ -1,7 +1,7 @@
 """Jobs on a real local Ray cluster (no mocks): training, scoring, the trust check and cleaning run
 in detached job actors and give bit for bit what the threads give; Cancel stops them; a restarted
-app re-attaches to a job that kept running; Run.outcomes's chunks and the benchmarks' splits fan
-out as tasks with the same figures. Without a cluster configured, the app never imports Ray."""
+app re-attaches to a job that kept running; counterfactual.outcomes's chunks and the benchmarks'
+splits fan out as tasks with the same figures. Without a cluster configured, the app never imports Ray."""
 import json
 import os
 import signal

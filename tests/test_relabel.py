@@ -1,6 +1,6 @@
 """Relabelling: the SGD-influence of giving a training instance another label, from the same
 retrace as removal (sgd_influence.retrace_with_relabel), and counterfactual retraining with fixed
-labels (Run.without/retrain/outcomes with fixes).
+labels (counterfactual.changes and outcomes, Run.retrain, with fixes).
 
 Exactness: for squared loss on one-hot targets with a linear model trained one epoch, the
 gradient change of a relabel, J_jᵀ(e_y − e_c), does not depend on θ and enters θ linearly, so
