@@ -85,20 +85,11 @@ def predictions(run: Run) -> pd.DataFrame:
 def load(path: str | os.PathLike, data: ImageSet | None = None) -> Run:
     """Reopen a saved run. Corrupt, foreign or incomplete run folders are refused clearly."""
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise RunError(f"{path} is not a run folder (no config.json)")
-    try:
-        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: config.json is damaged ({e})") from None
+    raw = json_file(path, "config.json", f"{path} is not a run folder (no config.json)")
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise RunError(f"{path} was not written by this tool (unknown format)")
-    if not (path / "metrics.json").is_file():
-        raise RunError(f"{path} is incomplete (training was interrupted); train it again")
-    try:
-        metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: metrics.json is damaged ({e})") from None
+    metrics = json_file(path, "metrics.json",
+                        f"{path} is incomplete (training was interrupted); train it again")
     if not isinstance(metrics, dict):
         raise RunError(f"{path}: metrics.json is damaged (not a JSON object)")
     run = Run(config_from_json(raw, path), data)
@@ -125,6 +116,17 @@ def load(path: str | os.PathLike, data: ImageSet | None = None) -> Run:
         raise RunError(f"{path}: the stored batch order does not match the run's config")
     run.checkpoints, run.metrics, run.path = checkpoints, metrics, path
     return run
+
+
+def json_file(folder: Path, name: str, missing: str):
+    """The JSON value in folder/name; RunError `missing` when there is no such file, and a clear
+    one when it is damaged."""
+    if not (folder / name).is_file():
+        raise RunError(missing)
+    try:
+        return json.loads((folder / name).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{folder}: {name} is damaged ({e})") from None
 
 
 def config_from_json(raw: dict, path: Path) -> RunConfig:
