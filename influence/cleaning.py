@@ -18,10 +18,10 @@ import numpy as np
 
 from . import compare
 from .config import RunError
-from .counterfactual import outcomes
+from .counterfactual import Changes, changes, outcomes
 from .progress import ProgressFn
 from .run_folder import TrainingLog, save
-from .runs import Changes, Run
+from .runs import Run
 
 CONTROLS = 20  # random removals (and fixes) of the same size, by default
 
@@ -54,7 +54,7 @@ def random_removals(run: Run, k: int, count: int, seed: int = 0) -> list[list[st
 @dataclass(frozen=True)
 class Round:
     """A cleaning round's checked inputs (check_round)."""
-    changes: Changes  # the images removed and the labels fixed, checked by Run.changes
+    changes: Changes  # the images removed and the labels fixed, checked by changes()
     mode: str
     controls: int
 
@@ -63,13 +63,13 @@ def check_round(run: Run, remove_ids: Iterable[str], mode: str = "all",
                 controls: int = CONTROLS, fixes: Mapping[str, str | int] | None = None) -> Round:
     """The one check of a cleaning round's inputs: at least one image to remove or to fix, 0 or
     more controls, and the removals (de-duplicated) and fixes (sample id → new label: a class
-    name or index) checked by Run.changes in `mode`."""
+    name or index) checked by counterfactual.changes in `mode`."""
     remove_ids = list(remove_ids)
     if not remove_ids and not fixes:
         raise RunError("give at least one image to remove or to fix")
     if controls < 0:
         raise RunError("the number of random controls must be 0 or more")
-    return Round(run.changes(remove_ids, mode, fixes), mode, controls)
+    return Round(changes(run, remove_ids, mode, fixes), mode, controls)
 
 
 def clean(run: Run, remove_ids: list[str], mode: str = "all", controls: int = CONTROLS,
@@ -90,18 +90,18 @@ def run_round(run: Run, planned: Round, seed: int = 0, exclude: Iterable[str] = 
     and the verdict (compare.cleaning_verdict) against `planned.controls` random rounds of the
     same size, with the change of the query loss (the mean validation loss without `exclude`),
     which a ranking's summed scores estimate."""
-    changes, mode = planned.changes, planned.mode
+    checked, mode = planned.changes, planned.mode
     log = TrainingLog(on_progress)
-    child = run.apply(changes, log)
+    child = run.apply(checked, log)
     if out is not None:
         save(child, out, log.frame())
     exclude = list(exclude)
-    rounds = random_controls(run, len(changes.removed), len(changes.fixes), planned.controls,
+    rounds = random_controls(run, len(checked.removed), len(checked.fixes), planned.controls,
                              seed)
     errors = outcomes(run, [r for r, _ in rounds], mode, exclude, on_progress, phase="control",
                       fixes=[f for _, f in rounds]).test_error if rounds else []
     query = run.query_loss(exclude)
     verdict = compare.cleaning_verdict(run.correct("test"), child.correct("test"), list(errors))
-    verdict.update(removed=len(changes.removed), relabelled=len(changes.fixes), mode=mode,
+    verdict.update(removed=len(checked.removed), relabelled=len(checked.fixes), mode=mode,
                    query_change=float(query(child.theta).detach() - query(run.theta).detach()))
     return child, verdict

@@ -23,7 +23,7 @@ from scipy import stats
 from . import compare
 from .cleaning import random_removals
 from .config import RunError
-from .counterfactual import outcomes
+from .counterfactual import check_training_ids, first_retrained, outcomes
 from .progress import ProgressFn
 from .runs import Run
 from .sgd import per_sample_loss, predictions
@@ -57,13 +57,13 @@ def check_curve(run: Run, ranked: pd.DataFrame, mode: str = "last",
                        "selection part, or with a selection share of 0), so how many to remove "
                        "cannot be judged honestly: train it again with a selection share above "
                        "0")
-    run.first_retrained(mode)  # a known mode
+    first_retrained(run, mode)  # a known mode
     if controls < 0:
         raise RunError("the number of random controls must be 0 or more")
     ids = list(dict.fromkeys(ranked.sample_id))
     if not ids:
         raise RunError("the ranking is empty")
-    run.check_training_ids(ids)
+    check_training_ids(run, ids)
     return ids
 
 

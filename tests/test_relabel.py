@@ -17,7 +17,7 @@ from torch import nn
 from datasets.builtin import load_digits
 from influence import models, run_folder, runs
 from influence.config import RunConfig, RunError
-from influence.counterfactual import outcomes
+from influence.counterfactual import changes, class_index, outcomes
 from influence.sgd import (Objective, SGDConfig, counterfactual_sgd, initial_params,
                            make_schedule, per_sample_loss, run_sgd)
 from influence.sgd_influence import (label_gradient_change, loss_gradient, retrace,
@@ -185,10 +185,10 @@ def test_retraining_with_fixes_matches_the_vectorised_outcomes(run):
     for mode in ("all", "last"):
         child = run.retrain([ids[9]], mode, fixes=fixes)
         first = 0 if mode == "all" else 1
-        assert child.config.fixes == {ids[0]: [run.class_index(fixes[ids[0]]), first],
-                                      ids[5]: [run.class_index(fixes[ids[5]]), first]}
+        assert child.config.fixes == {ids[0]: [class_index(run, fixes[ids[0]]), first],
+                                      ids[5]: [class_index(run, fixes[ids[5]]), first]}
         assert child.config.removed == {ids[9]: first}
-        assert child.objective.y[0] == run.class_index(fixes[ids[0]])
+        assert child.objective.y[0] == class_index(run, fixes[ids[0]])
         assert child.labels_at(0)[0] == (child.objective.y[0] if mode == "all"
                                          else run.objective.y[0])
         together = outcomes(run, [[], [ids[9]]], mode, fixes=[{}, fixes])
@@ -225,13 +225,13 @@ def test_a_fixed_run_replays_and_scores_with_its_own_labels(run, tmp_path):
     again = run_folder.load(tmp_path / "child")
     assert again.config.fixes == child.config.fixes
     assert json.loads((tmp_path / "child" / "config.json").read_text())["fixes"] == {
-        ids[0]: [run.class_index(other_label(run, 0)), 1]}
+        ids[0]: [class_index(run, other_label(run, 0)), 1]}
     scores, effects = again.relabel_influence()
     np.testing.assert_array_equal(scores, again.influence())
     assert effects.shape == (len(ids), len(run.data.classes))
     assert np.isnan(effects[2]).all() and not np.isnan(np.delete(effects, 2, 0)).any()
     in_use = again.objective.y.numpy()
-    assert in_use[0] == run.class_index(other_label(run, 0))
+    assert in_use[0] == class_index(run, other_label(run, 0))
     others = ~np.isin(np.arange(len(ids)), [0, 2])
     assert np.all(effects[others, in_use[others]] == 0)  # their own label: no change
     # image 0 had its given label in epoch 0 (the fix is from the last epoch): the new label
@@ -265,23 +265,23 @@ def test_bad_fixes_are_refused(run, fixes, remove, words):
     fixes = {(ids[k] if isinstance(k, int) else k):
              {"given": given, "other": other_label(run, 0)}.get(v, v) for k, v in fixes.items()}
     with pytest.raises(RunError, match=words):
-        run.changes([ids[k] for k in remove], fixes=fixes)
+        changes(run, [ids[k] for k in remove], fixes=fixes)
     with pytest.raises(RunError, match=words):
         outcomes(run, [[ids[k] for k in remove]], fixes=[fixes])
 
 
 def test_a_fixed_image_cannot_be_removed_or_refixed_to_its_label(run):
     ids = run.train_ids
-    child = run.without(run.changes(fixes={ids[0]: other_label(run, 0)}, mode="last"))
+    child = run.without(changes(run, fixes={ids[0]: other_label(run, 0)}, mode="last"))
     child.checkpoints = run.checkpoints  # (only the config matters here)
     with pytest.raises(RunError, match="both removed and fixed"):
-        child.changes([ids[0]])
+        changes(child, [ids[0]])
     with pytest.raises(RunError, match="already"):
-        child.changes(fixes={ids[0]: other_label(run, 0)}, mode="last")
-    refixed = child.without(child.changes(fixes={ids[0]: other_label(run, 0, 2)}))  # epoch 0
-    assert refixed.config.fixes[ids[0]] == [run.class_index(other_label(run, 0, 2)), 0]
+        changes(child, fixes={ids[0]: other_label(run, 0)}, mode="last")
+    refixed = child.without(changes(child, fixes={ids[0]: other_label(run, 0, 2)}))  # epoch 0
+    assert refixed.config.fixes[ids[0]] == [class_index(run, other_label(run, 0, 2)), 0]
     with pytest.raises(RunError, match="fixed from epoch 1 already"):
-        refixed.changes(fixes={ids[0]: other_label(run, 0, 3)}, mode="last")
+        changes(refixed, fixes={ids[0]: other_label(run, 0, 3)}, mode="last")
 
 
 @pytest.mark.parametrize("fixes,words", [
@@ -327,7 +327,7 @@ def test_a_cleaning_round_with_fixes_has_random_fixes_as_controls(run):
                                     fixes={ids[0]: other_label(run, 0)})
     assert verdict["removed"] == 1 and verdict["relabelled"] == 1
     assert verdict["controls"] == 3 and len(verdict["control_errors"]) == 3
-    assert child.config.fixes == {ids[0]: [run.class_index(other_label(run, 0)), 1]}
+    assert child.config.fixes == {ids[0]: [class_index(run, other_label(run, 0)), 1]}
     with pytest.raises(RunError, match="remove or to fix"):
         cleaning.clean(run, [], "last")
 
@@ -345,7 +345,7 @@ def test_best_labels_skip_the_label_in_use_and_removed_rows():
 
 def test_the_relabel_table_leaves_out_removed_images(run):
     from influence import relabel
-    child = run.without(run.changes([run.train_ids[0]], "last"))
+    child = run.without(changes(run, [run.train_ids[0]], "last"))
     effects = np.random.default_rng(0).normal(size=(len(run.train_ids), 10))
     effects[0] = np.nan
     frame = relabel.table(child, effects)
