@@ -86,7 +86,7 @@ def refuse_unlearned(run: Run, force: bool) -> None:
     if not run.metrics.get("learned", True) and not force:
         raise RunError("this model did not learn (its validation loss is not clearly below "
                        "that of guessing from the class frequencies), so influence on it "
-                            "means nothing: train it longer, or give --force")
+                       "means nothing: train it longer, or give --force")
 
 
 def cmd_score(a) -> None:
