@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from datasets import ImageSet
-from influence import relabel
+from influence import methods, relabel
 
 from . import images, session
 from .services.store import RELABEL
@@ -51,7 +51,8 @@ def relabel_table(run_id: str, method: str | None) -> tuple[str | None, pd.DataF
     """The relabel effects kept with a run's SGD-influence ranking: of `method` when it has
     them, else of any SGD-influence ranking of the run. (method, table) or (None, None)."""
     info = session.store().score_info(run_id)
-    for key in ([method] if method in relabel.RANKINGS else []) + list(relabel.RANKINGS):
+    relabelling = methods.keys(relabels=True)
+    for key in ([method] if method in relabelling else []) + list(relabelling):
         if (info.get(key) or {}).get("relabel"):
             return key, session._table(session.store().run_folder(run_id) /
                                        info[key]["relabel"], RELABEL)

@@ -9,8 +9,8 @@ import streamlit as st
 from app import charts, panels, session, words
 from app.services import estimates, jobs
 from app.services.store import DONE
-from influence import kcurve, runs
-from influence.runs import RunError
+from influence import kcurve
+from influence.config import RETRAIN_MODES, RunError
 
 
 def section(run: dict, method: str, busy: bool) -> None:
@@ -24,7 +24,7 @@ def section(run: dict, method: str, busy: bool) -> None:
                    "get the curve.")
         return
     c1, c2 = st.columns([1, 3])
-    mode = c1.selectbox("Retrain", runs.RETRAIN_MODES[::-1], key=session.remember(
+    mode = c1.selectbox("Retrain", RETRAIN_MODES[::-1], key=session.remember(
         "curve_mode", "last"), format_func={"last": "last epoch (fast)",
                                             "all": "all epochs (exact)"}.get)
     ks = kcurve.sizes((run["metrics"] or {}).get("train_size", max(kcurve.KS) + 1))

@@ -15,7 +15,7 @@ from app import panels, session, words  # noqa: E402
 from app.services import cluster, jobs  # noqa: E402
 from app.services.store import workspace_root  # noqa: E402
 from datasets import DataError  # noqa: E402
-from influence.runs import RunError  # noqa: E402
+from influence.config import RunError  # noqa: E402
 
 jobs.use_cpu_threads()
 cluster.start(workspace_root().resolve())  # a Ray cluster, if one is configured: before the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from datasets import DataError
-from influence import runs
+from influence.config import RunError
 
 from . import charts, session, words
 from .services import jobs
@@ -113,7 +113,7 @@ def job_outcome(job: jobs.Job | None, done_text: str | None = None) -> None:
 
 
 def busy_error(e: Exception) -> None:
-    st.error(str(e) if isinstance(e, (jobs.Busy, DataError, runs.RunError)) else
+    st.error(str(e) if isinstance(e, (jobs.Busy, DataError, RunError)) else
              words.plain_message(e))
 
 

@@ -12,7 +12,8 @@ import streamlit as st
 
 import datasets
 from datasets import DataError, ImageSet
-from influence import labels, runs
+from influence import labels, run_folder
+from influence.config import RunConfig, RunError
 
 from .services import estimates
 from .services.store import (CANCELLED, DONE, FAILED, LOG, PREDICTIONS, SCORES, Store,
@@ -97,7 +98,7 @@ def current_run() -> dict | None:
         return None
     try:
         return store().run(run_id)
-    except runs.RunError:
+    except RunError:
         return None
 
 
@@ -154,7 +155,7 @@ def split_settings() -> dict:
 @st.cache_data(show_spinner="Estimating time and disk …", max_entries=32)
 def _estimate(dataset_id: str, settings: tuple) -> dict:
     data, _ = data_of(dataset_id)
-    return estimates.estimate(data, runs.RunConfig(**dict(settings)))
+    return estimates.estimate(data, RunConfig(**dict(settings)))
 
 
 def estimate(dataset_id: str, config: dict) -> dict:
@@ -179,7 +180,7 @@ def visible(rows: list[dict]) -> list[dict]:
 @st.cache_data(show_spinner=False, max_entries=64)
 def _csv(path: str, mtime: float, columns: tuple) -> pd.DataFrame:
     """A result table of a run (a missing or damaged one is a RunError with a clear message)."""
-    return runs.read_csv(path, *columns)
+    return run_folder.read_csv(path, *columns)
 
 
 def _table(path, columns: tuple) -> pd.DataFrame:

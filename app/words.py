@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from datasets import DataError
-from influence.runs import RunConfig, RunError, selection_size
+from influence.config import RunConfig, RunError, selection_size
 from influence.sgd import Diverged
 
 PHASES = {"probe": "Choosing the learning rate", "train": "Training",

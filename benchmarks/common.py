@@ -14,7 +14,9 @@ if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 import datasets  # noqa: E402
-from influence import methods, runs  # noqa: E402
+from influence import methods  # noqa: E402
+from influence.config import RunConfig, RunError, device_of  # noqa: E402
+from influence.runs import Run  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -153,7 +155,7 @@ def prepare_experiment(a, stem: str) -> tuple[datasets.ImageSet, Path]:
     a.name_out = (stem + ("-quick" if a.quick else "-digits" if digits else "")
                   + ("" if a.mode == "last" else f"-{a.mode}"))
     data = image_data(a.quick, a.data_dir, digits)
-    probe = runs.Run(runs.RunConfig(dataset=a.name, model="auto"), data)
+    probe = Run(RunConfig(dataset=a.name, model="auto"), data)
     a.lr, a.model_note = probe.config.lr, probe.preset.name
     a.data_note = (f"{data_name(data, a.quick, a.data_dir)}, {len(probe.split.train)}/"
                    f"{len(probe.split.val)}/{len(probe.split.test)} train/validation/test")
@@ -163,14 +165,14 @@ def prepare_experiment(a, stem: str) -> tuple[datasets.ImageSet, Path]:
 
 
 def train_run(data: datasets.ImageSet, seed: int, epochs: int, name: str,
-              selection: float = 0.0) -> runs.Run:
+              selection: float = 0.0) -> Run:
     """The paper's Section 7.2 recipe at our scale: the preset CNN for the image size, plain SGD,
     batch 64, the preset's learning rate (0.05 for the MNIST CNN), no momentum or decay;
     train/validation/test = 60/20/20 % of the data, split by `seed`. `selection`: the share of
     the validation images held out of the query (0, the paper's setting: the whole validation
     part is the query)."""
-    run = runs.Run(runs.RunConfig(dataset=name, model="auto", epochs=epochs, batch_size=64,
-                                  seed=seed, device="cpu", selection_fraction=selection), data)
+    run = Run(RunConfig(dataset=name, model="auto", epochs=epochs, batch_size=64,
+                        seed=seed, device="cpu", selection_fraction=selection), data)
     run.train()
     return run
 
@@ -183,7 +185,7 @@ METHODS = [key for key in methods.REGISTRY if key != "sgd-refined"]
 LABELS = {key: r.name for key, r in methods.REGISTRY.items()}  # key → name in the reports
 
 
-def method_scores(run: runs.Run, keys: list[str], seed: int, hessian_samples: int = 500,
+def method_scores(run: Run, keys: list[str], seed: int, hessian_samples: int = 500,
                   cg_iters: int = 20):
     """Every method's score per training position (negative = suspicious) on the mean
     validation loss, and the seconds each took. K&L: Hessian on `hessian_samples` instances,
@@ -193,12 +195,12 @@ def method_scores(run: runs.Run, keys: list[str], seed: int, hessian_samples: in
     scores, seconds = {}, {}
     for m in keys:
         began = time.perf_counter()
-        scores[m] = methods.scores(run, m, **options.get(m, {"seed": seed}))
+        scores[m] = methods.position_scores(run, m, **options.get(m, {"seed": seed}))
         seconds[m] = time.perf_counter() - began
     return scores, seconds
 
 
-def retrain_errors(run: runs.Run, scores: dict[str, np.ndarray], ks: list[int],
+def retrain_errors(run: Run, scores: dict[str, np.ndarray], ks: list[int],
                    mode: str) -> list[dict]:
     """Test misclassification after removing each method's k most suspicious instances and
     retraining by counterfactual SGD (Run.retrain, mode 'last' or 'all')."""
@@ -254,12 +256,12 @@ def paired_summary(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return table
 
 
-def most_suspicious(run: runs.Run, scores: np.ndarray, k: int) -> list[str]:
+def most_suspicious(run: Run, scores: np.ndarray, k: int) -> list[str]:
     """Sample ids of the k lowest scores."""
     return [run.train_ids[j] for j in np.argsort(scores, kind="stable")[:k]]
 
 
-def test_error(run: runs.Run) -> float:
+def test_error(run: Run) -> float:
     """Test misclassification rate of a trained run."""
     return run.evaluate("test")[1]
 
@@ -295,8 +297,8 @@ def device_or_exit(name: str) -> torch.device:
     """The device a benchmark was asked for; a clear message and exit status 2 when it is cuda
     and this machine has none (instead of a traceback)."""
     try:
-        return runs.device_of(name)
-    except runs.RunError:
+        return device_of(name)
+    except RunError:
         print(f"error: --device {name} was asked for, but torch sees no CUDA GPU here "
               f"(torch {torch.__version__}, torch.cuda.is_available() is False); "
               "use --device cpu or auto", file=sys.stderr)

@@ -26,7 +26,7 @@ import pandas as pd
 import datasets
 from app.services import estimates, jobs
 from app.services.store import DONE, Store
-from influence import runs
+from influence.config import RunConfig
 
 TARGET = 2.0
 
@@ -51,7 +51,7 @@ def measure(name: str, data: datasets.ImageSet) -> list[dict]:
     with tempfile.TemporaryDirectory() as root:
         store = Store(root)
         dataset = store.add_dataset(data, name, session)["id"]
-        guess = estimates.estimate(data, runs.RunConfig())
+        guess = estimates.estimate(data, RunConfig())
         rows = []
 
         def row(kind: str, estimate: float, actual: float) -> None:
@@ -60,7 +60,7 @@ def measure(name: str, data: datasets.ImageSet) -> list[dict]:
             print(f"{name} {kind}: estimate {estimate:.1f} s, actual {actual:.1f} s",
                   file=sys.stderr, flush=True)
 
-        train = jobs.start_training(store, session, dataset, runs.RunConfig(), probe_lr=True)
+        train = jobs.start_training(store, session, dataset, RunConfig(), probe_lr=True)
         row("train (with the probe)", guess["seconds_train"] + guess["seconds_probe"],
             finished(train))
         run_id = train.result["run"]

@@ -10,7 +10,7 @@ test images q (in test order), each method picks m training images for q alone:
     random: m seeded random training images.
 The test images go through in chunks of --chunk (scored together, then retrained; the CSV keeps
 every finished chunk, and --resume carries on from it). The model is retrained without them (counterfactual SGD, --mode; last = the last epoch re-run,
-the paper's main protocol), all of q's removal sets in one vectorised run (Run.outcomes), and q
+the paper's main protocol), all of q's removal sets in one vectorised run (counterfactual.outcomes), and q
 counts as fixed when its prediction becomes its label. Fix rates are compared across the same
 test images with McNemar's exact test (only the images that one method fixes and the other not
 count), Holm-corrected over every comparison of the report.
@@ -29,12 +29,14 @@ import pandas as pd
 import torch
 
 import common
-from influence import baselines, compare, explain
+from influence import baselines, compare, explain, methods
+from influence.counterfactual import outcomes
 from influence.sgd import predictions
 
-NAMES = {"sgd": "SGD-influence", "sgd-last": "SGD-influence (last epoch)", "kl": "Koh & Liang",
-         "tracin": "TracIn", "similar": "most similar (features)", "random": "random"}
-ESTIMATES = ("sgd", "sgd-last", "kl", "tracin")  # rank by estimated change of q's loss
+ESTIMATES = tuple(k for k, r in methods.REGISTRY.items()  # rank by estimated change of q's
+                  if r.explains is not None)                # loss (influence.explain)
+NAMES = {**{k: methods.get(k).name for k in ESTIMATES},
+         "similar": "most similar (features)", "random": "random"}
 
 
 def mistakes(run, n: int) -> list[str]:
@@ -60,7 +62,7 @@ def picks(run, key: str, test_ids: list[str], m: int, seed: int, kl: dict
     its scores took."""
     began = time.perf_counter()
     if key in ESTIMATES:
-        scores = explain.scores(run, key, test_ids, **(kl if key == "kl" else {}))
+        scores = explain.test_scores(run, key, test_ids, **(kl if key == "kl" else {}))
     elif key == "similar":
         scores = similar(run, test_ids)
     else:
@@ -84,7 +86,7 @@ def retrain_for(run, test_id: str, chosen: dict[str, np.ndarray], ms: list[int],
         with torch.no_grad():
             return {"predicted": int(predictions(test.outputs(theta, x))[0])}
 
-    rows = run.outcomes(removals, mode, query=run.test_loss_fn(test_id), measure=predicted)
+    rows = outcomes(run, removals, mode, query=run.test_loss_fn(test_id), measure=predicted)
     before = rows.iloc[0]
     return [{"test_id": test_id, "label": label, "predicted_before": int(before.predicted),
              "method": key, "m": m, "predicted": int(row.predicted),
@@ -127,7 +129,7 @@ def report(frame: pd.DataFrame, seconds: dict, a, out: Path, base_error: float) 
               .mean().reset_index().rename(columns={
                   "name": "method", "loss_change": "mean change of q's loss",
                   "test_error_change": "mean change of test error"}))
-    leads = [k for k in ("sgd", "sgd-last") if k in a.methods]
+    leads = [k for k in methods.keys(phase="score") if k in a.methods]  # SGD-influence
     table = comparisons(frame, leads)
     significant = int((table["p (Holm)"] < 0.05).sum()) if len(table) else 0
     timing = pd.DataFrame({"method": [NAMES[k] for k in seconds],

@@ -34,7 +34,8 @@ import torch  # noqa: E402
 import datasets  # noqa: E402
 from app.services import jobs  # noqa: E402
 from app.services.store import DONE, Store  # noqa: E402
-from influence import cleaning, runs  # noqa: E402
+from influence import cleaning  # noqa: E402
+from influence.config import MIN_STEPS, RunConfig  # noqa: E402
 
 TARGET_S = 60
 
@@ -56,7 +57,7 @@ def flow(threads: int, method: str, mode: str) -> dict:
         dataset = store.add_dataset(datasets.load("digits"), datasets.BUILTINS["digits"].title,
                                     session)
         data_s = time.perf_counter() - began
-        train = jobs.start_training(store, session, dataset["id"], runs.RunConfig(),
+        train = jobs.start_training(store, session, dataset["id"], RunConfig(),
                                     probe_lr=True)  # the app's defaults
         train_s = wait(train)
         run_id = train.result["run"]
@@ -104,7 +105,7 @@ def main() -> None:
                f"{load_before[0]:.1f} before, {load_after[0]:.1f} after (the machine is shared)")
     sections = [
         "The app's flow on the built-in digits with its default settings (small CNN, batch "
-        f"64, epochs for at least {runs.MIN_STEPS} SGD steps, the learning rate chosen by the "
+        f"64, epochs for at least {MIN_STEPS} SGD steps, the learning rate chosen by the "
         "probe): train → score → tick the 10 most harmful → retrain without them, together "
         f"with the {cleaning.CONTROLS} random-removal controls the app runs by default (one "
         "vectorised run). "

@@ -11,7 +11,7 @@ Per split (seed) and data set:
 * G random groups of 5 % of the training set, the same for every method: a group's predicted
   change is the sum of its members' scores; the actual change is the validation loss retrained
   without the group minus that of an empty removal retrained in the same vectorised run
-  (Run.outcomes, as Run.check does). Per method: the Spearman correlation of predicted and
+  (counterfactual.outcomes, as trust.retraining_agreement does). Per method: the Spearman correlation of predicted and
   actual over the groups, the linear datamodeling score of TRAK (Park et al., 2023).
 * Each method's top-k (its k lowest scores) removed: predicted (the sum of the k scores)
   against actual change, as a ratio and a sign.
@@ -34,9 +34,10 @@ from scipy import stats
 
 import common
 from common import LABELS, methods
+from influence.counterfactual import outcomes
 
 METHODS = ["sgd", "sgd-last", "kl", "tracin"]
-MODE = {m: methods.get(m).estimates for m in METHODS}  # the retraining each one estimates
+MODE = {m: methods.get(m).retrain_mode for m in METHODS}  # the retraining each one estimates
 EPOCHS = {"digits": None, "mnist": 6}  # None: the app's default (RunConfig)
 KS = {"digits": "10,50,200", "mnist": "10,100,1000"}
 TITLE = {"digits": "digits (app defaults)", "mnist": "MNIST CNN"}
@@ -53,7 +54,7 @@ def random_groups(train_ids: list[str], count: int, share: float, seed: int) -> 
 def changes(run, removals: list[list[str]], mode: str) -> pd.DataFrame:
     """Actual change of validation loss and of test error per removal: retrained without it
     minus retrained without nothing, all in one vectorised counterfactual SGD run."""
-    out = run.outcomes([[], *removals], mode)
+    out = outcomes(run, [[], *removals], mode)
     return (out[["query_loss", "test_error"]] - out.iloc[0][["query_loss", "test_error"]]
             ).iloc[1:].reset_index(drop=True)
 
@@ -284,7 +285,7 @@ def report(groups: pd.DataFrame, topk: pd.DataFrame, times: pd.DataFrame, a,
         "damping 0.01) and TracIn (epoch checkpoints), all on the mean validation loss; "
         "negative = removing it is estimated to lower the validation loss. Actual changes: "
         "counterfactual SGD without the set (Definition 2) minus the same without nothing, in "
-        "one vectorised run (`Run.outcomes`), retraining all epochs, or the last epoch for "
+        "one vectorised run (`counterfactual.outcomes`), retraining all epochs, or the last epoch for "
         "SGD-influence (last epoch), which estimates that.",
         "**Random groups.** Spearman correlation over one split's groups between a group's "
         "summed scores and its actual change (TRAK's linear datamodeling score), and the share "

@@ -48,6 +48,7 @@ from sklearn.metrics import roc_auc_score
 import common
 from common import LABELS
 from influence import labels as label_check
+from influence.counterfactual import outcomes
 from influence.sgd import predictions
 
 VAL_FRACTION = TEST_FRACTION = 0.2  # RunConfig's defaults, used by common.train_run
@@ -149,7 +150,7 @@ def check_labels(run, flipped: np.ndarray, true_labels: np.ndarray, split: int,
     rows, and the default check's scores and seconds (the ranking "confident-learning")."""
     if sgd_seconds is None:
         began = time.perf_counter()
-        common.methods.scores(run, "sgd")
+        common.methods.position_scores(run, "sgd")
         sgd_seconds = time.perf_counter() - began
     rows, default = [], None
     for rescale in (True, False):
@@ -606,7 +607,7 @@ def fix_split(data, split: int, a):
     then the clean test error after cleaning each way's top-k (FIX_WAYS) and after `a.controls`
     random rounds of the same size each (random fixes to a random other class, or random
     removals: influence.cleaning.random_controls), all retrained in mode a.mode in one
-    vectorised run (Run.outcomes)."""
+    vectorised run (counterfactual.outcomes)."""
     from influence import cleaning, relabel
 
     began = time.perf_counter()
@@ -660,8 +661,8 @@ def fix_split(data, split: int, a):
     controls = {size: cleaning.random_controls(run, *size, a.controls, seed=1000 * split + s)
                 for s, size in enumerate(sizes)}
     sets = list(rounds.values()) + [c for size in sizes for c in controls[size]]
-    errors = run.outcomes([r for r, _ in sets], a.mode, fixes=[fx for _, fx in sets]
-                          ).test_error.to_numpy()
+    errors = outcomes(run, [r for r, _ in sets], a.mode, fixes=[fx for _, fx in sets]
+                      ).test_error.to_numpy()
     control_error = dict(zip(sizes, errors[len(rounds):].reshape(len(sizes), a.controls)
                              .mean(1)))
     late = last_steps(run)

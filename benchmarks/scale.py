@@ -33,7 +33,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from influence import cleaning, runs
+from influence import cleaning
+from influence.config import RunConfig
+from influence.runs import Run
 
 MODELS = ["logreg", "dnn", "cnn-small", "cnn", "cnn-cifar", "cnn-wide", "cnn-wider"]
 HARMFUL, CONTROLS = 50, cleaning.CONTROLS  # the cleaning round: images removed, random controls
@@ -77,7 +79,7 @@ def phase(fn, device) -> tuple[float, float, float]:
     return seconds, memory_mb("VmHWM"), gpu
 
 
-def warm_up(run: runs.Run, clean: bool) -> None:
+def warm_up(run: Run, clean: bool) -> None:
     """Every phase once on a few images, untimed: the first call of each torch.func transform
     in a process costs seconds, which a long-running app pays once."""
     run.train()
@@ -92,10 +94,10 @@ def measure(a, n: int, epochs: int, model: str, clean: bool) -> dict:
     device = device_or_exit(a.device)
     register_wide_presets()
     data = image_data(a.quick, a.data_dir).subset(range(n))
-    config = runs.RunConfig(dataset=f"scale-{n}", model=model, epochs=epochs, batch_size=64,
-                            device=a.device, seed=0)
-    warm_up(runs.Run(replace(config, epochs=1), data.subset(range(min(n, 200)))), clean)
-    run = runs.Run(config, data)
+    config = RunConfig(dataset=f"scale-{n}", model=model, epochs=epochs, batch_size=64,
+                       device=a.device, seed=0)
+    warm_up(Run(replace(config, epochs=1), data.subset(range(min(n, 200)))), clean)
+    run = Run(config, data)
     row = {"images": n, "train images": len(run.train_ids), "epochs": epochs, "model": model,
            "parameters": sum(p.numel() for p in run.model.parameters()),
            "steps": run.schedule.steps, "loaded RSS MB": memory_mb("VmRSS"),

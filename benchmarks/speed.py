@@ -9,9 +9,9 @@ Reports
     last_over_train       the same for the last-epoch version
     relabel_over_score    a full retrace that also gives the relabel effects of every image and
                           class (Run.relabel_influence) ÷ one that gives removal scores only
-    explain_qN_over_single  explaining N test images at once (Run.explain: one retrace, N
-                          tangents vmapped through the same jvp) ÷ N × explaining one, for
-                          N = 10 and 100 (target for 100: ≤ 0.2); --explain-only measures
+    explain_qN_over_single  explaining N test images at once (explain.retrace_test_images: one
+                          retrace, N tangents vmapped through the same jvp) ÷ N × explaining
+                          one, for N = 10 and 100 (target for 100: ≤ 0.2); --explain-only measures
                           these alone and writes speed-explain.md
     speedup_vs_reference  the reference algorithm's inner loop (a Python loop of one backward
                           pass per instance, plus a double-backward HVP, on stored θ[t]) ÷ ours
@@ -39,7 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import data_name, device_or_exit  # noqa: E402  (benchmarks/ on sys.path)
-from influence import runs  # noqa: E402
+from influence import explain, run_folder  # noqa: E402
+from influence.config import RunConfig  # noqa: E402
+from influence.runs import Run  # noqa: E402
 from influence.sgd import batch_weights, replay_epoch, sgd_step  # noqa: E402
 from influence.sgd_influence import hvp_and_dot_grads, loss_gradient  # noqa: E402
 
@@ -82,14 +84,14 @@ QUERIES = (1, 10, 100)  # test images explained at once
 
 
 def explain_times(run, repeats: int) -> dict:
-    """Median seconds of Run.explain (all epochs) for Q = 1, 10, 100 test images, alternating,
-    and each Q's time ÷ Q × the time for one."""
+    """Median seconds of explain.retrace_test_images (all epochs) for Q = 1, 10, 100 test
+    images, alternating, and each Q's time ÷ Q × the time for one."""
     ids = [run.data.ids[i] for i in run.split.test[:max(QUERIES)]]
-    run.explain(ids[:1])  # warm-up
+    explain.retrace_test_images(run, ids[:1])  # warm-up
     times = {q: [] for q in QUERIES}
     for _ in range(repeats):
         for q in QUERIES:
-            times[q].append(timed(lambda: run.explain(ids[:q])))
+            times[q].append(timed(lambda: explain.retrace_test_images(run, ids[:q])))
     medians = {q: statistics.median(t) for q, t in times.items()}
     return {**{f"explain_q{q}_s": medians[q] for q in QUERIES},
             **{f"explain_q{q}_over_single": medians[q] / (q * medians[1])
@@ -141,9 +143,9 @@ def main(argv=None) -> dict:
     dataset, model = (a.data_dir, "cnn") if not a.quick else ("digits", "auto")
     if a.quick:
         a.epochs, a.repeats, a.ref_steps = 2, 1, 2
-    config = runs.RunConfig(dataset=dataset, model=model, epochs=a.epochs,
-                            batch_size=a.batch_size, lr=0.05, device=a.device, seed=0)
-    run = runs.Run(config)
+    config = RunConfig(dataset=dataset, model=model, epochs=a.epochs,
+                       batch_size=a.batch_size, lr=0.05, device=a.device, seed=0)
+    run = Run(config)
     obj, schedule = run.objective, run.schedule
     print(f"{len(run.train_ids)} training images, {run.preset}, {schedule.steps} steps, "
           f"device {run.device}", file=sys.stderr)
@@ -180,7 +182,7 @@ def main(argv=None) -> dict:
     ref_t, ours_t = statistics.median(ref_s), statistics.median(ours_s)
 
     with tempfile.TemporaryDirectory() as tmp:
-        out = run.save(Path(tmp) / "run")
+        out = run_folder.save(run, Path(tmp) / "run")
         stored = folder_bytes(out)
         theta_bytes = sum(p.numel() * p.element_size() for p in run.theta.values())
         per_step = theta_bytes * schedule.steps
@@ -220,8 +222,8 @@ Command: `{command.strip()}`
 
 Machine: {machine}. Data: {data_name(run.data, a.quick, a.data_dir)}; {len(run.train_ids)}
 training images, model `{run.preset.name}`, batch {s.batch_size}, {s.epochs} epochs = {s.steps}
-steps. Run.explain retraces every epoch once for all the test images given, their query
-vectors vmapped through the same jvp. Medians of {a.repeats} alternating repeats.
+steps. explain.retrace_test_images retraces every epoch once for all the test images given, their
+query vectors vmapped through the same jvp. Medians of {a.repeats} alternating repeats.
 
 | measure | value | target |
 |---|---|---|

@@ -16,7 +16,10 @@ from tqdm import tqdm
 import datasets
 from datasets import DataError
 
-from . import cleaning, explain, kcurve, methods, models, probe, relabel, runs
+from . import cleaning, explain, kcurve, methods, models, probe, relabel, run_folder, trust
+from .config import (MAX_EPOCHS, MIN_EPOCHS, MIN_STEPS, RETRAIN_MODES, RunConfig,
+                     RunError)
+from .runs import Run
 from .progress import Progress
 from .sgd import Diverged
 
@@ -46,7 +49,7 @@ def progress_bar():
     return report
 
 
-def summary(run: runs.Run) -> str:
+def summary(run: Run) -> str:
     m = run.metrics
     keys = ("train_size", "val_loss", "val_error", "test_error", "test_loss", "seconds",
             "epochs", "steps", "model", "device", "chance_loss", "learned")
@@ -65,11 +68,11 @@ def learning_rate(text: str) -> float | str:
 
 
 def cmd_train(a) -> None:
-    settings = {f.name: getattr(a, f.name) for f in fields(runs.RunConfig)
+    settings = {f.name: getattr(a, f.name) for f in fields(RunConfig)
                 if hasattr(a, f.name)}  # every option is named like its setting
     auto = settings["lr"] == "auto"
-    config = runs.RunConfig(**{**settings, "lr": None if auto else settings["lr"]})
-    train = probe.train_with_probe if auto else runs.train_new
+    config = RunConfig(**{**settings, "lr": None if auto else settings["lr"]})
+    train = probe.train_with_probe if auto else run_folder.train_new
     run = train(config, a.out, on_progress=progress_bar())
     if not run.metrics["learned"]:
         print(f"warning: the model did not learn: its validation loss "
@@ -79,40 +82,37 @@ def cmd_train(a) -> None:
     print(summary(run))
 
 
-def refuse_unlearned(run: runs.Run, force: bool) -> None:
+def refuse_unlearned(run: Run, force: bool) -> None:
     if not run.metrics.get("learned", True) and not force:
-        raise runs.RunError("this model did not learn (its validation loss is not clearly below "
-                            "that of guessing from the class frequencies), so influence on it "
-                            "means nothing: train it longer, or give --force")
-
-
-RELABELLING = ("sgd", "sgd-last")  # the rankings whose retrace also gives relabel effects
+        raise RunError("this model did not learn (its validation loss is not clearly below "
+                       "that of guessing from the class frequencies), so influence on it "
+                       "means nothing: train it longer, or give --force")
 
 
 def cmd_score(a) -> None:
-    if a.relabel and a.method not in RELABELLING:
-        raise runs.RunError(f"--relabel needs a method that retraces SGD: "
-                            f"{' or '.join(RELABELLING)}")
-    run = runs.load(a.run)
-    refuse_unlearned(run, a.force)
     method, options = a.method, {}
-    if a.refine is not None:
-        if a.method != "sgd" or a.relabel:
-            raise runs.RunError("--refine re-scores the ends of the exact SGD-influence "
-                                "(--method sgd, without --relabel)")
+    if a.relabel and not methods.get(method).relabels:
+        raise RunError(f"--relabel needs a method that retraces SGD: "
+                       f"{' or '.join(methods.keys(relabels=True))}")
+    run = run_folder.load(a.run)
+    refuse_unlearned(run, a.force)
+    if a.refine is not None:  # the ranking that re-scores the ends of this one
+        refined = methods.keys(refines=method)
+        if not refined or a.relabel:
+            refinable = [r.refines for r in methods.REGISTRY.values() if r.refines]
+            raise RunError("--refine re-scores the ends of the exact SGD-influence (--method "
+                           f"{' or '.join(refinable)}, without --relabel)")
         if a.refine < 1:
-            raise runs.RunError("--refine must be 1 or more")
-        method, options = "sgd-refined", {"refine": a.refine}
+            raise RunError("--refine must be 1 or more")
+        method, options = refined[0], {"refine": a.refine}
     out = Path(a.out or Path(a.run) / "influence.csv")
-    if not a.relabel:
-        frame = methods.score(run, method, on_progress=progress_bar(), **options)
-        runs.write_csv(frame, out)
-    else:  # removal scores and relabel effects from one retrace
-        scores, effects = run.relabel_influence(last_epoch_only=a.method == "sgd-last",
-                                                on_progress=progress_bar())
-        frame, fixes = run.ranking(scores), relabel.table(run, effects)
-        runs.write_csv(frame, out)
-        runs.write_csv(fixes, out.parent / "relabel.csv")
+    if a.relabel:  # removal scores and relabel effects from one retrace, as in the app
+        frame, fixes = relabel.rank_with_effects(run, method, progress_bar())
+    else:
+        frame = methods.rank(run, method, progress_bar(), **options)
+    run_folder.write_csv(frame, out)
+    if a.relabel:
+        run_folder.write_csv(fixes, out.parent / "relabel.csv")
     print(json.dumps({"out": str(out), "method": method, "n": len(frame),
                       "most_harmful": frame.sample_id.head(5).tolist()}
                      | ({"relabel": str(out.parent / "relabel.csv"),
@@ -123,7 +123,7 @@ def read_text(path: str, what: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise runs.RunError(f"cannot read the {what} {path}: {e}") from None
+        raise RunError(f"cannot read the {what} {path}: {e}") from None
 
 
 def read_ids(path: str, what: str = "removal list") -> list[str]:
@@ -141,39 +141,40 @@ def read_fixes(path: str) -> dict[str, str]:
         if not any(row) or (line == 1 and row == ["sample_id", "new_label"]):
             continue
         if len(row) != 2 or not all(row):
-            raise runs.RunError(f"line {line} of {path} is not `sample_id,new_label`")
+            raise RunError(f"line {line} of {path} is not `sample_id,new_label`")
         sid, label = row
         if fixes.get(sid, label) != label:
-            raise runs.RunError(f"{sid!r} has two new labels in {path}: {fixes[sid]!r} and "
-                                f"{label!r}")
+            raise RunError(f"{sid!r} has two new labels in {path}: {fixes[sid]!r} and "
+                           f"{label!r}")
         fixes[sid] = label
     return fixes
 
 
 def cmd_retrain(a) -> None:
     if a.remove is None and a.fix is None:
-        raise runs.RunError("give the images to remove (--remove FILE), the labels to fix "
-                            "(--fix FILE), or both")
+        raise RunError("give the images to remove (--remove FILE), the labels to fix "
+                       "(--fix FILE), or both")
     remove = read_ids(a.remove) if a.remove is not None else []
     fixes = read_fixes(a.fix) if a.fix is not None else {}
-    run = runs.load(a.run)
-    runs.refuse_existing(a.out)
-    run.without(remove, a.mode, fixes)  # every check before anything is trained or written
+    run = run_folder.load(a.run)
+    run_folder.refuse_existing(a.out)
     if not remove and not fixes:  # retraining with no change reproduces the run: no comparison
-        child = runs.retrain_saved(run, remove, a.mode, a.out, on_progress=progress_bar())
+        child = run_folder.retrain_saved(run, remove, a.mode, a.out, on_progress=progress_bar())
         print(summary(child))
         return
-    child, verdict = cleaning.clean(run, remove, a.mode, a.controls, a.seed, out=a.out,
-                                    on_progress=progress_bar(), fixes=fixes)
+    planned = cleaning.check_round(run, remove, a.mode, a.controls, fixes)  # every check
+    # before anything is trained or written
+    child, verdict = cleaning.run_round(run, planned, a.seed, out=a.out,
+                                        on_progress=progress_bar())
     figures = {k: (None if isinstance(v, float) and v != v else v)  # NaN is not JSON
                for k, v in verdict.items()}
     print(json.dumps(json.loads(summary(child)) | figures))
 
 
 def cmd_check(a) -> None:
-    run = runs.load(a.run)
-    result = methods.check(run, a.method, a.n, on_progress=progress_bar(), groups=a.groups,
-                           group_share=a.group_share)
+    run = run_folder.load(a.run)
+    result = trust.of_ranking(run, a.method, a.n, on_progress=progress_bar(), groups=a.groups,
+                              group_share=a.group_share)
     print(result["rows"].to_string(index=False), file=sys.stderr)
     keys = ("method", "n", "tau", "p_value", "sign_agreement", "groups", "group_size",
             "group_spearman", "group_p_value")
@@ -181,19 +182,19 @@ def cmd_check(a) -> None:
 
 
 def cmd_curve(a) -> None:
-    run = runs.load(a.run)
+    run = run_folder.load(a.run)
     refuse_unlearned(run, a.force)
     out = Path(a.out or Path(a.run) / "curve.csv")
-    runs.refuse_existing(out)
+    run_folder.refuse_existing(out)
     if a.ranking is not None:  # a ranking written by `score`: most harmful first
-        ranked = runs.read_csv(a.ranking, text=("sample_id",), numbers=("influence",))
+        ranked = run_folder.read_csv(a.ranking, text=("sample_id",), numbers=("influence",))
         ranked = ranked.sort_values("influence", kind="stable")
         method = str(a.ranking)
     else:
-        ranked, method = methods.score(run, a.method, on_progress=progress_bar()), a.method
+        ranked, method = methods.rank(run, a.method, on_progress=progress_bar()), a.method
     frame, found = kcurve.curve(run, ranked, a.mode, a.controls, a.seed,
                                 on_progress=progress_bar())
-    runs.write_csv(kcurve.table(frame), out)
+    run_folder.write_csv(kcurve.table(frame), out)
     keys = ("k", "best_k", "helps", "loss", "loss_none", "p", "p_holm", "tests", "n_selection",
             "stability", "k_low", "k_high", "mode", "controls", "p_random", "sentence")
     print(json.dumps({"out": str(out), "method": method}
@@ -204,18 +205,17 @@ def cmd_curve(a) -> None:
 
 def cmd_explain(a) -> None:
     test_ids = list(dict.fromkeys(read_ids(a.test_ids, "list of test ids")))
-    if not 1 <= len(test_ids) <= runs.MAX_EXPLAINED:
-        raise runs.RunError(f"{a.test_ids} lists {len(test_ids)} test ids: give 1 to "
-                            f"{runs.MAX_EXPLAINED}")
+    if not 1 <= len(test_ids) <= explain.MAX_TEST_IMAGES:
+        raise RunError(f"{a.test_ids} lists {len(test_ids)} test ids: give 1 to "
+                       f"{explain.MAX_TEST_IMAGES}")
     if a.top < 1:
-        raise runs.RunError("--top must be 1 or more")
-    run = runs.load(a.run)
+        raise RunError("--top must be 1 or more")
+    run = run_folder.load(a.run)
     refuse_unlearned(run, a.force)
-    run.test_positions(test_ids)  # every id checked before any work
     out = Path(a.out or Path(a.run) / "explain.csv")
-    matrix = explain.scores(run, a.method, test_ids, on_progress=progress_bar())
+    matrix = explain.test_scores(run, a.method, test_ids, on_progress=progress_bar())
     frame = explain.table(run, test_ids, matrix, a.top)
-    runs.write_csv(frame, out)
+    run_folder.write_csv(frame, out)
     print(json.dumps({"out": str(out), "method": a.method, "test_images": len(test_ids),
                       "rows": len(frame)}))
 
@@ -226,7 +226,7 @@ def parser() -> argparse.ArgumentParser:
                                             "a model trained with SGD (Hara et al., 2019).")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = runs.RunConfig()  # every default comes from the configuration itself
+    d = RunConfig()  # every default comes from the configuration itself
     t = sub.add_parser("train", help="train a model with recorded SGD")
     t.add_argument("--dataset", default=d.dataset,
                    help=f"{', '.join(datasets.BUILTINS)}, or a path (ZIP, folder)")
@@ -236,7 +236,7 @@ def parser() -> argparse.ArgumentParser:
                    help="auto: the CNN that suits the image size")
     t.add_argument("--epochs", type=int, default=d.epochs,
                    help=f"passes over the training images (default: enough for "
-                        f"{runs.MIN_STEPS} SGD steps, {runs.MIN_EPOCHS} to {runs.MAX_EPOCHS})")
+                        f"{MIN_STEPS} SGD steps, {MIN_EPOCHS} to {MAX_EPOCHS})")
     t.add_argument("--batch-size", type=int, default=d.batch_size)
     t.add_argument("--lr", type=learning_rate, default="auto",
                    help="learning rate η, or auto (default): a short probe of "
@@ -257,7 +257,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("score", help="SGD-influence of every training instance")
     s.add_argument("run")
-    s.add_argument("--method", default="sgd", choices=list(methods.REGISTRY),
+    s.add_argument("--method", default="sgd", choices=methods.keys(),
                    help="sgd: retrace all epochs; sgd-last: the last epoch only (faster); the "
                         "others are the baselines to compare with")
     s.add_argument("--out", help="CSV path (default RUN/influence.csv)")
@@ -280,7 +280,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--remove", help="file with one sample_id per line")
     r.add_argument("--fix", help="file of `sample_id,new_label` lines (the label by class "
                                  "name): train with these labels instead")
-    r.add_argument("--mode", default="all", choices=runs.RETRAIN_MODES)
+    r.add_argument("--mode", default="all", choices=RETRAIN_MODES)
     r.add_argument("--controls", type=int, default=cleaning.CONTROLS,
                    help="random removals of as many images (and random fixes of as many "
                         "labels, each to a random other class), to compare with (0: none)")
@@ -295,16 +295,16 @@ def parser() -> argparse.ArgumentParser:
                    help="random groups of --group-share of the training images to check")
     c.add_argument("--group-share", type=float, default=0.05)
     c.add_argument("--method", default="sgd",
-                   choices=[k for k, r in methods.REGISTRY.items() if r.estimates_removal])
+                   choices=methods.keys(estimates_removal=True))
     c.set_defaults(func=cmd_check)
 
     k = sub.add_parser("curve", help="how many to remove: retrain without the top k of a "
                                      "ranking for several k, judged on the selection images")
     k.add_argument("run")
-    k.add_argument("--method", default="sgd-last", choices=list(methods.REGISTRY),
+    k.add_argument("--method", default="sgd-last", choices=methods.keys(),
                    help="the ranking to compute (default sgd-last, fast)")
     k.add_argument("--ranking", help="use this ranking CSV (written by `score`) instead")
-    k.add_argument("--mode", default="last", choices=runs.RETRAIN_MODES,
+    k.add_argument("--mode", default="last", choices=RETRAIN_MODES,
                    help="retrain the last epoch only (default) or all epochs")
     k.add_argument("--controls", type=int, default=kcurve.CONTROLS,
                    help="random removals of each size, for the band (0: none)")
@@ -317,8 +317,8 @@ def parser() -> argparse.ArgumentParser:
                                        "raised and most lowered each test image's loss")
     e.add_argument("run")
     e.add_argument("--test-ids", required=True, help="file with one test sample_id per line "
-                                                     f"(at most {runs.MAX_EXPLAINED})")
-    e.add_argument("--method", default="sgd", choices=list(explain.BATCHED),
+                                                     f"(at most {explain.MAX_TEST_IMAGES})")
+    e.add_argument("--method", default="sgd", choices=methods.keys(explains="batched"),
                    help="sgd: retrace all epochs; sgd-last: the last epoch only (faster). All "
                         "test images share one retrace")
     e.add_argument("--top", type=int, default=20,
@@ -336,7 +336,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataError, runs.RunError, Diverged) as e:
+    except (DataError, RunError, Diverged) as e:
         return fail(f"error: {e}", EXIT_ERROR)
     except KeyboardInterrupt:
         return fail("error: interrupted; nothing was saved", 130)

@@ -3,8 +3,9 @@
 The query of Algorithm 2 becomes the loss of a single test image q: u_q = ∇θ ℓ(z_q; θ[T]), and
 L̂_{−j}(u_q) estimates how q's loss changes when training image j is removed (negative: removing
 j lowers it, so j is harmful to q). SGD-influence explains Q test images with one replay and Q
-tangents (Run.explain); the other rankings that estimate removal (Koh & Liang, TracIn) take the
-same query one test image at a time, for comparison.
+tangents (retrace_test_images: the rankings whose `explains` is "batched"); the other rankings
+that can explain a test image (Koh & Liang, TracIn: "single") take the same query one test image
+at a time, for comparison. The trust check of an explanation is influence.trust.of_test_image.
 """
 from __future__ import annotations
 
@@ -12,43 +13,73 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import methods
-from .progress import ProgressFn
-from .runs import Run, RunError
+from .config import RunError
+from .progress import Progress, ProgressFn
+from .runs import Run
+from .sgd import Objective
+from .sgd_influence import retrace_queries, sample_loss_gradients
 
-BATCHED = {"sgd": False, "sgd-last": True}  # ranking key → last_epoch_only of Run.explain
+MAX_TEST_IMAGES = 1000  # test images explained in one call (retrace_test_images)
+CHUNK = 100  # queries carried through one replay (memory grows with it)
 SIDES = ("harmful", "helpful")  # removal lowers the test image's loss / raises it
 
 
-def estimating(key: str) -> methods.Ranking:
-    """The registry entry of a ranking that can explain a test image: one that estimates the
-    effect of removal on a query."""
+def retrace_test_images(run: Run, test_ids: Iterable[str], last_epoch_only: bool = False,
+                        on_progress: ProgressFn | None = None, chunk: int = CHUNK) -> np.ndarray:
+    """Q × N: L̂_{−j}(u_q) for every test image q of `test_ids` and training position j,
+    u_q = ∇θ of q's loss at θ[T]: the estimated change of that test image's loss when j is
+    removed (negative = removing j lowers it: j is harmful to q, e.g. pulled the model
+    towards its wrong answer on a mistake). The queries go through one replay `chunk` at a
+    time (retrace_queries)."""
+    positions = run.test_positions(test_ids)
+    if not 1 <= len(positions) <= MAX_TEST_IMAGES:
+        raise RunError(f"explain 1 to {MAX_TEST_IMAGES} test images at a time, not "
+                       f"{len(positions)}")
+    K = run.schedule.epochs
+    epochs = range(K - 1, K) if last_epoch_only else range(K)
+    chunks = [positions[i:i + chunk] for i in range(0, len(positions), chunk)]
+    total = len(chunks) * run.retrace_steps(epochs)
+    done = iter(range(1, total + 1))
+    report = (lambda t: on_progress(Progress("score", next(done), total))) \
+        if on_progress else None
+    test = run.part("test")
+    rows = []
+    for part in chunks:
+        queries = Objective(run.model, test.x[part], test.y[part])
+        us = sample_loss_gradients(queries, run.theta)
+        rows.append(retrace_queries(run.objective, run.schedule, run.checkpoints,
+                                    run.keep_at, us, epochs, report, run.labels_at))
+    return torch.cat(rows).cpu().double().numpy()
+
+
+def explaining(key: str) -> methods.Ranking:
+    """The registry entry of a ranking that can explain a test image (Ranking.explains)."""
     ranking = methods.get(key)
-    if not ranking.estimates_removal or key == "sgd-refined":
-        usable = ", ".join(k for k, r in methods.REGISTRY.items()
-                           if r.estimates_removal and k != "sgd-refined")
+    if ranking.explains is None:
+        usable = ", ".join(k for k, r in methods.REGISTRY.items() if r.explains is not None)
         raise RunError(f"{ranking.name} cannot explain a test image: use one of {usable}")
     return ranking
 
 
-def scores(run: Run, key: str, test_ids: Iterable[str], on_progress: ProgressFn | None = None,
-           **options) -> np.ndarray:
+def test_scores(run: Run, key: str, test_ids: Iterable[str],
+                on_progress: ProgressFn | None = None, **options) -> np.ndarray:
     """Q × N: the estimated change of each test image's loss when each training position is
-    removed, by the ranking `key` (SGD-influence: all test images in one retrace)."""
-    ranking, test_ids = estimating(key), list(test_ids)
-    if key in BATCHED:
-        return run.explain(test_ids, BATCHED[key], on_progress)
+    removed, by the ranking `key` (batched: all test images in one retrace)."""
+    ranking, test_ids = explaining(key), list(test_ids)
+    if ranking.explains == "batched":
+        return retrace_test_images(run, test_ids, ranking.last_epoch_only, on_progress)
     run.test_positions(test_ids)  # every id checked before any work
-    return np.stack([ranking.score(run, query=run.test_loss_fn(sid), on_progress=on_progress,
-                                   **options) for sid in test_ids])
+    return np.stack([methods.position_scores(run, key, on_progress, query=run.test_loss_fn(sid),
+                                             **options) for sid in test_ids])
 
 
 def in_words(score: float) -> str:
     """One score, in plain words."""
-    amount = f"{abs(score):.2g}" if abs(score) >= 1e-4 else f"{abs(score):.1e}"
     return (f"without this image, the model's loss on this test image is estimated to "
-            f"{'drop' if score < 0 else 'rise'} by {amount}")
+            f"{'drop' if score < 0 else 'rise'} by {methods.amount(score)}")
 
 
 def table(run: Run, test_ids: Iterable[str], matrix: np.ndarray, top: int = 20) -> pd.DataFrame:
@@ -68,14 +99,3 @@ def table(run: Run, test_ids: Iterable[str], matrix: np.ndarray, top: int = 20) 
     columns = ["test_id", "side", "rank", "sample_id", "label", "score"]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(
         columns=columns)
-
-
-def check(run: Run, key: str, test_id: str, n: int = 10, row: np.ndarray | None = None,
-          on_progress: ProgressFn | None = None, **options) -> dict:
-    """The trust check for one test image: its estimates (`row`, or computed here) against the
-    real change of that image's loss after retraining without n single training images and
-    random groups (Run.check, one vectorised retraining, in the mode the ranking estimates)."""
-    if row is None:
-        row = scores(run, key, [test_id], on_progress)[0]
-    return methods.check(run, key, n, on_progress, ranked=run.ranking(row),
-                         query=run.test_loss_fn(test_id), **options)

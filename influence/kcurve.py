@@ -2,7 +2,7 @@
 
 Given a ranking (most harmful first), retrain without its top k for every k of KS (clipped to
 the images in use) and, as controls, without R random sets of each size: every removal in ONE
-vectorised counterfactual SGD (Run.outcomes; Definition 2, mode last by default). Each
+vectorised counterfactual SGD (counterfactual.outcomes; Definition 2, mode last by default). Each
 retrained model is judged on the run's *selection* part: validation images held out of the
 influence query (RunConfig.selection_fraction), so the curve does not reward fitting the query
 the ranking was computed on, and the test images stay untouched.
@@ -22,8 +22,10 @@ from scipy import stats
 
 from . import compare
 from .cleaning import random_removals
+from .config import RunError
+from .counterfactual import check_training_ids, first_retrained, outcomes
 from .progress import ProgressFn
-from .runs import Run, RunError
+from .runs import Run
 from .sgd import per_sample_loss, predictions
 
 KS = (0, 5, 10, 20, 50, 100, 200, 500)  # the numbers of top-ranked images removed
@@ -45,31 +47,41 @@ def per_image(run: Run, theta) -> dict:
             "selection_right": (predictions(out) == y).cpu().numpy()}
 
 
-def curve(run: Run, ranked: pd.DataFrame, mode: str = "last", controls: int = CONTROLS,
-          seed: int = 0, ks: Iterable[int] = KS, exclude: Iterable[str] = (),
-          on_progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
-    """The curve of a ranking (`ranked`: sample_id, most harmful first, e.g. methods.score) and
-    the suggestion. One row per retrained model: k, kind ("top" or "random"), draw (0 for the
-    top-k, 1..R for the random sets), the columns of Run.outcomes (selection_loss,
-    selection_error, query_loss, …) and the per-image selection losses and correctness."""
+def check_curve(run: Run, ranked: pd.DataFrame, mode: str = "last",
+                controls: int = CONTROLS) -> list[str]:
+    """The one check of a curve's inputs: a run with a selection part, a known mode, 0 or more
+    controls and a ranking of training images of this run. Returns the ranking's ids,
+    de-duplicated, most harmful first."""
     if len(run.selection) == 0:
         raise RunError("this run holds out no selection images (it was trained before the "
                        "selection part, or with a selection share of 0), so how many to remove "
                        "cannot be judged honestly: train it again with a selection share above "
                        "0")
+    first_retrained(run, mode)  # a known mode
     if controls < 0:
         raise RunError("the number of random controls must be 0 or more")
     ids = list(dict.fromkeys(ranked.sample_id))
     if not ids:
         raise RunError("the ranking is empty")
-    run.check_training_ids(ids)
+    check_training_ids(run, ids)
+    return ids
+
+
+def curve(run: Run, ranked: pd.DataFrame, mode: str = "last", controls: int = CONTROLS,
+          seed: int = 0, ks: Iterable[int] = KS, exclude: Iterable[str] = (),
+          on_progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
+    """The curve of a ranking (`ranked`: sample_id, most harmful first, e.g. methods.rank) and
+    the suggestion. One row per retrained model: k, kind ("top" or "random"), draw (0 for the
+    top-k, 1..R for the random sets), the columns of counterfactual.outcomes (selection_loss,
+    selection_error, query_loss, …) and the per-image selection losses and correctness."""
+    ids = check_curve(run, ranked, mode, controls)
     ks = sizes(len(ids), ks)
     plan = [("top", k, 0, ids[:k]) for k in ks]
     for k in ks[1:]:
         plan += [("random", k, d + 1, sid) for d, sid in
                  enumerate(random_removals(run, k, controls, seed + k))]
-    rows = run.outcomes([removed for *_, removed in plan], mode, exclude, on_progress,
-                        phase="curve", measure=lambda theta: per_image(run, theta))
+    rows = outcomes(run, [removed for *_, removed in plan], mode, exclude, on_progress,
+                    phase="curve", measure=lambda theta: per_image(run, theta))
     frame = pd.concat([pd.DataFrame([(kind, k, d) for kind, k, d, _ in plan],
                                     columns=["kind", "k", "draw"]), rows], axis=1)
     top = frame[frame.kind == "top"]

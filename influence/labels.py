@@ -24,7 +24,8 @@ import torch
 from sklearn.model_selection import StratifiedKFold
 
 from .progress import Progress, ProgressFn
-from .runs import Run, RunError
+from .config import RunError
+from .runs import Run
 from .sgd import batch_weights, counterfactual_sgd, initial_params, kept_mean_weights
 
 FOLDS = 5
@@ -86,8 +87,8 @@ def fold_probabilities(run: Run, folds: int = FOLDS, seed: int | None = None,
     return probs
 
 
-def check(labels: np.ndarray, probs: np.ndarray, classes: list[str],
-          in_use: np.ndarray | None = None) -> pd.DataFrame:
+def label_quality(labels: np.ndarray, probs: np.ndarray, classes: list[str],
+                  in_use: np.ndarray | None = None) -> pd.DataFrame:
     """cleanlab on given labels and out-of-sample probabilities, one row per image: influence
     (label quality − 1), flagged (cleanlab's find_label_issues, over the images in use),
     suggested_label (class name) and suggested_p (its probability)."""
@@ -117,7 +118,7 @@ def confident_learning(run: Run, folds: int = FOLDS, seed: int | None = None,
     """The label check of the training images: one row per training position (COLUMNS), from
     k-fold out-of-sample probabilities of the run's own model (fold_probabilities)."""
     probs = fold_probabilities(run, folds, seed, rescale, on_progress)
-    return check(run.objective.y.cpu().numpy(), probs, run.data.classes,
+    return label_quality(run.objective.y.cpu().numpy(), probs, run.data.classes,
                  run.keep_at(run.schedule.epochs - 1).cpu().numpy())
 
 
@@ -136,5 +137,5 @@ def check_part(run: Run, part: str = "val") -> pd.DataFrame:
     probs = run.probabilities(part) if len(positions) else np.zeros((0, len(run.data.classes)))
     frame = pd.concat([pd.DataFrame({"sample_id": [run.data.ids[i] for i in positions],
                                      "label": [run.data.classes[c] for c in labels]}),
-                       check(labels, probs, run.data.classes)], axis=1)
+                       label_quality(labels, probs, run.data.classes)], axis=1)
     return frame.sort_values("influence", kind="stable").reset_index(drop=True)

@@ -21,7 +21,9 @@ from dataclasses import replace
 from datasets import ImageSet
 
 from .progress import Progress, ProgressFn
-from .runs import Run, RunConfig, refuse_existing, train_new
+from .config import RunConfig
+from .run_folder import refuse_existing, train_new
+from .runs import Run
 from .sgd import initial_params, sgd_step
 
 FACTORS = (1 / 3, 1.0, 3.0, 10.0)  # candidate rates, times the preset's own
@@ -77,7 +79,7 @@ def choose_lr(run: Run, factors=FACTORS, on_progress: ProgressFn | None = None) 
 def train_with_probe(config: RunConfig, out: str | os.PathLike, data: ImageSet | None = None,
                      on_progress: ProgressFn | None = None) -> Run:
     """Choose the learning rate by the probe, then train and save the recorded run with it
-    (runs.train_new); the probe's figures are kept in its metrics under "lr_probe"."""
+    (run_folder.train_new); the probe's figures are kept in its metrics under "lr_probe"."""
     refuse_existing(out)
     planned = Run(config, data)
     found = choose_lr(planned, on_progress=on_progress)

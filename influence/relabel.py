@@ -7,18 +7,18 @@ class with the lowest effect: argmin_{c ≠ y_j} L̂_{j→c}.
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 import pandas as pd
 
-from typing import Iterable
-
 from . import methods
-from .methods import _amount
+from .config import RunError
+from .methods import amount
 from .progress import ProgressFn
 from .runs import Run
 
 MAX_CLASS_COLUMNS = 20  # tables show the effect of every label up to this many classes
-RANKINGS = ("sgd", "sgd-last")  # the rankings whose retrace also gives relabel effects
 
 
 def best_labels(effects: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -50,16 +50,17 @@ def table(run: Run, effects: np.ndarray, per_class: bool | None = None) -> pd.Da
     return frame.sort_values("effect_best", kind="stable").reset_index(drop=True)
 
 
-def score(run: Run, key: str, on_progress: ProgressFn | None = None,
-          exclude: Iterable[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """methods.score of an SGD-influence ranking (RANKINGS) and, from the same retrace, the
-    relabel table of its effects (table): the query is the mean validation loss without
-    `exclude`, as for methods.score."""
-    if key not in RANKINGS:
-        raise methods.RunError(f"relabel effects come with {' or '.join(RANKINGS)}, not {key!r}")
+def rank_with_effects(run: Run, key: str, on_progress: ProgressFn | None = None,
+                      exclude: Iterable[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """methods.rank of a ranking whose retrace also gives relabel effects (Ranking.relabels)
+    and, from the same retrace, the relabel table of its effects (table): the query is the mean
+    validation loss without `exclude`, as for methods.rank."""
+    ranking, relabelling = methods.get(key), methods.keys(relabels=True)
+    if not ranking.relabels:
+        raise RunError(f"relabel effects come with {' or '.join(relabelling)}, not {key!r}")
     exclude = list(exclude)
     scores, effects = run.relabel_influence(run.query_loss(exclude) if exclude else None,
-                                            methods.get(key).estimates == "last", on_progress)
+                                            ranking.last_epoch_only, on_progress)
     return run.ranking(scores), table(run, effects)
 
 
@@ -68,9 +69,9 @@ def in_words(effect: float, best_label: str, removal: float | None = None) -> st
     0.004"."""
     way = lambda v: "lower" if v < 0 else "raise"  # noqa: E731
     text = (f"relabelling as {best_label} is estimated to {way(effect)} validation loss by "
-            f"{_amount(effect)}")
+            f"{amount(effect)}")
     if removal is None:
         return text
     if way(removal) == way(effect):
-        return text + f"; removing it by {_amount(removal)}"
-    return text + f"; removing it would {way(removal)} it by {_amount(removal)}"
+        return text + f"; removing it by {amount(removal)}"
+    return text + f"; removing it would {way(removal)} it by {amount(removal)}"

@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 
 import helpers  # noqa: E402
 from influence import runs  # noqa: E402
+from influence.config import RunConfig  # noqa: E402
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def upload(tmp_path, monkeypatch):
 def digits_logreg():
     """Logistic regression on the digits, 2 epochs in float64: small enough for exact checks
     (one per test module)."""
-    run = runs.Run(runs.RunConfig(dataset="digits", model="logreg", epochs=2, lr=0.5,
-                                  dtype="float64"))
+    run = runs.Run(RunConfig(dataset="digits", model="logreg", epochs=2, lr=0.5,
+                             dtype="float64"))
     run.train()
     return run

@@ -10,7 +10,7 @@ from helpers import (QUICK_MODEL, button, make_zip, new_app, ok, session_of, tex
                      train, trained_in_app, wait_for_job)
 import datasets
 from influence import labels as labels_module
-from influence import runs
+from influence.config import RunConfig
 
 pytestmark = pytest.mark.usefixtures("workspace")
 
@@ -242,7 +242,7 @@ def test_after_a_restart_an_interrupted_run_says_so(workspace):
     sid = session_of(at)
     store = Store()
     dataset = at.session_state["app"]["dataset"]
-    row = store.new_run(dataset, "train", runs.RunConfig(), sid)
+    row = store.new_run(dataset, "train", RunConfig(), sid)
     with sqlite3.connect(workspace / "store.sqlite") as db:  # its server process is gone
         db.execute("UPDATE runs SET owner = '999999999:gone' WHERE id = ?", (row["id"],))
     store.save_session_state(sid, {**at.session_state["app"], "run": row["id"]})

@@ -9,6 +9,7 @@ from sklearn.preprocessing import StandardScaler
 
 from datasets.builtin import load_digits
 from influence import baselines, methods, models, runs
+from influence.config import RunConfig, RunError
 from influence.sgd import (Objective, SGDConfig, counterfactual_sgd, initial_params,
                            make_schedule, per_sample_loss, run_sgd)
 from influence.progress import Cancelled
@@ -104,8 +105,8 @@ def planted():
     flipped = rng.choice(np.arange(1, len(labels)), len(labels) // 10, replace=False)
     labels[flipped] = (labels[flipped] + rng.integers(1, 10, len(flipped))) % 10
     data = type(data)(images, labels, data.classes, data.ids, "planted")
-    run = runs.Run(runs.RunConfig(dataset="planted", model="logreg", epochs=2, seed=0,
-                                  device="cpu"), data)
+    run = runs.Run(RunConfig(dataset="planted", model="logreg", epochs=2, seed=0,
+                             device="cpu"), data)
     run.train()
     is_flipped = np.isin(run.split.train, flipped)
     return run, is_flipped
@@ -121,7 +122,7 @@ def test_outlier_detectors_put_a_planted_outlier_first(planted, method):
     j = position_of_white(run)
     if j is None:
         pytest.skip("the planted image fell outside the training part")
-    scores = methods.scores(run, method)
+    scores = methods.position_scores(run, method)
     assert len(scores) == len(run.train_ids)
     assert np.argsort(scores)[0] == j  # lowest = most suspicious
 
@@ -142,12 +143,12 @@ def test_random_is_seeded(planted):
 def test_score_table_ranks_the_suspicious_first_and_skips_removed(planted):
     run, _ = planted
     child = run.retrain(run.train_ids[:5], "last")
-    table = methods.score(child, "tracin")
+    table = methods.rank(child, "tracin")
     assert list(table.columns) == ["sample_id", "label", "influence"]
     assert table.influence.is_monotonic_increasing
     assert not set(run.train_ids[:5]) & set(table.sample_id)
-    with pytest.raises(runs.RunError, match="unknown ranking 'nope'"):
-        methods.scores(run, "nope")
+    with pytest.raises(RunError, match="unknown ranking 'nope'"):
+        methods.position_scores(run, "nope")
 
 
 @pytest.mark.parametrize("method", sorted(methods.REGISTRY))
@@ -155,7 +156,7 @@ def test_every_ranking_reports_progress_to_the_end(planted, method):
     run, _ = planted
     reports = []
     options = {"cg_iters": 5, "hessian_samples": 100} if method == "kl" else {}
-    methods.scores(run, method, on_progress=reports.append, **options)
+    methods.position_scores(run, method, on_progress=reports.append, **options)
     assert reports and reports[-1].done == reports[-1].total
     assert [p.done for p in reports] == sorted(p.done for p in reports)
 

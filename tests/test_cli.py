@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from influence import cli as influence_cli
-from influence import runs
+from influence import run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -230,7 +230,7 @@ def test_score_relabel_writes_the_best_label_of_every_image(run_dir, tmp_path):
 
 def test_retrain_fixes_labels_and_removes_images_together(run_dir, tmp_path):
     out, summary = run_dir
-    run = runs.load(out)
+    run = run_folder.load(out)
     ids, labels = run.train_ids, run.objective.y.numpy()
     (tmp_path / "fix.csv").write_text("sample_id,new_label\n" + "".join(
         f"{ids[j]},{(labels[j] + 1) % 10}\n" for j in range(3)))
@@ -259,7 +259,7 @@ def test_retrain_fixes_labels_and_removes_images_together(run_dir, tmp_path):
 ])
 def test_bad_fixes_are_one_line_errors_and_write_nothing(run_dir, tmp_path, fix, remove, words):
     out, _ = run_dir
-    run = runs.load(out)
+    run = run_folder.load(out)
     given = run.data.labels[run.split.train[0]]
     names = {"train0": run.train_ids[0], "val0": run.data.ids[run.split.val[0]],
              "label0": run.data.classes[given],
@@ -316,7 +316,7 @@ def test_curve_refuses_a_run_without_selection_images(tmp_path):
 
 def test_explain_writes_the_harmful_and_helpful_images_of_each_test_image(run_dir, tmp_path):
     out, _ = run_dir
-    run = runs.load(out)
+    run = run_folder.load(out)
     test_ids = [run.data.ids[i] for i in run.split.test[:2]]
     (tmp_path / "ids.txt").write_text("\n".join(test_ids) + "\n")
     result = last_json(cli("explain", out, "--test-ids", tmp_path / "ids.txt", "--method",
@@ -340,7 +340,7 @@ def test_explain_writes_the_harmful_and_helpful_images_of_each_test_image(run_di
 ])
 def test_bad_test_ids_are_one_line_errors_and_write_nothing(run_dir, tmp_path, ids, words):
     out, _ = run_dir
-    run = runs.load(out)
+    run = run_folder.load(out)
     if ids == "many":
         ids = "\n".join(run.data.ids[:1001])
     names = {"train0": run.train_ids[0], "val0": run.data.ids[run.split.val[0]],

@@ -4,7 +4,8 @@ import pytest
 
 import datasets
 from helpers import button, new_app, ok, set_lr, text, wait_for_job
-from influence import cli, probe, runs
+from influence import cli, probe, run_folder, runs
+from influence.config import MAX_EPOCHS, MIN_EPOCHS, MIN_STEPS, RunConfig, default_epochs
 
 
 @pytest.fixture(scope="module")
@@ -13,17 +14,17 @@ def shapes():
 
 
 def test_default_epochs_give_enough_steps():
-    assert runs.default_epochs(1077, 64) == 36  # 17 steps an epoch → 612 steps
-    assert runs.default_epochs(180, 64) == runs.MAX_EPOCHS  # 3 an epoch: capped at 600 steps
-    assert runs.default_epochs(60_000, 64) == runs.MIN_EPOCHS
+    assert default_epochs(1077, 64) == 36  # 17 steps an epoch → 612 steps
+    assert default_epochs(180, 64) == MAX_EPOCHS  # 3 an epoch: capped at 600 steps
+    assert default_epochs(60_000, 64) == MIN_EPOCHS
 
 
 @pytest.mark.slow
 def test_a_small_colour_upload_trains_with_the_defaults(shapes, tmp_path):
     """Shapes on random backgrounds, 300 images of 32×32: the CIFAR-size CNN, the probe's rate
     and the default epochs learn them well below chance."""
-    run = probe.train_with_probe(runs.RunConfig(), tmp_path / "run", shapes)
-    assert run.preset.name == "cnn-cifar" and run.schedule.steps >= runs.MIN_STEPS
+    run = probe.train_with_probe(RunConfig(), tmp_path / "run", shapes)
+    assert run.preset.name == "cnn-cifar" and run.schedule.steps >= MIN_STEPS
     assert run.metrics["learned"], run.metrics["lr_probe"]
     assert run.metrics["val_loss"] < 0.6 * run.metrics["chance_loss"]
     assert run.metrics["test_error"] < 0.4  # chance: 2/3
@@ -32,7 +33,7 @@ def test_a_small_colour_upload_trains_with_the_defaults(shapes, tmp_path):
 
 
 def test_the_probe_keeps_a_rate_below_the_largest_steady_one_and_skips_a_diverging_one():
-    run = runs.Run(runs.RunConfig(model="logreg", epochs=4, l2=1.0))
+    run = runs.Run(RunConfig(model="logreg", epochs=4, l2=1.0))
     found = probe.choose_lr(run, factors=(1.0, 3.0, 100.0))  # 100 × 0.1 with α = 1: explodes
     assert found["losses"][2] == float("inf") and "diverged" in found["reason"]
     assert found["lr"] == pytest.approx(found["rates"][0])
@@ -43,12 +44,12 @@ def test_the_probe_keeps_a_rate_below_the_largest_steady_one_and_skips_a_divergi
 def unlearned(tmp_path_factory):
     """A run cut to a handful of steps with a tiny rate: it learned nothing."""
     out = tmp_path_factory.mktemp("unlearned") / "run"
-    runs.train_new(runs.RunConfig(model="logreg", epochs=1, lr=1e-4), out)
+    run_folder.train_new(RunConfig(model="logreg", epochs=1, lr=1e-4), out)
     return out
 
 
 def test_the_guard_fires_on_a_run_that_learned_nothing(unlearned, capsys):
-    run = runs.load(unlearned)
+    run = run_folder.load(unlearned)
     assert not run.metrics["learned"]
     assert run.metrics["val_loss"] > runs.LEARNED * run.metrics["chance_loss"]
     assert cli.main(["score", str(unlearned)]) == cli.EXIT_ERROR

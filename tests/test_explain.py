@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from helpers import least_squares
-from influence import explain, runs
+from influence import explain, runs, trust
+from influence.config import RunConfig, RunError
 from influence.sgd import run_sgd
 from influence.sgd_influence import retrace, retrace_queries
 
@@ -30,8 +31,8 @@ def test_q_queries_in_one_retrace_equal_q_single_retraces(epochs, l2):
 @pytest.fixture(scope="module")
 def dnn():
     """A small non-linear network on the digits in float64, trained 2 epochs of 5 steps."""
-    run = runs.Run(runs.RunConfig(dataset="digits", model="dnn", epochs=2, batch_size=256,
-                                  lr=0.5, dtype="float64", seed=3))
+    run = runs.Run(RunConfig(dataset="digits", model="dnn", epochs=2, batch_size=256,
+                             lr=0.5, dtype="float64", seed=3))
     run.train()
     return run
 
@@ -39,7 +40,7 @@ def dnn():
 @pytest.mark.parametrize("last_epoch_only", [True, False])
 def test_each_row_is_the_single_query_influence_of_that_test_image(dnn, last_epoch_only):
     test_ids = [dnn.data.ids[i] for i in dnn.split.test[:3]]
-    matrix = dnn.explain(test_ids, last_epoch_only, chunk=2)  # two chunks: 2 + 1 queries
+    matrix = explain.retrace_test_images(dnn, test_ids, last_epoch_only, chunk=2)  # two chunks: 2 + 1 queries
     assert matrix.shape == (3, len(dnn.train_ids))
     for sid, row in zip(test_ids, matrix):
         single = dnn.influence(dnn.test_loss_fn(sid), last_epoch_only)
@@ -51,15 +52,15 @@ def test_only_test_images_can_be_explained(dnn):
     train_id, val_id = dnn.train_ids[0], dnn.data.ids[dnn.split.val[0]]
     for sid, words in ((train_id, "a training image"), (val_id, "a validation image"),
                        ("no-such-image", "not an image of this data set")):
-        with pytest.raises(runs.RunError, match=words):
-            dnn.explain([sid])
-    with pytest.raises(runs.RunError, match="1 to 1000"):
-        dnn.explain([])
+        with pytest.raises(RunError, match=words):
+            explain.retrace_test_images(dnn, [sid])
+    with pytest.raises(RunError, match="1 to 1000"):
+        explain.retrace_test_images(dnn, [])
 
 
 def test_the_table_lists_harmful_then_helpful_images_with_their_scores(dnn):
     test_id = dnn.data.ids[dnn.split.test[0]]
-    matrix = explain.scores(dnn, "sgd-last", [test_id])
+    matrix = explain.test_scores(dnn, "sgd-last", [test_id])
     frame = explain.table(dnn, [test_id], matrix, top=5)
     harmful, helpful = frame[frame.side == "harmful"], frame[frame.side == "helpful"]
     assert list(harmful["rank"]) == [1, 2, 3, 4, 5] and list(helpful["rank"]) == [1, 2, 3, 4, 5]
@@ -71,15 +72,15 @@ def test_the_table_lists_harmful_then_helpful_images_with_their_scores(dnn):
 
 def test_baselines_explain_with_the_same_query_and_suspicion_rankings_cannot(dnn):
     test_id = dnn.data.ids[dnn.split.test[0]]
-    traced = explain.scores(dnn, "tracin", [test_id])
+    traced = explain.test_scores(dnn, "tracin", [test_id])
     assert traced.shape == (1, len(dnn.train_ids)) and np.isfinite(traced).all()
-    with pytest.raises(runs.RunError, match="cannot explain"):
-        explain.scores(dnn, "isolation-forest", [test_id])
+    with pytest.raises(RunError, match="cannot explain"):
+        explain.test_scores(dnn, "isolation-forest", [test_id])
 
 
 def test_trust_check_of_one_test_image_measures_that_image_loss(digits_logreg):
     test_id = digits_logreg.data.ids[digits_logreg.split.test[0]]
-    result = explain.check(digits_logreg, "sgd", test_id, n=8, groups=5)
+    result = trust.of_test_image(digits_logreg, "sgd", test_id, n=8, groups=5)
     assert result["n"] == 8 and result["tau"] > 0.5 and result["sign_agreement"] >= 0.75, result
     # the truth is the change of that image's loss, not of the validation loss
     removed = [result["rows"].sample_id[0]]

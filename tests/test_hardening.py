@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -28,7 +29,8 @@ from app.services.store import DONE, FAILED, INTERRUPTED, Store
 from helpers import (bomb_png, button, central_directory_patch, errors, make_zip, new_app, ok, png,
                      session_of, set_lr, text, trained_in_app, two_classes, wait_for_job,
                      zip_bytes)
-from influence import cli, runs
+from influence import cli, run_folder
+from influence.config import RunConfig, RunError
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGREG = dict(model="logreg", epochs=1)  # the quickest real training on digits
@@ -179,8 +181,8 @@ def test_app_settings_out_of_range(workspace):
     assert button(at, "Start training").disabled
     store, dataset = Store(), at.session_state["app"]["dataset"]
     for bad in (dict(epochs=0), dict(lr=-0.5), dict(batch_size=4096)):
-        with pytest.raises(runs.RunError):
-            jobs.start_training(store, "s", dataset, runs.RunConfig(**bad))
+        with pytest.raises(RunError):
+            jobs.start_training(store, "s", dataset, RunConfig(**bad))
     assert store.runs() == []
 
 
@@ -190,7 +192,7 @@ def test_app_settings_out_of_range(workspace):
 @pytest.fixture(scope="module")
 def saved_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("saved") / "run"
-    runs.train_new(runs.RunConfig(dataset="digits", epochs=2, model="logreg"), out)
+    run_folder.train_new(RunConfig(dataset="digits", epochs=2, model="logreg"), out)
     return out
 
 
@@ -299,8 +301,8 @@ def test_tampered_run_folders_are_refused_and_never_unpickled(saved_run, tmp_pat
     tamper(folder)
     before = files_under(folder)
     with never_unpickles():
-        with pytest.raises(runs.RunError, match=words):
-            runs.load(folder)
+        with pytest.raises(RunError, match=words):
+            run_folder.load(folder)
         code, line = run_cli(capsys, "score", folder)
     assert code == cli.EXIT_ERROR and words in line
     assert files_under(folder) == before  # refused without writing anything
@@ -350,10 +352,10 @@ DIVERGES = dict(model="logreg", epochs=2, lr=5.0, l2=10.0)  # (1 − η·α) = �
 def test_divergence_stops_the_job_says_why_and_keeps_earlier_runs(tmp_path):
     ws = Store(tmp_path / "ws")
     dataset = ws.add_dataset(datasets.load("digits"), "digits", "s")["id"]
-    good = jobs.start_training(ws, "s", dataset, runs.RunConfig(**LOGREG)).wait(120)
+    good = jobs.start_training(ws, "s", dataset, RunConfig(**LOGREG)).wait(120)
     assert good.status == DONE, good.error
     earlier = files_under(ws.root / "runs")
-    bad = jobs.start_training(ws, "s", dataset, runs.RunConfig(**DIVERGES)).wait(120)
+    bad = jobs.start_training(ws, "s", dataset, RunConfig(**DIVERGES)).wait(120)
     assert bad.status == FAILED and bad.suggested_lr == pytest.approx(0.5)
     assert "loss became" in bad.error and "try 0.5" in bad.error
     assert ws.run(bad.result["run"])["status"] == FAILED
@@ -392,22 +394,23 @@ import os, signal, sys
 import datasets
 from app.services import jobs
 from app.services.store import Store
-from influence import cli, runs
+from influence import cli, run_folder
+from influence.config import RunConfig
 
-real = runs.save_file
+real = run_folder.save_file
 def write_then_die(tensors, path):  # the process is killed in the middle of writing the run
     real(tensors, path)
     print(path, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
-runs.save_file = write_then_die
+run_folder.save_file = write_then_die
 where, how = sys.argv[1], sys.argv[2]
 if how == "cli":
     cli.main(["train", "--model", "logreg", "--epochs", "1", "--out", where + "/run"])
 else:
     ws = Store(where)
     d = ws.add_dataset(datasets.load("digits"), "digits", "x")
-    job = jobs.start_training(ws, "x", d["id"], runs.RunConfig(model="logreg", epochs=1))
+    job = jobs.start_training(ws, "x", d["id"], RunConfig(model="logreg", epochs=1))
     print(job.result["run"], flush=True)
     job.wait(300)
 """
@@ -422,8 +425,8 @@ def test_killed_while_writing_leaves_no_run_that_looks_complete(tmp_path, how):
     written = Path(proc.stdout.split()[-1])  # the one file written before the kill
     assert written.is_file() and ".partial-" in written.parent.name
     if how == "cli":
-        with pytest.raises(runs.RunError, match="not a run folder"):
-            runs.load(tmp_path / "run")  # no run under its name; the partial is hidden
+        with pytest.raises(RunError, match="not a run folder"):
+            run_folder.load(tmp_path / "run")  # no run under its name; the partial is hidden
         return
     run_id = proc.stdout.split()[0]
     assert not (tmp_path / "runs" / run_id).exists()
@@ -472,7 +475,7 @@ def test_app_when_the_disk_fills_while_saving_a_run(workspace, monkeypatch):
     at = trained_in_app()
     good = at.session_state["app"]["run"]
     earlier = files_under(workspace / "runs")
-    monkeypatch.setattr(runs, "save_file", no_space)
+    monkeypatch.setattr(run_folder, "save_file", no_space)
     button(at, "Start training").click().run()
     job = wait_for_job(at)
     assert job.status == FAILED
@@ -486,11 +489,11 @@ def test_app_when_the_disk_fills_while_saving_a_run(workspace, monkeypatch):
 def test_disk_full_while_scoring_keeps_the_earlier_scores(tmp_path, monkeypatch):
     ws = Store(tmp_path / "ws")
     dataset = ws.add_dataset(datasets.load("digits"), "digits", "s")["id"]
-    run_id = jobs.start_training(ws, "s", dataset, runs.RunConfig(**LOGREG)).wait(120) \
+    run_id = jobs.start_training(ws, "s", dataset, RunConfig(**LOGREG)).wait(120) \
         .result["run"]
     assert jobs.start_scoring(ws, "s", run_id, "sgd-last").wait(120).status == DONE
     before = files_under(ws.run_folder(run_id))
-    monkeypatch.setattr(runs.pd.DataFrame, "to_csv", no_space)
+    monkeypatch.setattr(pd.DataFrame, "to_csv", no_space)
     job = jobs.start_scoring(ws, "s", run_id, "sgd").wait(120)
     assert job.status == FAILED
     assert "No space left on device" in job.error and "disk space" in job.error
@@ -518,13 +521,13 @@ def test_store_errors_are_clear_when_the_database_is_full_or_damaged(tmp_path, m
     ws = Store(tmp_path / "ws")
     ws.save_session_state("s", {"kept": True})
     with full_database(monkeypatch):
-        with pytest.raises(runs.RunError, match="database or disk is full. Check that the disk"):
+        with pytest.raises(RunError, match="database or disk is full. Check that the disk"):
             for i in range(50):
                 ws.save_session_state(f"s{i}", {"big": "x" * 10_000})
     assert Store(tmp_path / "ws").session_state("s") == {"kept": True}  # nothing lost
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "store.sqlite").write_bytes(b"not a database" * 100)
-    with pytest.raises(runs.RunError, match="cannot read or write the workspace database"):
+    with pytest.raises(RunError, match="cannot read or write the workspace database"):
         Store(tmp_path / "bad")
 
 

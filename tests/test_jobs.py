@@ -14,7 +14,8 @@ import datasets
 from app import words
 from app.services import estimates, jobs
 from app.services.store import CANCELLED, DONE, FAILED, INTERRUPTED, RUNNING, Store
-from influence import methods, runs
+from influence import methods, run_folder
+from influence.config import RunConfig, RunError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(epochs=2, batch_size=64)
@@ -33,7 +34,7 @@ def digits_id(ws):
 
 @pytest.fixture(scope="module")
 def trained(ws, digits_id):
-    job = jobs.start_training(ws, "trainer", digits_id, runs.RunConfig(**FAST)).wait(120)
+    job = jobs.start_training(ws, "trainer", digits_id, RunConfig(**FAST)).wait(120)
     assert job.status == DONE, job.error
     return job
 
@@ -56,9 +57,9 @@ def test_training_reports_progress_curves_log_and_predictions(ws, trained):
 
 def test_a_second_start_finds_the_running_job_and_another_kind_is_refused(ws, digits_id,
                                                                            trained):
-    job = jobs.start_training(ws, "dup", digits_id, runs.RunConfig(epochs=200))
+    job = jobs.start_training(ws, "dup", digits_id, RunConfig(epochs=200))
     try:
-        assert jobs.start_training(ws, "dup", digits_id, runs.RunConfig(epochs=200)) is job
+        assert jobs.start_training(ws, "dup", digits_id, RunConfig(epochs=200)) is job
         with pytest.raises(jobs.Busy, match="Training is still running"):
             jobs.start_scoring(ws, "dup", trained.result["run"], "sgd-last")
         assert [j.id for j in jobs.jobs_of("dup")] == [job.id]
@@ -76,7 +77,7 @@ def test_a_second_start_finds_the_running_job_and_another_kind_is_refused(ws, di
 
 def test_divergence_fails_the_job_with_a_suggested_learning_rate(ws, digits_id):
     job = jobs.start_training(ws, "div", digits_id,
-                              runs.RunConfig(epochs=2, lr=5.0, l2=1.0)).wait(60)
+                              RunConfig(epochs=2, lr=5.0, l2=1.0)).wait(60)
     assert job.status == FAILED and job.suggested_lr == pytest.approx(0.5)
     assert "too high for this data: try 0.5" in job.error
     row = ws.run(job.result["run"])
@@ -85,8 +86,8 @@ def test_divergence_fails_the_job_with_a_suggested_learning_rate(ws, digits_id):
 
 def test_bad_settings_are_refused_before_anything_starts(ws, digits_id):
     before = len(ws.runs())
-    with pytest.raises(runs.RunError, match="larger than the 1077 training images"):
-        jobs.start_training(ws, "bad", digits_id, runs.RunConfig(batch_size=5000))
+    with pytest.raises(RunError, match="larger than the 1077 training images"):
+        jobs.start_training(ws, "bad", digits_id, RunConfig(batch_size=5000))
     assert len(ws.runs()) == before and jobs.latest("bad") is None
 
 
@@ -95,7 +96,7 @@ def test_scoring_stores_the_engines_ranking(ws, trained):
     job = jobs.start_scoring(ws, "trainer", run_id, "sgd-last").wait(120)
     assert job.status == DONE, job.error
     stored = ws.scores(run_id, "sgd-last")
-    direct = methods.score(ws.open_run(run_id), "sgd-last")
+    direct = methods.rank(ws.open_run(run_id), "sgd-last")
     assert stored.sample_id.tolist() == direct.sample_id.tolist()
     np.testing.assert_allclose(stored.influence, direct.influence, rtol=1e-6, atol=1e-12)
     check = jobs.start_check(ws, "trainer", run_id, "sgd-last", n=4).wait(120)
@@ -112,14 +113,14 @@ def test_scoring_with_a_baseline_stores_its_ranking_and_the_check_retrains_from_
     assert job.phase == "rank" and job.done == job.total == 2  # one report per checkpoint
     assert words.progress_text(job).startswith("Ranking: 100% done, ")
     stored = ws.scores(run_id, "tracin")
-    direct = methods.score(ws.open_run(run_id), "tracin")
+    direct = methods.rank(ws.open_run(run_id), "tracin")
     assert stored.sample_id.tolist() == direct.sample_id.tolist()
     check = jobs.start_check(ws, "baseline", run_id, "tracin", n=3).wait(120)
     assert check.status == DONE, check.error
     assert check.done == check.total and ws.score_info(run_id)["tracin"]["trust"]["n"] == 3
-    with pytest.raises(runs.RunError, match="Confident learning does not estimate"):
+    with pytest.raises(RunError, match="Confident learning does not estimate"):
         jobs.start_check(ws, "baseline", run_id, "confident-learning")
-    with pytest.raises(runs.RunError, match="unknown ranking 'random'"):
+    with pytest.raises(RunError, match="unknown ranking 'random'"):
         jobs.start_scoring(ws, "baseline", run_id, "random")  # the cleaning control covers it
 
 
@@ -139,15 +140,15 @@ def test_a_cleaning_round_retrains_without_the_ids_and_a_random_control(ws, trai
     assert cleaned["metrics"]["train_size"] == base.metrics["train_size"] - 7
     direct = base.retrain(remove, "last")
     assert cleaned["metrics"]["val_loss"] == pytest.approx(direct.metrics["val_loss"], rel=1e-6)
-    with pytest.raises(runs.RunError, match="not training instances"):
+    with pytest.raises(RunError, match="not training instances"):
         jobs.start_cleaning(ws, "trainer", run_id, ["no-such-id"])
-    with pytest.raises(runs.RunError, match="tick at least one"):
+    with pytest.raises(RunError, match="at least one image to remove or to fix"):
         jobs.start_cleaning(ws, "trainer", run_id, [])
 
 
 def test_the_estimate_is_of_the_right_size(ws, trained):
     run_id = trained.result["run"]
-    guess = estimates.estimate(ws.load_data(ws.run(run_id)["dataset"]), runs.RunConfig(**FAST))
+    guess = estimates.estimate(ws.load_data(ws.run(run_id)["dataset"]), RunConfig(**FAST))
     assert guess["preset"] == "cnn-small" and guess["steps"] == ws.run(run_id)["metrics"]["steps"]
     disk = sum(f.stat().st_size for f in ws.run_folder(run_id).iterdir())
     assert 0.5 < guess["disk_bytes"] / disk < 2, (guess["disk_bytes"], disk)
@@ -158,11 +159,11 @@ CRASH = """
 import sys, time
 from app.services import jobs
 from app.services.store import Store
-from influence import runs
+from influence.config import RunConfig
 import datasets
 ws = Store(sys.argv[1])
 d = ws.add_dataset(datasets.load("digits"), "digits", "x")
-job = jobs.start_training(ws, "x", d["id"], runs.RunConfig(epochs=500))
+job = jobs.start_training(ws, "x", d["id"], RunConfig(epochs=500))
 print(job.result["run"], flush=True)
 time.sleep(600)
 """
@@ -183,8 +184,8 @@ def test_a_killed_server_leaves_an_interrupted_run_and_nothing_half_written(tmp_
     reopened = Store(tmp_path)  # the next server start
     row = reopened.run(run_id)
     assert row["status"] == INTERRUPTED
-    with pytest.raises(runs.RunError):
-        runs.load(reopened.run_folder(run_id))
+    with pytest.raises(RunError):
+        run_folder.load(reopened.run_folder(run_id))
     assert not list((tmp_path / "runs").glob(".*partial*"))
 
 
@@ -194,9 +195,9 @@ def test_two_sessions_scoring_at_once_both_finish_with_the_same_ranking(ws, trai
     run_id = trained.result["run"]
     a = jobs.start_scoring(ws, "left", run_id, "sgd")
     b = jobs.start_scoring(ws, "right", run_id, "sgd")
-    guess = estimates.estimate(ws.load_data(ws.run(run_id)["dataset"]), runs.RunConfig(**FAST))
+    guess = estimates.estimate(ws.load_data(ws.run(run_id)["dataset"]), RunConfig(**FAST))
     a.wait(180), b.wait(180)
     assert (a.status, b.status) == (DONE, DONE), (a.error, b.error)
     assert guess["seconds_score"] > 0
-    direct = methods.score(ws.open_run(run_id), "sgd")
+    direct = methods.rank(ws.open_run(run_id), "sgd")
     np.testing.assert_array_equal(ws.scores(run_id, "sgd").influence, direct.influence)

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 from influence import kcurve, methods, runs
+from influence.config import RunConfig, RunError
 
 
 def test_the_curve_retrains_every_top_k_and_random_set_in_one_go(digits_logreg):
     run = digits_logreg
-    ranked = methods.score(run, "sgd-last")
+    ranked = methods.rank(run, "sgd-last")
     frame, found = kcurve.curve(run, ranked, controls=2, ks=(0, 5, 50, 5000))
     ks = [0, 5, 50]  # 5000 is more than the training images: clipped
     assert frame[frame.kind == "top"].k.tolist() == ks
@@ -30,11 +31,11 @@ def test_the_curve_retrains_every_top_k_and_random_set_in_one_go(digits_logreg):
 
 
 def test_a_run_without_a_selection_part_is_refused(digits_logreg):
-    old = runs.Run(runs.RunConfig(**{**dataclasses.asdict(digits_logreg.config),
-                                     "fingerprint": None, "selection_fraction": 0.0}))
+    old = runs.Run(RunConfig(**{**dataclasses.asdict(digits_logreg.config),
+                                "fingerprint": None, "selection_fraction": 0.0}))
     old.checkpoints = digits_logreg.checkpoints
-    with pytest.raises(runs.RunError, match="no selection images"):
-        kcurve.curve(old, methods.score(digits_logreg, "random"))
+    with pytest.raises(RunError, match="no selection images"):
+        kcurve.curve(old, methods.rank(digits_logreg, "random"))
 
 
 def test_sizes_are_clipped_to_the_images_in_use():

@@ -7,6 +7,7 @@ import torch
 from datasets.builtin import load_digits
 from datasets.noise import flip_training_labels
 from influence import labels, methods, runs
+from influence.config import RunConfig, RunError
 from influence.progress import Cancelled
 from influence.sgd import counterfactual_sgd, initial_params, kept_mean_weights, sgd_step
 
@@ -25,8 +26,8 @@ def noisy_digits():
     noisy = data.labels.copy()
     noisy[wrong] = (noisy[wrong] + rng.integers(1, 10, len(wrong))) % 10
     data = data.relabelled(noisy, "validation labels flipped too")
-    run = runs.Run(runs.RunConfig(dataset="digits", model="logreg", epochs=10, device="cpu",
-                                  **SPLIT), data)
+    run = runs.Run(RunConfig(dataset="digits", model="logreg", epochs=10, device="cpu",
+                             **SPLIT), data)
     run.train()
     return run, flipped, {data.ids[i] for i in wrong}
 
@@ -65,7 +66,7 @@ def test_the_check_agrees_with_the_models_own_predictions(noisy_digits, checked)
 
 def test_registered_ranking_counts_flags_and_says_the_suggestion(noisy_digits, checked):
     run, _, _ = noisy_digits
-    table = methods.score(run, "confident-learning")
+    table = methods.rank(run, "confident-learning")
     ranking = methods.get("confident-learning")
     assert table.influence.is_monotonic_increasing
     assert ranking.count_flagged(table) == int(checked.flagged.sum())
@@ -109,7 +110,7 @@ def test_validation_check_flags_the_planted_validation_noise(noisy_digits):
     assert len(flagged & wrong) > 0.6 * len(flagged)  # precision
     query = run.query_loss(exclude=flagged)  # the yardstick without them
     assert float(query(run.theta)) < float(run.val_loss_fn(run.theta))
-    with pytest.raises(runs.RunError, match="validation or test"):
+    with pytest.raises(RunError, match="validation or test"):
         labels.check_part(run, "train")
 
 
@@ -138,8 +139,8 @@ def test_a_part_with_one_class_or_none_is_checked_without_cleanlab_failing():
     """cleanlab's find_label_issues needs two classes; a tiny part may hold one (then the
     check flags where the predicted class differs from the given one) or none."""
     probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
-    frame = labels.check(np.zeros(3, int), probs, ["a", "b", "c"])
+    frame = labels.label_quality(np.zeros(3, int), probs, ["a", "b", "c"])
     assert frame.flagged.tolist() == [False, True, False]
     assert frame.suggested_label.tolist() == ["a", "b", "a"]
     np.testing.assert_allclose(frame.influence, [-0.1, -0.8, -0.4])
-    assert labels.check(np.zeros(0, int), np.zeros((0, 3)), ["a", "b", "c"]).empty
+    assert labels.label_quality(np.zeros(0, int), np.zeros((0, 3)), ["a", "b", "c"]).empty

@@ -1,7 +1,7 @@
 """Jobs on a real local Ray cluster (no mocks): training, scoring, the trust check and cleaning run
 in detached job actors and give bit for bit what the threads give; Cancel stops them; a restarted
-app re-attaches to a job that kept running; Run.outcomes's chunks and the benchmarks' splits fan
-out as tasks with the same figures. Without a cluster configured, the app never imports Ray."""
+app re-attaches to a job that kept running; counterfactual.outcomes's chunks and the benchmarks'
+splits fan out as tasks with the same figures. Without a cluster configured, the app never imports Ray."""
 import json
 import os
 import signal
@@ -19,7 +19,9 @@ import datasets
 from app.services import cluster, jobs, ray_jobs
 from app.services import store as stores
 from app.services.store import CANCELLED, DONE, INTERRUPTED, RUNNING, Store
-from influence import methods, runs
+from influence import methods, run_folder, runs
+from influence.counterfactual import outcomes
+from influence.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -70,7 +72,7 @@ def actors(store: Store) -> list[str]:
 
 def test_every_kind_of_job_on_ray_gives_what_the_threads_give_bit_for_bit(ws, digits_id):
     """Each kind of job twice at once, on the cluster (session "ray") and here ("here")."""
-    config = runs.RunConfig(**FAST)
+    config = RunConfig(**FAST)
     far = jobs.start_training(ws, "ray", digits_id, config)
     assert ws.run(far.result["run"])["owner"].startswith("ray:")  # handed to its job actor
     near = here(jobs.start_training, ws, "here", digits_id, config).wait(300)
@@ -113,8 +115,8 @@ def test_every_kind_of_job_on_ray_gives_what_the_threads_give_bit_for_bit(ws, di
 
 
 def test_cancel_stops_the_job_on_the_cluster_and_keeps_nothing(ws, digits_id):
-    job = jobs.start_training(ws, "cancel", digits_id, runs.RunConfig(model="logreg",
-                                                                      epochs=1000))
+    job = jobs.start_training(ws, "cancel", digits_id, RunConfig(model="logreg",
+                                                                 epochs=1000))
     deadline = time.time() + 120
     while job.done == 0 and time.time() < deadline:
         time.sleep(0.2)
@@ -128,7 +130,7 @@ def test_cancel_stops_the_job_on_the_cluster_and_keeps_nothing(ws, digits_id):
 
 
 def test_a_run_whose_job_actor_is_gone_is_marked_interrupted(ws, digits_id):
-    row = ws.new_run(digits_id, "train", runs.RunConfig(**FAST), "gone")
+    row = ws.new_run(digits_id, "train", RunConfig(**FAST), "gone")
     ws.set_owner(row["id"], f"ray:{ray_jobs.namespace(ws)}/job-nosuchjob")
     assert Store(ws.root).run(row["id"])["status"] == INTERRUPTED
 
@@ -153,16 +155,16 @@ import sys, time
 from pathlib import Path
 from app.services import cluster, jobs
 from app.services.store import Store
-from influence import runs
+from influence.config import RunConfig
 import datasets
 jobs.use_cpu_threads()
 cluster.start(Path(sys.argv[1]))  # RAY_ADDRESS is set: jobs go to the cluster
 ws = Store(sys.argv[1])
 d = ws.add_dataset(datasets.load("digits"), "digits", "x")
-started = jobs.start_training(ws, "x", d["id"], runs.RunConfig(model="logreg", epochs=300))
+started = jobs.start_training(ws, "x", d["id"], RunConfig(model="logreg", epochs=300))
 while started.done == 0 and started.running:
     time.sleep(0.1)
-late = jobs.start_training(ws, "y", d["id"], runs.RunConfig(model="logreg", epochs=50))
+late = jobs.start_training(ws, "y", d["id"], RunConfig(model="logreg", epochs=50))
 for job in (started, late):
     print(job.id, job.result["run"], job.error, job.done, flush=True)
 time.sleep(600)  # killed by now: the second job had at most just reached its worker
@@ -198,28 +200,26 @@ def test_a_restarted_app_reattaches_to_its_jobs_and_collects_them(ws, address, t
         assert job.done == job.total == epochs * 17 and len(job.curve("train")) == job.total
         row = restarted.run(run)
         assert row["status"] == DONE and row["metrics"]["epochs"] == epochs
-        assert runs.load(restarted.run_folder(run)).metrics == row["metrics"]
+        assert run_folder.load(restarted.run_folder(run)).metrics == row["metrics"]
     assert jobs.get(second).session == "y"
     assert actors(restarted) == []
 
 
 def test_outcome_chunks_as_ray_tasks_give_the_local_figures(ws, digits_id):
-    run = runs.Run(runs.RunConfig(**FAST), ws.load_data(digits_id))
+    run = runs.Run(RunConfig(**FAST), ws.load_data(digits_id))
     run.train()
     removals = [run.train_ids[k:k + 3] for k in range(0, 27, 3)]
     labels = run.objective.y.tolist()  # random-control style: each set also fixes one label
     fixes = [{run.train_ids[k + 30]: (labels[k + 30] + 1) % 10} for k in range(0, 27, 3)]
-    local, seen = run.outcomes(removals, "all", chunk=4, fixes=fixes), []
-    runs.EXECUTOR = ray_jobs.outcomes_on_cluster
-    try:
-        fanned = run.outcomes(removals, "all", chunk=4, fixes=fixes,
-                              on_progress=lambda p: seen.append(p.done))
-    finally:
-        runs.EXECUTOR = None
+    local, seen = outcomes(run, removals, "all", chunk=4, fixes=fixes), []
+    run.outcome_executor = ray_jobs.outcomes_on_cluster
+    fanned = outcomes(run, removals, "all", chunk=4, fixes=fixes,
+                      on_progress=lambda p: seen.append(p.done))
+    run.outcome_executor = None
     per_chunk = run.schedule.steps
     assert seen == [per_chunk, 2 * per_chunk, 3 * per_chunk]  # one report per chunk: tasks
     pd.testing.assert_frame_equal(fanned, local)
-    unfixed = run.outcomes(removals[:1], "all")
+    unfixed = outcomes(run, removals[:1], "all")
     assert unfixed.query_loss[0] != local.query_loss[0]  # the fixes went along
 
 

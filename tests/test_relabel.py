@@ -1,6 +1,6 @@
 """Relabelling: the SGD-influence of giving a training instance another label, from the same
 retrace as removal (sgd_influence.retrace_with_relabel), and counterfactual retraining with fixed
-labels (Run.without/retrain/outcomes with fixes).
+labels (counterfactual.changes and outcomes, Run.retrain, with fixes).
 
 Exactness: for squared loss on one-hot targets with a linear model trained one epoch, the
 gradient change of a relabel, J_jᵀ(e_y − e_c), does not depend on θ and enters θ linearly, so
@@ -15,7 +15,9 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from datasets.builtin import load_digits
-from influence import models, runs
+from influence import models, run_folder, runs
+from influence.config import RunConfig, RunError
+from influence.counterfactual import changes, class_index, outcomes
 from influence.sgd import (Objective, SGDConfig, counterfactual_sgd, initial_params,
                            make_schedule, per_sample_loss, run_sgd)
 from influence.sgd_influence import (label_gradient_change, loss_gradient, retrace,
@@ -166,7 +168,7 @@ def test_relabel_effects_rank_like_retraining_on_digits_logreg(classes, n_train,
 # --- runs with fixed labels -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run():
-    r = runs.Run(runs.RunConfig(model="logreg", epochs=2, seed=0, dtype="float64"))
+    r = runs.Run(RunConfig(model="logreg", epochs=2, seed=0, dtype="float64"))
     r.train()
     return r
 
@@ -183,13 +185,13 @@ def test_retraining_with_fixes_matches_the_vectorised_outcomes(run):
     for mode in ("all", "last"):
         child = run.retrain([ids[9]], mode, fixes=fixes)
         first = 0 if mode == "all" else 1
-        assert child.config.fixes == {ids[0]: [run.class_index(fixes[ids[0]]), first],
-                                      ids[5]: [run.class_index(fixes[ids[5]]), first]}
+        assert child.config.fixes == {ids[0]: [class_index(run, fixes[ids[0]]), first],
+                                      ids[5]: [class_index(run, fixes[ids[5]]), first]}
         assert child.config.removed == {ids[9]: first}
-        assert child.objective.y[0] == run.class_index(fixes[ids[0]])
+        assert child.objective.y[0] == class_index(run, fixes[ids[0]])
         assert child.labels_at(0)[0] == (child.objective.y[0] if mode == "all"
                                          else run.objective.y[0])
-        together = run.outcomes([[], [ids[9]]], mode, fixes=[{}, fixes])
+        together = outcomes(run, [[], [ids[9]]], mode, fixes=[{}, fixes])
         assert together.test_loss[0] == pytest.approx(run.evaluate("test")[0], abs=1e-12)
         assert together.test_loss[1] == pytest.approx(child.evaluate("test")[0], abs=1e-12)
         assert together.test_loss[1] != pytest.approx(
@@ -205,13 +207,13 @@ def test_fixing_from_the_first_epoch_is_training_on_the_fixed_labels(run):
     labels = run.data.labels.copy()
     for sid, name in fixes.items():
         labels[run.split.train[run.position[sid]]] = run.data.classes.index(name)
-    relabelled = runs.Run(runs.RunConfig(model="logreg", epochs=2, seed=0, dtype="float64"),
+    relabelled = runs.Run(RunConfig(model="logreg", epochs=2, seed=0, dtype="float64"),
                           run.data.relabelled(labels))
     relabelled.train()
     child = run.retrain([], "all", fixes=fixes)
     for name in child.theta:
         assert torch.equal(child.theta[name], relabelled.theta[name]), name
-    assert run.outcomes([[]], "all", fixes=[fixes]).test_loss[0] == pytest.approx(
+    assert outcomes(run, [[]], "all", fixes=[fixes]).test_loss[0] == pytest.approx(
         relabelled.evaluate("test")[0], abs=1e-12)
     assert child.evaluate("test")[0] != pytest.approx(run.evaluate("test")[0], abs=1e-9)
 
@@ -219,17 +221,17 @@ def test_fixing_from_the_first_epoch_is_training_on_the_fixed_labels(run):
 def test_a_fixed_run_replays_and_scores_with_its_own_labels(run, tmp_path):
     ids = run.train_ids
     child = run.retrain([ids[2]], "last", fixes={ids[0]: other_label(run, 0)})
-    child.save(tmp_path / "child")
-    again = runs.load(tmp_path / "child")
+    run_folder.save(child, tmp_path / "child")
+    again = run_folder.load(tmp_path / "child")
     assert again.config.fixes == child.config.fixes
     assert json.loads((tmp_path / "child" / "config.json").read_text())["fixes"] == {
-        ids[0]: [run.class_index(other_label(run, 0)), 1]}
+        ids[0]: [class_index(run, other_label(run, 0)), 1]}
     scores, effects = again.relabel_influence()
     np.testing.assert_array_equal(scores, again.influence())
     assert effects.shape == (len(ids), len(run.data.classes))
     assert np.isnan(effects[2]).all() and not np.isnan(np.delete(effects, 2, 0)).any()
     in_use = again.objective.y.numpy()
-    assert in_use[0] == run.class_index(other_label(run, 0))
+    assert in_use[0] == class_index(run, other_label(run, 0))
     others = ~np.isin(np.arange(len(ids)), [0, 2])
     assert np.all(effects[others, in_use[others]] == 0)  # their own label: no change
     # image 0 had its given label in epoch 0 (the fix is from the last epoch): the new label
@@ -262,24 +264,24 @@ def test_bad_fixes_are_refused(run, fixes, remove, words):
     given = run.data.classes[run.data.labels[run.split.train[0]]]
     fixes = {(ids[k] if isinstance(k, int) else k):
              {"given": given, "other": other_label(run, 0)}.get(v, v) for k, v in fixes.items()}
-    with pytest.raises(runs.RunError, match=words):
-        run.without([ids[k] for k in remove], fixes=fixes)
-    with pytest.raises(runs.RunError, match=words):
-        run.outcomes([[ids[k] for k in remove]], fixes=[fixes])
+    with pytest.raises(RunError, match=words):
+        changes(run, [ids[k] for k in remove], fixes=fixes)
+    with pytest.raises(RunError, match=words):
+        outcomes(run, [[ids[k] for k in remove]], fixes=[fixes])
 
 
 def test_a_fixed_image_cannot_be_removed_or_refixed_to_its_label(run):
     ids = run.train_ids
-    child = run.without(fixes={ids[0]: other_label(run, 0)}, mode="last")
+    child = run.without(changes(run, fixes={ids[0]: other_label(run, 0)}, mode="last"))
     child.checkpoints = run.checkpoints  # (only the config matters here)
-    with pytest.raises(runs.RunError, match="both removed and fixed"):
-        child.without([ids[0]])
-    with pytest.raises(runs.RunError, match="already"):
-        child.without(fixes={ids[0]: other_label(run, 0)}, mode="last")
-    refixed = child.without(fixes={ids[0]: other_label(run, 0, 2)})  # from epoch 0: fine
-    assert refixed.config.fixes[ids[0]] == [run.class_index(other_label(run, 0, 2)), 0]
-    with pytest.raises(runs.RunError, match="fixed from epoch 1 already"):
-        refixed.without(fixes={ids[0]: other_label(run, 0, 3)}, mode="last")
+    with pytest.raises(RunError, match="both removed and fixed"):
+        changes(child, [ids[0]])
+    with pytest.raises(RunError, match="already"):
+        changes(child, fixes={ids[0]: other_label(run, 0)}, mode="last")
+    refixed = child.without(changes(child, fixes={ids[0]: other_label(run, 0, 2)}))  # epoch 0
+    assert refixed.config.fixes[ids[0]] == [class_index(run, other_label(run, 0, 2)), 0]
+    with pytest.raises(RunError, match="fixed from epoch 1 already"):
+        changes(refixed, fixes={ids[0]: other_label(run, 0, 3)}, mode="last")
 
 
 @pytest.mark.parametrize("fixes,words", [
@@ -289,15 +291,15 @@ def test_a_fixed_image_cannot_be_removed_or_refixed_to_its_label(run):
     ({"a": [-1, 0]}, "class index, first epoch"),
 ])
 def test_config_validation_of_fixes(fixes, words):
-    with pytest.raises(runs.RunError, match=words):
-        runs.RunConfig(fixes=fixes).validate()
-    with pytest.raises(runs.RunError, match="both removed and fixed"):
-        runs.RunConfig(removed={"a": 0}, fixes={"a": [1, 0]}).validate()
+    with pytest.raises(RunError, match=words):
+        RunConfig(fixes=fixes).validate()
+    with pytest.raises(RunError, match="both removed and fixed"):
+        RunConfig(removed={"a": 0}, fixes={"a": [1, 0]}).validate()
 
 
 def test_a_fix_to_an_unknown_class_in_a_config_is_refused(run):
     from dataclasses import replace
-    with pytest.raises(runs.RunError, match="classes"):
+    with pytest.raises(RunError, match="classes"):
         runs.Run(replace(run.config, fixes={run.train_ids[0]: [10, 0]}), run.data)
 
 
@@ -325,8 +327,8 @@ def test_a_cleaning_round_with_fixes_has_random_fixes_as_controls(run):
                                     fixes={ids[0]: other_label(run, 0)})
     assert verdict["removed"] == 1 and verdict["relabelled"] == 1
     assert verdict["controls"] == 3 and len(verdict["control_errors"]) == 3
-    assert child.config.fixes == {ids[0]: [run.class_index(other_label(run, 0)), 1]}
-    with pytest.raises(runs.RunError, match="remove or to fix"):
+    assert child.config.fixes == {ids[0]: [class_index(run, other_label(run, 0)), 1]}
+    with pytest.raises(RunError, match="remove or to fix"):
         cleaning.clean(run, [], "last")
 
 
@@ -343,7 +345,7 @@ def test_best_labels_skip_the_label_in_use_and_removed_rows():
 
 def test_the_relabel_table_leaves_out_removed_images(run):
     from influence import relabel
-    child = run.without([run.train_ids[0]], "last")
+    child = run.without(changes(run, [run.train_ids[0]], "last"))
     effects = np.random.default_rng(0).normal(size=(len(run.train_ids), 10))
     effects[0] = np.nan
     frame = relabel.table(child, effects)
@@ -357,10 +359,10 @@ def test_scoring_with_relabel_effects_gives_the_ranking_of_scoring_alone(run, ke
     from influence import methods, relabel
     leave_out = [run.data.ids[i] for i in run.split.val[:7]]
     for exclude in ((), leave_out):
-        frame, effects = relabel.score(run, key, exclude=exclude)
-        alone = methods.score(run, key, exclude=exclude)
+        frame, effects = relabel.rank_with_effects(run, key, exclude=exclude)
+        alone = methods.rank(run, key, exclude=exclude)
         assert frame.sample_id.tolist() == alone.sample_id.tolist()
         np.testing.assert_allclose(frame.influence, alone.influence, rtol=1e-10, atol=1e-15)
         assert set(effects.sample_id) == set(frame.sample_id)
-    with pytest.raises(runs.RunError, match="relabel effects come with"):
-        relabel.score(run, "tracin")
+    with pytest.raises(RunError, match="relabel effects come with"):
+        relabel.rank_with_effects(run, "tracin")

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from influence import methods, runs
+from influence import methods, run_folder, runs, trust
+from influence.config import RunConfig, RunError
+from influence.counterfactual import outcomes
 from influence.sgd import Diverged, batch_weights, per_sample_loss, replay_epoch, sgd_step
 
 CONFIG = dict(dataset="digits", epochs=3, batch_size=32, seed=1)
@@ -16,7 +18,7 @@ CONFIG = dict(dataset="digits", epochs=3, batch_size=32, seed=1)
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
-    run = runs.train_new(runs.RunConfig(**CONFIG), out)
+    run = run_folder.train_new(RunConfig(**CONFIG), out)
     return run, out
 
 
@@ -38,7 +40,7 @@ def test_replay_is_bit_identical_to_training(saved):
 
 def test_checkpoint_round_trip(saved):
     run, out = saved
-    loaded = runs.load(out)
+    loaded = run_folder.load(out)
     assert loaded.checkpoints.keys() == run.checkpoints.keys()
     for k in run.checkpoints:
         assert params_equal(loaded.checkpoints[k], run.checkpoints[k])
@@ -94,14 +96,14 @@ def test_counterfactual_step_keeps_the_divisor(saved):
 
 def test_removal_changes_the_run_and_is_recorded(saved, tmp_path):
     run, out = saved
-    worst = methods.score(run, "sgd-last").sample_id[:5].tolist()
-    child = runs.retrain_saved(runs.load(out), worst, "all", tmp_path / "child")
+    worst = methods.rank(run, "sgd-last").sample_id[:5].tolist()
+    child = run_folder.retrain_saved(run_folder.load(out), worst, "all", tmp_path / "child")
     assert child.metrics["train_size"] == run.metrics["train_size"] - 5
     assert not params_equal(child.theta, run.theta)
     config = json.loads((tmp_path / "child" / "config.json").read_text())
     assert set(config["removed"]) == set(worst) and config["parent"] == str(out)
-    again = runs.load(tmp_path / "child")
-    assert set(methods.score(again, "sgd-last").sample_id).isdisjoint(worst)
+    again = run_folder.load(tmp_path / "child")
+    assert set(methods.rank(again, "sgd-last").sample_id).isdisjoint(worst)
 
 
 def test_query_can_be_any_loss(saved):
@@ -109,7 +111,7 @@ def test_query_can_be_any_loss(saved):
     test_obj = run.part("test")
 
     def one_test_image_loss(theta):
-        return runs.per_sample_loss(test_obj.outputs(theta, test_obj.x[:1]), test_obj.y[:1])[0]
+        return per_sample_loss(test_obj.outputs(theta, test_obj.x[:1]), test_obj.y[:1])[0]
 
     scores = run.influence(one_test_image_loss, last_epoch_only=True)
     assert scores.shape == (len(run.train_ids),) and np.isfinite(scores).all()
@@ -118,7 +120,7 @@ def test_query_can_be_any_loss(saved):
 
 def test_trust_check_reports_tau_and_signs(saved):
     run, _ = saved
-    result = methods.check(run, "sgd-last", n=6)
+    result = trust.of_ranking(run, "sgd-last", n=6)
     assert result["n"] == 6 and -1 <= result["tau"] <= 1
     assert 0 <= result["sign_agreement"] <= 1
     assert len(result["rows"]) == 6
@@ -128,25 +130,25 @@ def test_trust_check_reports_tau_and_signs(saved):
 def logreg():
     """Logistic regression on the digits, float64: a model whose estimates are close to the
     truth, so that the trust check must find agreement."""
-    run = runs.Run(runs.RunConfig(dataset="digits", model="logreg", epochs=2, lr=0.5,
-                                  dtype="float64"))
+    run = runs.Run(RunConfig(dataset="digits", model="logreg", epochs=2, lr=0.5,
+                             dtype="float64"))
     run.train()
     return run
 
 
 def test_the_trust_check_agrees_on_a_convex_model_and_catches_a_flipped_sign(logreg):
-    result = methods.check(logreg, "sgd", n=10)
+    result = trust.of_ranking(logreg, "sgd", n=10)
     assert result["tau"] > 0.5 and result["sign_agreement"] >= 0.8, result
     assert result["groups"] == 20 and result["group_spearman"] > 0.8, result
-    ranked = methods.score(logreg, "sgd")
-    flipped = logreg.check(ranked.assign(influence=-ranked.influence), "all", n=10)
+    ranked = methods.rank(logreg, "sgd")
+    flipped = trust.retraining_agreement(logreg, ranked.assign(influence=-ranked.influence), "all", n=10)
     assert flipped["tau"] < -0.5 and flipped["group_spearman"] < -0.8  # a sign error fails
 
 
 def test_many_removals_in_one_vectorised_run_match_one_by_one_retraining(logreg):
     ids = logreg.train_ids
     removals = [[], ids[:1], ids[5:40]]
-    rows = logreg.outcomes(removals, "all")
+    rows = outcomes(logreg, removals, "all")
     for ids_removed, row in zip(removals, rows.itertuples()):
         alone = logreg.retrain(ids_removed, "all") if ids_removed else logreg
         assert row.val_loss == pytest.approx(alone.evaluate("val")[0], rel=1e-9)
@@ -158,7 +160,7 @@ def test_many_removals_in_one_vectorised_run_match_one_by_one_retraining(logreg)
 
 
 def test_a_run_never_changes_the_config_it_is_given():
-    config = runs.RunConfig(dataset="digits", epochs=1)
+    config = RunConfig(dataset="digits", epochs=1)
     before = dataclasses.asdict(config)
     run = runs.Run(config)
     assert dataclasses.asdict(config) == before
@@ -169,13 +171,13 @@ def test_a_run_never_changes_the_config_it_is_given():
                                           ("removed", {"a": "0"}), ("seed", 1.5),
                                           ("device", None)])
 def test_the_config_validator_refuses_wrong_types(field, value):
-    with pytest.raises(runs.RunError, match=f"{field} has the wrong type"):
-        runs.RunConfig(**{field: value}).validate()
+    with pytest.raises(RunError, match=f"{field} has the wrong type"):
+        RunConfig(**{field: value}).validate()
 
 
 def test_divergence_is_reported_with_a_suggested_learning_rate():
     # with η·α = 50 the L2 term alone multiplies θ by (1 − 50) each step
-    run = runs.Run(runs.RunConfig(dataset="digits", epochs=2, lr=5.0, l2=10.0, model="logreg"))
+    run = runs.Run(RunConfig(dataset="digits", epochs=2, lr=5.0, l2=10.0, model="logreg"))
     with pytest.raises(Diverged) as err:
         run.train()
     assert err.value.suggested_lr == pytest.approx(0.5)
@@ -185,16 +187,16 @@ def test_divergence_is_reported_with_a_suggested_learning_rate():
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1.0), dict(batch_size=100000),
                                  dict(model="resnet")])
 def test_bad_settings_are_refused(bad):
-    with pytest.raises(runs.RunError):
-        runs.Run(runs.RunConfig(**{**CONFIG, **bad}))
+    with pytest.raises(RunError):
+        runs.Run(RunConfig(**{**CONFIG, **bad}))
 
 
 def test_unwritable_output_is_a_clear_error(saved, tmp_path):
     run, _ = saved
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with pytest.raises(runs.RunError, match="cannot write the run"):
-        run.save(blocker / "run")
+    with pytest.raises(RunError, match="cannot write the run"):
+        run_folder.save(run, blocker / "run")
 
 
 def test_disk_full_leaves_nothing_behind(saved, tmp_path, monkeypatch):
@@ -205,9 +207,9 @@ def test_disk_full_leaves_nothing_behind(saved, tmp_path, monkeypatch):
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runs, "save_file", no_space)
-    with pytest.raises(runs.RunError, match="No space left on device"):
-        run.save(tmp_path / "run")
+    monkeypatch.setattr(run_folder, "save_file", no_space)
+    with pytest.raises(RunError, match="No space left on device"):
+        run_folder.save(run, tmp_path / "run")
     assert list(tmp_path.iterdir()) == []  # no half-written run, no temporary folder
 
 
@@ -222,16 +224,16 @@ def test_the_query_can_leave_validation_images_out_but_not_all(logreg):
         mixed = (float(some(logreg.theta)) * (len(val_ids) - 20)
                  + float(first(logreg.theta)) * 20)
     assert mixed == pytest.approx(rest, rel=1e-9)
-    with pytest.raises(runs.RunError, match="every validation image is left out"):
+    with pytest.raises(RunError, match="every validation image is left out"):
         logreg.query_loss(val_ids)
 
 
 def test_half_the_validation_part_is_held_out_of_the_query_to_select_k(logreg):
     val, selection = set(logreg.split.val), set(logreg.selection)
     assert selection < val and abs(len(selection) - len(val) / 2) <= 1
-    again = runs.Run(runs.RunConfig(**{**dataclasses.asdict(logreg.config), "fingerprint": None}))
+    again = runs.Run(RunConfig(**{**dataclasses.asdict(logreg.config), "fingerprint": None}))
     assert np.array_equal(again.selection, logreg.selection)  # the run's seed fixes it
-    other = runs.Run(runs.RunConfig(dataset="digits", model="logreg", epochs=2, seed=1))
+    other = runs.Run(RunConfig(dataset="digits", model="logreg", epochs=2, seed=1))
     assert not np.array_equal(other.selection, logreg.selection)
     query_part = sorted(val - selection)
     obj = logreg.part("val")
@@ -248,8 +250,8 @@ def test_half_the_validation_part_is_held_out_of_the_query_to_select_k(logreg):
 
 
 def test_no_selection_part_keeps_the_whole_validation_part_as_the_query(logreg):
-    whole = runs.Run(runs.RunConfig(**{**dataclasses.asdict(logreg.config), "fingerprint": None,
-                                       "selection_fraction": 0.0}))
+    whole = runs.Run(RunConfig(**{**dataclasses.asdict(logreg.config), "fingerprint": None,
+                                  "selection_fraction": 0.0}))
     assert len(whole.selection) == 0 and not whole.selection_ids
     with torch.no_grad():
         assert float(whole.val_loss_fn(logreg.theta)) == pytest.approx(
@@ -264,7 +266,7 @@ def test_a_run_saved_before_the_selection_part_still_uses_its_whole_validation_p
     assert raw["selection_fraction"] == 0.5
     del raw["selection_fraction"]
     (out / "config.json").write_text(json.dumps(raw))
-    old = runs.load(out)
+    old = run_folder.load(out)
     assert old.config.selection_fraction == 0.0 and len(old.selection) == 0
-    with pytest.raises(runs.RunError, match="selection share"):
-        runs.RunConfig(selection_fraction=0.95).validate()
+    with pytest.raises(RunError, match="selection share"):
+        RunConfig(selection_fraction=0.95).validate()

@@ -3,6 +3,7 @@ import os
 import sqlite3
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import datasets
@@ -10,6 +11,7 @@ from app.services import store
 from app.services.store import DONE, INTERRUPTED, RUNNING, Store
 from datasets import flip_training_labels
 from influence import runs
+from influence.config import RunConfig, RunError
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def test_workspace_comes_from_the_environment_or_defaults_to_workspace(tmp_path,
 def test_an_unusable_workspace_is_a_clear_error(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with pytest.raises(runs.RunError, match="cannot use the workspace folder"):
+    with pytest.raises(RunError, match="cannot use the workspace folder"):
         Store(blocker)
 
 
@@ -49,24 +51,24 @@ def test_a_data_set_is_saved_once_and_reloads_identically(ws, digits):
 
 def test_run_records_go_from_running_to_done(ws, digits):
     d = ws.add_dataset(digits, "digits", "s1")
-    config = runs.RunConfig(epochs=1)
+    config = RunConfig(epochs=1)
     row = ws.new_run(d["id"], "train", config, "s1")
     assert row["status"] == RUNNING and row["config"]["epochs"] == 1
     done = ws.finish_run(row["id"], DONE, {"test_error": 0.1},
-                         config=runs.RunConfig(epochs=1, lr=0.2))
+                         config=RunConfig(epochs=1, lr=0.2))
     assert done["status"] == DONE and done["metrics"] == {"test_error": 0.1}
     assert done["config"]["lr"] == 0.2 and done["finished"] >= done["created"]
     assert [r["id"] for r in ws.runs(d["id"])] == [row["id"]]
-    with pytest.raises(runs.RunError, match="only finished runs"):
+    with pytest.raises(RunError, match="only finished runs"):
         ws.open_run(ws.new_run(d["id"], "train", config, "s1")["id"])
-    with pytest.raises(runs.RunError, match="no run"):
+    with pytest.raises(RunError, match="no run"):
         ws.run("r-nope")
 
 
 def test_a_restart_marks_runs_of_a_dead_server_interrupted(ws, digits, monkeypatch):
     d = ws.add_dataset(digits, "digits", "s1")
-    mine = ws.new_run(d["id"], "train", runs.RunConfig(), "s1")
-    dead = ws.new_run(d["id"], "train", runs.RunConfig(), "s1")
+    mine = ws.new_run(d["id"], "train", RunConfig(), "s1")
+    dead = ws.new_run(d["id"], "train", RunConfig(), "s1")
     with sqlite3.connect(ws.root / "store.sqlite") as db:  # owned by a process that is gone
         db.execute("UPDATE runs SET owner = '999999999:0' WHERE id = ?", (dead["id"],))
     partial = ws.root / "runs" / f".{dead['id']}.partial-x"
@@ -91,17 +93,17 @@ def test_session_state_round_trips(ws):
 
 def test_scores_trust_and_rounds_are_kept(ws, digits, tmp_path):
     d = ws.add_dataset(digits, "digits", "s1")
-    row = ws.new_run(d["id"], "train", runs.RunConfig(), "s1")
+    row = ws.new_run(d["id"], "train", RunConfig(), "s1")
     ws.run_folder(row["id"]).mkdir(parents=True)
-    frame = runs.pd.DataFrame({"sample_id": ["digits-0001", "digits-0002"],
-                               "label": ["01", "2"], "influence": [-0.5, 0.25]})
+    frame = pd.DataFrame({"sample_id": ["digits-0001", "digits-0002"],
+                          "label": ["01", "2"], "influence": [-0.5, 0.25]})
     ws.add_scores(row["id"], "sgd", frame, 1.5)
     back = ws.scores(row["id"], "sgd")
     assert back.sample_id.tolist() == frame.sample_id.tolist()
     assert back.influence.tolist() == [-0.5, 0.25]
     ws.set_trust(row["id"], "sgd", {"tau": 0.9, "n": 10})
     assert ws.score_info(row["id"])["sgd"]["trust"] == {"tau": 0.9, "n": 10}
-    with pytest.raises(runs.RunError, match="has not been scored"):
+    with pytest.raises(RunError, match="has not been scored"):
         ws.scores(row["id"], "sgd-last")
     r = ws.new_round(d["id"], row["id"], "sgd", "all", ["digits-0001"], "r-c", "r-r", "s1")
     ws.finish_round(r, DONE)
@@ -115,8 +117,8 @@ def test_flipping_labels_touches_training_images_only_and_keeps_the_split(digits
     assert changed == set(flipped) and len(flipped) == round(0.1 * 1077)
     assert all(digits.classes[digits.labels[digits.ids.index(i)]] == c
                for i, c in flipped.items())  # the true class is remembered
-    clean_run = runs.Run(runs.RunConfig(epochs=1, seed=3), digits)
-    noisy_run = runs.Run(runs.RunConfig(epochs=1, seed=3), noisy)
+    clean_run = runs.Run(RunConfig(epochs=1, seed=3), digits)
+    noisy_run = runs.Run(RunConfig(epochs=1, seed=3), noisy)
     assert np.array_equal(clean_run.split.test, noisy_run.split.test)
     assert np.array_equal(clean_run.split.val, noisy_run.split.val)
     assert set(flipped) <= set(noisy_run.train_ids)

@@ -20,11 +20,11 @@ from torch.func import vmap
 
 from datasets import ImageSet
 from influence import baselines, cleaning, labels, methods, probe, runs
-from influence.runs import RunConfig
+from influence.config import RunConfig
 from influence.sgd import batch_stats, batch_weights, initial_params, replayed_steps, sgd_step
 from influence.sgd_influence import hvp_and_dot_grads
 
-CHUNK = 32  # removal masks per vectorised run (Run.outcomes)
+CHUNK = 32  # removal masks per vectorised run (counterfactual.outcomes)
 CHECK_SINGLES, CHECK_GROUPS = 10, 20  # the trust check's defaults (app.services.jobs)
 
 

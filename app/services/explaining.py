@@ -14,15 +14,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from influence import explain, methods, runs
+from influence import explain, methods, run_folder, trust
+from influence.config import RunError
 from influence.progress import Progress
-from influence.runs import RunError
 
 from . import jobs
 from .store import DONE, Store
 
 TOP = 20  # training images kept per side
-METHODS = tuple(explain.BATCHED)  # sgd (exact, all epochs) and sgd-last (fast)
 CHECK_SINGLES, CHECK_GROUPS = 10, 10
 
 
@@ -38,7 +37,7 @@ def stored(store: Store, run_id: str, test_id: str, method: str) -> pd.DataFrame
     file = path(store, run_id, test_id, method)
     if not file.is_file():
         return None
-    return runs.read_csv(file, text=("test_id", "side", "sample_id", "label"),
+    return run_folder.read_csv(file, text=("test_id", "side", "sample_id", "label"),
                          numbers=("rank", "score"))
 
 
@@ -48,8 +47,7 @@ def stored_check(store: Store, run_id: str, test_id: str, method: str) -> dict |
 
 
 def _finished_run(store: Store, run_id: str, method: str) -> None:
-    if method not in METHODS:
-        raise RunError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    methods.get(method, among=methods.keys(explains="batched"))  # many test images, one retrace
     if store.run(run_id)["status"] != DONE:
         raise RunError(f"run {run_id} is not finished: train a model first")
 
@@ -65,11 +63,11 @@ def start_explain(store: Store, session: str, run_id: str, test_id: str, method:
         job.say(f"following training backwards for test image {test_id} "
                 f"({methods.get(method).title})")
         job.report(Progress("score", 0, 1))
-        matrix = explain.scores(run, method, [test_id], on_progress=job.report)
+        matrix = explain.test_scores(run, method, [test_id], on_progress=job.report)
         frame = explain.table(run, [test_id], matrix, TOP)
         file = path(store, run_id, test_id, method)
         file.parent.mkdir(exist_ok=True)
-        runs.write_csv(frame, file)
+        run_folder.write_csv(frame, file)
         job.say(f"done in {time.perf_counter() - begun:.1f} s")
         return {"run": run_id, "test_id": test_id, "method": method}
 
@@ -87,13 +85,13 @@ def start_explain_check(store: Store, session: str, run_id: str, test_id: str,
         run = store.open_run(run_id)
         job.say(f"retraining without each of {CHECK_SINGLES} single images and {CHECK_GROUPS} "
                 f"random groups, all at once, to compare with the estimates for {test_id}")
-        result = explain.check(run, method, test_id, CHECK_SINGLES, on_progress=job.report,
-                               groups=CHECK_GROUPS)
-        trust = {k: result[k] for k in jobs.TRUST if k in result}
+        result = trust.of_test_image(run, method, test_id, CHECK_SINGLES,
+                                     on_progress=job.report, groups=CHECK_GROUPS)
+        figures = {k: result[k] for k in jobs.TRUST if k in result}
         file = path(store, run_id, test_id, method, "json")
         file.parent.mkdir(exist_ok=True)
-        file.write_text(json.dumps(trust))
-        return trust
+        file.write_text(json.dumps(figures))
+        return figures
 
     return jobs.start(session, "explain-check", f"Checking the explanation of {test_id}", work,
                       result={"run": run_id, "test_id": test_id, "method": method})

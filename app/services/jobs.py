@@ -24,9 +24,10 @@ import pandas as pd
 import torch
 
 from datasets import DataError
-from influence import cleaning, kcurve, methods, probe, relabel, runs
+from influence import cleaning, kcurve, methods, probe, relabel, run_folder, runs, trust
 from influence.progress import Cancelled, Progress
-from influence.runs import RunConfig, RunError, TrainingLog
+from influence.config import RunConfig, RunError
+from influence.run_folder import TrainingLog
 from influence.sgd import Diverged
 
 from ..words import PHASES, plain_message
@@ -277,7 +278,7 @@ def start_training(store: Store, session: str, dataset_id: str, config: RunConfi
                     lambda p: job.report(p) if p.phase == "probe" else curve(p))
                 job.say(f"learning rate {run.config.lr:g}: {run.metrics['lr_probe']['reason']}")
             else:
-                run = runs.train_new(config, store.root / row["folder"], data, curve)
+                run = run_folder.train_new(config, store.root / row["folder"], data, curve)
             store.finish_run(row["id"], DONE, run.metrics, config=run.config)
         job.say(f"done in {run.metrics['seconds']:.1f} s: validation error "
                 f"{run.metrics['val_error']:.1%}, test error {run.metrics['test_error']:.1%}")
@@ -289,10 +290,8 @@ def start_training(store: Store, session: str, dataset_id: str, config: RunConfi
 def start_scoring(store: Store, session: str, run_id: str, method: str,
                   exclude: list[str] | None = None) -> Job:
     """Score every training image of a finished run with one of the app's rankings
-    (methods.IN_APP); `exclude`: validation images left out of the query."""
-    if method not in methods.IN_APP:
-        raise RunError(f"unknown ranking {method!r}: use one of {', '.join(methods.IN_APP)}")
-    ranking = methods.get(method)
+    (methods.keys(in_app=True)); `exclude`: validation images left out of the query."""
+    ranking = methods.get(method, among=methods.keys(in_app=True))
     row = store.run(run_id)
     if row["status"] != DONE:
         raise RunError(f"run {run_id} is {row['status']}: train a model first")
@@ -301,15 +300,15 @@ def start_scoring(store: Store, session: str, run_id: str, method: str,
         begun = time.perf_counter()
         run = store.open_run(run_id)
         job.say(f"ranking the training images of run {run_id} by {ranking.title}")
-        job.report(Progress("score" if method in ("sgd", "sgd-last") else "rank", 0, 1))
+        job.report(Progress(ranking.phase, 0, 1))
         effects = None
-        if method in relabel.RANKINGS:  # removal scores and relabel effects, one retrace
-            frame, effects = relabel.score(run, method, job.report, exclude or ())
+        if ranking.relabels:  # removal scores and relabel effects, one retrace
+            frame, effects = relabel.rank_with_effects(run, method, job.report, exclude or ())
         else:
-            frame = methods.score(run, method, on_progress=job.report, exclude=exclude or ())
+            frame = methods.rank(run, method, on_progress=job.report, exclude=exclude or ())
         seconds = time.perf_counter() - begun
         store.add_scores(run_id, method, frame, seconds,
-                         exclude if methods.get(method).estimates_removal else None, effects)
+                         exclude if ranking.estimates_removal else None, effects)
         job.say(f"scored {len(frame):,} training images in {seconds:.1f} s")
         return {"run": run_id, "method": method}
 
@@ -328,10 +327,7 @@ def start_check(store: Store, session: str, run_id: str, method: str, n: int = 1
                 groups: int = CHECK_GROUPS) -> Job:
     """The engine's trust check: real retraining without n single images spread over the ranking
     and without `groups` random groups of 5 % of the training images, all at once."""
-    ranking = methods.get(method)
-    if not ranking.estimates_removal:
-        raise RunError(f"{ranking.name} does not estimate the effect of removing an image, so "
-                       "real retraining cannot check it")
+    methods.estimating_removal(method)  # refused here, before the job starts
     scores = store.scores(run_id, method)
     exclude = store.score_info(run_id)[method].get("query") or []
 
@@ -339,14 +335,14 @@ def start_check(store: Store, session: str, run_id: str, method: str, n: int = 1
         run = store.open_run(run_id)
         job.say(f"retraining without each of {n} single images and {groups} random groups, "
                 "all at once, to compare with the estimates")
-        result = methods.check(run, method, n, on_progress=job.report, ranked=scores,
-                               groups=groups, exclude=exclude)
-        trust = {k: result[k] for k in TRUST if k in result}
-        store.set_trust(run_id, method, trust)
-        job.say(f"Kendall τ = {trust['tau']:.2f} over {trust['n']} images"
-                + (f"; Spearman {trust['group_spearman']:.2f} over {trust['groups']} groups"
-                   if "group_spearman" in trust else ""))
-        return trust
+        result = trust.of_ranking(run, method, n, on_progress=job.report, ranked=scores,
+                                  groups=groups, exclude=exclude)
+        figures = {k: result[k] for k in TRUST if k in result}
+        store.set_trust(run_id, method, figures)
+        job.say(f"Kendall τ = {figures['tau']:.2f} over {figures['n']} images"
+                + (f"; Spearman {figures['group_spearman']:.2f} over {figures['groups']} groups"
+                   if "group_spearman" in figures else ""))
+        return figures
 
     return start(session, "check", "Checking the ranking", work,
                  result={"run": run_id, "method": method}, store=store, reads=[run_id])
@@ -357,13 +353,12 @@ def start_curve(store: Store, session: str, run_id: str, method: str, mode: str 
     """How many to remove: the k-curve of a computed ranking (influence.kcurve), every top-k
     and random removal in one vectorised retraining, judged on the run's selection images.
     The job's result keeps the curve per k (`band`) and the suggestion."""
-    if mode not in runs.RETRAIN_MODES:
-        raise RunError(f"unknown mode {mode!r}: use all or last")
+    run = store.open_run(run_id)
     ranked = store.scores(run_id, method)
+    kcurve.check_curve(run, ranked, mode, controls)  # refused here, before the job starts
     exclude = (store.score_info(run_id).get(method) or {}).get("query") or []
 
     def work(job: Job) -> dict:
-        run = store.open_run(run_id)
         ks = kcurve.sizes(len(ranked))
         job.say(f"retraining without the top {', '.join(map(str, ks[1:]))} of the ranking and "
                 f"without {controls} random sets of each size, all at once (mode {mode})")
@@ -388,17 +383,10 @@ def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str
         if job.kind == "clean":
             return job
         raise Busy(f"{job.title} is still running: wait for it to finish or cancel it")
-    remove_ids, fixes = list(dict.fromkeys(remove_ids)), dict(fixes or {})
-    if not remove_ids and not fixes:
-        raise RunError("tick at least one image to remove or to fix")
-    if mode not in runs.RETRAIN_MODES:
-        raise RunError(f"unknown mode {mode!r}: use all or last")
-    if controls < 0:
-        raise RunError("the number of random controls must be 0 or more")
     base_row = store.run(run_id)
     base = store.open_run(run_id)
-    base.check_training_ids(remove_ids)
-    base.new_fixes(fixes, 0 if mode == "all" else base.schedule.epochs - 1, remove_ids)
+    planned = cleaning.check_round(base, remove_ids, mode, controls, fixes)  # refused here,
+    remove_ids, fixes = list(planned.changes.removed), dict(fixes or {})  # before the job starts
     exclude = (store.score_info(run_id).get(method) or {}).get("query") or []
     cleaned = store.new_run(base_row["dataset"], "cleaned", base.config, session, run_id)
     round_id = store.new_round(base_row["dataset"], run_id, method, mode, remove_ids,
@@ -410,10 +398,9 @@ def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str
                 curve = job.training_log("retrain", base.schedule.epochs)
                 job.say(f"{PHASES['retrain'].lower()} ({len(remove_ids)} images removed, "
                         f"{len(fixes)} fixed, mode {mode})")
-                child, verdict = cleaning.clean(
-                    base, remove_ids, mode, controls, seed, exclude,
-                    store.root / cleaned["folder"],
-                    lambda p: job.report(p) if p.phase == "control" else curve(p), fixes)
+                child, verdict = cleaning.run_round(
+                    base, planned, seed, exclude, store.root / cleaned["folder"],
+                    lambda p: job.report(p) if p.phase == "control" else curve(p))
                 store.finish_run(cleaned["id"], DONE, child.metrics, config=child.config)
             job.say(f"test error {verdict['test_error_after']:.1%} (before: "
                     f"{verdict['test_error_before']:.1%}; {controls} random removals: "

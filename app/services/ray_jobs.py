@@ -5,7 +5,7 @@ What runs where
     the app (this process)  submits a job, polls its progress, log and curves into the same Job
                             the pages read, cancels it, and writes its results into the workspace
     a job actor (a worker)  runs the job's work: training, scoring, the trust check, cleaning
-    chunk tasks (workers)   the chunks of removal masks of Run.outcomes (trust check, controls)
+    chunk tasks (workers)   the chunks of counterfactual.outcomes (trust check, controls)
                             when there are several chunks and the cluster has room
 
 A job's work (a closure made by app.services.jobs) is pickled with the workspace store replaced
@@ -43,9 +43,9 @@ from ray import cloudpickle
 
 from datasets import DataError, ImageSet
 from datasets.storage import atomic_folder
-from influence import runs
+from influence import counterfactual, run_folder, runs
 from influence.progress import Cancelled
-from influence.runs import RunError
+from influence.config import RunConfig, RunError
 
 from ..words import plain_message
 from . import jobs
@@ -228,7 +228,7 @@ def mirror(job: jobs.Job, state: dict, seen: dict) -> None:
     """Copy what the actor reported since the last poll into the app's Job."""
     job.epochs.update(state["epochs"])
     for phase, rows in state["rows"].items():
-        curve = job.curves.setdefault(phase, runs.TrainingLog())
+        curve = job.curves.setdefault(phase, run_folder.TrainingLog())
         curve.rows.extend(rows)
         seen["rows"][phase] = len(curve.rows)
     job.lines.extend(state["lines"])
@@ -328,7 +328,7 @@ class _Receiver(pickle.Unpickler):
         if pid[0] == "dataset":
             return self.store.load_data(pid[1])
         if pid[0] == "plan":
-            return runs.Run(runs.RunConfig(**pid[1]), pid[2])
+            return runs.Run(RunConfig(**pid[1]), pid[2])
         raise pickle.UnpicklingError(f"unknown placeholder {pid[0]!r}")
 
 
@@ -385,7 +385,8 @@ class WorkerStore(Store):
     def open_run(self, run_id: str, data=None) -> runs.Run:
         run = super().open_run(run_id, data)
         run.path = self.app_root / self.run(run_id)["folder"]  # as in the app: a child run
-        return run                                             # records its parent by it
+        run.outcome_executor = outcomes_on_cluster             # records its parent by it; its
+        return run                                             # retrainings fan out as tasks
 
     finish_run = _recorded("finish_run")
     add_scores = _recorded("add_scores")
@@ -393,8 +394,8 @@ class WorkerStore(Store):
     finish_round = _recorded("finish_round")
 
     def _refuse(self, *_, **__):
-        raise runs.RunError("a job on a cluster worker cannot add data sets, runs or rounds to "
-                            "the workspace")
+        raise RunError("a job on a cluster worker cannot add data sets, runs or rounds to "
+                       "the workspace")
 
     add_dataset = new_run = new_round = save_session_state = _refuse
 
@@ -417,7 +418,6 @@ class JobActor:
             return
         spec = self.spec
         jobs.use_cpu_threads(spec["threads"])  # as in the app: the same float sums
-        runs.EXECUTOR = outcomes_on_cluster
         self.store = WorkerStore(self.root / "workspace", spec["app_root"])
         for table in ("datasets", "runs", "scores"):
             self.store.insert_rows(table, spec["rows"][table])
@@ -463,19 +463,19 @@ class JobActor:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-# --- fan-out: the chunks of Run.outcomes as tasks ------------------------------------------------
+# --- fan-out: the chunks of counterfactual.outcomes as tasks ------------------------------------
 @ray.remote
 def _outcome_chunk(run: runs.Run, chunk: tuple[list, list], mode: str, exclude: list[str],
                    threads: int) -> list[dict]:
     torch.set_num_threads(threads)
     removals, fixes = chunk
-    return run.outcome_rows(removals, mode, exclude, None, fixes)
+    return counterfactual.outcome_rows(run, removals, mode, exclude, None, fixes)
 
 
 def outcomes_on_cluster(run: runs.Run, chunks: list, mode: str, exclude: list[str]):
-    """runs.EXECUTOR on a cluster: each chunk of removal masks as a Ray task (with the caller's
-    torch thread count, so each chunk's figures are the local ones), when the cluster has more
-    than the one CPU this job holds; None (keep them here) otherwise."""
+    """Run.outcome_executor on a cluster: each chunk of removal masks as a Ray task (with the
+    caller's torch thread count, so each chunk's figures are the local ones), when the cluster
+    has more than the one CPU this job holds; None (keep them here) otherwise."""
     if ray.cluster_resources().get("CPU", 0) < 2:
         return None
     return _gathered(run, chunks, mode, exclude)

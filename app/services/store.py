@@ -4,7 +4,7 @@ it can be listed and reopened after a restart. UI-free.
     $INFLUENCE_WORKSPACE (default ./workspace)
         store.sqlite         metadata (stdlib sqlite3): data sets, runs, scores, rounds, sessions
         datasets/<id>/       an ImageSet saved with datasets.storage (no pickle)
-        runs/<id>/           a run folder written by influence.runs (+ influence-<method>.csv)
+        runs/<id>/           a run folder of influence.run_folder (+ influence-<method>.csv)
 
 Folders are written atomically (temporary sibling, then rename) and never changed afterwards; a
 data set is stored once per content (its fingerprint), so sessions can share it without
@@ -29,7 +29,9 @@ import pandas as pd
 import datasets
 from datasets import DataError, ImageSet
 
-from influence import runs
+from influence import run_folder
+from influence.config import RunConfig, RunError
+from influence.runs import Run
 
 RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = "running", "done", "failed", "cancelled", \
     "interrupted"
@@ -60,7 +62,7 @@ ADDED_COLUMNS = (("scores", "query", "TEXT"),  # the validation ids left out of 
                  ("rounds", "fixes", "TEXT"),  # sample id → new label, next to removals
                  ("scores", "relabel", "TEXT"))  # file of the relabel effects (SGD-influence)
 # the result tables in a run folder: (text columns, number columns[, optional text columns]),
-# for runs.read_csv
+# for run_folder.read_csv
 PREDICTIONS = (("sample_id", "part"), ("label", "predicted", "confidence"))
 SCORES = (("sample_id", "label"), ("influence",), ("suggested_label",))
 LOG = ((), ("step", "epoch", "loss", "accuracy"))
@@ -119,9 +121,9 @@ class Store:
                     if column not in have:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         except OSError as e:  # (database errors come as a RunError from _db)
-            raise runs.RunError(f"cannot use the workspace folder {self.root}: {e}. Check that "
-                                "it is writable and the disk is not full, or set "
-                                "INFLUENCE_WORKSPACE to another folder") from None
+            raise RunError(f"cannot use the workspace folder {self.root}: {e}. Check that "
+                           "it is writable and the disk is not full, or set "
+                           "INFLUENCE_WORKSPACE to another folder") from None
         self.recover()
 
     @contextmanager
@@ -135,9 +137,9 @@ class Store:
                 with db:
                     yield db
         except sqlite3.Error as e:
-            raise runs.RunError(f"cannot read or write the workspace database in {self.root}: "
-                                f"{e}. Check that the disk is not full and the folder is "
-                                "writable") from None
+            raise RunError(f"cannot read or write the workspace database in {self.root}: "
+                           f"{e}. Check that the disk is not full and the folder is "
+                           "writable") from None
 
     def _rows(self, sql: str, args=()) -> list[dict]:
         with self._db() as db:
@@ -214,7 +216,7 @@ class Store:
         return datasets.storage.load(self.dataset_folder(dataset_id))
 
     # --- runs ------------------------------------------------------------------------------
-    def new_run(self, dataset_id: str, kind: str, config: runs.RunConfig,
+    def new_run(self, dataset_id: str, kind: str, config: RunConfig,
                 session: str | None = None, parent: str | None = None) -> dict:
         """Register a run that is about to start (status running, owned by this process)."""
         run_id = new_id("r")
@@ -241,7 +243,7 @@ class Store:
                         f"({', '.join('?' * len(row))})", values)
 
     def finish_run(self, run_id: str, status: str, metrics: dict | None = None,
-                   error: str | None = None, config: runs.RunConfig | None = None) -> dict:
+                   error: str | None = None, config: RunConfig | None = None) -> dict:
         assert status in STATUSES
         self._write("UPDATE runs SET status = ?, metrics = COALESCE(?, metrics), error = ?, "
                     "config = COALESCE(?, config), finished = ? WHERE id = ?",
@@ -253,7 +255,7 @@ class Store:
     def run(self, run_id: str) -> dict:
         row = self._one("SELECT * FROM runs WHERE id = ?", (run_id,))
         if row is None:
-            raise runs.RunError(f"no run {run_id!r} in the workspace {self.root}")
+            raise RunError(f"no run {run_id!r} in the workspace {self.root}")
         return row
 
     def runs(self, dataset_id: str | None = None) -> list[dict]:
@@ -265,22 +267,23 @@ class Store:
     def run_folder(self, run_id: str) -> Path:
         return self.root / self.run(run_id)["folder"]
 
-    def open_run(self, run_id: str, data: ImageSet | None = None) -> runs.Run:
+    def open_run(self, run_id: str, data: ImageSet | None = None) -> Run:
         """The saved, trained engine Run (refused clearly unless it finished)."""
         row = self.run(run_id)
         if row["status"] != DONE:
-            raise runs.RunError(f"run {run_id} is {row['status']}; only finished runs can be "
-                                "opened")
+            raise RunError(f"run {run_id} is {row['status']}; only finished runs can be "
+                           "opened")
         data = data if data is not None else self.load_data(row["dataset"])
-        return runs.load(self.root / row["folder"], data)
+        return run_folder.load(self.root / row["folder"], data)
 
     def predictions(self, run_id: str) -> pd.DataFrame:
         """sample_id, part, label, predicted, confidence for every image (written by jobs)."""
-        return runs.read_csv(self.run_folder(run_id) / "predictions.csv", *PREDICTIONS)
+        return run_folder.read_csv(self.run_folder(run_id) / "predictions.csv", *PREDICTIONS)
 
     def training_log(self, run_id: str) -> pd.DataFrame:
         path = self.run_folder(run_id) / "log.csv"
-        return runs.read_csv(path, *LOG) if path.is_file() else runs.TrainingLog().frame()
+        return run_folder.read_csv(path, *LOG) if path.is_file() else \
+            run_folder.TrainingLog().frame()
 
     # --- scores ----------------------------------------------------------------------------
     def add_scores(self, run_id: str, method: str, frame: pd.DataFrame, seconds: float,
@@ -288,8 +291,8 @@ class Store:
         """Keep a ranking of a run (replacing an earlier one of the same method); `query`: the
         validation ids left out of the query it was computed for; `relabel`: the relabel
         effects from the same retrace (influence.relabel.table), kept beside it."""
-        path = runs.write_csv(frame, self.run_folder(run_id) / f"influence-{method}.csv")
-        effects = None if relabel is None else runs.write_csv(
+        path = run_folder.write_csv(frame, self.run_folder(run_id) / f"influence-{method}.csv")
+        effects = None if relabel is None else run_folder.write_csv(
             relabel, self.run_folder(run_id) / f"relabel-{method}.csv").name
         self._write("INSERT OR REPLACE INTO scores (run, method, file, seconds, created, query, "
                     "relabel) VALUES (?,?,?,?,?,?,?)",
@@ -309,15 +312,15 @@ class Store:
     def scores(self, run_id: str, method: str) -> pd.DataFrame:
         info = self.score_info(run_id).get(method)
         if info is None:
-            raise runs.RunError(f"run {run_id} has not been scored with {method}")
-        return runs.read_csv(self.run_folder(run_id) / info["file"], *SCORES)
+            raise RunError(f"run {run_id} has not been scored with {method}")
+        return run_folder.read_csv(self.run_folder(run_id) / info["file"], *SCORES)
 
     def relabel(self, run_id: str, method: str) -> pd.DataFrame | None:
         """The relabel effects kept with a ranking (influence.relabel.table), or None."""
         info = self.score_info(run_id).get(method) or {}
         if not info.get("relabel"):
             return None
-        return runs.read_csv(self.run_folder(run_id) / info["relabel"], *RELABEL)
+        return run_folder.read_csv(self.run_folder(run_id) / info["relabel"], *RELABEL)
 
     # --- cleaning rounds -------------------------------------------------------------------
     def new_round(self, dataset_id: str, base: str, method: str | None, mode: str,
@@ -337,7 +340,7 @@ class Store:
     def round(self, round_id: int) -> dict:
         row = self._one("SELECT * FROM rounds WHERE id = ?", (round_id,))
         if row is None:
-            raise runs.RunError(f"no cleaning round {round_id}")
+            raise RunError(f"no cleaning round {round_id}")
         return row
 
     def rounds(self, dataset_id: str | None = None, base: str | None = None) -> list[dict]:

@@ -13,8 +13,8 @@ import streamlit as st
 from app import images, panels, session, words
 from app.services import explaining, jobs
 from app.services.store import DONE
-from influence import explain
-from influence.runs import RunError
+from influence import explain, methods
+from influence.config import RunError
 
 GALLERY = 24  # misclassified test images shown as thumbnails
 SIDE_TITLES = {"harmful": "Pushed it towards this mistake: removing each is estimated to "
@@ -70,11 +70,10 @@ def image_card(data, position, r, run: dict, dataset_id: str) -> None:
 def explain_controls(run: dict, test_id: str, guess: dict) -> str:
     """Exact or fast, with the time each takes, and the button that starts the job."""
     busy = jobs.active(session.sid()) is not None
-    method = st.radio("How", explaining.METHODS, horizontal=True, key="why_method",
-                      format_func={
-                          "sgd": f"exact, all epochs ({words.seconds(guess['seconds_score'])})",
-                          "sgd-last": f"fast, last epoch only "
-                                      f"({words.seconds(guess['seconds_score_last'])})"}.get)
+    timed = {"sgd": f"exact, all epochs ({words.seconds(guess['seconds_score'])})",
+             "sgd-last": f"fast, last epoch only ({words.seconds(guess['seconds_score_last'])})"}
+    method = st.radio("How", methods.keys(explains="batched"), horizontal=True, key="why_method",
+                      format_func=lambda m: timed.get(m, methods.get(m).title))
     if explaining.stored(session.store(), run["id"], test_id, method) is None and st.button(
             "Explain this mistake", type="primary", disabled=busy, icon=":material/help:"):
         try:

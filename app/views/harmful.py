@@ -10,7 +10,7 @@ from app import charts, fixes, how_many, images, panels, session, words
 from app.services import estimates, jobs
 from app.services.store import DONE
 from influence import methods
-from influence.runs import RunError
+from influence.config import RunError
 
 ROW_HEIGHT = 44
 LARGE = 192  # thumbnails are drawn this big when double-clicked (still a small PNG)
@@ -92,15 +92,17 @@ with st.expander("Check the yardstick: the validation labels"
 # --- scoring -----------------------------------------------------------------------------------
 guess = session.estimate(row["id"], run["config"])
 epochs = run["config"]["epochs"]
-OURS = ("sgd", "sgd-refined", "sgd-last")  # SGD-influence, the others are to compare with
-labels = {"sgd": f"Exact: retrace all {epochs} epochs ({words.seconds(guess['seconds_score'])})",
-          "sgd-refined": f"Exact, with the {methods.REFINE} most harmful and most helpful "
-                         f"refined ({words.seconds(guess['seconds_score_refined'])})",
-          "sgd-last": f"Fast: last epoch only ({words.seconds(guess['seconds_score_last'])})",
-          **{m: f"Compare: {methods.get(m).title}" for m in methods.IN_APP if m not in OURS}}
+ours = methods.keys(in_app=True, phase="score")  # SGD-influence, the others are to compare with
+timed = {"sgd": f"Exact: retrace all {epochs} epochs ({words.seconds(guess['seconds_score'])})",
+         "sgd-refined": f"Exact, with the {methods.REFINE} most harmful and most helpful "
+                        f"refined ({words.seconds(guess['seconds_score_refined'])})",
+         "sgd-last": f"Fast: last epoch only ({words.seconds(guess['seconds_score_last'])})"}
+labels = {m: timed.get(m, methods.get(m).title) for m in ours} | {
+    m: f"Compare: {methods.get(m).title}" for m in methods.keys(in_app=True) if m not in ours}
 for m, key in (("kl", "seconds_kl"), ("tracin", "seconds_tracin"),
                ("confident-learning", "seconds_label_check")):
-    labels[m] += f" ({words.seconds(guess[key])})"
+    if m in labels:
+        labels[m] += f" ({words.seconds(guess[key])})"
 with st.expander("Compute influence" + (" again, or another ranking to compare" if scored
                                          else ""), expanded=not scored):
     chosen = st.radio("Method", list(labels), format_func=labels.get,
@@ -109,7 +111,7 @@ with st.expander("Compute influence" + (" again, or another ranking to compare" 
                       help="SGD-influence (the first three) is what this tool is built on. The "
                       "others are well-known ways of ranking training images, for comparison: "
                       "the demo's flipped-label count and page 4's retraining work for all.")
-    if st.button("Compute influence" if chosen in OURS else "Compute this ranking",
+    if st.button("Compute influence" if chosen in ours else "Compute this ranking",
                  type="primary", disabled=busy, icon=":material/calculate:"):
         try:
             jobs.start_scoring(store, session.sid(), run["id"], chosen, exclude)
@@ -156,7 +158,7 @@ elif trust:
 else:
     c1, c2 = st.columns([1, 3])
     n_check = c1.number_input("Images to check", 4, 50, key=session.remember("n_check", 10))
-    took = estimates.check_seconds(guess, int(n_check), jobs.CHECK_GROUPS, ranking.estimates)
+    took = estimates.check_seconds(guess, int(n_check), jobs.CHECK_GROUPS, ranking.retrain_mode)
     c2.markdown(f"How far can you trust this ranking? The check retrains the model for real "
                 f"without each of {n_check} images spread over the ranking, and without each "
                 f"of {jobs.CHECK_GROUPS} random groups of 5 % of the training images, all at "

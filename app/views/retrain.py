@@ -14,7 +14,7 @@ from datasets.export import to_zip
 from app.services import estimates, jobs
 from app.services.store import DONE
 from influence import cleaning, compare, methods
-from influence.runs import RunError
+from influence.config import RunError
 
 st.title("4 · Retrain without them and compare")
 st.caption("The model is trained again on exactly the same SGD schedule — same seed, same "

@@ -8,8 +8,8 @@ from app import charts, panels, session, words
 from datasets import DataError
 from app.services import jobs
 from app.services.store import FAILED
-from influence import models, probe, runs
-from influence.runs import RunConfig, RunError
+from influence import models, probe
+from influence.config import MIN_STEPS, RunConfig, RunError, default_epochs
 
 st.title("2 · Train a model")
 st.caption("Plain SGD, with every step recorded (the batch order and learning rate) so that "
@@ -39,11 +39,11 @@ c1, c2, c3, c4 = st.columns(4)
 batch = c2.number_input("Batch size", 1, 4096, key=session.remember("batch", 64),
                         help="Images per SGD step.")
 n_train = len(data.split(split["val"], split["test"], split["seed"]).train)
-auto_epochs = runs.default_epochs(n_train, int(batch))
+auto_epochs = default_epochs(n_train, int(batch))
 epochs = c1.number_input("Epochs", 1, 1000, value=None, key=session.remember("epochs", None),
                          placeholder=f"auto: {auto_epochs}",
                          help=f"Passes over the training images. Left empty, enough for at "
-                         f"least {runs.MIN_STEPS} SGD steps ({auto_epochs} epochs here): small "
+                         f"least {MIN_STEPS} SGD steps ({auto_epochs} epochs here): small "
                          "data sets need many passes to learn anything.")
 lr_key = f"lr-{preset.name}"
 auto_lr = c3.toggle("Let a short probe choose the learning rate", key=session.remember(
