@@ -24,7 +24,7 @@ job = runner.latest(session.sid(), "train")
 running = job is not None and job.running
 
 # --- settings -------------------------------------------------------------------------------
-st.markdown(f"**Data:** {words.dataset_label(row)}")
+st.markdown(f"**Data:** {words.dataset_label(dataset_row)}")
 choice = st.selectbox("Model", models.CHOICES, key=session.remember("model_choice", "auto"),
                       format_func=lambda m: "chosen from the image size (recommended)"
                       if m == "auto" else models.PRESETS[m].title)
