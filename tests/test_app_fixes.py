@@ -1,5 +1,5 @@
-"""Fixing labels in the web app (Streamlit's AppTest and app.fixes): page 3's "fix labels" view
-with SGD-influence's relabel effects from the same scoring job and the label check's label,
+"""Fixing labels in the web app (Streamlit's AppTest and influence.advice): page 3's "fix labels"
+view with SGD-influence's relabel effects from the same scoring job and the label check's label,
 "Fix top K to their suggested labels", page 4's retraining with removals and fixes together,
 the per-class changes, the history and the exports."""
 import io

@@ -286,6 +286,6 @@ if history:
             else:
                 st.info("Pick two different models.")
 
-# --- why this mistake? (app/views/explain.py) ----------------------------------------------------
+# --- why this mistake? (app/sections/explain.py) -------------------------------------------------
 st.divider()
 why.show(run_row, dataset_row)
