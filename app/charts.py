@@ -1,10 +1,12 @@
-"""The app's plotly charts: learning curves, class counts, score histograms."""
+"""The app's plotly charts: learning curves, class counts, score histograms, random controls,
+the k-curve, and the comparison of models (test error, error per class, confusion matrices)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+from sklearn.metrics import confusion_matrix
 
 from datasets import ImageSet
 from influence import methods
@@ -116,4 +118,43 @@ def k_curve_chart(band: pd.DataFrame, suggested: int) -> go.Figure:
     fig.update_yaxes(tickformat=".1%", row=1, col=2)
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+# --- comparing models on their test images (each a table of label and predicted per image) ----
+def test_error_chart(names: list[str], errors: list[float], colours: list[str]) -> go.Figure:
+    fig = go.Figure(go.Bar(x=names, y=errors, marker_color=colours,
+                           text=[f"{e:.2%}" for e in errors], textposition="outside"))
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10), yaxis_tickformat=".1%",
+                      title="Misclassified test images (lower is better)",
+                      yaxis_range=[0, max(errors) * 1.25 if max(errors) > 0 else 1])
+    return fig
+
+
+def class_error_chart(parts: dict[str, pd.DataFrame], classes, colours: list[str]
+                      ) -> go.Figure:
+    """The error per class of each model (named by the keys of `parts`)."""
+    per_class = pd.DataFrame({
+        name: (p.predicted != p.label).groupby(p.label).mean() for name, p in parts.items()})
+    per_class.index = [classes[int(i)] for i in per_class.index]
+    fig = go.Figure([go.Bar(x=per_class.index.astype(str), y=per_class[name], name=name,
+                            marker_color=c) for name, c in zip(parts, colours)])
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10), barmode="group",
+                      title="Error per class", yaxis_tickformat=".0%", xaxis_type="category",
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def confusion_chart(parts: dict[str, pd.DataFrame], classes) -> go.Figure:
+    """The confusion matrix of each model, side by side."""
+    k = len(classes)
+    fig = make_subplots(1, len(parts), subplot_titles=list(parts), horizontal_spacing=0.08)
+    for i, p in enumerate(parts.values(), 1):
+        matrix = confusion_matrix(p.label, p.predicted, labels=range(k))
+        fig.add_trace(go.Heatmap(z=matrix, x=classes, y=classes, text=matrix,
+                                 texttemplate="%{text}", coloraxis="coloraxis"), 1, i)
+    fig.update_xaxes(title_text="predicted", type="category")
+    fig.update_yaxes(title_text="true label", type="category", autorange="reversed")
+    fig.update_layout(height=360 if k <= 10 else 600, coloraxis=dict(colorscale="Blues"),
+                      margin=dict(l=10, r=10, t=40, b=10))
     return fig

@@ -12,12 +12,12 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts app/ first on the path, no
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle CPU threads sleep, before torch loads
 
 from app import panels, session, words  # noqa: E402
-from app.services import cluster, jobs  # noqa: E402
+from app.services import cluster, runner  # noqa: E402
 from app.services.store import workspace_root  # noqa: E402
 from datasets import DataError  # noqa: E402
 from influence.config import RunError  # noqa: E402
 
-jobs.use_cpu_threads()
+runner.use_cpu_threads()
 cluster.start(workspace_root().resolve())  # a Ray cluster, if one is configured: before the
 # workspace is opened, so that its jobs still running there are not taken for interrupted
 st.set_page_config(page_title="Data cleansing with SGD-influence", page_icon="🧹",

@@ -8,7 +8,7 @@ from datasets import DataError
 from influence.config import RunError
 
 from . import charts, session, words
-from .services import jobs
+from .services import runner
 from .services.store import CANCELLED, FAILED, INTERRUPTED, RUNNING
 
 POLL_SECONDS = 1.0
@@ -24,14 +24,15 @@ def need(what: str, page: str, label: str) -> None:
 def sidebar() -> None:
     with st.sidebar:
         st.markdown("#### This session")
-        dataset = session.current_dataset()
-        run = session.current_run()
-        st.markdown(f"**Data set:** {words.dataset_label(dataset) if dataset else 'none yet'}")
+        dataset_row = session.current_dataset_row()
+        run_row = session.current_run_row()
+        st.markdown(f"**Data set:** "
+                    f"{words.dataset_label(dataset_row) if dataset_row else 'none yet'}")
         st.markdown(f"**Model:** "
-                    f"{words.run_label(run) if run else 'none yet — train one on page 2'}")
+                    f"{words.run_label(run_row) if run_row else 'none yet — train one on page 2'}")
         n_ticked = len(session.ticks())
         st.markdown(f"**Ticked:** {n_ticked} image{'s' * (n_ticked != 1)}")
-        job = jobs.active(session.sid())
+        job = runner.active(session.sid())
         if job is not None:
             _sidebar_job(job.id)
         else:
@@ -50,7 +51,7 @@ def sidebar() -> None:
 
 @st.fragment(run_every=POLL_SECONDS)
 def _sidebar_job(job_id: str) -> None:
-    job = jobs.get(job_id)
+    job = runner.get(job_id)
     if job is None or not job.running:
         st.rerun()  # it finished: redraw the whole page with its result
     st.markdown(f"**Job:** {job.title.lower()} …")
@@ -58,10 +59,10 @@ def _sidebar_job(job_id: str) -> None:
 
 
 # --- live job panel ------------------------------------------------------------------------------
-def job_panel(kind: str, curves: bool = True, log_after: bool = True) -> jobs.Job | None:
+def job_panel(kind: str, curves: bool = True, log_after: bool = True) -> runner.Job | None:
     """Progress, learning curves, text log and a Cancel button for this session's latest job of
     this kind; polls while it runs. Returns the job (or None)."""
-    job = jobs.latest(session.sid(), kind)
+    job = runner.latest(session.sid(), kind)
     if job is None:
         return None
     if job.running:
@@ -73,7 +74,7 @@ def job_panel(kind: str, curves: bool = True, log_after: bool = True) -> jobs.Jo
 
 @st.fragment(run_every=POLL_SECONDS)
 def _live(job_id: str, curves: bool) -> None:
-    job = jobs.get(job_id)
+    job = runner.get(job_id)
     if job is None or not job.running:
         st.rerun()
     _draw(job, curves, True)
@@ -82,7 +83,7 @@ def _live(job_id: str, curves: bool) -> None:
         st.toast("Cancelling …")
 
 
-def _draw(job: jobs.Job, curves: bool, log: bool) -> None:
+def _draw(job: runner.Job, curves: bool, log: bool) -> None:
     if job.running:
         st.progress(job.fraction, text=words.progress_text(job))
     if curves and job.curves:
@@ -100,7 +101,7 @@ def _draw(job: jobs.Job, curves: bool, log: bool) -> None:
             st.code("\n".join(reversed(job.lines[-200:])), language=None, height=200)
 
 
-def job_outcome(job: jobs.Job | None, done_text: str | None = None) -> None:
+def job_outcome(job: runner.Job | None, done_text: str | None = None) -> None:
     """One line on how a finished job ended."""
     if job is None or job.running:
         return
@@ -113,21 +114,21 @@ def job_outcome(job: jobs.Job | None, done_text: str | None = None) -> None:
 
 
 def busy_error(e: Exception) -> None:
-    st.error(str(e) if isinstance(e, (jobs.Busy, DataError, RunError)) else
+    st.error(str(e) if isinstance(e, (runner.Busy, DataError, RunError)) else
              words.plain_message(e))
 
 
 # --- images --------------------------------------------------------------------------------------
 
 
-def run_status_note(row: dict) -> None:
+def run_status_note(run_row: dict) -> None:
     """Say plainly why a run cannot be used."""
-    if row["status"] == INTERRUPTED:
+    if run_row["status"] == INTERRUPTED:
         st.warning("This run was interrupted: the server stopped while it was working. Nothing "
                    "half-done was kept; start it again.")
-    elif row["status"] == FAILED:
-        st.error(f"This run failed: {row.get('error') or 'unknown reason'}")
-    elif row["status"] == CANCELLED:
+    elif run_row["status"] == FAILED:
+        st.error(f"This run failed: {run_row.get('error') or 'unknown reason'}")
+    elif run_row["status"] == CANCELLED:
         st.warning("This run was cancelled.")
-    elif row["status"] == RUNNING:
+    elif run_row["status"] == RUNNING:
         st.info("This run is still in progress.")

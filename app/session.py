@@ -1,6 +1,10 @@
 """This browser session's state, the shared workspace store, and the result tables the pages
-read. A session has an id kept in the URL (?s=…); what it chose (data set, model, ticks,
-ranking) is saved in the workspace, so a refresh or a restart finds it again."""
+read (one cached reader per stored table). A session has an id kept in the URL (?s=…); what it
+chose (data set, model, ticks, fixes, ranking) is saved in the workspace, so a refresh or a
+restart finds it again.
+
+Names: a `run_row` or `dataset_row` is the store's row (a dict) of a run or data set; a Run is
+the engine's object (influence.runs.Run), opened from the store only where a page needs it."""
 from __future__ import annotations
 
 import os
@@ -12,12 +16,11 @@ import streamlit as st
 
 import datasets
 from datasets import DataError, ImageSet
-from influence import labels, run_folder
+from influence import labels
 from influence.config import RunConfig, RunError
 
-from .services import estimates
-from .services.store import (CANCELLED, DONE, FAILED, LOG, PREDICTIONS, SCORES, Store,
-                             workspace_root)
+from .services import timing
+from .services.store import CANCELLED, DONE, FAILED, Store, workspace_root
 
 
 @st.cache_resource(show_spinner=False)
@@ -53,10 +56,10 @@ def start_session() -> None:
             use_builtin("digits")
     if st.query_params.get("s") != ss.sid:
         st.query_params["s"] = ss.sid
-    run = current_run()
-    if run is not None and run["status"] in (FAILED, CANCELLED):  # never the current model
-        previous = state().get("previous_run")
-        set_run(previous if previous and previous != run["id"] else None)
+    run_row = current_run_row()
+    if run_row is not None and run_row["status"] in (FAILED, CANCELLED):  # never the model
+        previous = state().get("previous_run")                           # in use
+        set_run(previous if previous and previous != run_row["id"] else None)
     for key in ss.setdefault("_remembered", set()):  # keep settings while on other pages:
         if key in ss:                                 # Streamlit drops the state of widgets
             ss[key] = ss[key]                         # that a run does not draw
@@ -82,7 +85,7 @@ def sid() -> str:
     return st.session_state.sid
 
 
-def current_dataset() -> dict | None:
+def current_dataset_row() -> dict | None:
     dataset_id = state().get("dataset")
     if not dataset_id:
         return None
@@ -92,7 +95,7 @@ def current_dataset() -> dict | None:
         return None
 
 
-def current_run() -> dict | None:
+def current_run_row() -> dict | None:
     run_id = state().get("run")
     if not run_id:
         return None
@@ -102,14 +105,14 @@ def current_run() -> dict | None:
         return None
 
 
-def set_dataset(row: dict) -> None:
+def set_dataset(dataset_row: dict) -> None:
     used = state().setdefault("datasets", [])  # the data sets this session has worked on
-    if row["id"] not in used:
-        used.append(row["id"])
-    if state().get("dataset") != row["id"]:
-        state().update(dataset=row["id"], run=None)
-        if row.get("split"):
-            state()["split"] = dict(row["split"])
+    if dataset_row["id"] not in used:
+        used.append(dataset_row["id"])
+    if state().get("dataset") != dataset_row["id"]:
+        state().update(dataset=dataset_row["id"], run=None)
+        if dataset_row.get("split"):
+            state()["split"] = dict(dataset_row["split"])
     save()
 
 
@@ -123,11 +126,9 @@ def use_builtin(name: str) -> dict:
     # torchvision sets: read from $DATA_DIR when it is set (never downloaded then), else
     # downloaded into the user's cache on first use
     data = datasets.load(name, os.environ.get("DATA_DIR") or None)
-    row = store().add_dataset(data, datasets.BUILTINS[name].title, sid())
-    set_dataset(row)
-    return row
-
-
+    dataset_row = store().add_dataset(data, datasets.BUILTINS[name].title, sid())
+    set_dataset(dataset_row)
+    return dataset_row
 
 def ticks() -> set[str]:
     return set(state()["ticks"].get(state().get("run") or "", []))
@@ -138,6 +139,21 @@ def set_ticks(ids) -> None:
     if run_id:
         state()["ticks"][run_id] = sorted(ids)
         save()
+
+
+def fixes(run_id: str | None, ticked: set[str]) -> dict[str, str]:
+    """Sample id → new label (a class name) this session chose for a run, but for the images
+    ticked for removal too (an image is removed or fixed: a tick on page 3's ranking wins)."""
+    chosen = state().setdefault("fixes", {}).get(run_id or "", {})
+    return {sample: label for sample, label in chosen.items() if sample not in ticked}
+
+
+def set_fixes(run_id: str, chosen: dict[str, str], ticked: set[str] | None = None) -> None:
+    """Keep a run's fixes (and its ticks, when given) in the session."""
+    state().setdefault("fixes", {})[run_id] = dict(sorted(chosen.items()))
+    if ticked is not None:
+        state()["ticks"][run_id] = sorted(ticked)
+    save()
 
 
 def method() -> str | None:
@@ -155,7 +171,7 @@ def split_settings() -> dict:
 @st.cache_data(show_spinner="Estimating time and disk …", max_entries=32)
 def _estimate(dataset_id: str, settings: tuple) -> dict:
     data, _ = data_of(dataset_id)
-    return estimates.estimate(data, RunConfig(**dict(settings)))
+    return timing.estimate(data, RunConfig(**dict(settings)))
 
 
 def estimate(dataset_id: str, config: dict) -> dict:
@@ -173,39 +189,40 @@ def visible(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r.get("session") == sid()]
 
 
-# --- words ---------------------------------------------------------------------------------------
-
-
-# --- result tables of a run ---------------------------------------------------------------------
+# --- result tables of a run: the store's readers, cached until their file changes ------------
 @st.cache_data(show_spinner=False, max_entries=64)
-def _csv(path: str, mtime: float, columns: tuple) -> pd.DataFrame:
-    """A result table of a run (a missing or damaged one is a RunError with a clear message)."""
-    return run_folder.read_csv(path, *columns)
+def _stored(table: str, run_id: str, method: str | None, file: str, mtime: float):
+    """Store.<table>(run_id[, method]) (a missing or damaged file is a RunError with a clear
+    message); `file` and `mtime` only key the cache."""
+    read = getattr(store(), table)
+    return read(run_id) if method is None else read(run_id, method)
 
 
-def _table(path, columns: tuple) -> pd.DataFrame:
-    return _csv(str(path), path.stat().st_mtime if path.is_file() else 0.0, columns)
+def _read(table: str, run_id: str, method: str | None = None):
+    file = store().table_file(run_id, table, method)
+    mtime = file.stat().st_mtime if file is not None and file.is_file() else 0.0
+    return _stored(table, run_id, method, str(file), mtime)
 
 
 def predictions(run_id: str) -> pd.DataFrame:
-    return _table(store().run_folder(run_id) / "predictions.csv", PREDICTIONS)
-
-
-def scores(run_id: str, method_name: str) -> pd.DataFrame:
-    info = store().score_info(run_id)[method_name]
-    return _table(store().run_folder(run_id) / info["file"], SCORES)
+    return _read("predictions", run_id)
 
 
 def training_log(run_id: str) -> pd.DataFrame:
-    path = store().run_folder(run_id) / "log.csv"
-    return _table(path, LOG) if path.is_file() else pd.DataFrame()
+    return _read("training_log", run_id)
 
 
-def usable(row: dict | None) -> bool:
-    return row is not None and row["status"] == DONE
+def scores(run_id: str, method: str) -> pd.DataFrame:
+    return _read("scores", run_id, method)
 
 
-# --- charts --------------------------------------------------------------------------------------
+def relabel(run_id: str, method: str) -> pd.DataFrame | None:
+    """The relabel effects kept with a ranking of the run (influence.relabel.table), or None."""
+    return _read("relabel", run_id, method)
+
+
+def usable(run_row: dict | None) -> bool:
+    return run_row is not None and run_row["status"] == DONE
 
 
 @st.cache_data(show_spinner="Checking the labels of the held-out images …", max_entries=16)

@@ -1,5 +1,5 @@
-"""Everything the app says in words: names of phases and runs, times, sizes, and errors
-turned into plain sentences."""
+"""Everything the app says in words: names of phases and runs, times, sizes, counts, what a
+cleaning round does, and errors turned into plain sentences."""
 from __future__ import annotations
 
 import math
@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from datasets import DataError
+from influence.advice import demo_counts
 from influence.config import RunConfig, RunError, selection_size
 from influence.sgd import Diverged
 
@@ -161,3 +162,46 @@ def selection_part(n_val: int, fraction: float = RunConfig.selection_fraction) -
             "are held out as the *selection* part: they never define what 'harmful' means, "
             "and on page 3 they judge how many harmful images to remove. The other "
             f"**{n_val - n:,}** define the query of influence.")
+
+
+def count(n: int, thing: str) -> str:
+    """E.g. "1 CPU", "2 GPUs"."""
+    return f"{n} {thing}{'s' * (n != 1)}"
+
+
+# --- fixing labels and cleaning rounds ----------------------------------------------------------
+def demo_fixes(flipped: dict[str, str], removed, fixes: dict[str, str]) -> str:
+    """E.g. "3 of your 5 fixed images are flipped ones, 2 of them fixed to their true label"."""
+    n = demo_counts(flipped, removed, fixes)
+    return (f"**{n['fixed']}** of your {len(fixes)} fixed images are flipped ones, "
+            f"**{n['fixed_true']}** of them fixed to their true label")
+
+
+def round_action(k: int, f: int) -> str:
+    """What a round does, e.g. "Removing the 3 ticked images and fixing 2 labels"."""
+    parts = ([f"removing the {k} ticked image{'s' * (k != 1)}"] if k else []) + \
+        ([f"fixing {f} label{'s' * (f != 1)}"] if f else [])
+    return " and ".join(parts).capitalize()
+
+
+def retrain_button(k: int, f: int) -> str:
+    """Page 4's button, e.g. "Retrain with the 2 fixed labels and without the 3 ticked images"."""
+    if not f:
+        return f"Retrain without the {k} ticked image{'s' * (k != 1)}"
+    return (f"Retrain with the {f} fixed label{'s' * (f != 1)}"
+            + (f" and without the {k} ticked image{'s' * (k != 1)}" if k else ""))
+
+
+def controls_label(k: int, f: int) -> str:
+    """The label of page 4's number of random controls."""
+    if not f:
+        return f"Random controls: retrain without {k} random images, this many times"
+    return (f"Random controls: retrain with {f} random images given a random other label"
+            + (f" and without {k} random images" if k else "") + ", this many times")
+
+
+def controls_said(fixes: dict) -> str:
+    """How the verdict names a round's random controls."""
+    if not fixes:
+        return "Removing as many **random** images instead"
+    return "Doing the same to **random** images instead (random other labels, random removals)"

@@ -350,12 +350,12 @@ WIDE = {"cnn-wide": (16, 512), "cnn-wider": (32, 1024)}  # name → (width, hidd
 
 
 def register_wide_presets() -> list[str]:
-    """The two wider CNNs as presets of this process (models.PRESETS), so that runs can use
+    """The two wider CNNs as presets of this process (models.register), so that runs can use
     them by name like the built-in ones; the product never sees them."""
     from influence import models
 
     for name, (width, hidden) in WIDE.items():
-        models.PRESETS.setdefault(name, models.Preset(
+        models.register(models.Preset(
             name, f"wider CNN ({width}/{2 * width} channels, {hidden} hidden)", 0.05,
             wide_cnn(width, hidden), min_side=4))
     return list(WIDE)

@@ -1,5 +1,5 @@
 """How good are the app's time estimates? For every job kind, the estimate the pages show
-(app.services.estimates, from unit costs timed on the real model) against the time the job then
+(app.services.timing, from unit costs timed on the real model) against the time the job then
 takes in the app's own background jobs (app.services.jobs), side by side in one process.
 
 Data: the built-in digits, and a 2,000-image MNIST-size upload (the first 2,000 images of the
@@ -24,7 +24,7 @@ from common import add_common_options, command, image_data, setup, summary, writ
 import pandas as pd
 
 import datasets
-from app.services import estimates, jobs
+from app.services import jobs, runner, timing
 from app.services.store import DONE, Store
 from influence.config import RunConfig
 
@@ -38,7 +38,7 @@ def upload_of(data: datasets.ImageSet, n: int) -> datasets.ImageSet:
     return datasets.load_upload(buffer)
 
 
-def finished(job: jobs.Job) -> float:
+def finished(job: runner.Job) -> float:
     job.wait()
     if job.status != DONE:
         raise SystemExit(f"error: {job.title} {job.status}: {job.error}")
@@ -51,7 +51,7 @@ def measure(name: str, data: datasets.ImageSet) -> list[dict]:
     with tempfile.TemporaryDirectory() as root:
         store = Store(root)
         dataset = store.add_dataset(data, name, session)["id"]
-        guess = estimates.estimate(data, RunConfig())
+        guess = timing.estimate(data, RunConfig())
         rows = []
 
         def row(kind: str, estimate: float, actual: float) -> None:
@@ -71,13 +71,13 @@ def measure(name: str, data: datasets.ImageSet) -> list[dict]:
                 finished(jobs.start_scoring(store, session, run_id, method)))
         for method, mode in (("sgd", "all"), ("sgd-last", "last")):
             row(f"trust check: {method}",
-                estimates.check_seconds(guess, 10, jobs.CHECK_GROUPS, mode),
+                timing.check_seconds(guess, 10, jobs.CHECK_GROUPS, mode),
                 finished(jobs.start_check(store, session, run_id, method)))
         top = store.scores(run_id, "sgd").sample_id.head(10).tolist()
         for mode in ("all", "last"):
             retrain = guess["seconds_retrain" if mode == "all" else "seconds_retrain_last"]
             row(f"clean ({mode}, 20 controls)",
-                retrain + estimates.controls_seconds(guess, 20, mode),
+                retrain + timing.controls_seconds(guess, 20, mode),
                 finished(jobs.start_cleaning(store, session, run_id, top, mode, "sgd")))
     return rows
 
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--upload-size", type=int, default=2000)
     a = parser.parse_args()
     setup(a.threads)
-    jobs.use_cpu_threads(a.threads)
+    runner.use_cpu_threads(a.threads)
     load_before = os.getloadavg()
     rows = measure("digits", datasets.load("digits"))
     if not a.quick:

@@ -32,7 +32,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import datasets  # noqa: E402
-from app.services import jobs  # noqa: E402
+from app.services import jobs, runner  # noqa: E402
 from app.services.store import DONE, Store  # noqa: E402
 from influence import cleaning  # noqa: E402
 from influence.config import MIN_STEPS, RunConfig  # noqa: E402
@@ -40,7 +40,7 @@ from influence.config import MIN_STEPS, RunConfig  # noqa: E402
 TARGET_S = 60
 
 
-def wait(job: jobs.Job) -> float:
+def wait(job: runner.Job) -> float:
     job.wait()
     if job.status != DONE:
         raise SystemExit(f"error: {job.title} {job.status}: {job.error}")
@@ -49,7 +49,7 @@ def wait(job: jobs.Job) -> float:
 
 def flow(threads: int, method: str, mode: str) -> dict:
     """One pass of the app's flow in a fresh workspace; seconds per step."""
-    jobs.use_cpu_threads(threads)
+    runner.use_cpu_threads(threads)
     session = uuid.uuid4().hex[:16]
     with tempfile.TemporaryDirectory() as root:
         began = time.perf_counter()
@@ -117,7 +117,7 @@ def main() -> None:
         f"**Default flow (exact scoring, retrain all epochs, {a.threads} thread): "
         f"{default.total_s:.1f} s** — {'meets' if default.total_s < TARGET_S else 'misses'} "
         f"the {TARGET_S} s target. `train_s` includes the probe, `retrain_s` the controls.",
-        *(["Why the app uses one torch thread per job (`app.services.jobs.use_cpu_threads`): "
+        *(["Why the app uses one torch thread per job (`app.services.runner.use_cpu_threads`): "
            "the models are small, and on a busy machine OpenMP threads that wait for each other "
            "slow each step down; compare the rows with different thread counts above."]
           if len(settings) > 1 else []),

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 from common import (ROOT, command, device_or_exit, memory_mb, reset_peak_memory, setup, summary,
@@ -31,10 +30,10 @@ from common import (ROOT, command, device_or_exit, memory_mb, reset_peak_memory,
 import numpy as np
 import torch
 
-from influence import models, sgd_influence
+from influence import models
 from influence.sgd import (Objective, SGDConfig, batch_weights, checkpoint_every,
-                           initial_params, make_schedule, per_sample_loss, replay_epoch,
-                           replayed_steps, run_sgd, sgd_step)
+                           initial_params, make_schedule, per_sample_loss, replayed_steps,
+                           run_sgd, sgd_step)
 from influence.sgd_influence import hvp_and_dot_grads, loss_gradient, retrace
 
 VARIANTS = {"every θ (before)": 1, "every ⌈√T_k⌉-th θ (after)": None}  # name → every
@@ -137,14 +136,13 @@ def child(a) -> dict:
             raise SystemExit("error: this kernel does not let a process reset its peak memory")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        # the one place that chooses how many θ the retrace keeps: 1 = every θ (as before)
-        sgd_influence.replay_epoch = partial(replay_epoch, every=a.every or None)
+        # how many θ the retrace keeps: 1 = every θ (as before), else every ⌈√T_k⌉-th
         every = a.every or checkpoint_every(schedule.steps_per_epoch)
         steps = Steps(f"score (every {every})", schedule.epochs * (
             replayed_steps(schedule.steps_per_epoch, every) + schedule.steps_per_epoch))
         began = time.perf_counter()
         retrace(obj, schedule, checkpoints, lambda k: everyone, u, range(schedule.epochs),
-                steps)
+                steps, every=a.every or None)
         sync(device)
         seconds = time.perf_counter() - began
         replayed = steps.count - schedule.steps  # on_step: each replayed and each retraced step

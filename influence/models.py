@@ -68,6 +68,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 CHOICES = ("auto", *PRESETS)  # "auto": the CNN that suits the image size
 
 
+def register(preset: Preset) -> None:
+    """Add a preset for this process (e.g. a benchmark's own model), usable by name like the
+    built-in ones; the app's CHOICES stay the built-in ones, and a name taken is kept."""
+    PRESETS.setdefault(preset.name, preset)
+
+
 def resolve(name: str, shape: Shape) -> tuple[Preset, str]:
     """The preset for `name` (auto or a preset name) and input shape (H, W, C), with the reason
     in words. ValueError for an unknown name or a preset the images are too small for."""

@@ -90,12 +90,15 @@ def label_gradient_change(loss: Callable, out: torch.Tensor, y: torch.Tensor,
 def retrace(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
             keep_at: Callable[[int], torch.Tensor], u: Params, epochs: range,
             on_step: Callable[[int], None] | None = None,
-            labels_at: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
+            labels_at: Callable[[int], torch.Tensor] | None = None,
+            every: int | None = None) -> torch.Tensor:
     """Algorithm 2 over the given epochs (all of them: exact retrace; the last one: the
     approximate version of Section 7.2). Returns L̂_{−j}(u) for every training position j.
     on_step(t) after every replayed step and every retraced step (progress). labels_at(k): the
-    labels used in epoch k (default the objective's y)."""
-    return _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step, labels_at)[0]
+    labels used in epoch k (default the objective's y). every: the replay keeps every
+    `every`-th θ of an epoch (replay_epoch; default ⌈√T_k⌉, 1: every θ)."""
+    return _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step, labels_at,
+                    every=every)[0]
 
 
 def retrace_with_relabel(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
@@ -113,7 +116,8 @@ def retrace_with_relabel(obj: Objective, schedule: Schedule, checkpoints: dict[i
 def retraced_steps(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
                    keep_at: Callable[[int], torch.Tensor], epochs: range,
                    on_step: Callable[[int], None] | None = None,
-                   labels_at: Callable[[int], torch.Tensor] | None = None):
+                   labels_at: Callable[[int], torch.Tensor] | None = None,
+                   every: int | None = None):
     """The steps of Algorithm 2 in the order it retraces them, t = T−1, …, 1 over `epochs`:
     (t, θ[t], S_t, η_t, w, labels) with w_i = 1/|S_t| (0 for removed instances). θ[t] is
     replayed epoch by epoch from the checkpoints (on_step(t) after each replayed step); the
@@ -121,7 +125,8 @@ def retraced_steps(obj: Objective, schedule: Schedule, checkpoints: dict[int, Pa
     for k in reversed(epochs):
         keep = keep_at(k)
         labels = labels_at(k) if labels_at else obj.y
-        thetas = replay_epoch(obj, schedule, checkpoints[k], k, keep, on_step, labels)  # θ[t]
+        thetas = replay_epoch(obj, schedule, checkpoints[k], k, keep, on_step, labels,
+                              every)  # θ[t]
         for t, theta in zip(reversed(schedule.epoch_steps(k)), reversed(thetas)):
             idx = torch.as_tensor(schedule.batch(t), device=obj.x.device)
             yield t, theta, idx, float(schedule.lr[t]), batch_weights(keep, idx, obj.x.dtype), \
@@ -129,12 +134,12 @@ def retraced_steps(obj: Objective, schedule: Schedule, checkpoints: dict[int, Pa
 
 
 def _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step=None, labels_at=None,
-             classes: int | None = None):
+             classes: int | None = None, every: int | None = None):
     scores = torch.zeros(obj.x.shape[0], dtype=obj.x.dtype, device=obj.x.device)
     relabel = None if classes is None else torch.zeros(obj.x.shape[0], classes,
                                                        dtype=obj.x.dtype, device=obj.x.device)
     for t, theta, idx, eta, w, labels in retraced_steps(obj, schedule, checkpoints, keep_at,
-                                                        epochs, on_step, labels_at):
+                                                        epochs, on_step, labels_at, every):
         hu, u_dot_g, out, ju = forward_over_reverse(obj, theta, idx, w, u, labels)
         # L̂_{−j} += ⟨u, η_t/|S_t| g(z_j; θ[t])⟩
         scores.index_add_(0, idx, eta * w * u_dot_g)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from streamlit.testing.v1 import AppTest
 
-from app.services import jobs
+from app.services import runner
 from app.services.store import DONE
 from datasets import DataError
 from datasets.upload import load_upload
@@ -64,8 +64,8 @@ def session_of(at: AppTest) -> str:
     return at.session_state["sid"]
 
 
-def wait_for_job(at: AppTest) -> jobs.Job:
-    job = jobs.latest(session_of(at))
+def wait_for_job(at: AppTest) -> runner.Job:
+    job = runner.latest(session_of(at))
     job.wait(120)
     assert not job.running
     return job

@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from app.services import jobs
+from app.services import runner
 from app.services.store import CANCELLED, DONE, FAILED, Store
 from helpers import (QUICK_MODEL, button, make_zip, new_app, ok, session_of, text, tick_and_clean,
                      train, trained_in_app, wait_for_job)
@@ -67,14 +67,14 @@ def test_a_rerun_or_page_switch_while_training_reattaches_instead_of_starting_tw
     at.switch_page("views/train.py").run()
     at.number_input(key="epochs").set_value(200)  # long enough to still run below
     button(at.run(), "Start training").click().run()
-    first = jobs.active(session_of(at))
+    first = runner.active(session_of(at))
     assert first is not None and first.kind == "train"
     at.run()  # a rerun, a page switch and a refresh while it runs
     at.switch_page("views/data.py").run()
     at.switch_page("views/train.py").run()
     again = new_app(session_of(at)).switch_page("views/train.py").run()
     assert first.running, "the job should still run (200 epochs)"
-    assert jobs.jobs_of(session_of(at)) == [first]
+    assert runner.jobs_of(session_of(at)) == [first]
     assert button(at, "Start training").disabled and button(again, "Start training").disabled
     assert any(b.label == "Cancel" for b in again.button)  # the live panel is attached again
     first.cancel()
@@ -202,7 +202,7 @@ def test_two_sessions_do_not_see_each_others_work():
     assert a.session_state["app"]["run"] is not None
     b.run()
     assert b.session_state["app"]["run"] is None
-    assert jobs.latest(session_of(b)) is None
+    assert runner.latest(session_of(b)) is None
     assert "Model:** none yet" in text(b)
     b.switch_page("views/train.py").run()
     assert not any(e.label.startswith("Models trained") for e in b.expander)

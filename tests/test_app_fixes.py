@@ -1,5 +1,5 @@
-"""Fixing labels in the web app (Streamlit's AppTest and app.fixes): page 3's "fix labels" view
-with SGD-influence's relabel effects from the same scoring job and the label check's label,
+"""Fixing labels in the web app (Streamlit's AppTest and influence.advice): page 3's "fix labels"
+view with SGD-influence's relabel effects from the same scoring job and the label check's label,
 "Fix top K to their suggested labels", page 4's retraining with removals and fixes together,
 the per-class changes, the history and the exports."""
 import io
@@ -9,12 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app import fixes
 from app.services.store import Store
 from datasets.builtin import load_digits
 from datasets.export import to_zip
-from helpers import button, ok, session_of, text, trained_in_app, wait_for_job
-from influence import relabel
+from helpers import button, ok, text, trained_in_app, wait_for_job
+from influence import advice
 
 pytestmark = pytest.mark.usefixtures("workspace")
 
@@ -124,14 +123,14 @@ def effects_table():
 
 def test_suggestions_prefer_the_label_check_and_mark_agreement():
     check = pd.DataFrame({"sample_id": ["a", "b", "c"], "suggested_label": ["1", "0", "2"]})
-    s = fixes.suggestions(["a", "b", "c"], ["0", "1", "2"], effects_table(), check)
+    s = advice.suggestions(["a", "b", "c"], ["0", "1", "2"], effects_table(), check)
     assert s.agree.tolist() == [True, False, False]
     assert s.suggested.tolist() == ["1", "0", ""]  # c: the check keeps its label
     assert s.action.tolist() == ["fix", "fix", "remove"]
     assert s.suggested_effect.iloc[:2].tolist() == [-0.3, 0.5]
-    alone = fixes.suggestions(["a", "b"], ["0", "1"], effects_table(), None)
+    alone = advice.suggestions(["a", "b"], ["0", "1"], effects_table(), None)
     assert alone.suggested.tolist() == ["1", "2"] and not alone.agree.any()
-    ticks, chosen = fixes.fix_top(["a", "b", "c"], s, {"b"}, {"c": "1"})
+    ticks, chosen = advice.fix_top(["a", "b", "c"], s, {"b"}, {"c": "1"})
     assert ticks == {"c"} and chosen == {"a": "1", "b": "0"}
 
 
@@ -142,22 +141,22 @@ def test_edits_of_the_fix_view_remove_fix_or_keep():
     edited = shown.copy()
     edited["action"] = ["remove", "keep", "keep", "fix"]
     edited["fix to"] = ["1", "5", "0", "3"]  # b: another label on a kept row fixes it
-    ticks, chosen = fixes.apply_edits(edited, shown, {"d"}, {"c": "0"})
+    ticks, chosen = advice.apply_edits(edited, shown, {"d"}, {"c": "0"})
     assert ticks == {"a"} and chosen == {"b": "5"}  # d: a fix to its own label keeps it
 
 
 def test_per_class_changes_fixes_csv_and_the_demo_count():
     old = {"a": "0", "b": "1", "c": "1"}
-    table = fixes.per_class(["0", "1", "2"], old, ["a"], {"b": "2", "c": "0"}).set_index("class")
+    table = advice.per_class(["0", "1", "2"], old, ["a"], {"b": "2", "c": "0"}).set_index("class")
     assert table.loc["0"].tolist() == [1, 0, 1, 0]
     assert table.loc["1"].tolist() == [0, 2, 0, -2]
     assert table.loc["2"].tolist() == [0, 0, 1, 1]
-    csv = fixes.fixes_csv({"a": "2", "b": "0"}, {"a": "0", "b": "1"}, effects_table())
+    csv = advice.fixes_csv({"a": "2", "b": "0"}, {"a": "0", "b": "1"}, effects_table())
     assert csv.columns.tolist() == ["sample_id", "old_label", "new_label", "estimated_effect"]
     assert csv.estimated_effect.tolist() == [0.1, 0.5]
-    assert fixes.fixes_csv({"a": "2"}, {"a": "0"}, None).estimated_effect.isna().all()
+    assert advice.fixes_csv({"a": "2"}, {"a": "0"}, None).estimated_effect.isna().all()
     flipped = {"a": "2", "b": "3", "d": "1"}  # sample id → true label
-    assert fixes.demo_counts(flipped, ["d"], {"a": "2", "b": "0", "c": "1"}) == {
+    assert advice.demo_counts(flipped, ["d"], {"a": "2", "b": "0", "c": "1"}) == {
         "removed": 1, "fixed": 2, "fixed_true": 1}
 
 
@@ -166,7 +165,7 @@ def test_the_cleaned_zip_puts_fixed_images_in_their_new_class_folder():
     position = {sid: i for i, sid in enumerate(data.ids)}
     sid = data.ids[3]
     new = (data.labels[3] + 1) % 10
-    fixed = fixes.relabelled(data, position, {"fixes": {sid: [int(new), 0]}})
+    fixed = advice.relabelled(data, position, {"fixes": {sid: [int(new), 0]}})
     assert fixed.labels[3] == new and (np.delete(fixed.labels, 3) == np.delete(data.labels, 3)).all()
     names = zipfile.ZipFile(io.BytesIO(to_zip(fixed))).namelist()
     assert any(n.startswith(f"{data.classes[new]}/") and n.endswith(f"{sid}.png") or

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 import datasets
 from datasets import limits
-from app.services import jobs
+from app.services import jobs, runner
 from app.services.store import DONE, FAILED, INTERRUPTED, Store
 from helpers import (bomb_png, button, central_directory_patch, errors, make_zip, new_app, ok, png,
                      session_of, set_lr, text, trained_in_app, two_classes, wait_for_job,
@@ -549,7 +549,7 @@ def test_app_when_the_database_cannot_be_written(workspace, monkeypatch):
     assert "cannot read or write the workspace database" in errors(at)
     assert "the folder is writable" in errors(at)
     monkeypatch.undo()
-    assert jobs.latest(session_of(at)) is None and Store().runs() == []
+    assert runner.latest(session_of(at)) is None and Store().runs() == []
 
 
 def test_cli_unwritable_output_is_one_line(tmp_path, capsys):
@@ -577,18 +577,18 @@ def image_zip(n_per_class: int = 12) -> bytes:
 
 def test_one_session_uploads_and_trains_while_another_trains(workspace, monkeypatch):
     a, b = new_app(), new_app()
-    held, report = threading.Event(), jobs.Job.report
+    held, report = threading.Event(), runner.Job.report
 
     def hold_a(job, progress, phase=None):  # session a's training waits at its first step
         if job.session == session_of(a):
             held.wait(120)
         return report(job, progress, phase)
 
-    monkeypatch.setattr(jobs.Job, "report", hold_a)
+    monkeypatch.setattr(runner.Job, "report", hold_a)
     a.switch_page("views/train.py").run()
     a.number_input(key="epochs").set_value(3).run()
     button(a, "Start training").click().run()
-    training = jobs.active(session_of(a))
+    training = runner.active(session_of(a))
     assert training is not None
 
     b.radio(key="data_source").set_value("Upload a ZIP").run()
@@ -627,6 +627,6 @@ def test_one_session_uploads_and_trains_while_another_trains(workspace, monkeypa
     assert set(store.scores(run_a["id"], "sgd-last").sample_id) <= set(datasets.load("digits").ids)
     assert all(i.startswith(("dark/", "light/"))
                for i in store.scores(run_b["id"], "sgd-last").sample_id)
-    assert [j.kind for j in jobs.jobs_of(session_of(a))] == ["score", "train"]
-    assert [j.kind for j in jobs.jobs_of(session_of(b))] == ["score", "train"]
-    assert jobs.jobs_of(session_of(a))[1] is a_job and jobs.jobs_of(session_of(b))[1] is b_job
+    assert [j.kind for j in runner.jobs_of(session_of(a))] == ["score", "train"]
+    assert [j.kind for j in runner.jobs_of(session_of(b))] == ["score", "train"]
+    assert runner.jobs_of(session_of(a))[1] is a_job and runner.jobs_of(session_of(b))[1] is b_job

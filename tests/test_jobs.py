@@ -12,7 +12,7 @@ import pytest
 
 import datasets
 from app import words
-from app.services import estimates, jobs
+from app.services import jobs, runner, timing
 from app.services.store import CANCELLED, DONE, FAILED, INTERRUPTED, RUNNING, Store
 from influence import methods, run_folder
 from influence.config import RunConfig, RunError
@@ -23,7 +23,7 @@ FAST = dict(epochs=2, batch_size=64)
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    jobs.use_cpu_threads()  # results computed here and in job threads then match bit for bit
+    runner.use_cpu_threads()  # results computed here and in job threads then match bit for bit
     return Store(tmp_path_factory.mktemp("ws"))
 
 
@@ -60,11 +60,11 @@ def test_a_second_start_finds_the_running_job_and_another_kind_is_refused(ws, di
     job = jobs.start_training(ws, "dup", digits_id, RunConfig(epochs=200))
     try:
         assert jobs.start_training(ws, "dup", digits_id, RunConfig(epochs=200)) is job
-        with pytest.raises(jobs.Busy, match="Training is still running"):
+        with pytest.raises(runner.Busy, match="Training is still running"):
             jobs.start_scoring(ws, "dup", trained.result["run"], "sgd-last")
-        assert [j.id for j in jobs.jobs_of("dup")] == [job.id]
-        assert jobs.active("someone-else") is None  # sessions never see each other's jobs
-        assert jobs.latest("trainer").id == trained.id
+        assert [j.id for j in runner.jobs_of("dup")] == [job.id]
+        assert runner.active("someone-else") is None  # sessions never see each other's jobs
+        assert runner.latest("trainer").id == trained.id
     finally:
         job.cancel()
         job.wait(60)
@@ -88,7 +88,7 @@ def test_bad_settings_are_refused_before_anything_starts(ws, digits_id):
     before = len(ws.runs())
     with pytest.raises(RunError, match="larger than the 1077 training images"):
         jobs.start_training(ws, "bad", digits_id, RunConfig(batch_size=5000))
-    assert len(ws.runs()) == before and jobs.latest("bad") is None
+    assert len(ws.runs()) == before and runner.latest("bad") is None
 
 
 def test_scoring_stores_the_engines_ranking(ws, trained):
@@ -148,7 +148,7 @@ def test_a_cleaning_round_retrains_without_the_ids_and_a_random_control(ws, trai
 
 def test_the_estimate_is_of_the_right_size(ws, trained):
     run_id = trained.result["run"]
-    guess = estimates.estimate(ws.load_data(ws.run(run_id)["dataset"]), RunConfig(**FAST))
+    guess = timing.estimate(ws.load_data(ws.run(run_id)["dataset"]), RunConfig(**FAST))
     assert guess["preset"] == "cnn-small" and guess["steps"] == ws.run(run_id)["metrics"]["steps"]
     disk = sum(f.stat().st_size for f in ws.run_folder(run_id).iterdir())
     assert 0.5 < guess["disk_bytes"] / disk < 2, (guess["disk_bytes"], disk)
@@ -195,7 +195,7 @@ def test_two_sessions_scoring_at_once_both_finish_with_the_same_ranking(ws, trai
     run_id = trained.result["run"]
     a = jobs.start_scoring(ws, "left", run_id, "sgd")
     b = jobs.start_scoring(ws, "right", run_id, "sgd")
-    guess = estimates.estimate(ws.load_data(ws.run(run_id)["dataset"]), RunConfig(**FAST))
+    guess = timing.estimate(ws.load_data(ws.run(run_id)["dataset"]), RunConfig(**FAST))
     a.wait(180), b.wait(180)
     assert (a.status, b.status) == (DONE, DONE), (a.error, b.error)
     assert guess["seconds_score"] > 0

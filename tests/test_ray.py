@@ -1,7 +1,8 @@
-"""Jobs on a real local Ray cluster (no mocks): training, scoring, the trust check and cleaning run
-in detached job actors and give bit for bit what the threads give; Cancel stops them; a restarted
-app re-attaches to a job that kept running; counterfactual.outcomes's chunks and the benchmarks'
-splits fan out as tasks with the same figures. Without a cluster configured, the app never imports Ray."""
+"""Jobs on a real local Ray cluster (no mocks): training, scoring, the trust check, cleaning, the
+k-curve and explaining a mistake run in detached job actors and give bit for bit what the threads
+give; Cancel stops them; a restarted app re-attaches to a job that kept running;
+counterfactual.outcomes's chunks and the benchmarks' splits fan out as tasks with the same
+figures. Without a cluster configured, the app never imports Ray."""
 import json
 import os
 import signal
@@ -10,16 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import ray
 
 import datasets
-from app.services import cluster, jobs, ray_jobs
+from app.services import cluster, explaining, jobs, ray_jobs, runner
 from app.services import store as stores
 from app.services.store import CANCELLED, DONE, INTERRUPTED, RUNNING, Store
-from influence import methods, run_folder, runs
+from influence import run_folder, runs
 from influence.counterfactual import outcomes
 from influence.config import RunConfig
 
@@ -42,12 +42,12 @@ def address():
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory, address):
     """A workspace whose jobs run on the cluster (as after Connect on the data page)."""
-    jobs.use_cpu_threads()
+    runner.use_cpu_threads()
     root = tmp_path_factory.mktemp("ws")
     cluster.connect(address, root)
     yield Store(root)
     cluster.disconnect(root)
-    stores.OWNER_CHECKS.pop("ray", None)
+    stores.register_owner("ray", None)
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +55,14 @@ def digits_id(ws):
     return ws.add_dataset(datasets.load("digits"), "digits", "s")["id"]
 
 
-def here(start, *args, **kwargs) -> jobs.Job:
+def here(start, *args, **kwargs) -> runner.Job:
     """Start a job in a thread of this process, as without a cluster."""
-    backend, jobs.REMOTE = jobs.REMOTE, None
+    chosen = runner.backend()
+    runner.use(None)
     try:
         return start(*args, **kwargs)
     finally:
-        jobs.REMOTE = backend
+        runner.use(chosen)
 
 
 def actors(store: Store) -> list[str]:
@@ -111,6 +112,28 @@ def test_every_kind_of_job_on_ray_gives_what_the_threads_give_bit_for_bit(ws, di
         assert (ws.run_folder(c) / name).read_bytes() == (ws.run_folder(d) / name).read_bytes()
     parent = json.loads((ws.run_folder(c) / "config.json").read_text())["parent"]
     assert parent == str(ws.run_folder(a))  # the app's folder, not the worker's copy
+
+    curve = jobs.start_curve(ws, "ray", a, "sgd", "last", controls=2)
+    local = here(jobs.start_curve, ws, "here", b, "sgd", "last", controls=2).wait(300)
+    assert (curve.wait(300).status, local.status) == (DONE, DONE), (curve.error, local.error)
+    assert any("sent to the Ray cluster" in line for line in curve.lines)
+    pd.testing.assert_frame_equal(pd.DataFrame(curve.result["band"]),
+                                  pd.DataFrame(local.result["band"]))
+    assert json.dumps(curve.result["suggestion"]) == json.dumps(local.result["suggestion"])
+
+    test_id = ws.predictions(a).query("part == 'test'").sample_id.iloc[0]
+    for start, kept in ((explaining.start_explain, ws.explanation),
+                        (explaining.start_explain_check, ws.explanation_trust)):
+        far = start(ws, "ray", a, test_id, "sgd-last")
+        near = here(start, ws, "here", b, test_id, "sgd-last").wait(300)
+        assert (far.wait(300).status, near.status) == (DONE, DONE), (far.error, near.error)
+        assert any("sent to the Ray cluster" in line for line in far.lines)
+        mine, theirs = kept(a, test_id, "sgd-last"), kept(b, test_id, "sgd-last")
+        assert mine is not None  # written into the app's run folder, from the actor's writes
+        if isinstance(mine, dict):
+            assert mine == theirs
+        else:
+            pd.testing.assert_frame_equal(mine, theirs)
     assert actors(ws) == []  # every job actor ended once its results were collected
 
 
@@ -145,7 +168,7 @@ def test_an_address_given_on_the_data_page_is_kept_for_the_next_start(ws, addres
         assert cluster.configured_address(tmp_path) == address  # in the workspace's cluster.json
         assert cluster.status()["connected"] and not cluster.status()["from_environment"]
         cluster.disconnect(tmp_path)  # "Run new jobs here again"
-        assert jobs.REMOTE is None and cluster.configured_address(tmp_path) is None
+        assert runner.backend() is runner.HERE and cluster.configured_address(tmp_path) is None
     finally:
         cluster.connect(address, ws.root)  # this module's workspace runs on the cluster again
 
@@ -153,11 +176,11 @@ def test_an_address_given_on_the_data_page_is_kept_for_the_next_start(ws, addres
 RESTARTED = """
 import sys, time
 from pathlib import Path
-from app.services import cluster, jobs
+from app.services import cluster, jobs, runner
 from app.services.store import Store
 from influence.config import RunConfig
 import datasets
-jobs.use_cpu_threads()
+runner.use_cpu_threads()
 cluster.start(Path(sys.argv[1]))  # RAY_ADDRESS is set: jobs go to the cluster
 ws = Store(sys.argv[1])
 d = ws.add_dataset(datasets.load("digits"), "digits", "x")
@@ -183,25 +206,25 @@ def test_a_restarted_app_reattaches_to_its_jobs_and_collects_them(ws, address, t
         proc.wait(30)
     assert error == late_error == "None"
     assert int(done) > 0  # the first was training when the server died
-    assert jobs.get(first) is None and jobs.get(second) is None  # nothing of them here yet
+    assert runner.get(first) is None and runner.get(second) is None  # nothing of them here yet
     restarted = Store(tmp_path)  # the next server start: recover() sees the actors alive
     assert restarted.run(run_id)["status"] == restarted.run(late_run)["status"] == RUNNING
     cluster.reattach(tmp_path)
     deadline = time.time() + 120
-    while any(jobs.get(i) is None or not jobs.get(i).lines for i in (first, second)) \
+    while any(runner.get(i) is None or not runner.get(i).lines for i in (first, second)) \
             and time.time() < deadline:
         time.sleep(0.2)
-    job = jobs.get(first)
-    assert job.session == "x" and job.kind == "train" and jobs.jobs_of("x") == [job]
+    job = runner.get(first)
+    assert job.session == "x" and job.kind == "train" and runner.jobs_of("x") == [job]
     assert job.lines  # its progress so far (then live, unless it has ended meanwhile)
     for job_id, run, epochs in ((first, run_id, 300), (second, late_run, 50)):
-        job = jobs.get(job_id).wait(300)
+        job = runner.get(job_id).wait(300)
         assert job.status == DONE, job.error
         assert job.done == job.total == epochs * 17 and len(job.curve("train")) == job.total
         row = restarted.run(run)
         assert row["status"] == DONE and row["metrics"]["epochs"] == epochs
         assert run_folder.load(restarted.run_folder(run)).metrics == row["metrics"]
-    assert jobs.get(second).session == "y"
+    assert runner.get(second).session == "y"
     assert actors(restarted) == []
 
 
@@ -250,8 +273,8 @@ for page in ("views/train.py", "views/harmful.py", "views/retrain.py", "views/da
     at.switch_page(page).run()
     assert not at.exception, at.exception
 assert "Advanced: run the jobs on a Ray cluster" in [e.label for e in at.expander]
-from app.services import jobs
-assert jobs.REMOTE is None and "ray" not in sys.modules, \
+from app.services import runner
+assert runner.backend() is runner.HERE and "ray" not in sys.modules, \
     sorted(m for m in sys.modules if m.startswith("ray"))
 """
 

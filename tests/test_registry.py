@@ -9,7 +9,7 @@ import pytest
 
 from app.services import explaining, jobs
 from app.services.store import DONE, Store
-from helpers import session_of, trained_in_app, wait_for_job
+from helpers import session_of, trained_in_app
 from influence import cli, explain, methods
 from influence.config import RunError
 

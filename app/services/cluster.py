@@ -1,7 +1,8 @@
 """Where the app's jobs run: in this process (the default: nothing to configure), or on a Ray
 cluster when the RAY_ADDRESS environment variable names one or an address was given on the data
-page (kept in the workspace as cluster.json). Ray is imported only then (app.services.ray_jobs);
-an app without a cluster never loads it.
+page (kept in the workspace as cluster.json). The runner's backend is chosen here, once when the
+app starts and again when the data page connects or disconnects (runner.use). Ray is imported
+only with a cluster (app.services.ray_jobs); an app without one never loads it.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from datasets.storage import atomic_file
 
 from ..words import plain_message
-from . import jobs, store as stores
+from . import runner, store as stores
 
 SETTINGS = "cluster.json"  # in the workspace folder: {"address": "host:port"}
 _lock = threading.Lock()
@@ -56,8 +57,8 @@ def connect(address: str, root: Path, remember: bool = False) -> dict:
     from . import ray_jobs  # imports Ray: only with a cluster configured
 
     backend = ray_jobs.connect(address)
-    stores.OWNER_CHECKS["ray"] = backend.owner_alive
-    jobs.REMOTE = backend
+    stores.register_owner("ray", backend.owner_alive)
+    runner.use(backend)
     _state.update(backend=backend, address=address, error=None)
     if remember:
         with atomic_file(Path(root) / SETTINGS) as tmp:
@@ -76,16 +77,15 @@ def send_token_if_any() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def reattach(root: Path) -> list[jobs.Job]:
+def reattach(root: Path) -> list[runner.Job]:
     """The jobs of this workspace still running on the cluster, followed again."""
-    backend = _state["backend"]
-    return backend.reattach(stores.Store(root)) if backend is not None else []
+    return runner.backend().reattach(stores.Store(root))
 
 
 def disconnect(root: Path) -> None:
     """New jobs run here again; the address is forgotten. Jobs already on the cluster go on and
     are still followed."""
-    jobs.REMOTE = None
+    runner.use(None)
     _state.update(backend=None, address=None, error=None)
     (Path(root) / SETTINGS).unlink(missing_ok=True)
 

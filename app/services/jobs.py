@@ -1,196 +1,26 @@
-"""Background jobs: training, scoring, the trust check and cleaning rounds, each in a thread that
-makes no UI calls (no streamlit). A page reads a job's progress, log and learning curves while it
-runs, and can cancel it.
-
-Jobs live in one registry per server process, keyed by a browser-session id: a rerun, a page
-switch or a browser refresh (same session id) finds the running job again instead of starting
-a second one, and two browser sessions never see each other's jobs. Everything a job produces
-goes through the Store (status running → done / failed / cancelled; a job that dies with the
-server is marked interrupted by the store on the next start).
+"""The work the app starts: training, scoring, the trust check, the k-curve and cleaning rounds,
+each a job of the runner (app.services.runner), which runs it in a thread here or on a cluster.
+Every job makes no UI calls (no streamlit) and goes through the workspace Store for everything it
+reads and produces (status running → done / failed / cancelled; a job that dies with the server
+is marked interrupted by the store on the next start); bad settings are refused before a job
+starts, with a clear message.
 """
 from __future__ import annotations
 
-import logging
-import os
-import threading
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Callable
 
 import numpy as np
-import pandas as pd
-import torch
 
-from datasets import DataError
 from influence import cleaning, kcurve, methods, probe, relabel, run_folder, runs, trust
 from influence.progress import Cancelled, Progress
 from influence.config import RunConfig, RunError
-from influence.run_folder import TrainingLog
-from influence.sgd import Diverged
 
 from ..words import PHASES, plain_message
-from .store import CANCELLED, DONE, FAILED, RUNNING, Store
-
-log = logging.getLogger(__name__)
-KEEP_FINISHED = 10  # finished jobs kept per session, newest first
-
-
-class Busy(RuntimeError):
-    """This browser session already runs a job; the message names it."""
-
-
-class Job:
-    """One piece of long work in a background thread; all fields are safe to read any time."""
-
-    def __init__(self, session: str, kind: str, title: str):
-        self.id = uuid.uuid4().hex[:10]
-        self.session, self.kind, self.title = session, kind, title
-        self.status = RUNNING
-        self.phase, self.done, self.total = kind, 0, 0
-        self.curves: dict[str, TrainingLog] = {}  # phase → live training log (loss, accuracy)
-        self.epochs: dict[str, int] = {}  # phase → its number of epochs
-        self.lines: list[str] = []
-        self.result: dict = {}
-        self.error: str | None = None
-        self.suggested_lr: float | None = None
-        self.started, self.finished = time.time(), None
-        self._cancel = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # --- read by the page ------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self.status == RUNNING
-
-    @property
-    def fraction(self) -> float:
-        return min(1.0, self.done / self.total) if self.total else 0.0
-
-    @property
-    def elapsed(self) -> float:
-        return (self.finished or time.time()) - self.started
-
-    def curve(self, phase: str | None = None) -> pd.DataFrame:
-        """The training log of a phase (default: the latest one) as a table, so far."""
-        if not self.curves:
-            return TrainingLog().frame()
-        keep = self.curves.get(phase) or list(self.curves.values())[-1]
-        return pd.DataFrame(list(keep.rows), columns=TrainingLog().frame().columns)
-
-    # --- called from the work thread -------------------------------------------------------
-    def say(self, line: str) -> None:
-        self.lines.append(f"[{self.elapsed:6.1f} s] {line}")
-
-    def report(self, p: Progress, phase: str | None = None) -> None:
-        """The engine's progress callback; raising Cancelled here stops the work."""
-        if self._cancel.is_set():
-            raise Cancelled()
-        self.phase, self.done, self.total = phase or p.phase, p.done, p.total
-        if p.val is not None and phase in self.curves:
-            self.say(epoch_line(self.curves[phase].rows, p.val, self.epochs.get(phase)))
-
-    def training_log(self, phase: str, epochs: int) -> TrainingLog:
-        """A fresh TrainingLog for a training phase, reporting to this job."""
-        self.epochs[phase] = epochs
-        self.curves[phase] = TrainingLog(lambda p: self.report(p, phase))
-        return self.curves[phase]
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def wait(self, timeout: float | None = None) -> "Job":
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self
-
-
-def epoch_line(rows: list[dict], val: dict, epochs: int | None) -> str:
-    """One line of the text log at the end of an epoch."""
-    epoch = val["epoch"] + 1
-    mine = [r for r in rows if r["epoch"] == epoch]
-    loss = np.mean([r["loss"] for r in mine]) if mine else float("nan")
-    acc = np.mean([r["accuracy"] for r in mine]) if mine else float("nan")
-    total = f" of {epochs}" if epochs else ""
-    return (f"epoch {epoch}{total}: training loss {loss:.4f}, accuracy {acc:.1%} · "
-            f"validation loss {val['val_loss']:.4f}, accuracy {val['val_accuracy']:.1%}")
-
-
-def use_cpu_threads(n: int | None = None) -> int:
-    """Set torch's CPU threads for this process's jobs: $INFLUENCE_THREADS, else 1. The app's
-    models are small: a second thread gains little, and on a busy machine OpenMP threads that
-    spin waiting for each other make every step many times slower (benchmarks/flow.py measures
-    both). Several jobs (one per browser session) then share the cores instead."""
-    global _threads
-    _threads = max(1, n or int(os.environ.get("INFLUENCE_THREADS") or 1))
-    torch.set_num_threads(_threads)
-    return torch.get_num_threads()
-
-
-_threads: int | None = None  # set by use_cpu_threads; every job thread uses the same count, so
-# that results do not depend on which thread computed them (float sums differ by thread count)
-
-
-# --- the registry ------------------------------------------------------------------------------
-_jobs: dict[str, Job] = {}
-_lock = threading.Lock()
-REMOTE = None  # where jobs given a store run when a cluster is configured (a backend with
-# submit(job, work, store, reads, owns): app.services.cluster sets it); None: here, in threads
-
-
-def jobs_of(session: str) -> list[Job]:
-    """This session's jobs, newest first."""
-    with _lock:
-        return sorted((j for j in _jobs.values() if j.session == session),
-                      key=lambda j: j.started, reverse=True)
-
-
-def active(session: str) -> Job | None:
-    return next((j for j in jobs_of(session) if j.running), None)
-
-
-def latest(session: str, kind: str | None = None) -> Job | None:
-    return next((j for j in jobs_of(session) if kind is None or j.kind == kind), None)
-
-
-def get(job_id: str) -> Job | None:
-    with _lock:
-        return _jobs.get(job_id)
-
-
-def start(session: str, kind: str, title: str, work: Callable[[Job], dict],
-          fresh: bool = False, result: dict | None = None, store: Store | None = None,
-          reads: list[str] = (), owns: list[str] = ()) -> Job:
-    """Run `work(job)` in a background thread, unless this session already runs a job: the same
-    kind is found again (never duplicated; with `fresh`, Busy is raised instead), another kind
-    raises Busy. With a `store` and a cluster configured (REMOTE), the work runs there instead,
-    with its own copy of the stored runs it `reads`; the runs it `owns` (creates) are handed to
-    it."""
-    with _lock:
-        running = next((j for j in _jobs.values() if j.session == session and j.running), None)
-        if running is not None:
-            if running.kind == kind and not fresh:
-                return running
-            raise Busy(f"{running.title} is still running: wait for it to finish or cancel it")
-        job = Job(session, kind, title)
-        job.result.update(result or {})
-        _jobs[job.id] = job
-        _prune(session)
-    if store is not None and REMOTE is not None:
-        REMOTE.submit(job, work, store, list(reads), list(owns))
-        return job
-    job._thread = threading.Thread(target=_execute, args=(job, work), daemon=True,
-                                   name=f"job-{kind}-{job.id}")
-    job._thread.start()
-    return job
-
-
-def adopt(job: Job) -> Job:
-    """Register a job that runs elsewhere and was started by an earlier server process (a
-    cluster backend re-attaching to it after a restart); the one registered already wins."""
-    with _lock:
-        return _jobs.setdefault(job.id, job)
+from .runner import Busy, Job, active, start
+from .store import CANCELLED, DONE, FAILED, Store
 
 
 def launch(store: Store, session: str, kind: str, title: str, work: Callable[[Job], dict],
@@ -205,33 +35,6 @@ def launch(store: Store, session: str, kind: str, title: str, work: Callable[[Jo
             store.finish_run(run_id, CANCELLED, error="another job of this session was running")
         raise
     return job
-
-
-def _prune(session: str) -> None:
-    finished = sorted((j for j in _jobs.values() if j.session == session and not j.running),
-                      key=lambda j: j.started, reverse=True)
-    for old in finished[KEEP_FINISHED:]:
-        del _jobs[old.id]
-
-
-def _execute(job: Job, work: Callable[[Job], dict]) -> None:
-    if _threads is not None:
-        torch.set_num_threads(_threads)
-    try:
-        job.result.update(work(job) or {})
-        job.status = DONE
-    except Cancelled:
-        job.status = CANCELLED
-        job.say("cancelled; nothing of this job was kept")
-    except Exception as e:  # every failure becomes a message; the full trace goes to the log
-        job.error = plain_message(e)
-        job.suggested_lr = getattr(e, "suggested_lr", None)
-        job.status = FAILED
-        job.say(f"stopped: {job.error}")
-        if not isinstance(e, (DataError, RunError, Diverged, OSError)):
-            log.exception("job %s (%s) failed", job.id, job.kind)
-    finally:
-        job.finished = time.time()
 
 
 @contextmanager
@@ -368,7 +171,8 @@ def start_curve(store: Store, session: str, run_id: str, method: str, mode: str 
         return {"band": kcurve.band(frame).to_dict("records"), "suggestion": found}
 
     return start(session, "curve", "Choosing how many to remove", work,
-                 result={"run": run_id, "method": method, "mode": mode})
+                 result={"run": run_id, "method": method, "mode": mode}, store=store,
+                 reads=[run_id])
 
 
 def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str],

@@ -1,23 +1,28 @@
-"""Jobs on a Ray cluster: the same work as app.services.jobs, each job in a detached named actor,
-so that a restart of the web server neither stops the job nor loses it.
+"""The Ray backend of the job runner (app.services.runner): the same work as in the app's own
+threads, each job in a detached named actor, so that a restart of the web server neither stops
+the job nor loses it.
 
 What runs where
     the app (this process)  submits a job, polls its progress, log and curves into the same Job
                             the pages read, cancels it, and writes its results into the workspace
-    a job actor (a worker)  runs the job's work: training, scoring, the trust check, cleaning
-    chunk tasks (workers)   the chunks of counterfactual.outcomes (trust check, controls)
-                            when there are several chunks and the cluster has room
+    a job actor (a worker)  runs the job's work: training, scoring, the trust check, the k-curve,
+                            cleaning, explaining a mistake and checking that explanation
+    chunk tasks (workers)   the chunks of removal masks of counterfactual.outcomes (trust check,
+                            controls, k-curve) when there are several chunks and the cluster has
+                            room
 
-A job's work (a closure made by app.services.jobs) is pickled with the workspace store replaced
-by a placeholder, a stored run by its id and a run not trained yet by its config and data. The
-worker gets its own WorkerStore: a store in a temporary folder holding copies of the rows and
-folders the job reads, which records what the job writes. When the job ends, the app unpacks the
-run folders it made (sent back as bytes, so the workers need no shared file system) and replays
-the recorded writes on its store; then it ends the actor. The actor is named after the job, in
-a namespace of the workspace, and the runs it creates are owned by it in the store
-("ray:<namespace>/<name>"), so a restarted app finds it again (Backend.reattach) instead of
-marking its runs interrupted. On the CPU, results are bit for bit those of the threads here
-(same code, same torch thread count).
+A job's work (a closure made by app.services.jobs or app.services.explaining) is pickled with
+the workspace store replaced by a placeholder, a stored run by its id and a run not trained yet
+by its config and data. The worker gets its own WorkerStore: a store in a temporary folder
+holding copies of the rows and folders the job reads, which records what the job writes. When
+the job ends, the app unpacks the run folders it made (sent back as bytes, so the workers need
+no shared file system) and replays the recorded writes on its store; then it ends the actor.
+The actor is named after the job, in a namespace of the workspace, and the runs it creates are
+owned by it in the store ("ray:<namespace>/<name>"), so a restarted app finds it again
+(Backend.reattach) instead of marking its runs interrupted. The runs a job opens on a worker
+hand their chunks of counterfactual retraining to Ray as tasks (Run.outcome_executor =
+outcomes_on_cluster). On the CPU, results are bit for bit those of the threads here (same code,
+same torch thread count).
 
 Imported only when a cluster is configured (app.services.cluster): the app never imports Ray
 otherwise.
@@ -48,7 +53,7 @@ from influence.progress import Cancelled
 from influence.config import RunConfig, RunError
 
 from ..words import plain_message
-from . import jobs
+from . import runner
 from .store import CANCELLED, FAILED, RUNNING, Store
 
 log = logging.getLogger(__name__)
@@ -58,7 +63,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_ENV = {"py_modules": [str(ROOT / name) for name in ("app", "influence", "datasets")],
                "excludes": ["__pycache__", "*.pyc"]}
 POLL_SECONDS = 0.5
-RECORDED = ("finish_run", "add_scores", "set_trust", "finish_round")  # store writes of a job
+RECORDED = ("finish_run", "add_scores", "set_trust", "finish_round", "add_explanation",
+            "set_explanation_trust")  # the store writes a job may make
 
 
 def namespace(store: Store) -> str:
@@ -98,7 +104,7 @@ def reachable(address: str | None) -> None:
 
 # --- the app's side ------------------------------------------------------------------------------
 class Backend:
-    """Runs jobs.start()'s work on the cluster this process is connected to (jobs.REMOTE)."""
+    """The runner's backend (runner.Backend) for the cluster this process is connected to."""
 
     def resources(self) -> dict:
         total = ray.cluster_resources()
@@ -106,7 +112,8 @@ class Backend:
                 "nodes": sum(node["Alive"] for node in ray.nodes())}
 
     def owner_alive(self, name: str) -> bool:
-        """store.OWNER_CHECKS["ray"]: does the job actor `<namespace>/<name>` still live?"""
+        """The store's owner check of "ray" (store.register_owner): does the job actor
+        `<namespace>/<name>` still live?"""
         space, _, actor = name.partition("/")
         try:
             ray.get_actor(actor, namespace=space)
@@ -114,7 +121,7 @@ class Backend:
             return False
         return True
 
-    def submit(self, job: jobs.Job, work, store: Store, reads: list[str],
+    def submit(self, job: runner.Job, work, store: Store, reads: list[str],
                owns: list[str]) -> None:
         """Start `work` in a new job actor and follow it from a thread of this process. Never
         raises: a job that cannot be submitted fails with the reason."""
@@ -122,7 +129,7 @@ class Backend:
         try:
             spec = {"id": job.id, "session": job.session, "kind": job.kind, "title": job.title,
                     "result": dict(job.result), "started": job.started, "owns": owns,
-                    "threads": jobs._threads or torch.get_num_threads(),
+                    "threads": runner.cpu_threads(),
                     **ship(work, store, reads, owns)}
             for run_id in owns:
                 store.set_owner(run_id, f"ray:{space}/{name}")
@@ -130,19 +137,19 @@ class Backend:
             actor = JobActor.options(name=name, namespace=space, lifetime="detached",
                                      num_cpus=1, num_gpus=gpus).remote(spec)
         except Exception as e:  # e.g. an unreadable run folder, the cluster gone
-            failed(job, store, owns, e)
+            job.end(*failed(job, store, owns, e))
             return
         job.say(f"sent to the Ray cluster (a {'GPU' if gpus else 'CPU'} worker)")
         follow(job, actor, store, spec)
 
-    def reattach(self, store: Store) -> list[jobs.Job]:
+    def reattach(self, store: Store) -> list[runner.Job]:
         """Find the job actors of this workspace that an earlier server process started, and
         follow them again: their jobs are back in the registry, with their progress so far.
         Returns those found at once; an actor still waiting for a worker joins when it has
         one."""
         space, found = namespace(store), []
         for entry in ray.util.list_named_actors(all_namespaces=True):
-            if entry["namespace"] != space or jobs.get(entry["name"][len("job-"):]):
+            if entry["namespace"] != space or runner.get(entry["name"][len("job-"):]):
                 continue
             try:
                 actor = ray.get_actor(entry["name"], namespace=space)
@@ -157,32 +164,30 @@ class Backend:
         return found
 
 
-def adopt(actor, store: Store, described) -> list[jobs.Job]:
+def adopt(actor, store: Store, described) -> list[runner.Job]:
     """Register the job of a job actor in this process and follow it."""
     try:
         spec = ray.get(described)
     except Exception as e:  # it ended meanwhile
         log.info("a job actor is gone: %s", e)
         return []
-    job = jobs.Job(spec["session"], spec["kind"], spec["title"])
-    job.id, job.started = spec["id"], spec["started"]
+    job = runner.Job(spec["session"], spec["kind"], spec["title"], spec["id"], spec["started"])
     job.result.update(spec["result"])
-    if jobs.adopt(job) is not job:
+    if runner.adopt(job) is not job:
         return []
     follow(job, actor, store, spec)
     return [job]
 
 
-def follow(job: jobs.Job, actor, store: Store, spec: dict) -> None:
-    job._thread = threading.Thread(target=_follow, args=(job, actor, store, spec), daemon=True,
-                                   name=f"ray-{job.kind}-{job.id}")
-    job._thread.start()
+def follow(job: runner.Job, actor, store: Store, spec: dict) -> None:
+    threading.Thread(target=_follow, args=(job, actor, store, spec), daemon=True,
+                     name=f"ray-{job.kind}-{job.id}").start()
 
 
-def _follow(job: jobs.Job, actor, store: Store, spec: dict) -> None:
+def _follow(job: runner.Job, actor, store: Store, spec: dict) -> None:
     """Mirror the actor's progress into `job` until it ends (first sending it the folders its
     work reads, unless an earlier server process did), pass a Cancel on, then collect the
-    results into the store and end the actor."""
+    results into the store, end the actor, and end the job."""
     owns, seen, started, asked = spec["owns"], {"lines": 0, "rows": {}}, False, False
     try:
         while True:
@@ -192,7 +197,7 @@ def _follow(job: jobs.Job, actor, store: Store, spec: dict) -> None:
                                          for folder in spec["folders"]}), job, started)
                 continue
             started = True
-            if job._cancel.is_set() and not asked:
+            if job.cancelled and not asked:
                 actor.cancel.remote()
                 asked = True
             mirror(job, state, seen)
@@ -204,27 +209,26 @@ def _follow(job: jobs.Job, actor, store: Store, spec: dict) -> None:
         job.lines.extend(end["lines"][seen["lines"]:])
         job.phase, job.done, job.total = end["phase"], end["done"], end["total"]
         job.result.update(end["result"])
-        job.error, job.suggested_lr = end["error"], end["suggested_lr"]
-        job.finished = time.time()
-        job.status = end["status"]  # last: a page that sees it finished finds the store ready
+        outcome = end["status"], end["error"], end["suggested_lr"]
     except Cancelled:
-        ended(job, store, owns, CANCELLED, "cancelled before it started")
+        outcome = closed(job, store, owns, CANCELLED, "cancelled before it started")
     except Exception as e:
-        failed(job, store, owns, e)
+        outcome = failed(job, store, owns, e)
     finally:
         close(actor)
+    job.end(*outcome)  # last: a page that sees it finished finds the store ready
 
 
-def _get(ref, job: jobs.Job, started: bool):
+def _get(ref, job: runner.Job, started: bool):
     """ray.get(ref), waiting as long as it takes (no free worker yet, a worker starting), unless
     the user cancels a job that has not started."""
     while not ray.wait([ref], timeout=POLL_SECONDS)[0]:
-        if job._cancel.is_set() and not started:
+        if job.cancelled and not started:
             raise Cancelled()
     return ray.get(ref)
 
 
-def mirror(job: jobs.Job, state: dict, seen: dict) -> None:
+def mirror(job: runner.Job, state: dict, seen: dict) -> None:
     """Copy what the actor reported since the last poll into the app's Job."""
     job.epochs.update(state["epochs"])
     for phase, rows in state["rows"].items():
@@ -250,16 +254,17 @@ def collect(store: Store, end: dict, owns: list[str]) -> None:
         getattr(store, name)(*args, **kwargs)
 
 
-def failed(job: jobs.Job, store: Store, owns: list[str], error: Exception) -> None:
+def failed(job: runner.Job, store: Store, owns: list[str], error: Exception) -> tuple:
     error = getattr(error, "cause", None) or error  # a task's own error, not Ray's wrapper
     lines = str(error).strip().splitlines()
     message = plain_message(error) if isinstance(error, (DataError, RunError)) else \
         f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    ended(job, store, owns, FAILED, f"the job stopped on the Ray cluster: {message}")
+    return closed(job, store, owns, FAILED, f"the job stopped on the Ray cluster: {message}")
 
 
-def ended(job: jobs.Job, store: Store, owns: list[str], status: str, message: str) -> None:
-    """End a job the actor could not finish: its runs and cleaning round are closed too."""
+def closed(job: runner.Job, store: Store, owns: list[str], status: str, message: str) -> tuple:
+    """Close the runs and the cleaning round of a job the actor could not finish; the job's
+    ending (status, error, suggested learning rate) for Job.end."""
     try:
         for run_id in owns:
             if store.run(run_id)["status"] == RUNNING:
@@ -269,11 +274,8 @@ def ended(job: jobs.Job, store: Store, owns: list[str], status: str, message: st
                 store.finish_round(row["id"], status)
     except Exception:  # the store itself fails: the page shows the job's message anyway
         log.exception("closing the runs of job %s", job.id)
-    if status == FAILED:
-        job.error = message
     job.say(message)
-    job.finished = time.time()
-    job.status = status
+    return status, message if status == FAILED else None, None
 
 
 def close(actor) -> None:
@@ -385,13 +387,16 @@ class WorkerStore(Store):
     def open_run(self, run_id: str, data=None) -> runs.Run:
         run = super().open_run(run_id, data)
         run.path = self.app_root / self.run(run_id)["folder"]  # as in the app: a child run
-        run.outcome_executor = outcomes_on_cluster             # records its parent by it; its
-        return run                                             # retrainings fan out as tasks
+        # records its parent by it; its retrainings fan out as tasks
+        run.outcome_executor = outcomes_on_cluster
+        return run
 
     finish_run = _recorded("finish_run")
     add_scores = _recorded("add_scores")
     set_trust = _recorded("set_trust")
     finish_round = _recorded("finish_round")
+    add_explanation = _recorded("add_explanation")
+    set_explanation_trust = _recorded("set_explanation_trust")
 
     def _refuse(self, *_, **__):
         raise RunError("a job on a cluster worker cannot add data sets, runs or rounds to "
@@ -417,21 +422,20 @@ class JobActor:
         if self.job is not None:
             return
         spec = self.spec
-        jobs.use_cpu_threads(spec["threads"])  # as in the app: the same float sums
+        runner.use_cpu_threads(spec["threads"])  # as in the app: the same float sums
         self.store = WorkerStore(self.root / "workspace", spec["app_root"])
         for table in ("datasets", "runs", "scores"):
             self.store.insert_rows(table, spec["rows"][table])
         for folder, blob in folders.items():
             unpack(blob, self.store.root / folder)
-        job = jobs.Job(spec["session"], spec["kind"], spec["title"])
-        job.id = spec["id"]
+        job = runner.Job(spec["session"], spec["kind"], spec["title"], spec["id"])
         job.result.update(spec["result"])
 
-        def work(job: jobs.Job) -> dict:
+        def work(job: runner.Job) -> dict:
             return _Receiver(io.BytesIO(spec["work"]), self.store).load()(job)
 
         self.job = job
-        self.thread = threading.Thread(target=jobs._execute, args=(job, work), daemon=True)
+        self.thread = threading.Thread(target=runner.execute, args=(job, work), daemon=True)
         self.thread.start()
 
     def poll(self, lines: int, rows: dict[str, int]) -> dict:
@@ -473,9 +477,9 @@ def _outcome_chunk(run: runs.Run, chunk: tuple[list, list], mode: str, exclude: 
 
 
 def outcomes_on_cluster(run: runs.Run, chunks: list, mode: str, exclude: list[str]):
-    """Run.outcome_executor on a cluster: each chunk of removal masks as a Ray task (with the
-    caller's torch thread count, so each chunk's figures are the local ones), when the cluster
-    has more than the one CPU this job holds; None (keep them here) otherwise."""
+    """A run's outcome_executor on a cluster: each chunk of removal masks as a Ray task (with
+    the caller's torch thread count, so each chunk's figures are the local ones), when the
+    cluster has more than the one CPU this job holds; None (keep them here) otherwise."""
     if ray.cluster_resources().get("CPU", 0) < 2:
         return None
     return _gathered(run, chunks, mode, exclude)

@@ -4,7 +4,8 @@ it can be listed and reopened after a restart. UI-free.
     $INFLUENCE_WORKSPACE (default ./workspace)
         store.sqlite         metadata (stdlib sqlite3): data sets, runs, scores, rounds, sessions
         datasets/<id>/       an ImageSet saved with datasets.storage (no pickle)
-        runs/<id>/           a run folder of influence.run_folder (+ influence-<method>.csv)
+        runs/<id>/           a run folder written by influence.run_folder (+ influence-<method>.csv,
+                             relabel-<method>.csv, explain/<method>-<hash>.csv and .json)
 
 Folders are written atomically (temporary sibling, then rename) and never changed afterwards; a
 data set is stored once per content (its fingerprint), so sessions can share it without
@@ -13,6 +14,7 @@ process is marked `interrupted` when the store is next opened.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,6 +30,7 @@ import pandas as pd
 
 import datasets
 from datasets import DataError, ImageSet
+from datasets.storage import atomic_file
 
 from influence import run_folder
 from influence.config import RunConfig, RunError
@@ -67,6 +70,7 @@ PREDICTIONS = (("sample_id", "part"), ("label", "predicted", "confidence"))
 SCORES = (("sample_id", "label"), ("influence",), ("suggested_label",))
 LOG = ((), ("step", "epoch", "loss", "accuracy"))
 RELABEL = (("sample_id", "label", "best_label"), ("effect_best",))  # influence.relabel.table
+EXPLANATION = (("test_id", "side", "sample_id", "label"), ("rank", "score"))  # explain.table
 JSON_COLUMNS = ("shape", "classes", "flipped", "split", "config", "metrics", "trust", "removed",
                 "state", "query", "verdict", "fixes")
 
@@ -81,15 +85,25 @@ def new_id(prefix: str) -> str:
 
 # Owners of running jobs other than a server process, by the prefix of their `owner` value
 # ("<kind>:<name>"): kind → is that job still alive? A cluster backend registers its own
-# (app.services.cluster: "ray"); an owner of a kind nobody registered counts as gone.
-OWNER_CHECKS: dict[str, Callable[[str], bool]] = {}
+# (register_owner, from app.services.cluster: "ray"); an owner of a kind nobody registered
+# counts as gone.
+_OWNER_CHECKS: dict[str, Callable[[str], bool]] = {}
+
+
+def register_owner(kind: str, alive: Callable[[str], bool] | None) -> None:
+    """Tell the store how to see whether a job owned by "<kind>:<name>" still lives (None: forget
+    it; such runs count as interrupted when a store is next opened)."""
+    if alive is None:
+        _OWNER_CHECKS.pop(kind, None)
+    else:
+        _OWNER_CHECKS[kind] = alive
 
 
 def owner_alive(owner: str | None) -> bool:
     """Is the server process that owns a running job still alive (and not a restart of us)?"""
     kind, _, name = (owner or "").partition(":")
-    if kind in OWNER_CHECKS:
-        return OWNER_CHECKS[kind](name)
+    if kind in _OWNER_CHECKS:
+        return _OWNER_CHECKS[kind](name)
     try:
         pid, boot = (owner or "").split(":")
         pid = int(pid)
@@ -228,7 +242,7 @@ class Store:
         return self.run(run_id)
 
     def set_owner(self, run_id: str, owner: str) -> None:
-        """Hand a running run to another owner (e.g. a job on a cluster: see OWNER_CHECKS)."""
+        """Hand a running run to another owner (e.g. a job on a cluster: see register_owner)."""
         self._write("UPDATE runs SET owner = ? WHERE id = ?", (owner, run_id))
 
     def insert_rows(self, table: str, rows: list[dict]) -> None:
@@ -276,14 +290,27 @@ class Store:
         data = data if data is not None else self.load_data(row["dataset"])
         return run_folder.load(self.root / row["folder"], data)
 
+    # --- result tables of a run (files in its folder) ------------------------------------------
+    def table_file(self, run_id: str, table: str, method: str | None = None) -> Path | None:
+        """The file of one of a run's result tables, each read by the method of its name:
+        predictions, training_log, and scores and relabel of a ranking `method` (None where that
+        ranking, or its relabel effects, are not kept)."""
+        folder = self.run_folder(run_id)
+        if table in ("predictions", "training_log"):
+            return folder / ("predictions.csv" if table == "predictions" else "log.csv")
+        if table not in ("scores", "relabel"):
+            raise ValueError(f"unknown result table {table!r}")
+        name = (self.score_info(run_id).get(method) or {}).get(
+            "file" if table == "scores" else "relabel")
+        return folder / name if name else None
+
     def predictions(self, run_id: str) -> pd.DataFrame:
         """sample_id, part, label, predicted, confidence for every image (written by jobs)."""
-        return run_folder.read_csv(self.run_folder(run_id) / "predictions.csv", *PREDICTIONS)
+        return run_folder.read_csv(self.table_file(run_id, "predictions"), *PREDICTIONS)
 
     def training_log(self, run_id: str) -> pd.DataFrame:
-        path = self.run_folder(run_id) / "log.csv"
-        return run_folder.read_csv(path, *LOG) if path.is_file() else \
-            run_folder.TrainingLog().frame()
+        path = self.table_file(run_id, "training_log")
+        return run_folder.read_csv(path, *LOG) if path.is_file() else run_folder.TrainingLog().frame()
 
     # --- scores ----------------------------------------------------------------------------
     def add_scores(self, run_id: str, method: str, frame: pd.DataFrame, seconds: float,
@@ -310,17 +337,46 @@ class Store:
                                                      (run_id,))}
 
     def scores(self, run_id: str, method: str) -> pd.DataFrame:
-        info = self.score_info(run_id).get(method)
-        if info is None:
+        path = self.table_file(run_id, "scores", method)
+        if path is None:
             raise RunError(f"run {run_id} has not been scored with {method}")
-        return run_folder.read_csv(self.run_folder(run_id) / info["file"], *SCORES)
+        return run_folder.read_csv(path, *SCORES)
 
     def relabel(self, run_id: str, method: str) -> pd.DataFrame | None:
         """The relabel effects kept with a ranking (influence.relabel.table), or None."""
-        info = self.score_info(run_id).get(method) or {}
-        if not info.get("relabel"):
-            return None
-        return run_folder.read_csv(self.run_folder(run_id) / info["relabel"], *RELABEL)
+        path = self.table_file(run_id, "relabel", method)
+        return None if path is None else run_folder.read_csv(path, *RELABEL)
+
+    # --- explanations of single test images (under a run folder's explain/) ---------------
+    def explanation_file(self, run_id: str, test_id: str, method: str,
+                         suffix: str = "csv") -> Path:
+        """Where the explanation of one test image is kept (named by a hash: ids may hold any
+        character); its trust check's figures go next to it as JSON."""
+        key = hashlib.sha1(test_id.encode()).hexdigest()[:16]
+        return self.run_folder(run_id) / "explain" / f"{method}-{key}.{suffix}"
+
+    def add_explanation(self, run_id: str, test_id: str, method: str,
+                        frame: pd.DataFrame) -> None:
+        """Keep the explanation of a test image (influence.explain.table)."""
+        path = self.explanation_file(run_id, test_id, method)
+        path.parent.mkdir(exist_ok=True)
+        run_folder.write_csv(frame, path)
+
+    def explanation(self, run_id: str, test_id: str, method: str) -> pd.DataFrame | None:
+        """The kept explanation, or None when there is none yet."""
+        path = self.explanation_file(run_id, test_id, method)
+        return run_folder.read_csv(path, *EXPLANATION) if path.is_file() else None
+
+    def set_explanation_trust(self, run_id: str, test_id: str, method: str,
+                              trust: dict) -> None:
+        path = self.explanation_file(run_id, test_id, method, "json")
+        path.parent.mkdir(exist_ok=True)
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(trust))
+
+    def explanation_trust(self, run_id: str, test_id: str, method: str) -> dict | None:
+        path = self.explanation_file(run_id, test_id, method, "json")
+        return json.loads(path.read_text()) if path.is_file() else None
 
     # --- cleaning rounds -------------------------------------------------------------------
     def new_round(self, dataset_id: str, base: str, method: str | None, mode: str,

@@ -3,7 +3,8 @@ import numpy as np
 import streamlit as st
 
 import datasets
-from app import charts, images, scale_out, session, words
+from app import charts, images, session, words
+from app.sections import scale_out
 from datasets import DataError, limits
 from datasets.builtin import data_dir
 from datasets.upload import load_upload
@@ -29,7 +30,7 @@ if source == "Built-in data set":
                 "(root, download=True)`) and copy the files to the folder named by the "
                 f"`DATA_DIR` environment variable (now: `{data_dir()}`), then restart the app.",
                 icon=":material/cloud_download:")
-    in_use = (session.current_dataset() or {}).get("name") == BUILTINS[name].title
+    in_use = (session.current_dataset_row() or {}).get("name") == BUILTINS[name].title
     if st.button("In use" if in_use else "Use this data set", type="primary", disabled=in_use,
                  icon=":material/check:" if in_use else None):
         with st.spinner(f"Loading {BUILTINS[name].description} …"):
@@ -58,8 +59,8 @@ elif source == "Upload a ZIP":
             with st.spinner("Reading the images …"):
                 try:
                     data = load_upload(upload)
-                    row = session.store().add_dataset(data, title.strip() or default, session.sid())
-                    session.set_dataset(row)
+                    session.set_dataset(session.store().add_dataset(
+                        data, title.strip() or default, session.sid()))
                     st.session_state.upload_note = data.source
                     st.rerun()
                 except DataError as e:
@@ -91,17 +92,17 @@ else:
                 st.error(str(e))
 
 # --- the current data set ------------------------------------------------------------------------
-row = session.current_dataset()
-if row is None:
+dataset_row = session.current_dataset_row()
+if dataset_row is None:
     st.stop()
 try:
-    data, _ = session.data_of(row["id"])
+    data, _ = session.data_of(dataset_row["id"])
 except DataError as e:
     st.error(str(e))
     st.stop()
 
 st.divider()
-st.subheader(f"Current data set: {row['name']}")
+st.subheader(f"Current data set: {dataset_row['name']}")
 st.caption(data.source)
 h, w, c = data.shape
 cols = st.columns(3)
@@ -115,7 +116,7 @@ with right:
     st.markdown("**A few of the images, with their labels**")
     rng = np.random.default_rng(0)
     sample = rng.choice(len(data), size=min(24, len(data)), replace=False)
-    flipped_here = row.get("flipped") or {}
+    flipped_here = dataset_row.get("flipped") or {}
     images.image_grid(data, sample, [data.classes[data.labels[i]]
                                  + (f" (was {flipped_here[data.ids[i]]})"
                                     if data.ids[i] in flipped_here else "") for i in sample],
@@ -123,10 +124,11 @@ with right:
 
 # --- split and demo ------------------------------------------------------------------------------
 st.subheader("Split and demo")
-flipped = row.get("flipped") or {}
-base_id = row.get("parent") or row["id"]
+flipped = dataset_row.get("flipped") or {}
+base_id = dataset_row.get("parent") or dataset_row["id"]
 split = session.split_settings()
-key = row["id"]  # the widgets start again from the stored settings when the data set changes
+key = dataset_row["id"]  # the widgets start again from the stored settings when the data set
+# changes
 
 
 def apply() -> None:
@@ -147,7 +149,7 @@ def apply() -> None:
         else:
             new = base
         session.state().update(split=settings, flip_pct=ss[f"flip-{key}"])
-        if new["id"] != row["id"]:
+        if new["id"] != dataset_row["id"]:
             session.set_dataset(new)
         session.save()
     except DataError as e:

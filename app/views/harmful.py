@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts, fixes, how_many, images, panels, session, words
-from app.services import estimates, jobs
+from app import charts, images, panels, session, words
+from app.sections import fixes, how_many
+from app.services import jobs, runner, timing
 from app.services.store import DONE
 from influence import methods
 from influence.config import RunError
@@ -22,26 +23,26 @@ st.caption("For every training image, SGD-influence estimates how the loss on th
            "the image hurts the model (often a wrong label or an odd image). Other well-known "
            "rankings can be computed next to it, for comparison.")
 
-row = session.current_dataset()
-run = session.current_run()
-if row is None or run is None or run["dataset"] != row["id"]:
+dataset_row = session.current_dataset_row()
+run_row = session.current_run_row()
+if dataset_row is None or run_row is None or run_row["dataset"] != dataset_row["id"]:
     panels.need("Train a model on the current data set first.", "views/train.py",
                 "Go to 2 · Train")
-if not session.usable(run):
-    panels.run_status_note(run)
+if not session.usable(run_row):
+    panels.run_status_note(run_row)
     panels.need("Train a model first (or open a finished one).", "views/train.py",
                 "Go to 2 · Train")
-if not (run["metrics"] or {}).get("learned", True):
+if not (run_row["metrics"] or {}).get("learned", True):
     st.warning("**This model did not learn**: its validation loss is not clearly below what "
                "guessing from the class frequencies gives. Which training images it was "
                "influenced by means nothing yet, so nothing is ranked. Page 2 offers to train "
                "it longer.", icon=":material/warning:")
     panels.need("Train a model that learned first.", "views/train.py", "Go to 2 · Train")
-data, position = session.data_of(row["id"])
+data, position = session.data_of(dataset_row["id"])
 store = session.store()
-scored = store.score_info(run["id"])
-job = jobs.latest(session.sid(), "score")
-busy = jobs.active(session.sid()) is not None
+scored = store.score_info(run_row["id"])
+job = runner.latest(session.sid(), "score")
+busy = runner.active(session.sid()) is not None
 
 st.markdown("**Two questions, two rankings.** To decide what to **remove**, rank by "
             "**SGD-influence**: it estimates what leaving each image out does to this model's "
@@ -51,10 +52,10 @@ st.markdown("**Two questions, two rankings.** To decide what to **remove**, rank
             "but it is not what that check estimates.")
 
 # --- the yardstick: are the validation labels right? ----------------------------------------------
-val_check = session.label_check(run["id"], "val")
-test_check = session.label_check(run["id"], "test")
+val_check = session.label_check(run_row["id"], "val")
+test_check = session.label_check(run_row["id"], "test")
 suspicious = val_check[val_check.flagged]
-exclude = session.query_exclude(run["id"], suspicious.sample_id) \
+exclude = session.query_exclude(run_row["id"], suspicious.sample_id) \
     if len(suspicious) < len(val_check) else []
 with st.expander("Check the yardstick: the validation labels"
                  + (f" — {len(suspicious)} look wrong" if len(suspicious) else " — all look right"),
@@ -77,11 +78,11 @@ with st.expander("Check the yardstick: the validation labels"
         else:
             leave_out = st.toggle(
                 f"Leave these {len(suspicious)} images out of the query", value=bool(exclude),
-                key=f"exclude-{run['id']}", help="SGD-influence, the trust check and page 4's "
+                key=f"exclude-{run_row['id']}", help="SGD-influence, the trust check and page 4's "
                 "comparison then use the mean loss over the other validation images. The test "
                 "images are never touched.")
             if leave_out != bool(exclude):
-                session.set_query_exclude(run["id"], suspicious.sample_id if leave_out else [])
+                session.set_query_exclude(run_row["id"], suspicious.sample_id if leave_out else [])
                 st.rerun()
     n_test = int(test_check.flagged.sum())
     if n_test:
@@ -90,8 +91,8 @@ with st.expander("Check the yardstick: the validation labels"
                 "labels.", icon=":material/info:")
 
 # --- scoring -----------------------------------------------------------------------------------
-guess = session.estimate(row["id"], run["config"])
-epochs = run["config"]["epochs"]
+guess = session.estimate(dataset_row["id"], run_row["config"])
+epochs = run_row["config"]["epochs"]
 ours = methods.keys(in_app=True, phase="score")  # SGD-influence, the others are to compare with
 timed = {"sgd": f"Exact: retrace all {epochs} epochs ({words.seconds(guess['seconds_score'])})",
          "sgd-refined": f"Exact, with the {methods.REFINE} most harmful and most helpful "
@@ -114,13 +115,13 @@ with st.expander("Compute influence" + (" again, or another ranking to compare" 
     if st.button("Compute influence" if chosen in ours else "Compute this ranking",
                  type="primary", disabled=busy, icon=":material/calculate:"):
         try:
-            jobs.start_scoring(store, session.sid(), run["id"], chosen, exclude)
-            session.state()["method"][run["id"]] = chosen
+            jobs.start_scoring(store, session.sid(), run_row["id"], chosen, exclude)
+            session.state()["method"][run_row["id"]] = chosen
             session.save()
             st.rerun()
-        except (jobs.Busy, RunError) as e:
+        except (runner.Busy, RunError) as e:
             panels.busy_error(e)
-if job is not None and job.result.get("run") == run["id"]:
+if job is not None and job.result.get("run") == run_row["id"]:
     panels.job_panel("score", curves=False, log_after=False)
     panels.job_outcome(job, f"Every training image scored in {job.elapsed:.1f} s "
                             f"({methods.get(job.result['method']).title}).")
@@ -131,11 +132,11 @@ if method is None:
 if len(scored) > 1:
     method = st.segmented_control("Ranking", list(scored), default=method, required=True,
                                   format_func=lambda m: methods.get(m).title,
-                                  key=f"view-{run['id']}")
-    if method != session.state()["method"].get(run["id"]):
-        session.state()["method"][run["id"]] = method
+                                  key=f"view-{run_row['id']}")
+    if method != session.state()["method"].get(run_row["id"]):
+        session.state()["method"][run_row["id"]] = method
         session.save()
-frame = session.scores(run["id"], method)
+frame = session.scores(run_row["id"], method)
 used = scored[method].get("query") or []
 if methods.get(method).estimates_removal and (used or exclude) and set(used) != set(exclude):
     st.warning(f"This ranking was computed with {len(used)} validation images left out of the "
@@ -148,7 +149,7 @@ removal = ranking.estimates_removal  # a score in units of validation loss
 
 # --- trust check ------------------------------------------------------------------------------
 trust = scored[method].get("trust")
-check_job = jobs.latest(session.sid(), "check")
+check_job = runner.latest(session.sid(), "check")
 if not removal:
     st.caption(f"This ranking ({ranking.title}) does not estimate what removing an "
                "image does to the model, so real retraining cannot check it image by image. "
@@ -158,33 +159,33 @@ elif trust:
 else:
     c1, c2 = st.columns([1, 3])
     n_check = c1.number_input("Images to check", 4, 50, key=session.remember("n_check", 10))
-    took = estimates.check_seconds(guess, int(n_check), jobs.CHECK_GROUPS, ranking.retrain_mode)
+    took = timing.check_seconds(guess, int(n_check), jobs.CHECK_GROUPS, ranking.retrain_mode)
     c2.markdown(f"How far can you trust this ranking? The check retrains the model for real "
                 f"without each of {n_check} images spread over the ranking, and without each "
                 f"of {jobs.CHECK_GROUPS} random groups of 5 % of the training images, all at "
                 f"once, and compares ({words.seconds(took)}).")
     if c2.button("Check against real retraining", disabled=busy):
         try:
-            jobs.start_check(store, session.sid(), run["id"], method, int(n_check))
+            jobs.start_check(store, session.sid(), run_row["id"], method, int(n_check))
             st.rerun()
-        except (jobs.Busy, RunError) as e:
+        except (runner.Busy, RunError) as e:
             panels.busy_error(e)
-if check_job is not None and check_job.result.get("run") == run["id"] and (
+if check_job is not None and check_job.result.get("run") == run_row["id"] and (
         check_job.running or check_job.status != DONE):
     panels.job_panel("check", curves=False, log_after=False)
     panels.job_outcome(check_job)
 
-how_many.section(run, method, busy)
+how_many.section(run_row, method, busy)
 
 # --- the ranking -------------------------------------------------------------------------------
-preds = session.predictions(run["id"]).set_index("sample_id")
+preds = session.predictions(run_row["id"]).set_index("sample_id")
 table = frame.assign(rank=np.arange(1, len(frame) + 1))
 found = preds.reindex(table.sample_id)
 table["predicted_label"] = [data.classes[int(p)] for p in found.predicted]
 table["confidence"] = found.confidence.to_numpy()
 table["predicted"] = [f"{data.classes[int(p)]} ({c:.0%})" for p, c in
                       zip(found.predicted, found.confidence)]
-flipped = row.get("flipped") or {}
+flipped = dataset_row.get("flipped") or {}
 ticked = session.ticks()
 
 left, right = st.columns([3, 2])
@@ -202,8 +203,8 @@ with right:
         st.info(f"**Demo:** {len(flipped)} labels were flipped. **{in_top}** of them are in "
                 f"the top {k_demo} (picking at random would find about {chance:.1f}), and "
                 f"**{in_ticked}** of your {len(ticked)} ticked images are flipped ones"
-                + (f"; {fixes.demo_words(flipped, ticked, fixed)}." if (
-                    fixed := fixes.current(run["id"], ticked)) else "."),
+                + (f"; {words.demo_fixes(flipped, ticked, fixed)}." if (
+                    fixed := session.fixes(run_row["id"], ticked)) else "."),
                 icon=":material/science:")
 
 st.subheader("Ranked training images")
@@ -249,7 +250,7 @@ if c3.button("Untick all", icon=":material/check_box_outline_blank:", disabled=n
 
 pages = max(1, math.ceil(len(view) / per_page))
 filters = f"{method}-{helpful}-{disagree}-{chosen_class}-{per_page}"
-page = st.pagination(pages, key=f"page-{run['id']}-{filters}")
+page = st.pagination(pages, key=f"page-{run_row['id']}-{filters}")
 shown = view.iloc[(page - 1) * per_page: page * per_page]
 rows = pd.DataFrame({
     "remove": [sid in ticked for sid in shown.sample_id],
@@ -287,7 +288,7 @@ columns = {
 edited = st.data_editor(
     rows, hide_index=True, disabled=[c for c in rows.columns if c != "remove"],
     row_height=ROW_HEIGHT, height=(len(rows) + 1) * ROW_HEIGHT + 3, column_config=columns,
-    key=f"editor-{run['id']}-{filters}-{page}-{version}")
+    key=f"editor-{run_row['id']}-{filters}-{page}-{version}")
 now = (ticked - set(shown.sample_id)) | set(edited.loc[edited["remove"], "sample id"])
 if now != ticked:
     session.set_ticks(now)
@@ -305,11 +306,11 @@ if len(shown):
         if item.sample_id in flipped:
             right.caption(f"Demo: the true label is {flipped[item.sample_id]}.")
 
-fixes.view(run, method, view, data, position, flipped, int(top_k), per_page, filters)
+fixes.view(run_row, method, view, data, position, flipped, int(top_k), per_page, filters)
 
 export = table.drop(columns=["predicted"]).rename(columns={"influence": "score"})
 st.download_button("Whole ranking (CSV)", export.to_csv(index=False),
-                   file_name=f"{row['name']}-ranking-{method}.csv", mime="text/csv",
+                   file_name=f"{dataset_row['name']}-ranking-{method}.csv", mime="text/csv",
                    icon=":material/download:",
                    help="Every training image still in use, in this ranking's order: rank, "
                    "sample id, given and predicted label, the model's confidence and the score. "

@@ -2,18 +2,16 @@
 and with removing as many random images, keep the history, export the cleaned data."""
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
-from sklearn.metrics import confusion_matrix
 
-from app import charts, fixes, images, panels, session, words
-from app.views import explain as why
+from app import charts, images, panels, session, words
+from app.sections import explain as why
+from app.sections import fixes
+from app.services import jobs, runner, timing
+from app.services.store import DONE
 from datasets import DataError
 from datasets.export import to_zip
-from app.services import estimates, jobs
-from app.services.store import DONE
-from influence import cleaning, compare, methods
+from influence import advice, cleaning, compare, methods
 from influence.config import RunError
 
 st.title("4 · Retrain without them and compare")
@@ -21,18 +19,19 @@ st.caption("The model is trained again on exactly the same SGD schedule — same
            "starting point, same batches — only without the images you ticked. Then the test "
            "images, which took no part in choosing them, tell whether the model got better.")
 
-row = session.current_dataset()
-run = session.current_run()
-if row is None or run is None or run["dataset"] != row["id"] or not session.usable(run):
+dataset_row = session.current_dataset_row()
+run_row = session.current_run_row()
+if dataset_row is None or run_row is None or run_row["dataset"] != dataset_row["id"] or \
+        not session.usable(run_row):
     panels.need("Train a model and tick some images on page 3 first.", "views/harmful.py",
             "Go to 3 · Harmful images")
-data, position = session.data_of(row["id"])
+data, position = session.data_of(dataset_row["id"])
 store = session.store()
 ticked = sorted(session.ticks())
-fixed = fixes.current(run["id"], set(ticked))  # sample id → new label
+fixed = session.fixes(run_row["id"], set(ticked))  # sample id → new label
 method = session.method()
-busy = jobs.active(session.sid()) is not None
-flipped = row.get("flipped") or {}
+busy = runner.active(session.sid()) is not None
+flipped = dataset_row.get("flipped") or {}
 
 # --- retrain ---------------------------------------------------------------------------------
 st.subheader("Retrain")
@@ -53,8 +52,8 @@ else:
     if len(ticked) > len(shown):
         st.caption(f"… and {len(ticked) - len(shown)} more.")
     fixes.show_fixed(data, position, fixed, flipped)
-    guess = session.estimate(row["id"], run["config"])
-    epochs = run["config"]["epochs"]
+    guess = session.estimate(dataset_row["id"], run_row["config"])
+    epochs = run_row["config"]["epochs"]
     c1, c2 = st.columns(2)
     mode = c1.radio("Retrain", ["all", "last"], key=session.remember("mode", "all"), format_func={
         "all": f"all {epochs} epochs without them — the exact counterfactual "
@@ -62,28 +61,29 @@ else:
         "last": f"only the last epoch without them — faster "
                 f"({words.seconds(guess['seconds_retrain_last'])})"}.get)
     controls = c2.number_input(
-        fixes.controls_words(len(ticked), len(fixed)), 0,
+        words.controls_label(len(ticked), len(fixed)), 0,
         100, key=session.remember("controls", cleaning.CONTROLS),
         help="Shows whether removing the chosen images beat removing the same number at "
         "random, with a p-value. All controls run together in one vectorised retraining. 0: "
         "none (then nothing can be said about chance).")
-    more = estimates.controls_seconds(guess, int(controls), mode)
+    more = timing.controls_seconds(guess, int(controls), mode)
     c2.caption(f"The controls take {words.seconds(more)} more.")
-    if st.button(fixes.button_words(len(ticked), len(fixed)),
+    if st.button(words.retrain_button(len(ticked), len(fixed)),
                  type="primary", disabled=busy, icon=":material/restart_alt:"):
         try:
-            job = jobs.start_cleaning(store, session.sid(), run["id"], ticked, mode, method,
+            job = jobs.start_cleaning(store, session.sid(), run_row["id"], ticked, mode, method,
                                       int(controls),
-                                      seed=run["config"]["seed"] + len(store.rounds(row["id"])),
+                                      seed=run_row["config"]["seed"]
+                                      + len(store.rounds(dataset_row["id"])),
                                       fixes=fixed)
             session.state()["round"] = job.result["round"]
             session.save()
             st.rerun()
-        except (jobs.Busy, RunError, DataError) as e:
+        except (runner.Busy, RunError, DataError) as e:
             panels.busy_error(e)
 
-job = jobs.latest(session.sid(), "clean")
-if job is not None and store.round(job.result["round"])["base"] == run["id"] and (
+job = runner.latest(session.sid(), "clean")
+if job is not None and store.round(job.result["round"])["base"] == run_row["id"] and (
         job.running or job.status != DONE):
     panels.job_panel("clean")
     panels.job_outcome(job)
@@ -95,21 +95,12 @@ def test_part(run_id: str) -> pd.DataFrame:
     return preds[preds.part == "test"].set_index("sample_id")
 
 
-def error_chart(names: list[str], errors: list[float], colours: list[str]) -> go.Figure:
-    fig = go.Figure(go.Bar(x=names, y=errors, marker_color=colours,
-                           text=[f"{e:.2%}" for e in errors], textposition="outside"))
-    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10), yaxis_tickformat=".1%",
-                      title="Misclassified test images (lower is better)",
-                      yaxis_range=[0, max(errors) * 1.25 if max(errors) > 0 else 1])
-    return fig
-
-
-def compare_models(runs: dict[str, dict], key: str) -> None:
+def compare_models(run_rows: dict[str, dict], key: str) -> None:
     """Test error, per-class error, confusion matrices and the images that changed, for models
-    named by the keys of `runs` (the first is the reference)."""
-    names = list(runs)
-    parts = {name: test_part(r["id"]) for name, r in runs.items()}
-    errors = [r["metrics"]["test_error"] for r in runs.values()]
+    named by the keys of `run_rows` (the first is the reference)."""
+    names = list(run_rows)
+    parts = {name: test_part(r["id"]) for name, r in run_rows.items()}
+    errors = [r["metrics"]["test_error"] for r in run_rows.values()]
     cols = st.columns(len(names) + 1)
     mistakes = [int((p.predicted != p.label).sum()) for p in parts.values()]
     for i, (name, err) in enumerate(zip(names, errors)):
@@ -122,30 +113,12 @@ def compare_models(runs: dict[str, dict], key: str) -> None:
     cols[-1].metric("Test images", f"{n_test:,}")
     colours = [charts.GREY, charts.GREEN, charts.ORANGE][:len(names)]
     left, right = st.columns(2)
-    left.plotly_chart(error_chart(names, errors, colours), key=f"{key}-errors")
-
-    per_class = pd.DataFrame({
-        name: (p.predicted != p.label).groupby(p.label).mean() for name, p in parts.items()})
-    per_class.index = [data.classes[int(i)] for i in per_class.index]
-    fig = go.Figure([go.Bar(x=per_class.index.astype(str), y=per_class[name], name=name,
-                            marker_color=c) for name, c in zip(names, colours)])
-    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10), barmode="group",
-                      title="Error per class", yaxis_tickformat=".0%", xaxis_type="category",
-                      legend=dict(orientation="h", y=-0.2))
-    right.plotly_chart(fig, key=f"{key}-per-class")
+    left.plotly_chart(charts.test_error_chart(names, errors, colours), key=f"{key}-errors")
+    right.plotly_chart(charts.class_error_chart(parts, data.classes, colours),
+                       key=f"{key}-per-class")
 
     with st.expander("Confusion matrices"):
-        k = len(data.classes)
-        fig = make_subplots(1, len(names), subplot_titles=names, horizontal_spacing=0.08)
-        for i, (name, p) in enumerate(parts.items(), 1):
-            matrix = confusion_matrix(p.label, p.predicted, labels=range(k))
-            fig.add_trace(go.Heatmap(z=matrix, x=data.classes, y=data.classes, text=matrix,
-                                     texttemplate="%{text}", coloraxis="coloraxis"), 1, i)
-        fig.update_xaxes(title_text="predicted", type="category")
-        fig.update_yaxes(title_text="true label", type="category", autorange="reversed")
-        fig.update_layout(height=360 if k <= 10 else 600, coloraxis=dict(colorscale="Blues"),
-                          margin=dict(l=10, r=10, t=40, b=10))
-        st.plotly_chart(fig, key=f"{key}-confusion")
+        st.plotly_chart(charts.confusion_chart(parts, data.classes), key=f"{key}-confusion")
         st.caption("Rows: the true class; columns: what the model said. The diagonal counts "
                    "correct answers.")
 
@@ -172,8 +145,8 @@ def verdict_of(chosen: dict) -> dict:
     predictions (and its one random control run)."""
     if chosen.get("verdict"):
         return chosen["verdict"]
-    before, after = test_part(run["id"]), test_part(chosen["cleaned"]).reindex(
-        test_part(run["id"]).index)
+    before, after = test_part(run_row["id"]), test_part(chosen["cleaned"]).reindex(
+        test_part(run_row["id"]).index)
     control = store.run(chosen["control"]) if chosen.get("control") else None
     errors = [control["metrics"]["test_error"]] if control and session.usable(control) else []
     return compare.cleaning_verdict(before.predicted == before.label,
@@ -184,34 +157,35 @@ def summary(chosen: dict, v: dict) -> None:
     """The outcome of a round in a few sentences, its random controls, and the estimate."""
     removed, changed = chosen["removed"], chosen.get("fixes") or {}
     k = len(removed)
-    lines = words.verdict(v, fixes.round_words(k, len(changed)), fixes.controls_said(changed))
+    lines = words.verdict(v, words.round_action(k, len(changed)), words.controls_said(changed))
     if flipped:
         hits = len(set(removed) & flipped.keys())
         lines.append(f"*Demo:* {hits} of the {k} removed images had a flipped label "
                      f"({len(flipped)} were flipped in all)"
-                     + (f"; {fixes.demo_words(flipped, removed, changed)}." if changed else "."))
+                     + (f"; {words.demo_fixes(flipped, removed, changed)}." if changed else "."))
     st.markdown("  \n".join(lines))
     ranking = methods.get(chosen["method"]) if chosen["method"] else None
     if ranking and ranking.estimates_removal and "query_change" in v and \
-            chosen["method"] in store.score_info(run["id"]):
-        scores = session.scores(run["id"], chosen["method"]).set_index("sample_id").influence
-        predicted = float(scores.reindex(removed).sum()) + fixes.estimated_total(
-            changed, store.relabel(run["id"], chosen["method"]))
+            chosen["method"] in store.score_info(run_row["id"]):
+        scores = session.scores(run_row["id"], chosen["method"]).set_index("sample_id").influence
+        predicted = float(scores.reindex(removed).sum()) + advice.estimated_total(
+            changed, session.relabel(run_row["id"], chosen["method"]))
         actual = v["query_change"]
-        what = fixes.round_words(k, len(changed)).lower() if changed else "removing them"
+        what = words.round_action(k, len(changed)).lower() if changed else "removing them"
         if np.isfinite(predicted):  # (fixes without relabel effects have no estimate)
             st.caption(f"{ranking.name} estimated that {what} would "
                        f"{'lower' if predicted < 0 else 'raise'} the validation loss by "
                        f"{abs(predicted):.3g}; retraining "
                        f"{'lowered' if actual < 0 else 'raised'} it by {abs(actual):.3g}.")
-    fixes.show_per_class(data, position, run["config"], removed, changed)
+    fixes.show_per_class(data, position, run_row["config"], removed, changed)
     if v["controls"]:
         st.plotly_chart(charts.controls_chart(v), key=f"controls-{chosen['id']}")
 
 
 # --- the latest round of this model -------------------------------------------------------------
-number = {r["id"]: i for i, r in enumerate(store.rounds(row["id"]), 1)}  # per data set
-rounds = [r for r in store.rounds(row["id"]) if r["base"] == run["id"] and r["status"] == DONE]
+number = {r["id"]: i for i, r in enumerate(store.rounds(dataset_row["id"]), 1)}  # per data set
+rounds = [r for r in store.rounds(dataset_row["id"])
+          if r["base"] == run_row["id"] and r["status"] == DONE]
 cleaning_now = job is not None and job.running
 if rounds and cleaning_now:
     st.caption("The results of earlier rounds are shown again when this one has finished.")
@@ -227,7 +201,7 @@ if rounds and not cleaning_now:  # never an earlier round's result under a new r
                              + (f", {len(rounds[i]['fixes'])} fixed" if rounds[i].get("fixes")
                                 else ""), key="round_pick")
     chosen = rounds[index]
-    models = {"before": run, "after cleaning": store.run(chosen["cleaned"])}
+    models = {"before": run_row, "after cleaning": store.run(chosen["cleaned"])}
     summary(chosen, verdict_of(chosen))
     compare_models(models, f"round-{chosen['id']}")
 
@@ -238,10 +212,10 @@ if rounds and not cleaning_now:  # never an earlier round's result under a new r
     keep = np.setdiff1d(np.arange(len(data)), [position[i] for i in removed])
 
     def cleaned_zip() -> bytes:
-        return to_zip(fixes.relabelled(data, position, cleaned["config"]).subset(keep))
+        return to_zip(advice.relabelled(data, position, cleaned["config"]).subset(keep))
 
-    ranking = session.scores(run["id"], chosen["method"]) if chosen["method"] in \
-        store.score_info(run["id"]) else None
+    ranking = session.scores(run_row["id"], chosen["method"]) if chosen["method"] in \
+        store.score_info(run_row["id"]) else None
     table = pd.DataFrame({"sample_id": removed,
                           "label": [data.classes[data.labels[position[i]]] for i in removed]})
     if ranking is not None:
@@ -254,15 +228,15 @@ if rounds and not cleaning_now:  # never an earlier round's result under a new r
         table["true_label_demo"] = [flipped.get(i, "") for i in removed]
     c1, c2, c3 = st.columns(3)
     c1.download_button("Cleaned data set (ZIP)", cleaned_zip,
-                       file_name=f"{row['name']}-cleaned.zip", mime="application/zip",
+                       file_name=f"{dataset_row['name']}-cleaned.zip", mime="application/zip",
                        icon=":material/download:", width="stretch")
     c1.caption(f"{len(keep):,} images in one folder per class (fixed ones in their new "
                "class), ready to upload again.")
     c2.download_button("Removed images (CSV)", table.to_csv(index=False),
-                       file_name=f"{row['name']}-removed.csv", mime="text/csv",
+                       file_name=f"{dataset_row['name']}-removed.csv", mime="text/csv",
                        icon=":material/download:", width="stretch")
     c2.caption(f"The {len(removed)} removed ids with their labels and scores.")
-    fixes.fixes_download(c2, row["name"], data, position, run, chosen)
+    fixes.fixes_download(c2, dataset_row["name"], data, position, run_row, chosen)
     if c3.button("Clean further from the cleaned model", width="stretch",
                  icon=":material/cleaning_services:"):
         session.set_run(cleaned["id"])
@@ -270,7 +244,7 @@ if rounds and not cleaning_now:  # never an earlier round's result under a new r
     c3.caption("Makes the cleaned model the current one: score it on page 3, remove more.")
 
 # --- history -------------------------------------------------------------------------------------
-history = session.visible(store.rounds(row["id"]))
+history = session.visible(store.rounds(dataset_row["id"]))
 if history:
     st.divider()
     st.subheader("History of this data set")
@@ -299,7 +273,7 @@ if history:
         for r in history]), hide_index=True, column_config={
             c: st.column_config.NumberColumn(format="percent")
             for c in ("test error before", "after", "random removal")})
-    done = [r for r in session.visible(store.runs(row["id"])) if session.usable(r)]
+    done = [r for r in session.visible(store.runs(dataset_row["id"])) if session.usable(r)]
     if len(done) >= 2:
         with st.expander("Compare any two models of this data set"):
             c1, c2 = st.columns(2)
@@ -312,6 +286,6 @@ if history:
             else:
                 st.info("Pick two different models.")
 
-# --- why this mistake? (app/views/explain.py) ----------------------------------------------------
+# --- why this mistake? (app/sections/explain.py) -------------------------------------------------
 st.divider()
-why.show(run, row)
+why.show(run_row, dataset_row)

@@ -5,9 +5,9 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, panels, session, words
-from datasets import DataError
-from app.services import jobs
+from app.services import jobs, runner
 from app.services.store import FAILED
+from datasets import DataError
 from influence import models, probe
 from influence.config import MIN_STEPS, RunConfig, RunError, default_epochs
 
@@ -15,16 +15,16 @@ st.title("2 · Train a model")
 st.caption("Plain SGD, with every step recorded (the batch order and learning rate) so that "
            "page 3 can trace back how each training image moved the model.")
 
-row = session.current_dataset()
-if row is None:
+dataset_row = session.current_dataset_row()
+if dataset_row is None:
     panels.need("Choose a data set first.", "views/data.py", "Go to 1 · Data")
-data, _ = session.data_of(row["id"])
+data, _ = session.data_of(dataset_row["id"])
 split = session.split_settings()
-job = jobs.latest(session.sid(), "train")
+job = runner.latest(session.sid(), "train")
 running = job is not None and job.running
 
 # --- settings -------------------------------------------------------------------------------
-st.markdown(f"**Data:** {words.dataset_label(row)}")
+st.markdown(f"**Data:** {words.dataset_label(dataset_row)}")
 choice = st.selectbox("Model", models.CHOICES, key=session.remember("model_choice", "auto"),
                       format_func=lambda m: "chosen from the image size (recommended)"
                       if m == "auto" else models.PRESETS[m].title)
@@ -78,7 +78,7 @@ config = RunConfig(model=choice, epochs=int(epochs) if epochs else None, batch_s
 
 
 try:
-    guess = session.estimate(row["id"], asdict(config))
+    guess = session.estimate(dataset_row["id"], asdict(config))
     took = guess["seconds_train"] + (guess["seconds_probe"] if auto_lr else 0)
     st.info(f"Before you start: training should take **{words.seconds(took)}** "
             f"on this machine and use **{words.size(guess['disk_bytes'])}** of disk "
@@ -95,17 +95,17 @@ except (RunError, DataError) as e:
 if st.button("Start training", type="primary", disabled=running or not settings_ok,
              icon=":material/play_arrow:"):
     try:
-        job = jobs.start_training(session.store(), session.sid(), row["id"], config,
+        job = jobs.start_training(session.store(), session.sid(), dataset_row["id"], config,
                                   probe_lr=auto_lr)
         session.state()["previous_run"] = session.state().get("run")
         session.set_run(job.result["run"])
         st.rerun()
-    except (jobs.Busy, RunError, DataError) as e:
+    except (runner.Busy, RunError, DataError) as e:
         panels.busy_error(e)
 
 # --- the job, or the current run --------------------------------------------------------------
-job_run = session.store().run(job.result["run"]) if job is not None else None
-if job_run is not None and job_run["dataset"] == row["id"]:
+job_run_row = session.store().run(job.result["run"]) if job is not None else None
+if job_run_row is not None and job_run_row["dataset"] == dataset_row["id"]:
     st.subheader("Latest training")
     panels.job_panel("train")
     if job.status == FAILED:
@@ -118,53 +118,56 @@ if job_run is not None and job_run["dataset"] == row["id"]:
                       icon=":material/healing:")
     else:
         panels.job_outcome(job)
-run = session.current_run()
-if run is not None and run["dataset"] == row["id"] and run["id"] != (job_run or {}).get("id"):
+run_row = session.current_run_row()
+if run_row is not None and run_row["dataset"] == dataset_row["id"] and \
+        run_row["id"] != (job_run_row or {}).get("id"):
     st.subheader("Current model")
-    if session.usable(run):
-        st.plotly_chart(charts.curves_chart(session.training_log(run["id"])), key="stored_curves")
+    if session.usable(run_row):
+        st.plotly_chart(charts.curves_chart(session.training_log(run_row["id"])),
+                        key="stored_curves")
     else:
-        panels.run_status_note(run)
+        panels.run_status_note(run_row)
 
-if session.usable(run) and run["dataset"] == row["id"]:
-    m = run["metrics"]
+if session.usable(run_row) and run_row["dataset"] == dataset_row["id"]:
+    m = run_row["metrics"]
     cols = st.columns(4)
     cols[0].metric("Validation accuracy", f"{1 - m['val_error']:.1%}")
     cols[1].metric("Test error", f"{m['test_error']:.1%}")
     cols[2].metric("Training images", f"{m['train_size']:,}")
     cols[3].metric("Trained in", f"{m['seconds']:.1f} s")
-    used = run["config"]["lr"]
+    used = run_row["config"]["lr"]
     if m.get("lr_probe"):
         st.caption(f"Learning rate {used:g}, chosen by the probe: {m['lr_probe']['reason']}.")
     if not m.get("learned", True):
-        longer = min(1000, 3 * run["config"]["epochs"])
+        longer = min(1000, 3 * run_row["config"]["epochs"])
         st.warning(f"**This model did not learn.** Its validation loss {m['val_loss']:.3g} is "
                    f"not clearly below {m['chance_loss']:.3g}, what guessing from the class "
                    "frequencies gives. Ranking its training images would mean nothing, so page "
                    f"3 will not do it. Train longer: {longer} epochs instead of "
-                   f"{run['config']['epochs']}, with the learning rate chosen by the probe.",
+                   f"{run_row['config']['epochs']}, with the learning rate chosen by the probe.",
                    icon=":material/warning:")
 
         if st.button(f"Train longer ({longer} epochs)", icon=":material/fitness_center:",
                      disabled=running, type="primary"):
             try:
-                job = jobs.start_training(session.store(), session.sid(), row["id"],
+                job = jobs.start_training(session.store(), session.sid(), dataset_row["id"],
                                           replace(config, epochs=longer, lr=None),
                                           probe_lr=True)
-                session.state()["previous_run"] = run["id"]
+                session.state()["previous_run"] = run_row["id"]
                 session.set_run(job.result["run"])
                 st.rerun()
-            except (jobs.Busy, RunError, DataError) as e:
+            except (runner.Busy, RunError, DataError) as e:
                 panels.busy_error(e)
     else:
         st.page_link("views/harmful.py", label="Next: find the harmful training images",
                      icon=":material/arrow_forward:")
 
 # --- earlier runs -----------------------------------------------------------------------------
-earlier = [r for r in session.visible(session.store().runs(row["id"])) if r["kind"] == "train"]
+earlier = [r for r in session.visible(session.store().runs(dataset_row["id"]))
+           if r["kind"] == "train"]
 if earlier:
     with st.expander(f"Models trained on this data set ({len(earlier)})",
-                     expanded=run is None):
+                     expanded=run_row is None):
         table = pd.DataFrame([{
             "model": words.run_label(r), "status": r["status"],
             "epochs": (r["config"] or {}).get("epochs"),

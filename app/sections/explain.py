@@ -4,17 +4,18 @@ mistake) and those that helped it most, lets the user tick them for page 4's ret
 after a retraining, the image's new prediction.
 
 Not a page of its own: `show()` draws the section where a page calls it (page 4). The work runs
-as a background job (app.services.explaining)."""
+as a background job (app.services.explaining); the store keeps its results."""
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from app import images, panels, session, words
-from app.services import explaining, jobs
-from app.services.store import DONE
 from influence import explain, methods
 from influence.config import RunError
+
+from .. import images, panels, session, words
+from ..services import explaining, runner
+from ..services.store import DONE
 
 GALLERY = 24  # misclassified test images shown as thumbnails
 SIDE_TITLES = {"harmful": "Pushed it towards this mistake: removing each is estimated to "
@@ -52,13 +53,13 @@ def picked_image(data, position, wrong: pd.DataFrame) -> str:
                         key="why_image")
 
 
-def image_card(data, position, r, run: dict, dataset_id: str) -> None:
+def image_card(data, position, r, run_row: dict, dataset_id: str) -> None:
     """The image, its label, the prediction and, after a retraining, the new prediction."""
     left, right = st.columns([1, 3])
     left.image(images.enlarge(data.images[position[r.sample_id]], 160), width=160)
     right.markdown(f"**Label:** {data.classes[int(r.label)]}  \n**The model said:** "
                    f"{data.classes[int(r.predicted)]} ({r.confidence:.0%} sure)")
-    last = latest_round(run["id"], dataset_id)
+    last = latest_round(run_row["id"], dataset_id)
     if last is not None and session.usable(session.store().run(last["cleaned"])):
         after = session.predictions(last["cleaned"]).set_index("sample_id").loc[r.sample_id]
         right_now = int(after.predicted) == int(r.label)
@@ -67,19 +68,20 @@ def image_card(data, position, r, run: dict, dataset_id: str) -> None:
                        + ("now **right**." if right_now else "still wrong."))
 
 
-def explain_controls(run: dict, test_id: str, guess: dict) -> str:
+def explain_controls(run_row: dict, test_id: str, guess: dict) -> str:
     """Exact or fast, with the time each takes, and the button that starts the job."""
-    busy = jobs.active(session.sid()) is not None
+    busy = runner.active(session.sid()) is not None
     timed = {"sgd": f"exact, all epochs ({words.seconds(guess['seconds_score'])})",
              "sgd-last": f"fast, last epoch only ({words.seconds(guess['seconds_score_last'])})"}
     method = st.radio("How", methods.keys(explains="batched"), horizontal=True, key="why_method",
                       format_func=lambda m: timed.get(m, methods.get(m).title))
-    if explaining.stored(session.store(), run["id"], test_id, method) is None and st.button(
+    if session.store().explanation(run_row["id"], test_id, method) is None and st.button(
             "Explain this mistake", type="primary", disabled=busy, icon=":material/help:"):
         try:
-            explaining.start_explain(session.store(), session.sid(), run["id"], test_id, method)
+            explaining.start_explain(session.store(), session.sid(), run_row["id"], test_id,
+                                     method)
             st.rerun()
-        except (jobs.Busy, RunError) as e:
+        except (runner.Busy, RunError) as e:
             panels.busy_error(e)
     return method
 
@@ -113,43 +115,44 @@ def explanation(data, position, frame: pd.DataFrame) -> None:
                "image's new prediction is shown here.")
 
 
-def trust_check(run: dict, test_id: str, method: str) -> None:
+def trust_check(run_row: dict, test_id: str, method: str) -> None:
     """The trust check for this image, in the same words as page 3's."""
-    kept = explaining.stored_check(session.store(), run["id"], test_id, method)
+    kept = session.store().explanation_trust(run_row["id"], test_id, method)
     if kept is not None:
         st.caption(words.trust(kept, of="this test image's loss"))
     elif st.button("Check this explanation against real retraining",
-                   disabled=jobs.active(session.sid()) is not None,
+                   disabled=runner.active(session.sid()) is not None,
                    icon=":material/fact_check:"):
         try:
-            explaining.start_explain_check(session.store(), session.sid(), run["id"], test_id,
-                                           method)
+            explaining.start_explain_check(session.store(), session.sid(), run_row["id"],
+                                           test_id, method)
             st.rerun()
-        except (jobs.Busy, RunError) as e:
+        except (runner.Busy, RunError) as e:
             panels.busy_error(e)
 
 
-def show(run: dict, row: dict) -> None:
+def show(run_row: dict, dataset_row: dict) -> None:
     """The "why this mistake?" section for the current model."""
     st.subheader("Why this mistake?")
-    data, position = session.data_of(row["id"])
-    wrong = mistakes(run["id"])
+    data, position = session.data_of(dataset_row["id"])
+    wrong = mistakes(run_row["id"])
     if wrong.empty:
         st.success("The model gets every test image right: there is no mistake to explain.")
         return
     st.caption(f"The model gets {len(wrong)} test images wrong. Open one to see which training "
                "images SGD-influence holds responsible, estimated for that image alone.")
     test_id = picked_image(data, position, wrong)
-    image_card(data, position, next(wrong[wrong.sample_id == test_id].itertuples()), run,
-               row["id"])
-    method = explain_controls(run, test_id, session.estimate(row["id"], run["config"]))
+    image_card(data, position, next(wrong[wrong.sample_id == test_id].itertuples()), run_row,
+               dataset_row["id"])
+    method = explain_controls(run_row, test_id,
+                              session.estimate(dataset_row["id"], run_row["config"]))
     for kind in ("explain", "explain-check"):
-        job = jobs.latest(session.sid(), kind)
+        job = runner.latest(session.sid(), kind)
         if job is not None and job.result.get("test_id") == test_id and (
                 job.running or job.status != DONE):
             panels.job_panel(kind, curves=False, log_after=False)
             panels.job_outcome(job)
-    frame = explaining.stored(session.store(), run["id"], test_id, method)
+    frame = session.store().explanation(run_row["id"], test_id, method)
     if frame is not None:
         explanation(data, position, frame)
-        trust_check(run, test_id, method)
+        trust_check(run_row, test_id, method)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from .services import cluster
-from .services.store import workspace_root
+from .. import words
+from ..services import cluster
+from ..services.store import workspace_root
 
 
 def panel() -> None:
@@ -19,8 +20,8 @@ def panel() -> None:
         root = workspace_root().resolve()
         if info["connected"]:
             st.success(f"Jobs run on the Ray cluster at `{info['address']}`: "
-                       f"{count(info['cpus'], 'CPU')} and {count(info['gpus'], 'GPU')} on "
-                       f"{count(info['nodes'], 'machine')}.", icon=":material/hub:")
+                       f"{words.count(info['cpus'], 'CPU')} and {words.count(info['gpus'], 'GPU')} "
+                       f"on {words.count(info['nodes'], 'machine')}.", icon=":material/hub:")
             if not info["from_environment"] and st.button("Run new jobs here again",
                                                           key="ray_disconnect"):
                 cluster.disconnect(root)
@@ -38,7 +39,3 @@ def panel() -> None:
         if info["error"]:
             st.error(f"The Ray cluster at `{info['address']}` could not be used, so jobs run "
                      f"here: {info['error']}")
-
-
-def count(n: int, thing: str) -> str:
-    return f"{n} {thing}{'s' * (n != 1)}"

@@ -6,18 +6,19 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import charts, panels, session, words
-from app.services import estimates, jobs
-from app.services.store import DONE
 from influence import kcurve
 from influence.config import RETRAIN_MODES, RunError
 
+from .. import charts, panels, session, words
+from ..services import jobs, runner, timing
+from ..services.store import DONE
 
-def section(run: dict, method: str, busy: bool) -> None:
+
+def section(run_row: dict, method: str, busy: bool) -> None:
     """Draw the section for a finished run and one of its computed rankings. Call it before
     the "How many to tick (K)" input: a fresh suggestion sets that input's value once."""
     st.subheader("How many to remove?")
-    share = (run["config"] or {}).get("selection_fraction", 0.0)
+    share = (run_row["config"] or {}).get("selection_fraction", 0.0)
     if not share:
         st.caption("This model was trained before the app held validation images out to judge "
                    "this, so it cannot say how many to remove honestly. Train a new model to "
@@ -27,10 +28,10 @@ def section(run: dict, method: str, busy: bool) -> None:
     mode = c1.selectbox("Retrain", RETRAIN_MODES[::-1], key=session.remember(
         "curve_mode", "last"), format_func={"last": "last epoch (fast)",
                                             "all": "all epochs (exact)"}.get)
-    ks = kcurve.sizes((run["metrics"] or {}).get("train_size", max(kcurve.KS) + 1))
+    ks = kcurve.sizes((run_row["metrics"] or {}).get("train_size", max(kcurve.KS) + 1))
     models = len(ks) + kcurve.CONTROLS * (len(ks) - 1)
-    took = estimates.controls_seconds(session.estimate(run["dataset"], run["config"]), models,
-                                      mode)
+    took = timing.controls_seconds(session.estimate(run_row["dataset"], run_row["config"]),
+                                   models, mode)
     c2.markdown(f"Retrain without the top k of this ranking for k = {', '.join(map(str, ks))}, "
                 f"and without {kcurve.CONTROLS} random sets of each size: {models} models, all "
                 f"at once ({words.seconds(took)}). Each is judged on the **selection** images — "
@@ -38,12 +39,13 @@ def section(run: dict, method: str, busy: bool) -> None:
                 "(page 1) — never on the test images.")
     if c2.button("Compute how many to remove", disabled=busy, icon=":material/query_stats:"):
         try:
-            jobs.start_curve(session.store(), session.sid(), run["id"], method, mode)
+            jobs.start_curve(session.store(), session.sid(), run_row["id"], method, mode)
             st.rerun()
-        except (jobs.Busy, RunError) as e:
+        except (runner.Busy, RunError) as e:
             panels.busy_error(e)
-    job = jobs.latest(session.sid(), "curve")
-    if job is None or job.result.get("run") != run["id"] or job.result.get("method") != method:
+    job = runner.latest(session.sid(), "curve")
+    if job is None or job.result.get("run") != run_row["id"] or \
+            job.result.get("method") != method:
         return
     panels.job_panel("curve", curves=False, log_after=False)
     panels.job_outcome(job)

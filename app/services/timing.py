@@ -1,0 +1,78 @@
+"""What to expect before starting: the time and disk each job should take with given settings.
+
+Every estimate is built from the engine's unit costs (influence.costs: one training step, one
+retraced step, one vectorised counterfactual step and its cost per removal mask, one
+evaluation, one pass of per-image gradients), timed on the real model and data for a few steps
+of the run's own schedule; the steps the replay recomputes between its kept θ count as training
+steps. A job's time is then its count of each unit; benchmarks/estimates.py measures how close
+that comes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+
+from datasets import ImageSet
+from influence import baselines, labels, methods, probe, runs
+from influence.costs import unit_costs
+from influence.config import RunConfig
+from influence.sgd import replayed_steps
+
+CHUNK = 32  # removal masks per vectorised run (counterfactual.outcomes)
+
+
+def vectorised(costs: dict, masks: int, steps: int) -> float:
+    """A counterfactual run of `steps` steps for `masks` removal sets, CHUNK at a time."""
+    chunks = math.ceil(masks / CHUNK) if masks else 0
+    per_chunk = costs["vector"] + costs["mask"] * min(masks, CHUNK)
+    return chunks * steps * per_chunk
+
+
+def estimate(data: ImageSet, config: RunConfig) -> dict:
+    """Seconds for every job kind with these settings (and the app's defaults for their own
+    options), and the disk a run takes."""
+    run = runs.Run(replace(config, removed={}), data)
+    costs = unit_costs(run)
+    steps, epochs = run.schedule.steps, run.schedule.epochs
+    last = run.schedule.steps_per_epoch
+    again = replayed_steps(last) - (last - 1)  # steps of an epoch replayed a second time
+    n_train, n_params = len(run.split.train), sum(p.numel() for p in run.model.parameters())
+    finish = 3 * costs["eval"] * (len(data) / max(len(run.split.val), 1))  # every part, saved
+    train = steps * costs["step"] + epochs * costs["eval"] + finish
+    probe_time = vectorised(costs, len(probe.FACTORS), probe.probe_steps(run))
+    ends = min(2 * methods.REFINE, n_train)  # one Hessian-vector product (≈ 3 steps) each
+    refine_time = steps * (costs["step"] + 3 * costs["mask"] * ends)
+    score = steps * costs["retrace"] + epochs * again * costs["step"] + costs["eval"]
+    per_image = costs["gradients"] / n_train  # one per-image gradient product
+    bytes_per = torch.finfo(run.dtype).bits // 8
+    disk = ((epochs + 2) * n_params * bytes_per + run.schedule.order.size * 4 + steps * 8
+            + steps * 60 + len(data) * 100)
+    return {
+        "preset": run.preset.name, "reason": run.preset_reason, "lr": run.config.lr,
+        "epochs": epochs, "n_train": n_train, "n_val": len(run.split.val),
+        "n_test": len(run.split.test), "steps": steps, "n_params": n_params,
+        "costs": costs,
+        "seconds_train": train, "seconds_probe": probe_time,
+        "seconds_score": score,
+        "seconds_score_last": last * costs["retrace"] + again * costs["step"] + costs["eval"],
+        "seconds_score_refined": score + refine_time,
+        "seconds_retrain": train, "seconds_retrain_last": last * costs["step"] + costs["eval"]
+        + finish,
+        "seconds_kl": (baselines.KL_ITERATIONS * min(n_train, baselines.KL_HESSIAN_SAMPLES)
+                       * per_image * 3 + costs["gradients"]),
+        "seconds_tracin": epochs * (costs["gradients"] + costs["eval"]),
+        "seconds_label_check": vectorised(costs, labels.FOLDS, steps) + costs["gradients"],
+        "disk_bytes": int(disk)}
+
+
+def controls_seconds(guess: dict, controls: int, mode: str) -> float:
+    """The random controls of a cleaning round: `controls` masks in `mode`."""
+    steps = guess["steps"] if mode == "all" else guess["steps"] // guess["epochs"]
+    return vectorised(guess["costs"], controls, steps) + controls * guess["costs"]["eval"]
+
+
+def check_seconds(guess: dict, singles: int, groups: int, mode: str) -> float:
+    """The trust check with `singles` images and `groups` groups, retraining in `mode`."""
+    return controls_seconds(guess, 1 + singles + groups, mode)

@@ -1,0 +1,72 @@
+"""What the engine's work costs on a given run: seconds of each unit of work, timed on the run's
+own model, data and schedule by the very functions the engine runs, for a few steps. A job's time
+is then about its count of each unit (the app's time estimates, app.services.timing).
+
+    step       one recorded training step with its bookkeeping (Algorithm 1)
+    retrace    one retraced step: the replay of θ[t] plus the Hessian-vector pass (Algorithm 2)
+    vector     one vectorised counterfactual step (Definition 2), fixed part …
+    mask       … and its cost per removal mask (it grows about linearly in the masks)
+    eval       one evaluation of the validation images
+    gradients  one pass of per-image gradient products
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch.func import vmap
+
+from . import baselines
+from .runs import Run
+from .sgd import batch_stats, batch_weights, initial_params, sgd_step
+from .sgd_influence import hvp_and_dot_grads
+
+
+def timed(fn, device: torch.device, budget: float = 0.4, most: int = 12) -> float:
+    """Median seconds of fn() over repeated calls (after one warm-up), within a time budget."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    sync()
+    times, begun = [], time.perf_counter()
+    while len(times) < most and (len(times) < 3 or time.perf_counter() - begun < budget):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def unit_costs(run: Run) -> dict:
+    """Seconds of each unit of work, timed on this run's model, data and schedule."""
+    obj, schedule, device = run.objective, run.schedule, run.device
+    theta = initial_params(run.model, device, run.dtype)
+    keep = run.keep_at(0)
+    batches = [torch.as_tensor(schedule.batch(t), device=device)
+               for t in range(min(schedule.steps, 8))]
+    turn = iter(range(10 ** 9))
+
+    def batch():  # a different batch each call, as training sees them
+        return batches[next(turn) % len(batches)]
+
+    def train_step():
+        idx = batch()
+        _, (ell, out) = sgd_step(obj, theta, idx, float(schedule.lr[0]), keep)
+        batch_stats(obj, idx, keep, ell, out)
+
+    def retrace_step():
+        idx = batch()
+        sgd_step(obj, theta, idx, float(schedule.lr[0]), keep)  # the replay of θ[t]
+        hvp_and_dot_grads(obj, theta, idx, batch_weights(keep, idx, run.dtype), theta)
+
+    def vector_step(m: int):
+        thetas = {k: v.expand(m, *v.shape).clone() for k, v in theta.items()}
+        keeps = keep.expand(m, -1)
+        step = vmap(lambda th, kp, idx: sgd_step(obj, th, idx, 0.01, kp)[0], in_dims=(0, 0, None))
+        return lambda: step(thetas, keeps, batch())
+
+    one, eight = (timed(vector_step(m), device) for m in (1, 8))
+    return {"step": timed(train_step, device), "retrace": timed(retrace_step, device),
+            "mask": max((eight - one) / 7, 1e-6), "vector": max(one - (eight - one) / 7, 0.0),
+            "eval": timed(lambda: run.evaluate("val", theta), device),
+            "gradients": timed(lambda: baselines.dot_grads(obj, theta, theta), device)}
