@@ -314,13 +314,15 @@ def details(v: dict) -> list[str]:
                "from their mean and spread)" if v["random_test"] == INTERVAL else
                "the share of random rounds at least as good (they all gave the same error, so "
                "the prediction-interval test cannot be used)")
+        short = (f"; it would need {v['controls_needed']} to go below {v['alpha_round']:.3g}"
+                 if v["controls"] < v["controls_needed"] else "")
         lines.append(f"Against {v['controls']} random rounds ({random_way(v)}: "
                      f"{_pct(v['control_mean'])} on average), the round did better than "
                      f"{v['better_than_controls']} of them; {how} gives {_p(v['p_vs_random'])}"
-                     f"{corrected}. The share alone, "
-                     f"{_p(v['p_random_empirical'])}, cannot go below "
-                     f"1/{v['controls'] + 1} = {v['smallest_empirical_p']:.3f}; it would need "
-                     f"{v['controls_needed']} random rounds to reach {v['alpha_round']:.3g}.")
+                     f"{corrected}. Counting alone (the share of random rounds at least as "
+                     f"good, {_p(v['p_random_empirical'])}) cannot go below 1/"
+                     f"{v['controls'] + 1} = {v['smallest_empirical_p']:.3f} with "
+                     f"{v['controls']} rounds{short}.")
     if v.get("fixing_beats_removing") is not None:
         instead = v["remove_instead_error"]
         lines.append(f"Removing the fixed images instead of fixing them gave {_pct(instead)}: "
