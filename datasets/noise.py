@@ -4,10 +4,10 @@ labels, so that one can count how many of them a ranking or a label check finds.
 Two kinds of wrong label:
 
 * uniform: a random other class;
-* look-alike: the class that image is easily taken for (`pairs`), as real annotators err. For
-  handwritten digits LOOK_ALIKE_DIGITS: 1↔7, 4↔9, 3↔5, 6↔0, 2↔8 (class index = digit in MNIST,
-  the sklearn digits and an upload with one folder per digit); any other data set takes the
-  caller's pairs.
+* look-alike: the class that image is easily taken for (`pairs`), as real annotators err.
+  For handwritten digits LOOK_ALIKE_DIGITS: 1↔7, 4↔9, 3↔5, 6↔0, 2↔8 (class index = digit in
+  MNIST, the sklearn digits and an upload with one folder per digit); any other data set
+  takes the caller's pairs.
 
 The noise goes into the training part only (validation and test stay clean: the yardstick is
 trusted) or into every part, each part getting the same share (a real upload is noisy
