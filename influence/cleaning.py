@@ -23,12 +23,28 @@ import os
 from typing import Iterable, Mapping
 
 import numpy as np
+import pandas as pd
 
 from . import compare
 from .progress import ProgressFn
 from .runs import Run, RunError, TrainingLog
 
 CONTROLS = 20  # random rounds of the same size, by default (see above)
+
+
+def flagged_labels(check: pd.DataFrame) -> dict[str, str]:
+    """{sample id: suggested label} of the images a label-check frame flags (columns sample_id,
+    flagged, suggested_label: labels.confident_learning with the ids, or the stored
+    confident-learning scores): what `flagged` of random_controls and clean takes."""
+    rows = check[check.flagged.astype(bool)]
+    return dict(zip(rows.sample_id, rows.suggested_label))
+
+
+def label_check_flags(run: Run) -> dict[str, str]:
+    """The label check of the training images of `run` (labels.confident_learning: k-fold
+    training of the run's own model in one vectorised run), as flagged_labels."""
+    from .labels import confident_learning
+    return flagged_labels(confident_learning(run).assign(sample_id=run.train_ids))
 
 
 def flagged_pool(run: Run, flagged: Mapping[str, str | int]) -> dict[str, int]:
@@ -91,8 +107,9 @@ def clean(run: Run, remove_ids: list[str], mode: str = "all", controls: int = CO
     """Retrain `run` without `remove_ids` and with `fixes` (sample id → new label: a class name
     or index; Run.new_fixes), saved to `out` when given; and in one vectorised run (Run.outcomes)
     its controls: `controls` random rounds of the same size (random_controls; random fixes come
-    from `flagged`, the label check's flagged images → suggested labels, needed when there are
-    fixes and controls) and, with fixes, the same images removed instead (removed_instead).
+    from `flagged`, the label check's flagged images → suggested labels: flagged_labels; without
+    it a round with fixes computes the label check here, label_check_flags) and, with fixes,
+    the same images removed instead (removed_instead).
     Returns the cleaned run and the verdict (compare.cleaning_verdict for `rounds` rounds
     compared on the test images) with the change of the query loss (the mean validation loss
     without `exclude`), which a ranking's summed scores estimate."""
@@ -106,6 +123,8 @@ def clean(run: Run, remove_ids: list[str], mode: str = "all", controls: int = CO
     if out is not None:
         child.save(out, log.frame())
     exclude = list(exclude)
+    if fixes and controls and flagged is None:
+        flagged = label_check_flags(run)
     sets = random_controls(run, len(remove_ids), len(fixes), controls, seed, flagged)
     if fixes:
         sets.append((removed_instead(remove_ids, fixes), {}))

@@ -251,7 +251,8 @@ def _pct(x: float) -> str:
     return f"{x:.2%}"
 
 
-def _p(p: float) -> str:
+def p_text(p: float) -> str:
+    """A p-value as the sentences show it."""
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.1 else f"p = {p:.2f}"
 
 
@@ -303,7 +304,7 @@ def details(v: dict) -> list[str]:
     n, rounds = v["n_test"], v["rounds"]
     corrected = f", corrected for {rounds} rounds" if rounds > 1 else ""
     lines = [f"Before and after on the same {n:,} test images: {v['fixed']} became right and "
-             f"{v['broken']} became wrong (McNemar's exact test, {_p(v['p_before'])}"
+             f"{v['broken']} became wrong (McNemar's exact test, {p_text(v['p_before'])}"
              f"{corrected})."]
     if v["test_images_needed"] and not v["better_than_before"] and v["fixed"] > v["broken"]:
         lines.append(f"A change of this size would need about {v['test_images_needed']:,} test "
@@ -318,9 +319,9 @@ def details(v: dict) -> list[str]:
                  if v["controls"] < v["controls_needed"] else "")
         lines.append(f"Against {v['controls']} random rounds ({random_way(v)}: "
                      f"{_pct(v['control_mean'])} on average), the round did better than "
-                     f"{v['better_than_controls']} of them; {how} gives {_p(v['p_vs_random'])}"
+                     f"{v['better_than_controls']} of them; {how} gives {p_text(v['p_vs_random'])}"
                      f"{corrected}. Counting alone (the share of random rounds at least as "
-                     f"good, {_p(v['p_random_empirical'])}) cannot go below 1/"
+                     f"good, {p_text(v['p_random_empirical'])}) cannot go below 1/"
                      f"{v['controls'] + 1} = {v['smallest_empirical_p']:.3f} with "
                      f"{v['controls']} rounds{short}.")
     if v.get("fixing_beats_removing") is not None:
@@ -328,10 +329,10 @@ def details(v: dict) -> list[str]:
         lines.append(f"Removing the fixed images instead of fixing them gave {_pct(instead)}: "
                      + ("fixing them did better" if v["fixing_beats_removing"] else
                         "fixing them is not shown to do better")
-                     + f" (McNemar's exact test, {_p(v['p_fix_vs_remove'])}{corrected}).")
+                     + f" (McNemar's exact test, {p_text(v['p_fix_vs_remove'])}{corrected}).")
     lines.append(f"Both claims are tested at {v['alpha']:.2g}; \"better\" needs both, so its p is "
                  f"the larger of the two"
-                 + (f" ({_p(v['p_better'])})." if not math.isnan(v["p_better"]) else "."))
+                 + (f" ({p_text(v['p_better'])})." if not math.isnan(v["p_better"]) else "."))
     if rounds > 1:
         lines.append(f"{rounds} cleaning rounds have been compared on these test images, so "
                      f"every p-value is multiplied by {rounds} (Bonferroni).")

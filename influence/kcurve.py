@@ -201,10 +201,6 @@ def _pct(x: float) -> str:
     return f"{x:.1%}"
 
 
-def _p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.1 else f"p = {p:.2f}"
-
-
 def in_words(s: dict) -> str:
     """The suggestion in plain words: what to do, why, and what the set holds."""
     k, n = s["candidate"], s["n_selection"]
@@ -218,7 +214,7 @@ def in_words(s: dict) -> str:
         return (f"Suggested: remove the top {k}. On the {n:,} held-out selection images this "
                 f"lowers the error from {_pct(s['error_none'])} to {_pct(s['error'])}, and "
                 f"removing {k} random images instead gives {_pct(s['random_error'])} on "
-                f"average ({_p(s['p_holm'])}{', ' + tried if tried else ''})." + holds)
+                f"average ({compare.p_text(s['p_holm'])}{', ' + tried if tried else ''})." + holds)
     no = f"{NO_HELP[0].upper()}{NO_HELP[1:]}"
     if not s["tests"]:
         return f"{no}: there are too few training images to try removing any."
@@ -233,7 +229,7 @@ def in_words(s: dict) -> str:
     return (f"{no}: on the {n:,} held-out selection images no size tried did clearly better "
             f"than removing as many random images (closest: the top {k}, error "
             f"{_pct(s['error'])} against {_pct(s['random_error'])} for random sets of {k} and "
-            f"{_pct(s['error_none'])} with nothing removed; {_p(s['p_holm'])}"
+            f"{_pct(s['error_none'])} with nothing removed; {compare.p_text(s['p_holm'])}"
             f"{', ' + tried if tried else ''})." + holds)
 
 

@@ -365,10 +365,23 @@ def test_a_cleaning_round_with_fixes_has_fair_controls_in_one_run(run, monkeypat
     assert "fixing 2 random images the label check flags and removing 1 random one" in \
         " ".join(verdict["details"])
     assert child.config.fixes == {sid: [run.class_index(c), 1] for sid, c in fixes.items()}
-    with pytest.raises(runs.RunError, match="flagged"):
-        cleaning.clean(run, [], "last", controls=2, fixes=fixes)
     with pytest.raises(runs.RunError, match="remove or to fix"):
         cleaning.clean(run, [], "last")
+
+
+def test_without_flagged_images_a_round_with_fixes_runs_the_label_check(run, monkeypatch):
+    from influence import cleaning, labels
+    check = labels.confident_learning(run)
+    flagged = cleaning.flagged_labels(check.assign(sample_id=run.train_ids))
+    assert flagged and all(check.flagged[run.position[sid]] for sid in flagged)
+    assert cleaning.label_check_flags(run) == flagged
+    calls = []
+    real = run.outcomes
+    monkeypatch.setattr(run, "outcomes", lambda removals, *a, **k: calls.append(
+        k["fixes"]) or real(removals, *a, **k))
+    fixes = {run.train_ids[0]: other_label(run, 0)}
+    cleaning.clean(run, [], "last", controls=2, fixes=fixes)
+    assert all(set(f) <= set(flagged) and len(f) == 1 for f in calls[0][:2])
 
 
 def test_a_removal_round_has_random_removals_of_its_size_as_controls(run, monkeypatch):
