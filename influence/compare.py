@@ -33,10 +33,11 @@ that happened to look best. The correction is Bonferroni on the number of rounds
 this data set's test images: every p-value of a round is multiplied by that count (for_rounds).
 Bonferroni rather than Holm over the rounds' p-values because it needs only the count: a round's
 verdict then depends on its own figures and how many rounds were tried, never on how the other
-rounds came out, and it can be said in one sentence. Holm would pass the same round whenever it
-holds the smallest p of all rounds, and gains little over a handful of rounds. The count is the
-number of rounds so far (not the round's index): the verdict of an early round is restated with
-today's count, since the later rounds looked at the same test images.
+rounds came out, and it can be said in one sentence. Holm multiplies the smallest of the
+rounds' p-values by the count as well and gains only for the others, little over a handful of
+rounds. The count is the number of rounds so far (not the round's index): the verdict of an
+early round is restated with today's count, since the later rounds looked at the same test
+images.
 """
 from __future__ import annotations
 
