@@ -11,8 +11,8 @@ with no removal on the same split: mean ± std and a paired t-test over splits.
 
 With --selection F (a share of the validation images held out of the query, as the app does),
 also the "suggested k" row: per split, the k-curve of each --curve-methods ranking
-(influence.kcurve: the top-k removed for every k of --ks and 0, all in one vectorised
-retraining, judged on the selection part) suggests a k; its test error is compared with no
+(influence.kcurve: the top-k and random sets of each size removed for every k of --ks and 0,
+all in one vectorised retraining, judged on the selection part) suggests a k; its test error is compared with no
 removal and with the best fixed k chosen in hindsight (the k of --ks with the lowest mean test
 error over all splits), by paired t-tests over splits, Holm-corrected.
 
@@ -64,10 +64,12 @@ def one_split(data, split: int, a) -> tuple[list[dict], list[dict]]:
 
 
 def curve_rows(run, method: str, scores, a) -> list[dict]:
-    """The k-curve of one ranking on the selection part (no random controls: the suggestion
-    needs none), one row per k with the test error of the same retrained model."""
-    frame, found = kcurve.curve(run, run.ranking(scores), a.modes[0], controls=0,
-                                seed=run.config.seed, ks=[0, *a.ks])
+    """The k-curve of one ranking on the selection part with the app's random sets of each size
+    (the suggestion must beat them), one row per top k with the test error of the same
+    retrained model."""
+    frame, found = kcurve.curve(run, run.ranking(scores), a.modes[0], seed=run.config.seed,
+                                ks=[0, *a.ks])
+    frame = frame[frame.kind == "top"]
     return [{"method": method, "k": int(r.k), "selection_loss": r.selection_loss,
              "selection_error": r.selection_error, "error": r.test_error,
              "suggested": found["k"], "best_k": found["best_k"], "helps": found["helps"],
@@ -121,10 +123,12 @@ def curve_sections(curves: pd.DataFrame, a) -> tuple[list[str], dict]:
     return [
         f"**Suggested k** (the app's k-curve): {a.selection:.0%} of the validation images are "
         "held out of the query as the selection part; each ranking's curve removes its top k "
-        f"for k ∈ {{0, {', '.join(map(str, a.ks))}}} (one vectorised retraining, mode "
-        f"{a.modes[0]}) and suggests the k with the lowest selection loss if a one-sided paired "
-        "t-test over the selection images, Holm-corrected over the k tried, finds it below "
-        "removing nothing; else k = 0. The test images are never used to choose k. The best "
+        f"for k ∈ {{0, {', '.join(map(str, a.ks))}}} and {kcurve.CONTROLS} random sets of each "
+        f"size (one vectorised retraining, mode {a.modes[0]}) and suggests, among the k whose "
+        "top k beats the random sets of its size on selection error and loss (prediction "
+        "interval, Holm over the k tried) and is not worse than removing nothing, the one with "
+        "the lowest selection error; else k = 0. The test images are never used to choose k. "
+        "The best "
         "fixed k in hindsight is chosen on the test error averaged over all splits: an "
         "optimistic bound that no user can reach.\n\n" + common.markdown(picks),
         "Test error at the suggested k against no removal and against the best fixed k in "

@@ -605,9 +605,9 @@ def fix_split(data, split: int, a):
     """One split: SGD-influence's relabel effects (all epochs retraced) and the label check of the
     training images; how often each one's suggested label is the true one on the flipped images;
     then the clean test error after cleaning each way's top-k (FIX_WAYS) and after `a.controls`
-    random rounds of the same size each (random fixes to a random other class, or random
-    removals: influence.cleaning.random_controls), all retrained in mode a.mode in one
-    vectorised run (counterfactual.outcomes)."""
+    random rounds of the same size each (random fixes of images the label check flags, to its
+    suggested label, and random removals: influence.cleaning.random_controls), all retrained in
+    mode a.mode in one vectorised run (counterfactual.outcomes)."""
     from influence import cleaning, relabel
 
     began = time.perf_counter()
@@ -658,7 +658,10 @@ def fix_split(data, split: int, a):
             [ids[j] for j in top_removal if suggested[j] == given[j]],
             {ids[j]: int(suggested[j]) for j in top_removal if suggested[j] != given[j]})
     sizes = sorted({(len(r), len(fx)) for r, fx in rounds.values()})
-    controls = {size: cleaning.random_controls(run, *size, a.controls, seed=1000 * split + s)
+    flagged = {ids[j]: int(suggested[j]) for j in np.flatnonzero(checked.flagged.to_numpy())
+               if suggested[j] != given[j]}  # the label check's: what a random fix draws from
+    controls = {size: cleaning.random_controls(run, *size, a.controls, seed=1000 * split + s,
+                                               flagged=flagged)
                 for s, size in enumerate(sizes)}
     sets = list(rounds.values()) + [c for size in sizes for c in controls[size]]
     errors = outcomes(run, [r for r, _ in sets], a.mode, fixes=[fx for _, fx in sets]
@@ -773,7 +776,8 @@ def fix_report(rows: pd.DataFrame, accuracy: pd.DataFrame, a, out: Path) -> dict
         "agree:\n\n" + common.markdown(acc),
         f"Clean test error after cleaning the top-k and retraining by counterfactual SGD (mode "
         f"{a.mode}; fixes from the same epoch), each against {a.controls} random rounds of the "
-        "same size on the same split (random fixes: random images given a random other label; "
+        "same size on the same split (random fixes: random images the label check flags, given "
+        "its suggested label; "
         "random removals), against no cleaning, and fixing against removing the same images. "
         "Ways: " + "; ".join(f"*{w}*: {d}" for w, d in FIX_WAYS.items()) + f". No cleaning: "
         f"{common.mean_std(100 * accuracy.base_error)} %. p: paired t-test over splits, "

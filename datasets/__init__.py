@@ -8,12 +8,13 @@ from . import limits, storage
 from .builtin import BUILTINS, load_digits, load_idx_dir, load_torchvision
 from .core import DataError, ImageSet, Split, split
 from .export import to_zip
-from .noise import flip_training_labels
+from .noise import LOOK_ALIKE_DIGITS, flip_training_labels, plant_noise
 from .synthetic import load_shapes
 from .upload import load_upload
 
-__all__ = ["BUILTINS", "DataError", "ImageSet", "Split", "flip_training_labels", "limits", "load",
-           "load_upload", "split", "storage", "to_zip"]
+__all__ = ["BUILTINS", "DataError", "ImageSet", "LOOK_ALIKE_DIGITS", "Split",
+           "flip_training_labels", "limits", "load", "load_upload", "plant_noise", "split",
+           "storage", "to_zip"]
 
 
 def load(spec: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> ImageSet:

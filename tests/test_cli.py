@@ -177,7 +177,10 @@ def test_retrain_reports_mcnemar_and_random_controls(run_dir, tmp_path):
     changed = result["fixed"] - result["broken"]
     assert changed == round((summary["test_error"] - result["test_error"]) * result["n_test"])
     assert 0 < result["p_mcnemar"] <= 1 and 1 / 6 <= result["p_random"] <= 1
-    assert result["p_random_holm"] >= result["p_random"]
+    used = {"prediction interval": result["p_random_interval"], "empirical": result["p_random"]}
+    assert result["p_vs_random"] == pytest.approx(used[result["random_test"]])  # one round
+    assert result["better"] == (result["better_than_before"] and result["better_than_random"])
+    assert result["sentence"] and result["details"]
     none = last_json(cli("retrain", out, "--remove", remove, "--mode", "last", "--controls", 0,
                          "--out", tmp_path / "no-controls"))
     assert none["controls"] == 0 and none["p_random"] is None and not none["better_than_chance"]

@@ -279,3 +279,61 @@ def test_pickled_arrays_are_refused_not_unpickled(tmp_path):
     with pytest.raises(DataError, match="damaged"):
         storage.load(tmp_path / "set")
     assert not marker.exists()
+
+
+# --- planted label noise -------------------------------------------------------------------------
+def test_look_alike_noise_swaps_digits_to_their_pair_in_every_part():
+    digits = load_digits()
+    noisy, flipped = datasets.plant_noise(digits, 0.1, 0.2, 0.2, seed=1,
+                                          pairs=datasets.LOOK_ALIKE_DIGITS, parts="all")
+    pair = {1: 7, 7: 1, 4: 9, 9: 4, 3: 5, 5: 3, 6: 0, 0: 6, 2: 8, 8: 2}
+    changed = np.flatnonzero(noisy.labels != digits.labels)
+    assert {digits.ids[i] for i in changed} == set(flipped)
+    assert all(noisy.labels[i] == pair[digits.labels[i]] for i in changed)
+    assert all(flipped[digits.ids[i]] == digits.classes[digits.labels[i]] for i in changed)
+    parts = digits.split(0.2, 0.2, 1)
+    for part in (parts.train, parts.val, parts.test):  # the same share in every part
+        assert np.isin(changed, part).sum() == round(0.1 * len(part))
+    again = noisy.split(0.2, 0.2, 1)  # the noisy copy keeps the clean split
+    assert all(np.array_equal(a, b) for a, b in zip((again.train, again.val, again.test),
+                                                    (parts.train, parts.val, parts.test)))
+    same, _ = datasets.plant_noise(digits, 0.1, 0.2, 0.2, seed=1,
+                                   pairs=datasets.LOOK_ALIKE_DIGITS, parts="all")
+    other, _ = datasets.plant_noise(digits, 0.1, 0.2, 0.2, seed=2,
+                                    pairs=datasets.LOOK_ALIKE_DIGITS, parts="all")
+    assert same.fingerprint() == noisy.fingerprint() != other.fingerprint()  # seeded
+    assert "swapped to a look-alike class" in noisy.source
+    assert noisy.meta["flipped"] == flipped
+
+
+def test_look_alike_noise_in_training_only_and_with_the_callers_pairs():
+    digits = load_digits()
+    parts = digits.split(0.2, 0.2, 0)
+    noisy, flipped = datasets.plant_noise(digits, 0.05, 0.2, 0.2, seed=0,
+                                          pairs={"3": "8"})  # one way, by class name
+    changed = np.flatnonzero(noisy.labels != digits.labels)
+    assert np.isin(changed, parts.train).all() and len(changed) == round(0.05 * len(parts.train))
+    assert (digits.labels[changed] == 3).all() and (noisy.labels[changed] == 8).all()
+    with pytest.raises(DataError, match="fewer than the 20%"):  # only the 3s (10 %) can be
+        datasets.plant_noise(digits, 0.2, 0.2, 0.2, seed=0, pairs={"3": "8"})  # swapped
+    for pairs, words in [({"3": "3"}, "its own look-alike"), ([(1, 7), (1, 4)], "two look"),
+                         ({"x": "1"}, "unknown class"), ({}, "at least one pair")]:
+        with pytest.raises(DataError, match=words):
+            datasets.plant_noise(digits, 0.1, 0.2, 0.2, seed=0, pairs=pairs)
+    with pytest.raises(DataError, match="unknown parts"):
+        datasets.plant_noise(digits, 0.1, 0.2, 0.2, seed=0, parts="test")
+
+
+def test_uniform_noise_in_every_part_and_the_training_only_default_unchanged():
+    digits = load_digits()
+    noisy, flipped = datasets.plant_noise(digits, 0.1, 0.2, 0.2, seed=3, parts="all")
+    changed = np.flatnonzero(noisy.labels != digits.labels)
+    parts = digits.split(0.2, 0.2, 3)
+    assert all(np.isin(changed, p).sum() == round(0.1 * len(p))
+               for p in (parts.train, parts.val, parts.test))
+    old, old_flipped = datasets.flip_training_labels(digits, 0.1, 0.2, 0.2, seed=3)
+    new, new_flipped = datasets.plant_noise(digits, 0.1, 0.2, 0.2, seed=3)
+    assert new.fingerprint() == old.fingerprint() and new_flipped == old_flipped
+    rng = np.random.default_rng(3 + 7919)  # the draws of the uniform mode, as before
+    chosen = rng.choice(parts.train, size=round(0.1 * len(parts.train)), replace=False)
+    assert set(old_flipped) == {digits.ids[i] for i in chosen}

@@ -304,32 +304,97 @@ def test_a_fix_to_an_unknown_class_in_a_config_is_refused(run):
 
 
 # --- cleaning rounds with fixes, and the relabel table ------------------------------------------
-def test_random_controls_fix_other_images_to_other_labels(run):
+def flagged_of(run, positions, step=1) -> dict:
+    """A stand-in for the label check's flagged training images: id → a suggested label."""
+    return {run.train_ids[i]: other_label(run, i, step) for i in positions}
+
+
+def test_random_controls_fix_flagged_images_to_their_suggested_label(run):
     from influence import cleaning
-    labels = run.objective.y.numpy()
-    rounds = cleaning.random_controls(run, 3, 4, 5, seed=1)
+    ids = run.train_ids
+    flagged = flagged_of(run, range(10, 30))
+    flagged[ids[30]] = run.data.classes[run.data.labels[run.split.train[30]]]  # its own label
+    rounds = cleaning.random_controls(run, 3, 4, 5, seed=1, flagged=flagged)
     assert len(rounds) == 5
     for removed, fixes in rounds:
         assert len(removed) == 3 and len(fixes) == 4 and not set(removed) & set(fixes)
-        assert all(c != labels[run.position[sid]] for sid, c in fixes.items())
-    assert len({tuple(sorted(f.items())) for _, f in rounds}) == 5
+        assert set(fixes) <= set(flagged) - {ids[30]}  # only flagged ones, to another label
+        assert all(c == class_index(run, flagged[sid]) for sid, c in fixes.items())
+    assert len({tuple(sorted(f.items())) for _, f in rounds}) > 1
+    assert cleaning.random_controls(run, 3, 4, 5, seed=1, flagged=flagged) == rounds  # seeded
+    few = cleaning.random_controls(run, 0, 4, 3, seed=2, flagged=flagged_of(run, [1, 2]))
+    assert [sorted(f) for _, f in few] == [sorted([ids[1], ids[2]])] * 3  # all there are
+    with pytest.raises(RunError, match="flagged"):
+        cleaning.random_controls(run, 3, 4, 5, seed=1)  # never random wrong labels
     # without fixes: the random removals drawn as before fixes existed
     rng = np.random.default_rng(1)
-    before = [[run.train_ids[i] for i in sorted(rng.choice(len(run.train_ids), 3, replace=False))]
+    before = [[ids[i] for i in sorted(rng.choice(len(ids), 3, replace=False))]
               for _ in range(5)]
     assert cleaning.random_removals(run, 3, 5, seed=1) == before
+    assert [r for r, _ in cleaning.random_controls(run, 3, 0, 5, seed=1)] == before
 
 
-def test_a_cleaning_round_with_fixes_has_random_fixes_as_controls(run):
+def test_a_cleaning_round_with_fixes_has_fair_controls_in_one_run(run, monkeypatch):
+    """The random rounds remove as many random images and fix as many flagged ones to their
+    suggested label; one more model removes the fixed images instead of fixing them; all in one
+    call of counterfactual.outcomes."""
     from influence import cleaning
     ids = run.train_ids
-    child, verdict = cleaning.clean(run, [ids[1]], "last", controls=3,
-                                    fixes={ids[0]: other_label(run, 0)})
-    assert verdict["removed"] == 1 and verdict["relabelled"] == 1
+    fixes = {ids[0]: other_label(run, 0), ids[2]: other_label(run, 2)}
+    flagged = {**flagged_of(run, range(20, 40), step=2), **fixes}
+    calls = []
+
+    def spy(of, removals, *args, **kwargs):
+        calls.append((removals, kwargs["fixes"]))
+        return outcomes(of, removals, *args, **kwargs)
+
+    monkeypatch.setattr(cleaning, "outcomes", spy)
+    child, verdict = cleaning.clean(run, [ids[1]], "last", controls=3, fixes=fixes,
+                                    flagged=flagged, rounds=2)
+    (removals, fixed), = calls
+    assert len(removals) == 3 + 1 and len(fixed) == 3 + 1
+    for removed, fx in zip(removals[:3], fixed[:3]):
+        assert len(removed) == 1 and len(fx) == 2 and set(fx) <= set(flagged)
+        assert all(c == class_index(run, flagged[sid]) for sid, c in fx.items())
+    assert removals[3] == [ids[1], ids[0], ids[2]] and fixed[3] == {}  # removed instead
+    assert cleaning.removed_instead([ids[1]], fixes) == [ids[1], ids[0], ids[2]]
+    instead = run.retrain(removals[3], "last").correct("test")
+    assert verdict["remove_instead_error"] == pytest.approx(1 - instead.mean())
+    assert verdict["fixing_beats_removing"] is not None and verdict["rounds"] == 2
+    assert verdict["removed"] == 1 and verdict["relabelled"] == 2
     assert verdict["controls"] == 3 and len(verdict["control_errors"]) == 3
-    assert child.config.fixes == {ids[0]: [class_index(run, other_label(run, 0)), 1]}
+    assert "fixing 2 random images the label check flags and removing 1 random one" in \
+        " ".join(verdict["details"])
+    assert child.config.fixes == {sid: [class_index(run, c), 1] for sid, c in fixes.items()}
     with pytest.raises(RunError, match="remove or to fix"):
         cleaning.clean(run, [], "last")
+
+
+def test_without_flagged_images_a_round_with_fixes_runs_the_label_check(run, monkeypatch):
+    from influence import cleaning, labels
+    check = labels.confident_learning(run)
+    flagged = cleaning.flagged_labels(check.assign(sample_id=run.train_ids))
+    assert flagged and all(check.flagged[run.position[sid]] for sid in flagged)
+    assert cleaning.label_check_flags(run) == flagged
+    calls = []
+    monkeypatch.setattr(cleaning, "outcomes", lambda of, removals, *a, **k: calls.append(
+        k["fixes"]) or outcomes(of, removals, *a, **k))
+    fixes = {run.train_ids[0]: other_label(run, 0)}
+    cleaning.clean(run, [], "last", controls=2, fixes=fixes)
+    assert all(set(f) <= set(flagged) and len(f) == 1 for f in calls[0][:2])
+
+
+def test_a_removal_round_has_random_removals_of_its_size_as_controls(run, monkeypatch):
+    from influence import cleaning
+    calls = []
+    monkeypatch.setattr(cleaning, "outcomes", lambda of, removals, *a, **k: calls.append(
+        (removals, k["fixes"])) or outcomes(of, removals, *a, **k))
+    _, verdict = cleaning.clean(run, run.train_ids[:4], "last", controls=5)
+    (removals, fixed), = calls
+    assert [len(r) for r in removals] == [4] * 5 and fixed == [{}] * 5
+    assert verdict["remove_instead_error"] is None and verdict["fixing_beats_removing"] is None
+    assert verdict["controls"] == 5 and verdict["random_test"] in ("prediction interval",
+                                                                    "empirical")
 
 
 def test_best_labels_skip_the_label_in_use_and_removed_rows():
