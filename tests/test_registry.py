@@ -99,4 +99,4 @@ def test_a_ranking_added_to_the_registry_is_in_the_app_and_its_jobs(fakes):
         explaining.start_explain(store, session, run_id, test_id, suspicion)
     job = explaining.start_explain(store, session, run_id, test_id, like_sgd).wait(120)
     assert job.status == DONE, job.error
-    assert len(explaining.stored(store, run_id, test_id, like_sgd)) > 0
+    assert len(store.explanation(run_id, test_id, like_sgd)) > 0

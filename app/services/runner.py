@@ -31,7 +31,8 @@ import torch
 
 from datasets import DataError
 from influence.progress import Cancelled, Progress
-from influence.runs import RunError, TrainingLog
+from influence.config import RunError
+from influence.run_folder import TrainingLog
 from influence.sgd import Diverged
 
 from ..words import plain_message
