@@ -215,7 +215,7 @@ def image_data(quick: bool, data_dir: str | None, digits: bool = False
     if data_dir is None:
         return mnist_test_set()
     try:
-        return datasets.load(str(Path(data_dir)))
+        return datasets.load(data_dir)
     except datasets.DataError as e:
         raise SystemExit(f"error: --data-dir {data_dir}: {e}") from None
 
@@ -234,8 +234,6 @@ SHARED_DATA = data_dir()  # the data folder, by its old name (scripts written be
 
 
 # --- the cleansing and label-noise experiments ------------------------------------------------
-
-
 def prepare_experiment(a, stem: str) -> tuple[datasets.ImageSet, Path]:
     """The data, output folder and descriptive notes of a cleansing/label-noise run: fills
     a.name, a.name_out (e.g. cleansing, cleansing-quick, noisy-all), a.lr, a.model_note,
