@@ -34,6 +34,7 @@ import common
 import datasets
 from common import LABELS
 from influence import kcurve
+from influence.compare import holm
 
 
 def one_split(data, split: int, a) -> tuple[list[dict], list[dict]]:
@@ -102,7 +103,7 @@ def suggested_k(curves: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                           "p (paired t)": float(p) if np.isfinite(p) else np.nan})
     tests = pd.DataFrame(tests)
     tests.insert(tests.columns.get_loc("p (paired t)") + 1, "p (Holm)",
-                 common.holm(tests["p (paired t)"]))
+                 holm(tests["p (paired t)"]))
     return pd.concat(wide, ignore_index=True), tests
 
 
@@ -198,9 +199,7 @@ def main(argv=None) -> dict:
                         help="retraining: last epoch only (the paper's main protocol), all, "
                              "or both (all only for SGD-influence and random)")
     parser.add_argument("--methods", default=",".join(common.METHODS))
-    parser.add_argument("--data-dir", default=None,
-                        help="default: the MNIST IDX files in the data folder beside the "
-                             "repository (common.SHARED_DATA)")
+    common.add_data_option(parser)
     parser.add_argument("--resume", action="store_true",
                         help="keep the splits already in the CSV and run only the others")
     parser.add_argument("--selection", type=float, default=0.0,

@@ -1,6 +1,12 @@
-"""What the benchmark scripts share: paths, data, metrics, method scores, reports and charts."""
+"""What the benchmark scripts share: paths, data, metrics, method scores, reports and charts.
+
+Benchmarks import the engine (influence/) and the data sets (datasets/), never the app (app/):
+only benchmarks/flow.py, which times the app's own flow, and benchmarks/estimates.py, which
+measures the app's own time estimates, import it."""
 from __future__ import annotations
 
+import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,11 +20,12 @@ if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 import datasets  # noqa: E402
+from datasets.builtin import data_dir  # noqa: E402
 from influence import methods  # noqa: E402
+from influence.compare import holm  # noqa: E402  (the one Holm correction; common.holm too)
 from influence.config import RunConfig, RunError, device_of  # noqa: E402
 from influence.runs import Run  # noqa: E402
 
-SHARED_DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -52,19 +59,32 @@ def map_splits(fn, data, calls: list[tuple], a):
         for args in calls:
             yield fn(data, *args)
         return
-    from app.services.cluster import send_token_if_any
-
-    send_token_if_any()  # as the app does: before Ray is imported
-    import ray
-
-    if not ray.is_initialized():  # the code travels with the tasks: no shared file system needed
-        ray.init(address=a.ray or None, runtime_env={
-            "py_modules": [str(ROOT / "influence"), str(ROOT / "datasets"), __file__],
-            "excludes": ["__pycache__", "*.pyc"]})
+    ray = ray_session(a.ray or None)
     task = ray.remote(num_cpus=a.threads)(_in_task)
     shared = ray.put(data)
     for ref in [task.remote(fn, a.threads, shared, *args) for args in calls]:
         yield ray.get(ref)
+
+
+def ray_session(address: str | None):
+    """Ray, connected once per process to the cluster at `address` (None: $RAY_ADDRESS, else a
+    Ray instance started here). The engine, the data sets and this file travel with the tasks:
+    no shared file system is needed. A cluster with token authentication (Ray's default) needs
+    RAY_AUTH_MODE=token in this process's environment and its token (`ray get-auth-token` on
+    the head node) in ~/.ray/auth_token or RAY_AUTH_TOKEN."""
+    import ray
+
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, runtime_env={
+                "py_modules": [str(ROOT / "influence"), str(ROOT / "datasets"), __file__],
+                "excludes": ["__pycache__", "*.pyc"]})
+        except ConnectionError as e:
+            raise SystemExit(f"error: the Ray cluster at {address or '$RAY_ADDRESS'} did not "
+                             f"accept this process ({e}); with token authentication, set "
+                             "RAY_AUTH_MODE=token and put its token into ~/.ray/auth_token "
+                             "or RAY_AUTH_TOKEN") from None
+    return ray
 
 
 def _in_task(fn, threads: int, data, *args):
@@ -125,15 +145,79 @@ def jaccard_extremes(estimate: np.ndarray, truth: np.ndarray, k: int = 10) -> fl
     return len(a & b) / len(a | b)
 
 
-# --- the cleansing and label-noise experiments ------------------------------------------------
+# --- data: the product's loaders and data folder (docs/evidence.md: where each file goes) -----
+# The data folder is the product's: $DATA_DIR, else ~/.cache/sgd-influence/data
+# (datasets.builtin.data_dir), where the app's MNIST and torchvision's downloads live too.
+MNIST_TEST = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")  # MNIST's test set
+ADULT = {"adult-training.csv": "adult.data", "adult-test.csv": "adult.test"}  # ← UCI's names
+
+
+def missing(file: str, folder: Path, more: str = "") -> SystemExit:
+    """The one-line error of a data file a benchmark needs and did not find."""
+    return SystemExit(f"error: {file} is missing: put it into {folder} (the data folder is "
+                      f"$DATA_DIR, else {datasets.builtin.DEFAULT_DATA_DIR}; see "
+                      f"docs/evidence.md){more}")
+
+
+def mnist_folder() -> Path:
+    """The data folder's `mnist`, which holds MNIST's test set alone (its two IDX files,
+    MNIST_TEST). Where it lacks them they are copied from torchvision's MNIST/raw beside it
+    (where the app's MNIST is downloaded to), downloaded there first where the network
+    allows."""
+    root = data_dir()
+    folder, raw = root / "mnist", root / "MNIST" / "raw"
+    if all((folder / name).is_file() for name in MNIST_TEST):
+        return folder
+    if not all((raw / name).is_file() for name in MNIST_TEST):
+        try:
+            import torchvision.datasets
+
+            torchvision.datasets.MNIST(str(root), train=False, download=True)
+        except Exception as e:  # no network: URLError, RuntimeError, OSError, ...
+            absent = next(n for n in MNIST_TEST if not (folder / n).is_file())
+            raise missing(absent, folder, " (or into MNIST/raw beside it); torchvision could "
+                          f"not download it here ({type(e).__name__})") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in MNIST_TEST:
+        shutil.copyfile(raw / name, folder / name)
+    return folder
+
+
+def mnist_test_set() -> datasets.ImageSet:
+    """The real MNIST test set (10,000 images) by the product's loader, from mnist_folder."""
+    return datasets.load(str(mnist_folder()))
+
+
+def adult_folder(given: str | None = None) -> Path:
+    """The folder of UCI Adult's two files (ADULT, renamed from UCI's adult.data and
+    adult.test): --data-dir, else the data folder's adult; a one-line error if one is missing."""
+    folder = Path(given) if given else data_dir() / "adult"
+    for name, uci in ADULT.items():
+        if not (folder / name).is_file():
+            raise missing(name, folder, f" (UCI Adult's {uci}, renamed)")
+    return folder
+
+
+def add_data_option(parser) -> None:
+    """--data-dir, for the scripts whose data is MNIST's test set."""
+    parser.add_argument("--data-dir", default=None,
+                        help="a folder of MNIST-format IDX files or any data set folder "
+                             "(default: MNIST's test set from the data folder, $DATA_DIR; "
+                             "docs/evidence.md says where its files go)")
+
+
 def image_data(quick: bool, data_dir: str | None, digits: bool = False
                ) -> datasets.ImageSet:
-    """The real MNIST test set (10,000 images, IDX files in the shared data folder next to the
-    repository), or digits when quick or asked for."""
+    """The real MNIST test set (10,000 images, mnist_test_set), the data set in the folder
+    `data_dir` when given, or digits when quick or asked for."""
     if quick or digits:
         return datasets.load("digits")
-    folder = Path(data_dir) if data_dir else SHARED_DATA / "mnist"
-    return datasets.load(str(folder))
+    if data_dir is None:
+        return mnist_test_set()
+    try:
+        return datasets.load(data_dir)
+    except datasets.DataError as e:
+        raise SystemExit(f"error: --data-dir {data_dir}: {e}") from None
 
 
 def data_name(data: datasets.ImageSet, quick: bool, data_dir: str | None) -> str:
@@ -141,11 +225,15 @@ def data_name(data: datasets.ImageSet, quick: bool, data_dir: str | None) -> str
     names the folder as it was found on this machine)."""
     if quick or data.source.startswith("scikit-learn"):
         return data.source  # scikit-learn's bundled digits: no path in it
-    if data_dir is None or Path(data_dir).resolve() == (SHARED_DATA / "mnist").resolve():
+    if data_dir is None:
         return f"the MNIST test set ({len(data):,} images, IDX files)"
     return f"the data set in a folder named `{Path(data_dir).name}` ({len(data):,} images)"
 
 
+SHARED_DATA = data_dir()  # the data folder, by its old name (scripts written before use it)
+
+
+# --- the cleansing and label-noise experiments ------------------------------------------------
 def prepare_experiment(a, stem: str) -> tuple[datasets.ImageSet, Path]:
     """The data, output folder and descriptive notes of a cleansing/label-noise run: fills
     a.name, a.name_out (e.g. cleansing, cleansing-quick, noisy-all), a.lr, a.model_note,
@@ -213,19 +301,6 @@ def retrain_errors(run: Run, scores: dict[str, np.ndarray], ks: list[int],
     return rows
 
 
-def holm(pvalues) -> np.ndarray:
-    """Holm's step-down correction of one family of p-values (statsmodels' multipletests); a
-    NaN p-value (no test possible) stays NaN and is not counted in the family."""
-    from statsmodels.stats.multitest import multipletests
-
-    p = np.asarray(pvalues, dtype=float)
-    corrected = np.full_like(p, np.nan)
-    tested = np.isfinite(p)
-    if tested.any():
-        corrected[tested] = multipletests(p[tested], method="holm")[1]
-    return corrected
-
-
 def holm_note(table: pd.DataFrame) -> str:
     """The sentence that goes with a table from paired_summary."""
     tests = int(np.isfinite(table["p (paired t)"]).sum())
@@ -290,6 +365,89 @@ def line_chart(path: str | Path, frame: pd.DataFrame, x: str, y: str, err: str, 
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+# --- the label-noise experiments: noisy_find.py, noisy_eval.py, noisy_fix.py -------------------
+def flip_labels(data: datasets.ImageSet, fraction: float, seed: int, parts: str = "train"
+                ) -> tuple[datasets.ImageSet, np.ndarray]:
+    """`fraction` of the training labels (parts "train": validation and test stay clean, the
+    trusted reference the paper assumes) or of each part's ("all") changed to a random other
+    class, on the split train_run makes for `seed` (datasets.plant_noise, its draw seeded by the
+    split's seed, as the committed results were); the noisy copy keeps the clean split. Also:
+    per position of `data`, whether its label was flipped."""
+    noisy, flipped = datasets.plant_noise(data, fraction, RunConfig.val_fraction,
+                                          RunConfig.test_fraction, seed, parts=parts,
+                                          draw_seed=seed)
+    return noisy, np.array([sid in flipped for sid in data.ids])
+
+
+def recall_at(scores: np.ndarray, flipped: np.ndarray, fraction: float) -> float:
+    """The share of the flipped positions among the `fraction` lowest scores."""
+    top = np.argsort(scores, kind="stable")[:int(round(fraction * len(scores)))]
+    return float(flipped[top].sum() / max(flipped.sum(), 1))
+
+
+def met(ok: bool) -> str:
+    """A target's verdict in a report."""
+    return "met" if ok else "**missed**"
+
+
+def label_noise_parser(doc: str, fractions: str, fractions_help: str) -> argparse.ArgumentParser:
+    """The options every label-noise experiment takes (splits, epochs, noise, top-k fractions,
+    retraining mode, data, --resume, threads, output, --quick, --ray)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--splits", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="SGD epochs (default 6; 8 with --quick)")
+    parser.add_argument("--noise", type=float, default=0.1, help="fraction of labels flipped")
+    parser.add_argument("--fractions", default=fractions, help=fractions_help)
+    parser.add_argument("--mode", choices=["last", "all"], default="last")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep stored per-split results; compute only what is missing")
+    add_data_option(parser)
+    add_common_options(parser)
+    add_ray_option(parser)
+    return parser
+
+
+def label_noise_setup(parser: argparse.ArgumentParser, argv, stem: str
+                      ) -> tuple[argparse.Namespace, datasets.ImageSet, Path]:
+    """Parse the options, set the defaults --quick changes (2 splits, 8 epochs) and prepare the
+    experiment (prepare_experiment; a run of other than 6 epochs writes <stem>-<N>epochs)."""
+    a = parser.parse_args(argv)
+    if a.quick:
+        a.splits, a.epochs = min(a.splits, 2), a.epochs or 8
+    a.epochs = a.epochs or 6
+    a.fractions = [float(f) for f in a.fractions.split(",")]
+    setup(a.threads)
+    data, out = prepare_experiment(a, stem)
+    if not a.quick and a.epochs != 6:  # e.g. noisy-20epochs: kept apart from the default table
+        a.name_out += f"-{a.epochs}epochs"
+    return a, data, out
+
+
+def stored(path: Path) -> list[dict]:
+    """Per-split rows kept in a CSV (none if it does not exist yet)."""
+    return pd.read_csv(path).to_dict("records") if path.exists() else []
+
+
+def by_split(data, out: Path, a, suffix: str, one_split, report) -> dict:
+    """An experiment of two tables kept per split in <name>.csv and <name>-<suffix>.csv, for
+    the splits 0 … a.splits − 1: one_split(data, split, a) gives a split's rows of both (with
+    --ray, each split a task; both files are written again after each split), report(rows,
+    rows of the second, a, out) the report and its figures, printed as the summary line. With
+    --resume, the splits the second file holds are kept and not computed again."""
+    files = [out / f"{a.name_out}.csv", out / f"{a.name_out}-{suffix}.csv"]
+    tables = [stored(f) if a.resume else [] for f in files]
+    todo = [(split, a) for split in range(a.splits)
+            if not any(r["split"] == split for r in tables[-1])]
+    for rows in map_splits(one_split, data, todo, a):
+        tables = [kept + new for kept, new in zip(tables, rows)]
+        for f, part in zip(files, tables):
+            pd.DataFrame(part).to_csv(f, index=False)
+    result = report(*map(pd.DataFrame, tables), a, out)
+    summary(**result)
+    return result
 
 
 # --- scale: devices, memory, wider models --------------------------------------------------------

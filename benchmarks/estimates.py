@@ -5,7 +5,8 @@ takes in the app's own background jobs (app.services.jobs), side by side in one 
 Data: the built-in digits, and a 2,000-image MNIST-size upload (the first 2,000 images of the
 MNIST test set, written as a ZIP of class folders and read back as a user's upload). Settings:
 the app's defaults (model from the image size, default epochs, the learning-rate probe).
-Target: every estimate within 2× of the actual time.
+Target: every estimate within 2× of the actual time. It measures the app's own estimates, so it
+imports the app (app.services), like benchmarks/flow.py; no other benchmark does.
 
     python benchmarks/estimates.py
     python benchmarks/estimates.py --quick      # digits only (CI)
@@ -85,8 +86,8 @@ def measure(name: str, data: datasets.ImageSet) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_options(parser)
-    parser.add_argument("--data-dir", help="folder of MNIST IDX files (default: the shared "
-                                           "MNIST test set)")
+    parser.add_argument("--data-dir", help="folder of MNIST IDX files (default: MNIST's test "
+                                           "set from the data folder, docs/evidence.md)")
     parser.add_argument("--upload-size", type=int, default=2000)
     a = parser.parse_args()
     setup(a.threads)

@@ -178,9 +178,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="split, subset and random picks")
     parser.add_argument("--resume", action="store_true",
                         help="keep the test images already in the CSV and do only the others")
-    parser.add_argument("--data-dir", default=None,
-                        help="default: the MNIST IDX files in the data folder beside the "
-                             "repository (common.SHARED_DATA)")
+    common.add_data_option(parser)
     common.add_common_options(parser)
     a = parser.parse_args(argv)
     if a.quick:

@@ -1,5 +1,6 @@
 """The web app's whole flow on the built-in digits with default settings, timed through the very
-calls the app makes (app.services.jobs, which drives influence.runs, with the workspace store):
+calls the app makes (app.services.jobs, which drives influence.runs, with the workspace store;
+the one benchmark besides estimates.py that imports the app):
 
     choose digits → train (the app's defaults) → score (exact retrace of all epochs)
     → tick the 10 most harmful → retrain without them (mode all) + 20 random controls

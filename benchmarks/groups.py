@@ -34,6 +34,7 @@ from scipy import stats
 
 import common
 from common import LABELS, methods
+from influence.compare import holm
 from influence.counterfactual import outcomes
 
 METHODS = ["sgd", "sgd-last", "kl", "tracin"]
@@ -142,7 +143,7 @@ def spearman_table(rho: pd.DataFrame) -> pd.DataFrame:
                      "group sign agreement": common.mean_std(part.sign),
                      "p (t, ρ = 0)": float(p), "_mean": part.spearman.mean()})
     table = pd.DataFrame(rows)
-    table["p (Holm)"] = common.holm(table["p (t, ρ = 0)"])
+    table["p (Holm)"] = holm(table["p (t, ρ = 0)"])
     return table
 
 
@@ -160,7 +161,7 @@ def paired_table(rho: pd.DataFrame) -> pd.DataFrame:
                          "Spearman difference": common.mean_std(diff),
                          "p (paired t)": float(p)})
     table = pd.DataFrame(rows)
-    table["p (Holm)"] = common.holm(table["p (paired t)"])
+    table["p (Holm)"] = holm(table["p (paired t)"])
     return table
 
 
@@ -339,9 +340,7 @@ def main(argv=None) -> dict:
                              "digits, 6 on MNIST)")
     parser.add_argument("--recheck", type=int, default=5,
                         help="groups per split also retrained one at a time")
-    parser.add_argument("--data-dir", default=None,
-                        help="MNIST: default the IDX files in the data folder beside the "
-                             "repository (common.SHARED_DATA)")
+    common.add_data_option(parser)
     parser.add_argument("--resume", action="store_true",
                         help="keep the splits already in the CSVs and run only the others")
     common.add_common_options(parser)

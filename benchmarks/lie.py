@@ -31,8 +31,8 @@ from sklearn.linear_model import LogisticRegressionCV
 from sklearn.preprocessing import StandardScaler
 
 import common
-from common import datasets
 from influence import baselines, models
+from influence.compare import holm
 from influence.sgd import (Objective, SGDConfig, counterfactual_sgd, initial_params,
                            make_schedule, per_sample_loss)
 from influence.sgd_influence import (forward_influence, forward_loss_change, loss_gradient,
@@ -68,7 +68,7 @@ def load_adult(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     (fnlwgt as log1p), categorical ones one-hot; '?' is its own category."""
     parts = [pd.read_csv(folder / f, names=ADULT_COLUMNS, skipinitialspace=True,
                          skiprows=1 if "test" in f else 0)
-             for f in ("adult-training.csv", "adult-test.csv")]
+             for f in common.ADULT]
     frame = pd.concat(parts, ignore_index=True).dropna(subset=["income"])
     y = frame.pop("income").str.rstrip(".").eq(">50K").to_numpy(np.int64)
     frame["fnlwgt"] = np.log1p(frame["fnlwgt"])
@@ -80,9 +80,8 @@ def load_binary(name: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray
     """Features (float64, N×d) and 0/1 labels: MNIST 1 vs 7 (the real MNIST test set),
     Adult, or digits 1 vs 7 (offline, for --quick)."""
     if name == "adult":
-        return load_adult(Path(data_dir) if data_dir else common.SHARED_DATA / "adult")
-    images = (datasets.load("digits") if name == "digits" else
-              datasets.load(str(Path(data_dir) if data_dir else common.SHARED_DATA / "mnist")))
+        return load_adult(common.adult_folder(data_dir))
+    images = common.image_data(name == "digits", data_dir)
     pick = np.isin(images.labels, [1, 7])
     x = images.images[pick].reshape(pick.sum(), -1).astype(np.float64) / 255
     return x, (images.labels[pick] == 7).astype(np.int64)
@@ -242,7 +241,6 @@ def forward_table(frame: pd.DataFrame) -> pd.DataFrame:
     of τ and of the Jaccard index, Wilcoxon signed-rank p-value, Holm-corrected over the
     comparisons of this table."""
     from scipy.stats import wilcoxon
-    from statsmodels.stats.multitest import multipletests
 
     rows = []
     for m, label in FORWARD_LABELS.items():
@@ -254,7 +252,7 @@ def forward_table(frame: pd.DataFrame) -> pd.DataFrame:
                          "seeds higher / lower": f"{(diff > 0).sum()} / {(diff < 0).sum()}",
                          "p (Wilcoxon)": p})
     table = pd.DataFrame(rows)
-    table["p (Holm)"] = multipletests(table["p (Wilcoxon)"], method="holm")[1]
+    table["p (Holm)"] = holm(table["p (Wilcoxon)"])
     return table
 
 
@@ -294,7 +292,7 @@ def baselines_table(frames: dict[tuple[str, str, str], pd.DataFrame]) -> pd.Data
                              "mean difference": float((ours - theirs).mean()),
                              "p (paired t)": float(ttest_rel(ours, theirs).pvalue)})
     table = pd.DataFrame(rows)
-    table["p (Holm)"] = common.holm(table["p (paired t)"])
+    table["p (Holm)"] = holm(table["p (paired t)"])
     return table
 
 
@@ -369,8 +367,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", choices=["logreg", "dnn"], default="logreg")
     parser.add_argument("--seeds", type=int, default=30)
     parser.add_argument("--data-dir", default=None,
-                        help="default: <data> in the data folder beside the "
-                             "repository (common.SHARED_DATA)")
+                        help="the folder of the data files (default: MNIST's test set or "
+                             "Adult's two files from the data folder, $DATA_DIR; "
+                             "docs/evidence.md says where they go)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     parser.add_argument("--rebuild", action="store_true",
                         help="only rewrite the reports from the per-seed CSVs under --out")

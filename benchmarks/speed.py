@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import data_name, device_or_exit  # noqa: E402  (benchmarks/ on sys.path)
+from common import data_name, device_or_exit, mnist_folder  # noqa: E402  (benchmarks/ on path)
 from influence import explain, run_folder  # noqa: E402
 from influence.config import RunConfig  # noqa: E402
 from influence.runs import Run  # noqa: E402
@@ -46,7 +46,6 @@ from influence.sgd import batch_weights, replay_epoch, sgd_step  # noqa: E402
 from influence.sgd_influence import hvp_and_dot_grads, loss_gradient  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 
 def timed(fn) -> float:
@@ -122,7 +121,8 @@ def folder_bytes(path: Path) -> int:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", default=str(MNIST), help="folder of MNIST IDX files")
+    ap.add_argument("--data-dir", default=None, help="folder of MNIST IDX files (default: "
+                    "MNIST's test set from the data folder, docs/evidence.md)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
     a.out = a.out or str(RESULTS / ("speed-explain.md" if a.explain_only else "speed.md"))
     if a.threads:
         torch.set_num_threads(a.threads)
-    dataset, model = (a.data_dir, "cnn") if not a.quick else ("digits", "auto")
+    dataset, model = ("digits", "auto") if a.quick else (a.data_dir or str(mnist_folder()), "cnn")
     if a.quick:
         a.epochs, a.repeats, a.ref_steps = 2, 1, 2
     config = RunConfig(dataset=dataset, model=model, epochs=a.epochs,

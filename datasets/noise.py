@@ -51,13 +51,16 @@ def look_alikes(classes: list[str], pairs: Mapping | Iterable[tuple]) -> np.ndar
 
 def plant_noise(data: ImageSet, fraction: float, val_fraction: float, test_fraction: float,
                 seed: int, pairs: Mapping | Iterable[tuple] | None = None,
-                parts: str = "train") -> tuple[ImageSet, dict[str, str]]:
+                parts: str = "train", draw_seed: int | None = None
+                ) -> tuple[ImageSet, dict[str, str]]:
     """A copy of `data` in which `fraction` of the images of the training part (parts="train")
     or of each part (parts="all"), under the split with these settings, carry a wrong label:
     a random other class (pairs None), or the look-alike of its class (look_alikes; drawn among
     the images of classes that have one). Returns the copy and {sample id: its true class}
     (also kept as meta["flipped"]). The copy keeps the split of the clean labels
-    (ImageSet.relabelled)."""
+    (ImageSet.relabelled). `draw_seed` seeds the choice of images and of their wrong labels
+    (default `seed` + 7919, apart from the split's; the label-noise benchmarks' committed
+    results drew with the split's seed itself)."""
     if not 0 < fraction <= 0.5:
         raise DataError("the share of labels to flip must be above 0 % and at most 50 %")
     if len(data.classes) < 2:
@@ -66,7 +69,7 @@ def plant_noise(data: ImageSet, fraction: float, val_fraction: float, test_fract
         raise DataError(f"unknown parts {parts!r}: use {' or '.join(PARTS)}")
     target = None if pairs is None else look_alikes(list(data.classes), pairs)
     split = data.split(val_fraction, test_fraction, seed)
-    rng = np.random.default_rng(seed + 7919)
+    rng = np.random.default_rng(seed + 7919 if draw_seed is None else draw_seed)
     labels = data.labels.copy()
     chosen = []
     for part in (split.train,) if parts == "train" else (split.train, split.val, split.test):

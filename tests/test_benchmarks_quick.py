@@ -55,30 +55,34 @@ def test_cleansing_quick_writes_table_and_chart(tmp_path):
 
 
 def test_noisy_quick_finds_flipped_labels_better_than_random(tmp_path):
-    result = run_quick("noisy.py", tmp_path, "--truth", "3")
-    text = assert_report(tmp_path, "noisy-quick", "noisy.py")
+    result = run_quick("noisy_find.py", tmp_path, "--truth", "3")
+    text = assert_report(tmp_path, "noisy-quick", "noisy_find.py")
     assert "Exact leave-one-out effect (3 flipped and 3 clean" in text
     assert 0 <= result["auc_truth"] <= 1 and -1 <= result["tau_truth_sgd"] <= 1
     assert (tmp_path / "noisy-quick.png").exists()
+    for part in ("ranking", "errors", "truth", "labels"):
+        assert (tmp_path / f"noisy-quick-{part}.csv").exists()
     assert result["recall10_random"] < 0.2
     assert result["recall10_sgd"] > result["recall10_random"] + 0.2
     assert result["auc_sgd"] > 0.65
 
 
 def test_noisy_eval_quick_checks_the_validation_labels(tmp_path):
-    result = run_quick("noisy.py", tmp_path, "--noisy-eval")
-    text = assert_report(tmp_path, "noisy-eval-quick", "noisy.py")
+    result = run_quick("noisy_eval.py", tmp_path)
+    text = assert_report(tmp_path, "noisy-eval-quick", "noisy_eval.py")
     assert "Label check of the validation and test images" in text and "(Holm)" in text
-    assert (tmp_path / "noisy-eval-quick-checks.csv").exists()
+    assert {f.name for f in tmp_path.iterdir()} == {
+        "noisy-eval-quick.md", "noisy-eval-quick.csv", "noisy-eval-quick-checks.csv"}
     assert result["val_precision"] > 0.5 and result["val_flagged"] > 0  # 10% planted
     assert 0 <= result["recall10_sgd"] <= 1 and 0 <= result["recall10_sgd_checked"] <= 1
 
 
 def test_noisy_fix_quick_compares_fixing_with_removing(tmp_path):
-    result = run_quick("noisy.py", tmp_path, "--fix", "--controls", "2")
-    text = assert_report(tmp_path, "noisy-fix-quick", "noisy.py")
+    result = run_quick("noisy_fix.py", tmp_path, "--controls", "2")
+    text = assert_report(tmp_path, "noisy-fix-quick", "noisy_fix.py")
     assert "fix where both agree" in text and "(Holm)" in text and "Targets:" in text
-    assert (tmp_path / "noisy-fix-quick-labels.csv").exists()
+    assert {f.name for f in tmp_path.iterdir()} == {
+        "noisy-fix-quick.md", "noisy-fix-quick.csv", "noisy-fix-quick-labels.csv"}
     assert 0 <= result["sgd_right_top10"] <= 1
     assert result["check_right_top10"] > 0.8  # the label check's suggestions on digits
     assert {"fix_gain_54", "fix_gain_108", "fix_gain_215"} <= result.keys()

@@ -11,10 +11,9 @@ import pytest
 
 import datasets
 from datasets import DataError, ImageSet, split, storage
-from datasets.builtin import load_digits, load_idx_dir, load_torchvision, read_idx
+from datasets.builtin import data_dir, load_digits, load_idx_dir, load_torchvision, read_idx
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+MNIST_TEST = data_dir() / "mnist"  # where the benchmarks read MNIST's test set (docs/evidence.md)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -114,9 +113,9 @@ def test_split_refuses_too_few_images():
 # --- IDX files -------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="the MNIST IDX files are not beside the repository")
+@pytest.mark.skipif(not MNIST_TEST.is_dir(), reason="MNIST's test set is not in $DATA_DIR/mnist")
 def test_real_mnist_test_set_from_idx_files():
-    data = datasets.load(str(SHARED_MNIST))
+    data = datasets.load(str(MNIST_TEST))
     assert data.images.shape == (10000, 28, 28, 1)
     assert data.classes == [str(c) for c in range(10)]
     assert np.bincount(data.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028,

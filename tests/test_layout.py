@@ -172,6 +172,23 @@ def test_dependencies_point_one_way():
         assert not imports_of(path) & {"app", "influence", "streamlit", "sqlite3"}, path
 
 
+def test_one_holm_correction():
+    """Holm's correction is influence.compare.holm wherever p-values are corrected."""
+    calling = {str(p.relative_to(ROOT)) for p in sources(*PACKAGES)
+               if "multipletests(" in p.read_text()}
+    assert calling == {"influence/compare.py"}
+
+
+APP_BENCHMARKS = {"flow.py", "estimates.py"}  # they time the app's own flow and estimates
+
+
+def test_benchmarks_import_the_app_only_where_they_measure_it():
+    """Benchmarks measure the engine (influence) on the data sets (datasets); only the two that
+    time the app's own flow and estimates import app/."""
+    importing = {p.name for p in sources("benchmarks") if "app" in imports_of(p)}
+    assert importing == APP_BENCHMARKS
+
+
 def test_app_views_holds_the_pages_only():
     """Every module in app/views is a page of app/main.py, and no module imports one (the
     sections a page draws live in app/sections)."""
