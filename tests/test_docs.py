@@ -12,7 +12,7 @@ The convention every page follows (README.md and docs/*.md):
 * **No figure without a file.** A block that links no such file may not hold anything that
   looks measured: a decimal, a number of 1,000 or more, or a number with a unit (%, ×, s, MB,
   pp, …). Not counted as numbers: code (`…` and fenced blocks), file names, headings, and the
-  few names in NOT_QUOTED (a Python version, a paper's year).
+  names in NOT_QUOTED (a Python version, a paper's year, "page 3", "Algorithm 2", …).
 * **Commands run.** Every `python benchmarks/….py …` and `python -m influence …` shown (in code
   spans or blocks) names a script that exists and arguments its parser accepts.
 * **Links resolve**, anchors included; fenced code starts after a blank line; the README is at
@@ -41,8 +41,11 @@ FILE_NAME = re.compile(r"[\w./<>*-]*\w\.(?:md|py|csv|png|txt|sh|json|toml|safete
 NUMBER = re.compile(r"(?<![\w.])(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
                     r"(?:[eE][-−+]?\d+)?(?![\w])")
 UNIT = re.compile(r"\s*(?:%|×|s\b|ms\b|min\b|h\b|MB\b|GB\b|MiB\b|KiB\b|pp\b|px\b|trainings?\b)")
-# Names that contain digits but quote no measurement.
-NOT_QUOTED = [r"Python 3\.11", r"NeurIPS 2019", r"\b[A-Z][a-z]+(?: et al\.)? (?:19|20)\d\d\b"]
+# Names that contain digits but quote no measurement: a Python version, a paper's year, and
+# references such as "page 3", "Algorithm 2", "section 5".
+NOT_QUOTED = [r"Python 3\.11", r"NeurIPS 2019", r"\b[A-Z][a-z]+(?: et al\.)? (?:19|20)\d\d\b",
+              r"\b(?:[Pp]ages?|[Ss]ections?|Algorithms?|Definition|Problem|Table|Figure) \d+"
+              r"(?:(?:–| and | or )\d+)?\b"]
 SOURCE_SUFFIXES = {".md", ".py", ".csv"}  # .md only under benchmarks/results/
 COMMAND = re.compile(r"python (?:benchmarks/\S+\.py|-m influence)\b[^`\n#]*")
 
@@ -311,10 +314,10 @@ def test_every_term_the_app_links_has_its_glossary_entry():
 def test_the_checks_catch_what_they_are_for(tmp_path):
     """The number check is not vacuous: a stale figure, a rounded one and an unsourced one are
     all caught, and a faithful one passes."""
-    result = ROOT / "benchmarks" / "results" / "noisy.md"
-    known = numbers_in(result)
+    known = numbers_in(ROOT / "benchmarks" / "results" / "noisy.md")
     assert same("0.949", False, known) and same("94.9", True, known)
-    assert not same("0.95", False, known) and not same("95.6", True, known)
+    assert same("0.8176", False, known) and not same("0.82", False, known)  # rounded
+    assert not same("0.946", False, known) and not same("95.6", True, known)  # other files'
     page = tmp_path / "page.md"
     page.write_text("Recall 0.949 ([noisy.md](x.md)).\n\nIt takes 1.5 s.\n\n"
                     "| a | b |\n|---|---|\n| 0.3 | 2 |\n")
