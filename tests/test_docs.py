@@ -236,14 +236,19 @@ def test_the_readme_is_short():
 
 
 def commands() -> list[str]:
-    """Every command shown in README.md and docs/ that runs a benchmark or the CLI."""
+    """Every command shown in README.md and docs/ that runs a benchmark or the CLI: each line of
+    a fenced code block, and each code span with an option (`python -m influence score` alone
+    names a command, it does not show one)."""
     found = []
     for page in PAGES:
         for block in blocks(page.read_text(encoding="utf-8")):
-            codes = [block.text] if block.kind == "code" else re.findall(r"`([^`]*)`", block.text)
-            for code in codes:
-                for line in code.splitlines():
-                    found += [m[0].strip() for m in COMMAND.finditer(line)]
+            if block.kind == "code":
+                lines = block.text.splitlines()
+            else:
+                lines = [" ".join(span.split()) for span in re.findall(r"`([^`]*)`", block.text)
+                         if " --" in span]
+            for line in lines:
+                found += [m[0].strip() for m in COMMAND.finditer(line)]
     return sorted(set(found))
 
 
@@ -251,7 +256,8 @@ def commands() -> list[str]:
 # a missing script, an unknown option or a wrong choice is an error; nothing else runs.
 PARSE_ONLY = r"""
 import argparse, json, runpy, shlex, sys
-sys.path.insert(0, ".")
+from pathlib import Path
+sys.path.insert(0, str(Path(".").resolve()))
 class Parsed(Exception):
     pass
 parse_args = argparse.ArgumentParser.parse_args
@@ -268,7 +274,7 @@ for command in json.loads(sys.argv[1]):
             sys.argv = ["python -m influence", *argv[2:]]
             cli.parser().parse_args(argv[2:])
         else:
-            sys.argv = argv
+            sys.argv, sys.path[0] = argv, str(Path(argv[0]).parent.resolve())
             runpy.run_path(argv[0], run_name="__main__")
         errors[command] = "ran without parsing its arguments"
     except Parsed:
