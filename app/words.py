@@ -162,13 +162,15 @@ def trust(t: dict, of: str = "validation loss") -> str:
 def selection_part(n_val: int, fraction: float = RunConfig.selection_fraction) -> str:
     """Page 1's sentence on the selection part of the validation images."""
     n = selection_size(n_val, fraction)
+    query = term("query", "query")
     if n == 0:
-        return ("All validation images define the query of influence; none is held out to "
+        return (f"All validation images define the {query} of influence; none is held out to "
                 "judge how many images to remove.")
     return (f"Of the validation images, **{n:,}** (about {fraction:.0%}, chosen by the seed) "
             "are held out as the *selection* part: they never define what 'harmful' means, "
-            "and on page 3 they judge how many harmful images to remove. The other "
-            f"**{n_val - n:,}** define the query of influence.")
+            "and on page 3 they judge how many harmful images to remove "
+            f"({term('selection-part', 'what this is')}). The other **{n_val - n:,}** define "
+            f"the {query} of influence.")
 
 
 def count(n: int, thing: str) -> str:
@@ -237,10 +239,11 @@ def glossary() -> dict[str, Entry]:
 
 def term(anchor: str, text: str | None = None) -> str:
     """A Markdown link to the glossary's entry, for a help text or caption that uses the term:
-    term("holm") gives "[Holm's correction](glossary#holm)"; `text` replaces the title. The
-    link opens the app's Glossary page at that entry. An unknown anchor is a KeyError (the docs
-    test checks every term the pages link)."""
-    return f"[{text or glossary()[anchor].title}](glossary#{anchor})"
+    term("holm") gives "[Holm's correction](glossary?term=holm)"; `text` replaces the title.
+    The link opens the app's Glossary page (in a new tab) with that entry on top: a query
+    parameter, since the app rewrites its URL and a #fragment would not survive. An unknown
+    anchor is a KeyError (the docs test checks every term the pages link)."""
+    return f"[{text or glossary()[anchor].title}](glossary?term={anchor})"
 
 
 def glossary_for_app(markdown: str) -> str:

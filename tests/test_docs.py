@@ -311,7 +311,7 @@ def test_every_term_the_app_links_has_its_glossary_entry():
     entries = words.glossary()
     assert not used - set(entries), sorted(used - set(entries))
     for anchor in used:
-        assert words.term(anchor).endswith(f"](glossary#{anchor})")
+        assert words.term(anchor).endswith(f"](glossary?term={anchor})")
     assert set(entries) <= anchors(ROOT / "docs" / "glossary.md")
     with pytest.raises(KeyError):
         words.term("no-such-term")
@@ -332,3 +332,17 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     assert found[2].caption is found[3].caption is found[1]  # the paragraph above the table
     assert [t for t, _, m in quoted(found[1].text) if m] == ["1.5"]
     assert [t for t, _, m in quoted("`--splits 5` in NeurIPS 2019, file lie-2.md") if m] == []
+
+
+def test_the_glossary_page_shows_every_entry_and_page_one_links_to_it():
+    from helpers import new_app, text
+    from app import words
+    at = new_app()
+    assert "glossary?term=selection-part" in text(at)  # page 1's caption links its terms
+    at.query_params["term"] = "holm"  # as the link opens it
+    at.switch_page("views/glossary.py").run()
+    assert not at.exception, at.exception
+    assert at.info[0].value.startswith("**Holm's correction.** A correction for testing many")
+    shown = [h.value for h in at.subheader]
+    assert shown == [e.title for e in words.glossary().values()] and len(shown) >= 20
+    assert all("](../" not in m.value for m in at.markdown)  # file links kept as text only
