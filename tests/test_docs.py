@@ -187,6 +187,16 @@ def test_every_quoted_number_is_in_the_file_it_names():
     assert not stale and not unsourced, "\n".join(stale + unsourced)
 
 
+def test_every_upload_limit_is_documented():
+    """Each limit of datasets/limits.py appears in docs/limits.md (sizes in MiB); the number
+    check above covers the other way."""
+    from datasets import limits
+    documented = numbers_in(ROOT / "docs" / "limits.md")
+    values = {name: value / limits.MiB if name.endswith("_BYTES") else value
+              for name, value in vars(limits).items() if name.isupper() and name != "MiB"}
+    assert values and not {n: v for n, v in values.items() if v not in documented}
+
+
 def anchors(page: Path) -> set[str]:
     """The anchors a Markdown page offers: explicit <a id> / <a name>, and GitHub's heading
     slugs."""
