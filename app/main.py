@@ -1,4 +1,5 @@
-"""The web app's one entry point: `streamlit run app/main.py`. Four pages, one per step."""
+"""The web app's one entry point: `streamlit run app/main.py`. Four pages, one per step, and
+the glossary they link to."""
 import os
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ PAGES = [
     st.Page("views/train.py", title="2 · Train", icon=":material/model_training:"),
     st.Page("views/harmful.py", title="3 · Harmful images", icon=":material/report:"),
     st.Page("views/retrain.py", title="4 · Retrain and compare", icon=":material/compare:"),
+    st.Page("views/glossary.py", title="Glossary", icon=":material/menu_book:"),
 ]
 
 try:

@@ -2,8 +2,12 @@
 cleaning round does, and errors turned into plain sentences."""
 from __future__ import annotations
 
+import functools
 import math
+import re
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -11,6 +15,9 @@ from datasets import DataError
 from influence.advice import demo_counts
 from influence.config import RunConfig, RunError, selection_size
 from influence.sgd import Diverged
+
+GLOSSARY = Path(__file__).resolve().parents[1] / "docs" / "glossary.md"
+ENTRY = re.compile(r'^### <a id="(?P<anchor>[^"]+)"></a>(?P<title>.+)$', re.M)
 
 PHASES = {"probe": "Choosing the learning rate", "train": "Training",
           "score": "Computing influence", "rank": "Ranking",
@@ -155,13 +162,15 @@ def trust(t: dict, of: str = "validation loss") -> str:
 def selection_part(n_val: int, fraction: float = RunConfig.selection_fraction) -> str:
     """Page 1's sentence on the selection part of the validation images."""
     n = selection_size(n_val, fraction)
+    query = term("query", "query")
     if n == 0:
-        return ("All validation images define the query of influence; none is held out to "
+        return (f"All validation images define the {query} of influence; none is held out to "
                 "judge how many images to remove.")
     return (f"Of the validation images, **{n:,}** (about {fraction:.0%}, chosen by the seed) "
             "are held out as the *selection* part: they never define what 'harmful' means, "
-            "and on page 3 they judge how many harmful images to remove. The other "
-            f"**{n_val - n:,}** define the query of influence.")
+            "and on page 3 they judge how many harmful images to remove "
+            f"({term('selection-part', 'what this is')}). The other **{n_val - n:,}** define "
+            f"the {query} of influence.")
 
 
 def count(n: int, thing: str) -> str:
@@ -205,3 +214,39 @@ def controls_said(fixes: dict) -> str:
     if not fixes:
         return "Removing as many **random** images instead"
     return "Doing the same to **random** images instead (random other labels, random removals)"
+
+
+# --- the glossary: docs/glossary.md, shown by the Glossary page, linked from the others --------
+@dataclass(frozen=True)
+class Entry:
+    anchor: str  # e.g. "holm": the link target, glossary#holm
+    title: str  # e.g. "Holm's correction"
+    text: str  # the explanation, Markdown
+
+
+@functools.cache
+def glossary() -> dict[str, Entry]:
+    """The entries of docs/glossary.md by anchor, in its order. Each entry is a heading
+    `### <a id="anchor"></a>Title` and the text below it, up to the next heading."""
+    text = GLOSSARY.read_text(encoding="utf-8")
+    entries = {}
+    for m in ENTRY.finditer(text):
+        end = re.search(r"^#", text[m.end():], re.M)
+        body = text[m.end():m.end() + end.start()] if end else text[m.end():]
+        entries[m["anchor"]] = Entry(m["anchor"], m["title"].strip(), body.strip())
+    return entries
+
+
+def term(anchor: str, text: str | None = None) -> str:
+    """A Markdown link to the glossary's entry, for a help text or caption that uses the term:
+    term("holm") gives "[Holm's correction](glossary?term=holm)"; `text` replaces the title.
+    The link opens the app's Glossary page (in a new tab) with that entry on top: a query
+    parameter, since the app rewrites its URL and a #fragment would not survive. An unknown
+    anchor is a KeyError (the docs test checks every term the pages link)."""
+    return f"[{text or glossary()[anchor].title}](glossary?term={anchor})"
+
+
+def glossary_for_app(markdown: str) -> str:
+    """An entry's Markdown as the Glossary page shows it: links to other entries (#anchor) stay,
+    links to files of the repository (docs, results) keep only their text."""
+    return re.sub(r"\[([^\]]*)\]\((?!#|https?:)[^)]*\)", r"\1", markdown)

@@ -1,6 +1,7 @@
-"""Every limit an upload must respect, in one place. The README's "Limits and safety" section
-lists these values; `tests/test_upload.py` exceeds each one. Exceeding any of them refuses the
-whole upload with a DataError (nothing is extracted or written), except where noted."""
+"""Every limit an upload must respect, in one place. docs/limits.md lists these values
+(tests/test_docs.py checks both ways); `tests/test_upload.py` exceeds each one. Exceeding any
+of them refuses the whole upload with a DataError (nothing is extracted or written), except
+where noted."""
 
 MiB = 1024 * 1024
 
