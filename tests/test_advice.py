@@ -119,6 +119,10 @@ def test_a_passing_trust_check_and_curve_remove_the_top_k_less_the_fixed_ones():
     assert rec.how_many == 2 and rec.remove == ["e"]  # a, second, is fixed instead
     assert rec.fixes == {"a": "7", "c": "1"}
     assert any("1 of them are fixed instead" in r for r in rec.reasons)
+    held = advice.recommend(label_check(), ranking(), checked(),
+                            {**PASSING_CURVE, "flagged_in_set": 1, "random_flagged": 0.6})
+    assert any("1 of these 2 are also flagged by the label check (0.6 in a random set" in r
+               for r in held.reasons)
 
 
 def test_how_many_needs_the_curve_to_beat_random_sets():
