@@ -85,22 +85,31 @@ def draw(data, size: int, split: int):
     return data.subset(np.sort(rng.choice(len(data), size, replace=False)))
 
 
+def say(kind: str, split: int, began: float, what: str) -> None:
+    print(f"{kind} split {split}: {what} at {time.perf_counter() - began:.0f} s", flush=True)
+
+
 def one_run(data, kind: str, split: int, a) -> dict:
     """One split of one noise kind: the default recommendation and what it did."""
     began = time.perf_counter()
+    step = lambda what: say(kind, split, began, what)  # noqa: E731
     sub = draw(data, a.size, split)
     noisy, flipped = plant_noise(sub, a.noise, RunConfig.val_fraction, RunConfig.test_fraction,
                                  split, pairs=KINDS[kind], parts="all")
     run = Run(RunConfig(dataset=a.name, seed=split, device="cpu"), noisy)
     run.train()
+    step("trained")
     classes = run.data.classes
     val = labels.check_part(run, "val")
     exclude = list(val.sample_id[val.flagged.astype(bool)])
     given = [classes[c] for c in run.objective.y.cpu().numpy()]
     check = labels.confident_learning(run).assign(sample_id=run.train_ids, label=given)
+    step("label check")
     ranked = methods.rank(run, METHOD, exclude=exclude)
+    step("ranked")
     checked = trust.of_ranking(run, METHOD, ranked=ranked, exclude=exclude)
     verdict = advice.trust_verdict(checked)
+    step(f"trust check: {verdict.level}")
     curve = None
     if verdict.passes:
         flagged = check.sample_id[check.flagged.astype(bool)]
