@@ -68,6 +68,10 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--controls", type=int, default=CONTROLS)
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs stored in the CSV; compute only what is missing")
+    parser.add_argument("--report-only", action="store_true",
+                        help="with --resume: write the report of the stored runs, compute none "
+                             "(the report gives the command without this option, which computes "
+                             "what is missing)")
     common.add_data_option(parser)
     common.add_common_options(parser)
     a = parser.parse_args(argv)
@@ -238,8 +242,9 @@ def report(frame: pd.DataFrame, a, out: Path) -> dict:
     if a.size < 10000 and not a.quick:
         sections.append(f"Only {a.size:,} images: the 10,000-image version (`--size 10000`) "
                         "was not run for lack of compute time.")
+    cmd = common.command().replace(" --report-only", "")
     common.write_report(out, a.name_out, "Advice that never hurts: the default recommendation "
-                        "on planted label noise", common.command(), sections)
+                        "on planted label noise", cmd, sections)
     first = per_kind.iloc[0]
     return {"runs": len(frame), "precision": float(first["fix precision"]),
             "recall": float(first["recall"]), "never_raises": int(never_raises)}
@@ -260,7 +265,7 @@ def main(argv=None) -> None:
     rows = common.stored(path) if a.resume else []
     for split in range(a.splits):
         for kind in a.kinds:
-            if any(r["kind"] == kind and r["split"] == split for r in rows):
+            if a.report_only or any(r["kind"] == kind and r["split"] == split for r in rows):
                 continue
             rows.append(one_run(data, kind, split, a))
             pd.DataFrame(rows).to_csv(path, index=False)
