@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets import DataError
-from influence.advice import demo_counts
+from influence.advice import demo_counts, possible_estimate
 from influence.config import RunConfig, RunError, selection_size
 from influence.sgd import Diverged
 
@@ -143,8 +143,10 @@ def verdict(v: dict, what: str = "Removing the ticked images",
 
 
 def trust(t: dict, of: str = "validation loss") -> str:
-    """The trust check's figures in words: groups first (what a user removes), then singles.
-    `of`: the loss whose change was estimated (e.g. "this test image's loss")."""
+    """The trust check's figures in words: groups first (what a user removes), the ranking's top
+    sets, then single images where they were retrained. `of`: the loss whose change was
+    estimated (e.g. "this test image's loss"). An estimate outside what is possible (a drop
+    larger than the loss itself) is never shown as a number."""
     text = "Checked against real retraining. "
     if t.get("group_spearman") is not None:
         rho = t["group_spearman"]
@@ -152,11 +154,18 @@ def trust(t: dict, of: str = "validation loss") -> str:
         text += (f"**Groups:** for {t['groups']} random groups of {t['group_size']:,} images, "
                  f"the summed estimates follow the real change of {of} {how} "
                  f"(Spearman {rho:.2f}; 1 = same order, 0 = no relation). ")
-    text += (f"**Single images:** Kendall τ = {t['tau']:.2f} over {t['n']} images, and the "
-             f"estimate had the right sign for {t['sign_agreement']:.0%} of them. On a deep "
-             "network the effect of one image is mostly noise of training itself; the group "
-             "figure is the one to go by when removing many.")
-    return text
+    for row in t.get("top_rows") or []:
+        shown = possible_estimate(row["estimate"], t.get("query_loss"))
+        text += (f"**Top {row['size']:,}:** removing them was estimated to change the {of} "
+                 + (f"by {shown:+.4f}" if shown is not None else
+                    "by more than the loss itself (impossible)")
+                 + f"; retraining changed it by {row['actual']:+.4f}. ")
+    if t.get("n") and t.get("tau") is not None and math.isfinite(t["tau"]):
+        text += (f"**Single images:** Kendall τ = {t['tau']:.2f} over {t['n']} images, and the "
+                 f"estimate had the right sign for {t['sign_agreement']:.0%} of them. On a deep "
+                 "network the effect of one image is mostly noise of training itself; the "
+                 "group figure is the one to go by when removing many.")
+    return text.strip()
 
 
 def selection_part(n_val: int, fraction: float = RunConfig.selection_fraction) -> str:
@@ -250,3 +259,27 @@ def glossary_for_app(markdown: str) -> str:
     """An entry's Markdown as the Glossary page shows it: links to other entries (#anchor) stay,
     links to files of the repository (docs, results) keep only their text."""
     return re.sub(r"\[([^\]]*)\]\((?!#|https?:)[^)]*\)", r"\1", markdown)
+
+
+# --- page 3: what it recommends ----------------------------------------------------------------
+def left_out(n_out: int, n_val: int, n_flagged: int) -> str:
+    """How many validation images are left out of the query: never dropped silently."""
+    query = term("query", "query")
+    if not n_out:
+        return (f"All **{n_val:,}** validation images are in the {query}; none is left out"
+                + (f", though the label check flags {n_flagged}." if n_flagged else "."))
+    return (f"**{n_out:,}** of the {n_val:,} validation images are left out of the {query} "
+            f"({n_flagged:,} flagged by the label check); the other {n_val - n_out:,} measure "
+            "harm. Every one is listed below with its id.")
+
+
+def curve_not_followed() -> str:
+    return ("Shown for information only: removing by this ranking is not recommended on this "
+            f"data, because its {term('trust-check', 'trust check')} has not passed (see "
+            "above), so K is not filled in from it.")
+
+
+def not_predictive(title: str) -> str:
+    """The sentence when a ranking's trust check fails."""
+    return (f"{title} does not predict what retraining does on this data: removing images by "
+            "it is not recommended. Only the label check's fixes are.")

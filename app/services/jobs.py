@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from influence import cleaning, kcurve, methods, probe, relabel, run_folder, runs, trust
+from influence import advice, cleaning, kcurve, methods, probe, relabel, run_folder, runs, trust
 from influence.progress import Cancelled, Progress
 from influence.config import RunConfig, RunError
 
@@ -120,31 +120,34 @@ def start_scoring(store: Store, session: str, run_id: str, method: str,
 
 
 TRUST = ("method", "n", "tau", "p_value", "sign_agreement", "groups", "group_size",
-         "group_spearman", "group_p_value")  # what the trust check keeps
+         "group_spearman", "group_p_value")  # what the check of one test image keeps
 
 
-CHECK_GROUPS = 20  # random groups of 5 % of the training images in the trust check
+CHECK_GROUPS = trust.GROUPS  # random groups of 5 % of the training images in the trust check
 
 
-def start_check(store: Store, session: str, run_id: str, method: str, n: int = 10,
+def start_check(store: Store, session: str, run_id: str, method: str, n: int = trust.SINGLES,
                 groups: int = CHECK_GROUPS) -> Job:
-    """The engine's trust check: real retraining without n single images spread over the ranking
-    and without `groups` random groups of 5 % of the training images, all at once."""
+    """The engine's trust check: real retraining without `groups` random groups of 5 % of the
+    training images, without the ranking's top sets (trust.TOPS) and, on request, without n
+    single images spread over the ranking, all at once. Keeps trust.figures: enough for
+    advice.trust_verdict."""
     methods.estimating_removal(method)  # refused here, before the job starts
     scores = store.scores(run_id, method)
     exclude = store.score_info(run_id)[method].get("query") or []
 
     def work(job: Job) -> dict:
         run = store.open_run(run_id)
-        job.say(f"retraining without each of {n} single images and {groups} random groups, "
-                "all at once, to compare with the estimates")
+        job.say(f"retraining without {groups} random groups, the ranking's top sets"
+                + (f" and each of {n} single images" if n else "")
+                + ", all at once, to compare with the estimates")
         result = trust.of_ranking(run, method, n, on_progress=job.report, ranked=scores,
                                   groups=groups, exclude=exclude)
-        figures = {k: result[k] for k in TRUST if k in result}
+        figures = trust.figures(result)
         store.set_trust(run_id, method, figures)
-        job.say(f"Kendall τ = {figures['tau']:.2f} over {figures['n']} images"
-                + (f"; Spearman {figures['group_spearman']:.2f} over {figures['groups']} groups"
-                   if "group_spearman" in figures else ""))
+        job.say(f"Spearman {figures['group_spearman']:.2f} over {figures['groups']} groups"
+                if figures.get("group_spearman") is not None else
+                f"{figures['groups']} groups: too few for a correlation")
         return figures
 
     return start(session, "check", "Checking the ranking", work,
@@ -155,18 +158,22 @@ def start_curve(store: Store, session: str, run_id: str, method: str, mode: str 
                 controls: int = kcurve.CONTROLS, seed: int = 0) -> Job:
     """How many to remove: the k-curve of a computed ranking (influence.kcurve), every top-k
     and random removal in one vectorised retraining, judged on the run's selection images.
-    The job's result keeps the curve per k (`band`) and the suggestion."""
+    The job's result keeps the curve per k (`band`) and the suggestion, with how many of the
+    suggested set the label check flags when it has been computed for the run."""
     run = store.open_run(run_id)
     ranked = store.scores(run_id, method)
     kcurve.check_curve(run, ranked, mode, controls)  # refused here, before the job starts
-    exclude = (store.score_info(run_id).get(method) or {}).get("query") or []
+    info = store.score_info(run_id)
+    exclude = (info.get(method) or {}).get("query") or []
+    check = store.scores(run_id, advice.CHECK) if advice.CHECK in info else None
+    flagged = [] if check is None else list(check.sample_id[check.flagged.astype(bool)])
 
     def work(job: Job) -> dict:
         ks = kcurve.sizes(len(ranked))
         job.say(f"retraining without the top {', '.join(map(str, ks[1:]))} of the ranking and "
                 f"without {controls} random sets of each size, all at once (mode {mode})")
         frame, found = kcurve.curve(run, ranked, mode, controls, seed, exclude=exclude,
-                                    on_progress=job.report)
+                                    on_progress=job.report, flagged=flagged)
         job.say(found["sentence"])
         return {"band": kcurve.band(frame).to_dict("records"), "suggestion": found}
 
