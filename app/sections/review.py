@@ -32,6 +32,7 @@ from .. import images, session, words
 
 DECISIONS = ("undecided", "accept", "reject")
 SIDE = 84  # thumbnail side and row height, in pixels
+HEADER = 36  # the grid's header row, in pixels
 ALL_PAIRS = "All class pairs"
 PARTS = {
     "train": {"name": "training images",
@@ -144,11 +145,13 @@ def summary(found: pd.DataFrame, flagged: int, total: int, what: str) -> None:
 
 
 def grid(where: str, run_row: dict, check: pd.DataFrame, data: ImageSet,
-         position: dict[str, int], exclude: list[str] | None = None) -> None:
+         position: dict[str, int], exclude: list[str] | None = None,
+         truth: dict[str, str] | None = None) -> None:
     """The review grid of one part (`where`: "train", "val" or "test") of a run, from its label
     check `check` (sample_id, label, flagged, suggested_label, suggested_p; likeliest errors
     first). For the validation images, `exclude` (the ids left out of the query) makes the
-    "left out of the query" column."""
+    "left out of the query" column; `truth` (the demo's flipped images → their true label)
+    a "demo: true label" column."""
     run_id, about = run_row["id"], PARTS[where]
     found = pairs(check)
     summary(found, int(check.flagged.sum()), len(check), about["name"])
@@ -164,7 +167,7 @@ def grid(where: str, run_row: dict, check: pd.DataFrame, data: ImageSet,
                            placeholder="e.g. 0042", help="Looks through every one of the "
                            f"{len(check):,} {about['name']}, flagged or not.")
     per_page = c4.selectbox("Rows per page", [10, 25, 50],
-                            key=session.remember(f"per-page-{where}", 25))
+                            key=session.remember(f"per-page-{where}", 10))
     pair = None
     if chosen != ALL_PAIRS:
         at = found[found.option == chosen].iloc[0]
@@ -184,6 +187,8 @@ def grid(where: str, run_row: dict, check: pd.DataFrame, data: ImageSet,
                f"the *label* column), **reject** (the given label is right) or another label; "
                f"{about['accept']}. Arrow keys move, Enter edits.")
     table = shown.copy()
+    if truth:
+        table["demo: true label"] = [truth.get(sid, "") for sid in part.sample_id]
     table.insert(table.columns.get_loc("sample id"), "image",
                  [images.data_url(data.images[position[sid]], SIDE) for sid in part.sample_id])
     columns = {
@@ -205,6 +210,7 @@ def grid(where: str, run_row: dict, check: pd.DataFrame, data: ImageSet,
     editable = ("decision", "label", "left out of the query")
     version = st.session_state.setdefault(f"review-version-{where}", 0)
     edited = st.data_editor(table, hide_index=True, column_config=columns, row_height=SIDE,
+                            height=HEADER + len(table) * SIDE + 3,
                             disabled=[c for c in table.columns if c not in editable],
                             key=f"review-editor-{filters}-{page}-{version}")
     changed = decisions(edited, shown, decided)
@@ -213,7 +219,10 @@ def grid(where: str, run_row: dict, check: pd.DataFrame, data: ImageSet,
         st.rerun()
     if left is not None:
         now = left_out(edited, shown, left)
-        if now != left:
+        if len(now) >= len(check):
+            st.error("At least one validation image must stay in the query: it is what every "
+                     "influence score measures with.")
+        elif now != left:
             session.set_query_exclude(run_id, now)
             st.rerun()
     accepted = sum(bool(v) for v in decided.values())

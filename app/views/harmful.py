@@ -45,12 +45,13 @@ scored = store.score_info(run_row["id"])
 job = runner.latest(session.sid(), "score")
 busy = runner.active(session.sid()) is not None
 
-st.markdown("**Two questions, two rankings.** To decide what to **remove**, rank by "
-            "**SGD-influence**: it estimates what leaving each image out does to this model's "
-            "validation loss, and page 4 checks the outcome against random removal. To find "
-            "**wrong labels**, use the **label check** (confident learning on your own model): "
-            "look at the images it flags and correct their labels; removing them is possible, "
-            "but it is not what that check estimates.")
+st.markdown("**Fix first; remove only what is checked.** To find **wrong labels**, the "
+            f"{words.term('label-check', 'label check')} (confident learning on your own model) "
+            "flags images whose given label a model that never saw them finds unlikely, and "
+            "the label they look like: review them below and accept or reject each fix. To "
+            "**remove** images, SGD-influence estimates what leaving each one out does to the "
+            "validation loss; removing by it is recommended only when its "
+            f"{words.term('trust-check', 'trust check')} passes on your data.")
 
 # --- the yardstick: are the validation labels right? ----------------------------------------------
 val_check = session.label_check(run_row["id"], "val")
@@ -185,7 +186,8 @@ if check is None:
                "unlikely (confident learning), with the label each looks like.")
     recommend.label_check_button(run_row, guess["seconds_label_check"], busy)
 else:
-    review.grid("train", run_row, check, data, position)
+    review.grid("train", run_row, check, data, position,
+                truth=dataset_row.get("flipped") or None)
 
 # --- the ranking -------------------------------------------------------------------------------
 preds = session.predictions(run_row["id"]).set_index("sample_id")
@@ -218,6 +220,10 @@ with right:
                 icon=":material/science:")
 
 st.subheader("Ranked training images")
+if removal and not rec.remove:
+    st.caption("Removing by this ranking is not recommended on this data (see *What to do*): "
+               "what you tick here is your own choice, and page 4 checks it against random "
+               "removal.")
 c1, c2, c3 = st.columns([2, 2, 1])
 helpful = c1.toggle("Show the most helpful instead", key=session.remember("helpful", False))
 disagree = c1.toggle("Only where the given label ≠ the predicted one",
