@@ -154,7 +154,7 @@ def confusion_chart(parts: dict[str, pd.DataFrame], classes) -> go.Figure:
         fig.add_trace(go.Heatmap(z=matrix, x=classes, y=classes, text=matrix,
                                  texttemplate="%{text}", coloraxis="coloraxis"), 1, i)
     fig.update_xaxes(title_text="predicted", type="category")
-    fig.update_yaxes(title_text="true label", type="category", autorange="reversed")
+    fig.update_yaxes(title_text="given label", type="category", autorange="reversed")
     fig.update_layout(height=360 if k <= 10 else 600, coloraxis=dict(colorscale="Blues"),
                       margin=dict(l=10, r=10, t=40, b=10))
     return fig
