@@ -6,7 +6,7 @@ import pytest
 import datasets
 from app.services.store import DONE, Store
 from helpers import button, new_app, ok, session_of, text, tick_and_clean, train, wait_for_job
-from influence import labels as labels_module
+from influence import labels as labels_module, run_folder
 
 pytestmark = pytest.mark.usefixtures("workspace")
 
@@ -104,3 +104,32 @@ def test_the_verdict_names_its_tests_the_fair_controls_and_the_rounds():
     said = text(ok(at.run()))
     assert "2 cleaning rounds have been compared on these test images" in said
     assert "will be round 3 on these test images" in said
+
+
+def test_an_impossible_estimate_is_never_shown_as_a_number_and_the_trust_check_colours_it():
+    at, job = train(new_app(), epochs=2)
+    run_id = at.session_state["app"]["run"]
+    at.switch_page("views/harmful.py").run()
+    at.radio(key="score_method").set_value("sgd-last")
+    button(at.run(), "Compute influence").click().run()
+    assert wait_for_job(at).status == DONE
+    tick_and_clean(ok(at.run()), 5)
+    store = Store()
+    removed = store.rounds()[-1]["removed"]
+    scores = store.scores(run_id, "sgd-last")
+    loss = store.run(run_id)["metrics"]["val_loss"]
+    said = "\n".join(e.value for e in at.info)  # no trust check yet: grey, the estimate shown
+    estimated = float(scores.set_index("sample_id").influence[removed].sum())
+    assert f"by {abs(estimated):.3g}" in said and "has not been checked" in said
+
+    scores.loc[scores.sample_id.isin(removed), "influence"] = -loss  # 5 × the whole loss
+    run_folder.write_csv(scores, store.table_file(run_id, "scores", "sgd-last"))
+    store.set_trust(run_id, "sgd-last", {"group_spearman": -0.29, "group_p_value": 0.2,
+                                         "groups": 20, "group_size": 50, "tau": -0.29,
+                                         "n": 10, "sign_agreement": 0.4})
+    ok(at.run())
+    said = "\n".join(e.value for e in at.error)
+    assert "more than the whole loss, which is impossible" in said
+    assert f"{5 * loss:.3g}" not in text(at) and "Do not remove images by this ranking" in said
+    assert [e.proto.icon for e in at.error if "impossible" in e.value] == [":material/error:"]
+    assert not any("impossible" in e.value for e in at.success)

@@ -207,16 +207,37 @@ def summary(chosen: dict, v: dict) -> None:
         scores = session.scores(run_row["id"], chosen["method"]).set_index("sample_id").influence
         predicted = float(scores.reindex(removed).sum()) + advice.estimated_total(
             changed, session.relabel(run_row["id"], chosen["method"]))
-        actual = v["query_change"]
-        what = words.round_action(k, len(changed)).lower() if changed else "removing them"
         if np.isfinite(predicted):  # (fixes without relabel effects have no estimate)
-            st.caption(f"{ranking.name} estimated that {what} would "
-                       f"{'lower' if predicted < 0 else 'raise'} the validation loss by "
-                       f"{abs(predicted):.3g}; retraining "
-                       f"{'lowered' if actual < 0 else 'raised'} it by {abs(actual):.3g}.")
+            estimate(ranking, predicted, v["query_change"],
+                     store.score_info(run_row["id"])[chosen["method"]].get("trust"),
+                     words.round_action(k, len(changed)).lower() if changed else "removing them")
     fixes.show_per_class(data, position, run_row["config"], removed, changed)
     if v["controls"]:
         st.plotly_chart(charts.controls_chart(v), key=f"controls-{chosen['id']}")
+
+
+ALERTS = {"pass": st.success, "unsure": st.warning, "fail": st.error, "none": st.info}
+
+
+def estimate(ranking, predicted: float, actual: float, trust: dict | None, what: str) -> None:
+    """The ranking's estimate of the round next to what retraining did, in the colour and with
+    the icon of its trust check (advice.trust_verdict); an impossible estimate (a drop larger
+    than the validation loss itself) is named, never shown as a number."""
+    loss = (trust or {}).get("query_loss") or run_row["metrics"]["val_loss"]
+    verdict = advice.trust_verdict(trust, loss)
+    did = (f"retraining {'lowered' if actual < 0 else 'raised'} it by {abs(actual):.3g}"
+           f" (from {loss:.3g})")
+    if advice.possible_estimate(predicted, loss) is None:
+        said = (f"{ranking.name} estimated that {what} would lower the validation loss by more "
+                f"than the whole loss, which is impossible (a loss cannot fall below 0), so its "
+                f"number is not shown: on this run its estimates are off by more than their own "
+                f"size. In fact {did}.")
+    else:
+        said = (f"{ranking.name} estimated that {what} would "
+                f"{'lower' if predicted < 0 else 'raise'} the validation loss by "
+                f"{abs(predicted):.3g}; {did}.")
+    ALERTS[verdict.level](f"{said}  \n**{words.term('trust-check', 'Trust check')}:** "
+                          f"{verdict.sentence}", icon=verdict.icon)
 
 
 # --- the latest round of this model -------------------------------------------------------------
