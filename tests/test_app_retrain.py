@@ -61,6 +61,12 @@ def test_flagged_test_images_are_listed_apart_with_the_error_without_them():
     assert apart and f"**The label may be wrong ({apart}):**" in said  # "why this mistake?"
     names = at.selectbox(key="why_image").options
     assert sum("(flagged: the label may be wrong)" in n for n in names) == apart
+    doubtful = sorted(set(mistakes.index) & flagged)[0]
+    at.selectbox(key="why_image").set_value(doubtful).run()
+    suggested = check.set_index("sample_id").suggested_label[doubtful]
+    assert f"flags this test image: its given label {check.set_index('sample_id').label[doubtful]}" \
+        f" may be wrong; it suggests **{suggested}**" in text(ok(at))
+    said = text(at)
 
     assert "true label" not in said.lower()
     captions = image_captions(at)

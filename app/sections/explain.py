@@ -172,6 +172,13 @@ def show(run_row: dict, dataset_row: dict) -> None:
     test_id = picked_image(data, position, wrong, suspect)
     image_card(data, position, next(wrong[wrong.sample_id == test_id].itertuples()), run_row,
                dataset_row["id"])
+    if test_id in suspect:
+        check = session.label_check(run_row["id"], "test").set_index("sample_id").loc[test_id]
+        st.warning(f"The {words.term('label-check', 'label check')} flags this test image: its "
+                   f"given label {check.label} may be wrong; it suggests "
+                   f"**{check.suggested_label}** ({check.suggested_p:.0%}). A training image that "
+                   "\"pushed it towards this mistake\" may have pushed it towards the right "
+                   "answer.", icon=":material/flag:")
     method = explain_controls(run_row, test_id,
                               session.estimate(dataset_row["id"], run_row["config"]))
     for kind in ("explain", "explain-check"):
