@@ -342,6 +342,12 @@ if history:
         for r in history]), hide_index=True, column_config={
             c: st.column_config.NumberColumn(format="percent")
             for c in ("test error before", "after", "random removal")})
+    st.caption(f"{words.term('better', 'Better')}: better than before and better than random, "
+               f"each at {compare.ALPHA:g}, "
+               + (f"with every p-value multiplied by the {looked} "
+                  f"{words.term('rounds', 'rounds')} compared on these test images so far."
+                  if looked > 1 else f"one {words.term('rounds', 'round')} so far on these test "
+                  "images (each later round multiplies every p-value by the count)."))
     done = [r for r in session.visible(store.runs(dataset_row["id"])) if session.usable(r)]
     if len(done) >= 2:
         with st.expander("Compare any two models of this data set"):
