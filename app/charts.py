@@ -81,10 +81,10 @@ def controls_chart(v: dict) -> go.Figure:
     fig = go.Figure(go.Scatter(x=controls, y=jitter, mode="markers", name=what,
                                marker=dict(color=ORANGE, size=9, opacity=0.7),
                                hovertemplate=f"%{{x:.2%}}<extra>{what}</extra>"))
-    for x, name, colour in ((v["test_error_before"], "before", GREY),
-                            (v["test_error_after"], "after cleaning", GREEN)):
+    for x, name, colour, side in ((v["test_error_before"], "before", GREY, "top left"),
+                                  (v["test_error_after"], "after cleaning", GREEN, "top right")):
         fig.add_vline(x=x, line_color=colour, line_width=3, annotation_text=name,
-                      annotation_position="top")
+                      annotation_position=side)  # apart, also when the two errors are equal
     fig.update_layout(height=220, margin=dict(l=10, r=10, t=50, b=10), showlegend=False,
                       title=f"Test error: the cleaned model among {what}s of the same size",
                       xaxis_tickformat=".1%", xaxis_title="test error (lower is better)",

@@ -321,14 +321,13 @@ if history:
     looked = max(1, len(rounds_on_test_images()))
 
     def claims(r: dict) -> dict:
-        """The round's two claims and "better", restated for the rounds compared so far."""
+        """Which of the round's two claims pass, restated for the rounds compared so far."""
         if not r.get("verdict"):
-            return dict.fromkeys(("better than before", "better than random", "better"), "—")
+            return {"better (claims passed)": "—"}
         v = compare.verdict_for_rounds(r["verdict"], looked)
-        said = {True: "yes", False: "not shown"}
-        return {"better than before": said[v["better_than_before"]],
-                "better than random": said[v["better_than_random"]],
-                "better": said[v["better"]]}
+        return {"better (claims passed)": "yes (both)" if v["better"] else
+                "no (than before only)" if v["better_than_before"] else
+                "no (than random only)" if v["better_than_random"] else "no (neither)"}
 
     st.dataframe(pd.DataFrame([{
         "round": number[r["id"]], "from model": words.run_label(store.run(r["base"])),
