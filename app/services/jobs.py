@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from influence import cleaning, kcurve, methods, probe, relabel, run_folder, runs, trust
+from influence import advice, cleaning, kcurve, methods, probe, relabel, run_folder, runs, trust
 from influence.progress import Cancelled, Progress
 from influence.config import RunConfig, RunError
 
@@ -177,6 +177,16 @@ def start_curve(store: Store, session: str, run_id: str, method: str, mode: str 
                  reads=[run_id])
 
 
+def stored_flags(store: Store, run_id: str) -> dict[str, str] | None:
+    """The label check of a run's training images as its random fixes draw from them
+    (cleaning.flagged_labels), where page 3 has computed and kept it; None: the round computes
+    it itself."""
+    if advice.CHECK not in store.score_info(run_id):
+        return None
+    check = store.scores(run_id, advice.CHECK)
+    return cleaning.flagged_labels(check) if "flagged" in check.columns else None
+
+
 def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str],
                    mode: str = "all", method: str | None = None,
                    controls: int = cleaning.CONTROLS, seed: int = 0,
@@ -194,6 +204,7 @@ def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str
     planned = cleaning.check_round(base, remove_ids, mode, controls, fixes)  # refused here,
     remove_ids, fixes = list(planned.changes.removed), dict(fixes or {})  # before the job starts
     exclude = (store.score_info(run_id).get(method) or {}).get("query") or []
+    flagged = stored_flags(store, run_id) if fixes and controls else None
     cleaned = store.new_run(base_row["dataset"], "cleaned", base.config, session, run_id)
     round_id = store.new_round(base_row["dataset"], run_id, method, mode, remove_ids,
                                cleaned["id"], None, session, fixes)
@@ -206,7 +217,7 @@ def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str
                         f"{len(fixes)} fixed, mode {mode})")
                 child, verdict = cleaning.run_round(
                     base, planned, seed, exclude, store.root / cleaned["folder"],
-                    lambda p: job.report(p) if p.phase == "control" else curve(p))
+                    lambda p: job.report(p) if p.phase == "control" else curve(p), flagged)
                 store.finish_run(cleaned["id"], DONE, child.metrics, config=child.config)
             job.say(f"test error {verdict['test_error_after']:.1%} (before: "
                     f"{verdict['test_error_before']:.1%}; {controls} random removals: "
