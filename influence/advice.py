@@ -267,8 +267,19 @@ def recommend(check: pd.DataFrame | None, ranked: pd.DataFrame | None, trust: di
                        + (f" ({how_many - len(remove)} of them are fixed instead)"
                           if len(remove) < how_many else "")
                        + ": its trust check passes on your data and removing them beat "
-                       f"removing {how_many} random images on the held-out selection images.")
+                       f"removing {how_many} random images on the held-out selection images."
+                       + _holds(curve, how_many))
     return Recommendation(fixes, remove, how_many, reasons, verdict)
+
+
+def _holds(curve: dict, k: int) -> str:
+    """What the suggested set holds: how many of its images the label check flags."""
+    if curve.get("flagged_in_set") is None:
+        return ""
+    random = curve.get("random_flagged")
+    return (f" {curve['flagged_in_set']} of these {k} are also flagged by the label check"
+            + (f" ({random:.1f} in a random set of {k} on average)." if random is not None
+               else "."))
 
 
 def _lower(sentence: str) -> str:

@@ -119,8 +119,8 @@ def start_scoring(store: Store, session: str, run_id: str, method: str,
                  result={"run": run_id, "method": method}, store=store, reads=[run_id])
 
 
-TRUST = ("method", "n", "tau", "p_value", "sign_agreement", "groups", "group_size",
-         "group_spearman", "group_p_value")  # what the trust check keeps
+TRUST = trust.FIGURES  # what the trust check keeps (trust.figures: JSON, enough for
+# influence.advice.trust_verdict)
 
 
 CHECK_GROUPS = 20  # random groups of 5 % of the training images in the trust check
@@ -140,11 +140,13 @@ def start_check(store: Store, session: str, run_id: str, method: str, n: int = 1
                 "all at once, to compare with the estimates")
         result = trust.of_ranking(run, method, n, on_progress=job.report, ranked=scores,
                                   groups=groups, exclude=exclude)
-        figures = {k: result[k] for k in TRUST if k in result}
+        figures = trust.figures(result)
         store.set_trust(run_id, method, figures)
-        job.say(f"Kendall τ = {figures['tau']:.2f} over {figures['n']} images"
-                + (f"; Spearman {figures['group_spearman']:.2f} over {figures['groups']} groups"
-                   if "group_spearman" in figures else ""))
+        said = [f"Kendall τ = {figures['tau']:.2f} over {figures['n']} images"
+                if figures.get("tau") is not None else "",
+                f"Spearman {figures['group_spearman']:.2f} over {figures['groups']} groups"
+                if figures.get("group_spearman") is not None else ""]
+        job.say("; ".join(s for s in said if s) or "checked")
         return figures
 
     return start(session, "check", "Checking the ranking", work,
