@@ -102,6 +102,8 @@ def test_the_verdict_names_its_tests_the_fair_controls_and_the_rounds():
     assert f"**{v['sentence']}**" in said
     assert "(glossary?term=mcnemar)" in said and "(glossary?term=holm)" in said
     assert "removing as many random images" in said
+    assert ("flags none of the 360 test images" in said) != ("[flags](glossary?term=flagged)" in
+                                                             said)  # said either way
     assert "no p-value is corrected for [rounds](glossary?term=rounds)" in said
     assert ("t with 9 degrees of freedom" in said) == (v["random_test"] == "prediction interval")
 
