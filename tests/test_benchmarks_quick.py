@@ -161,3 +161,14 @@ def test_groups_quick_sums_predict_group_removal(tmp_path):
     assert math.isfinite(result["spearman_sgd"]) and result["spearman_sgd"] > 0
     assert all(-1 <= result[f"spearman_{m}"] <= 1 for m in ("sgd_last", "kl", "tracin"))
     assert 0 <= result["sign_sgd"] <= 1
+
+
+def test_advice_quick_applies_the_default_recommendation(tmp_path):
+    result = run_quick("advice.py", tmp_path)
+    assert result["runs"] == 2  # one split of each noise kind
+    assert 0 < result["precision"] <= 1 and 0 < result["recall"] <= 1
+    text = assert_report(tmp_path, "advice-quick", "advice.py")
+    assert "## Targets" in text and "look-alike" in text
+    rows = pd.read_csv(tmp_path / "advice-quick.csv")
+    assert (rows.removed[rows.trust != "pass"] == 0).all()  # no removal without trust
+    assert (rows.corrected + rows.broken + rows.wrong_to_wrong == rows.fixes).all()

@@ -146,6 +146,29 @@ def test_a_cleaning_round_retrains_without_the_ids_and_a_random_control(ws, trai
         jobs.start_cleaning(ws, "trainer", run_id, [])
 
 
+def test_a_round_with_fixes_draws_its_random_fixes_from_the_stored_label_check(ws, trained,
+                                                                              monkeypatch):
+    """Page 3 kept the label check of the training images: the round's random fixes come from
+    its flagged images, and the check is not computed again."""
+    from influence import cleaning
+    run_id = trained.result["run"]
+    if "confident-learning" not in ws.score_info(run_id):
+        assert jobs.start_scoring(ws, "trainer", run_id, "confident-learning").wait(
+            120).status == DONE
+    check = ws.scores(run_id, "confident-learning")
+    flagged = jobs.stored_flags(ws, run_id)
+    assert flagged == dict(zip(check.sample_id[check.flagged], check.suggested_label[
+        check.flagged])) and flagged
+    monkeypatch.setattr(cleaning, "label_check_flags", lambda run: pytest.fail("computed again"))
+    fix = {sid: label for sid, label in list(flagged.items())[:3]}
+    job = jobs.start_cleaning(ws, "trainer", run_id, [], "last", "sgd-last", controls=4,
+                              fixes=fix).wait(120)
+    assert job.status == DONE, job.error
+    verdict = ws.round(job.result["round"])["verdict"]
+    assert verdict["relabelled"] == 3 and len(verdict["control_errors"]) == 4
+    assert jobs.stored_flags(ws, "no-such-run") is None
+
+
 def test_the_estimate_is_of_the_right_size(ws, trained):
     run_id = trained.result["run"]
     guess = timing.estimate(ws.load_data(ws.run(run_id)["dataset"]), RunConfig(**FAST))
