@@ -83,6 +83,9 @@ else:
                "interval test calls a cleaned error better when it lies "
                f"{cleaning.interval_threshold():.1f} of the controls' standard deviations "
                "below their mean (1.8 with 20), at a quarter of the time.")
+    took = guess["seconds_retrain" if mode == "all" else "seconds_retrain_last"] + more
+    if warn := timing.long_warning(took, "retrain the last epoch only, or fewer controls"):
+        st.warning(warn, icon=":material/timer:")
     if st.button(words.retrain_button(len(ticked), len(fixed)),
                  type="primary", disabled=busy, icon=":material/restart_alt:"):
         try:
