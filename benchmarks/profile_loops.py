@@ -60,12 +60,12 @@ def loops(run: Run) -> dict:
     obj, schedule = run.objective, run.schedule
     theta = initial_params(run.model, run.device, run.dtype)
     keep = run.keep_at(0)
-    batches = [torch.as_tensor(schedule.batch(t)) for t in range(8)]
+    batches = [torch.as_tensor(schedule.batch(t), device=run.device) for t in range(8)]
     turn = iter(range(10 ** 9))
     batch = lambda: batches[next(turn) % len(batches)]  # noqa: E731
     lr = float(schedule.lr[0])
     u = {k: torch.randn_like(v) for k, v in theta.items()}
-    us = {k: torch.randn(Q, *v.shape, dtype=v.dtype) for k, v in theta.items()}
+    us = {k: torch.randn(Q, *v.shape, dtype=v.dtype, device=v.device) for k, v in theta.items()}
     thetas = {k: v.expand(M, *v.shape).clone() for k, v in theta.items()}
     keeps = keep.expand(M, -1)
 
@@ -120,7 +120,7 @@ def compiled_step(run: Run, repeats: int) -> dict:
     median step after, against the eager step, alternating; an error in words if it fails."""
     obj, schedule, keep = run.objective, run.schedule, run.keep_at(0)
     theta = initial_params(run.model, run.device, run.dtype)
-    batches = [torch.as_tensor(schedule.batch(t)) for t in range(8)]
+    batches = [torch.as_tensor(schedule.batch(t), device=run.device) for t in range(8)]
     eager = lambda th, idx: sgd_step(obj, th, idx, 0.01, keep)  # noqa: E731
     fast = torch.compile(eager, dynamic=False)
     try:
@@ -155,7 +155,7 @@ def top_ops(fn, k: int = 5) -> str:
 
 
 def profile_data(name: str, data: datasets.ImageSet, repeats: int, compile_too: bool):
-    run = Run(RunConfig(), data)
+    run = Run(RunConfig(device="cpu"), data)  # the CPU's inner loops
     fns = loops(run)
     medians = time_loops(fns, repeats)
     step = medians["train"]
@@ -167,6 +167,34 @@ def profile_data(name: str, data: datasets.ImageSet, repeats: int, compile_too: 
                         "queries (vmap)")]
     comp = {"data": name, **(compiled_step(run, repeats) if compile_too else {"error": "skipped"})}
     return rows, ops, comp
+
+
+def conclusions(table: pd.DataFrame, comp: list[dict]) -> str:
+    """What the engine does with these figures, in words, from the figures themselves."""
+    lines = []
+    for data, rows in table.groupby("data", sort=False):
+        per = dict(zip(rows.loop, rows.per_unit_over_train))
+        vector = {k: v for k, v in per.items() if k.startswith("vector")}
+        best = min(vector, key=vector.get)
+        lines.append(
+            f"- {data}: one retraced step costs {per['retrace (jvp)']:.2f} training steps with "
+            f"the jvp and {per['retrace (double backward)']:.2f} with a double backward; a "
+            f"counterfactual mask costs {vector[f'vector (chunk {M})']:.2f} training steps "
+            f"vmapped all at once and {best.split('(')[1][:-1]} is cheapest "
+            f"({vector[best]:.2f}); a query of the batched retrace costs "
+            f"{per['queries (vmap)']:.2f}.")
+    for c in comp:
+        if "compiled_ms" in c:
+            lines.append(f"- torch.compile, {c['data']}: {c['compiled_ms']:.1f} ms a step "
+                         f"compiled against {c['eager_ms']:.1f} ms eager after a "
+                         f"{c['warmup_s']:.0f} s warm-up: "
+                         + ("it pays after %.0f steps" % c["break_even_steps"]
+                            if c["break_even_steps"] != float("inf") else "it never pays"))
+    return ("What the engine does with this: counterfactual SGD runs with the vmap chunk size "
+            "that `influence.costs.vmap_chunk` times fastest for the run's own model (the "
+            "results are the same either way); the retrace keeps the jvp (it gives the "
+            "outputs' tangents J u for the relabel effects at no extra pass); torch.compile "
+            "stays off where it does not pay after its warm-up.\n\n" + "\n".join(lines))
 
 
 def main() -> None:
@@ -212,6 +240,7 @@ def main() -> None:
         "steps after which the compiled step has paid for its warm-up):\n\n"
         + pd.DataFrame(comp).to_markdown(index=False, floatfmt=".3g"),
     ]
+    sections.append(conclusions(table, comp))
     path = write_report(a.out, "profile" + ("-quick" if a.quick else ""),
                         "Profile of the inner loops", command(), sections)
     print(f"wrote {path}", file=sys.stderr)
