@@ -136,6 +136,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--explain-only", action="store_true",
                     help="time only the explanation of 1, 10, 100 test images at once "
                          "(default out: speed-explain.md)")
+    ap.add_argument("--no-explain", action="store_true",
+                    help="leave out explaining many test images at once (speed-explain.md "
+                         "times it alone with --explain-only)")
     ap.add_argument("--out", default=None, help="report (default benchmarks/results/speed.md)")
     a = ap.parse_args(argv)
     device_or_exit(a.device)  # a clear message, before any work, when CUDA is asked for but absent
@@ -192,7 +195,7 @@ def main(argv=None) -> dict:
         per_step = theta_bytes * schedule.steps
         peak_rss_mb = child_peak_rss_mb(f"from influence.cli import main; main(['score', {str(out)!r}])")
     import_rss_mb = child_peak_rss_mb("import influence.runs")
-    explained = explain_times(run, a.repeats)
+    explained = {} if a.no_explain else explain_times(run, a.repeats)
 
     result = {
         "load_before": load_before, "load_after": os.getloadavg()[0],
@@ -264,7 +267,7 @@ the machine is shared, so absolute seconds vary; the ratios come from timings ta
 | run folder ÷ θ for every step (`disk_ratio`) | {r['disk_ratio']:.4f} ({stored / 1e6:.2f} MB vs {per_step / 1e6:.1f} MB) | ≤ 0.02 |
 | peak RSS of `python -m influence score` (`peak_rss_mb`) | {r['peak_rss_mb']:.0f} MB | |
 | of which importing torch and the engine (`import_rss_mb`) | {r['import_rss_mb']:.0f} MB | |
-{explain_rows(r)}
+{explain_rows(r) if 'explain_q1_s' in r else '(explaining many test images at once: not timed in this run, see speed-explain.md)'}
 
 Seconds: training {r['train_s']:.2f}, full retrace {r['score_s']:.2f}, last epoch
 {r['score_last_s']:.2f}, full retrace with relabel effects {r['score_relabel_s']:.2f}; per step: reference {r['ref_step_ms']:.0f} ms, ours {r['our_step_ms']:.0f} ms.
