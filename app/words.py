@@ -37,7 +37,8 @@ def progress_text(job) -> str:
     else:
         text = f"{what}: {job.done:,} of {job.total:,} {unit}, {job.elapsed:.0f} s so far"
     if job.running and 0 < job.done < job.total:
-        left = job.elapsed * (job.total - job.done) / job.done  # this phase's pace
+        spent = getattr(job, "phase_elapsed", job.elapsed)  # this phase's own pace
+        left = spent * (job.total - job.done) / job.done
         text += f", about {left:.0f} s left" if left < 90 else \
             f", about {left / 60:.0f} min left"
     return text

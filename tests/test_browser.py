@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from influence import cleaning
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 ASSETS = (ROOT / "assets" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else
@@ -188,7 +190,7 @@ def test_whole_flow_on_digits(server, browser):
     body = page.inner_text("body")
     assert re.search(r"Test error — before\s+\d+\.\d\d%", body), body[:3000]
     assert re.search(r"Test error — after cleaning\s+\d+\.\d\d%", body), body[:3000]
-    assert "Against 20 random rounds (removing as many random images" in body, body[:3000]
+    assert f"Against {cleaning.CONTROLS} random rounds (removing as many random images" in body, body[:3000]
     assert "McNemar's exact test" in body  # every claim with its test
     assert "Captions: given label" in body and "true label" not in body.lower()
     shoot(page, "screenshot-4-compare.png")

@@ -14,7 +14,7 @@ import datasets
 from app import words
 from app.services import jobs, runner, timing
 from app.services.store import CANCELLED, DONE, FAILED, INTERRUPTED, RUNNING, Store
-from influence import methods, run_folder
+from influence import cleaning, methods, run_folder
 from influence.config import RunConfig, RunError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,8 +134,9 @@ def test_a_cleaning_round_retrains_without_the_ids_and_a_random_control(ws, trai
     assert rnd["status"] == DONE and rnd["removed"] == remove and rnd["mode"] == "last"
     cleaned = ws.run(rnd["cleaned"])
     assert set(cleaned["config"]["removed"]) == set(remove)
-    assert rnd["control"] is None and rnd["verdict"]["controls"] == 20  # in one vmapped run
-    assert len(rnd["verdict"]["control_errors"]) == 20 and rnd["verdict"]["removed"] == 7
+    verdict = rnd["verdict"]
+    assert rnd["control"] is None and verdict["controls"] == cleaning.CONTROLS  # one vmap
+    assert len(verdict["control_errors"]) == cleaning.CONTROLS and verdict["removed"] == 7
     assert cleaned["parent"] == run_id
     assert cleaned["metrics"]["train_size"] == base.metrics["train_size"] - 7
     direct = base.retrain(remove, "last")

@@ -123,21 +123,24 @@ TRUST = trust.FIGURES  # what the trust check keeps (trust.figures: JSON, enough
 # influence.advice.trust_verdict)
 
 
-CHECK_GROUPS = 20  # random groups of 5 % of the training images in the trust check
+CHECK_GROUPS = trust.GROUPS  # random groups of 5 % of the training images in the trust check
+CHECK_SINGLES = trust.SINGLES  # single images retrained by default: none, on request only
 
 
-def start_check(store: Store, session: str, run_id: str, method: str, n: int = 10,
+def start_check(store: Store, session: str, run_id: str, method: str, n: int = CHECK_SINGLES,
                 groups: int = CHECK_GROUPS) -> Job:
-    """The engine's trust check: real retraining without n single images spread over the ranking
-    and without `groups` random groups of 5 % of the training images, all at once."""
+    """The engine's trust check: real retraining without `groups` random groups of 5 % of the
+    training images and the ranking's top sets (the go/no-go), and without n single images
+    spread over the ranking when asked (n ≥ 2), all at once."""
     methods.estimating_removal(method)  # refused here, before the job starts
     scores = store.scores(run_id, method)
     exclude = store.score_info(run_id)[method].get("query") or []
 
     def work(job: Job) -> dict:
         run = store.open_run(run_id)
-        job.say(f"retraining without each of {n} single images and {groups} random groups, "
-                "all at once, to compare with the estimates")
+        job.say(f"retraining without each of {groups} random groups and the ranking's top "
+                f"sets{f' and {n} single images' if n else ''}, all at once, to compare with "
+                "the estimates")
         result = trust.of_ranking(run, method, n, on_progress=job.report, ranked=scores,
                                   groups=groups, exclude=exclude)
         figures = trust.figures(result)

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, panels, session, words
-from app.services import jobs, runner
+from app.services import jobs, runner, timing
 from app.services.store import FAILED
 from datasets import DataError
 from influence import advice, models, probe
@@ -87,6 +87,9 @@ try:
             f"{words.seconds(guess['seconds_score'])} for the exact method or "
             f"{words.seconds(guess['seconds_score_last'])} for the fast one.",
             icon=":material/timer:")
+    if warn := timing.long_warning(took, "fewer epochs, or a learning rate of your own "
+                                         "instead of the probe"):
+        st.warning(warn, icon=":material/timer:")
     settings_ok = True
 except (RunError, DataError) as e:
     st.error(f"These settings cannot be used: {e}")
