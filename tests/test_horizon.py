@@ -129,3 +129,22 @@ def test_horizons_are_partial_retraces():
     assert growth_summary(steps)["growth"] == pytest.approx(
         steps.norm.iloc[-1] * steps.growth.iloc[-1] / steps.norm.iloc[0], rel=1e-9)
     assert float(epoch_shares(contrib).sum()) == pytest.approx(1.0)
+
+
+def test_run_influence_takes_the_variants():
+    """Run.influence passes damping and curvature to the retrace and refuses bad values: on a
+    logistic regression Gauss-Newton is the Hessian, and damping changes the scores."""
+    from influence.config import RunConfig, RunError
+    from influence.runs import Run
+
+    run = Run(RunConfig(dataset="digits", model="logreg", epochs=2, lr=0.5, dtype="float64"))
+    run.train()
+    exact = run.influence()
+    np.testing.assert_allclose(run.influence(curvature="gauss-newton"), exact, rtol=1e-9,
+                               atol=1e-12)
+    damped = run.influence(damping=1.0)
+    assert np.abs(damped - exact).max() > 1e-3 * np.abs(exact).max()
+    with pytest.raises(RunError, match="damping must be 0 or more"):
+        run.influence(damping=-1.0)
+    with pytest.raises(RunError, match="unknown curvature"):
+        run.influence(curvature="newton")
