@@ -96,15 +96,40 @@ def plot(png: Path, steps: pd.DataFrame, shares: pd.DataFrame) -> None:
     plt.close(fig)
 
 
+def reading(summary: pd.DataFrame) -> str:
+    """The table in words, from its own figures."""
+    lines = []
+    for name, part in summary.groupby("data", sort=False):
+        exact = part[part.variant == "exact (Hessian)"]
+        gn = part[part.variant == "Gauss-Newton"]
+        lines.append(
+            f"- {TITLE[name]}: the exact retrace ends with ‖u‖ {exact.growth.median():.3g}× the "
+            f"query's (median), {exact.rebound.median():.3g}× its smallest value along the way; "
+            f"{exact.growth_share_negative.mean():.1%} of the log-growth comes from the steps "
+            f"with negative curvature along u, and {exact.growth_share_first_quarter.mean():.1%} "
+            f"from the first quarter of the training steps (retraced last). The "
+            f"first half of the epochs gives {exact.first_half_share.mean():.1%} of Σ|score|, "
+            f"the last epoch {exact.last_epoch_share.mean():.1%}. With Gauss-Newton curvature u "
+            f"never grows (from its smallest: {gn.rebound.max():.3g}×).")
+    return "Reading:\n\n" + "\n".join(lines)
+
+
 def report(summary: pd.DataFrame, steps: pd.DataFrame, shares: pd.DataFrame, a,
            out: Path) -> dict:
     png = out / f"{a.name_out}.png"
     plot(png, steps, shares)
+    again = pd.DataFrame([{"data": d, "split": s, "variant": v, **growth_summary(part)}
+                          for (d, s, v), part in steps.groupby(["data", "split", "variant"],
+                                                               sort=False)])
+    summary = summary.drop(columns=[c for c in again.columns[3:] if c in summary]).merge(
+        again, on=["data", "split", "variant"])  # from the steps, the one record
     rows = []
     for (name, variant), part in summary.groupby(["data", "variant"], sort=False):
         rows.append({"data": TITLE[name], "retrace": variant, "splits": len(part),
                      "growth of ‖u‖ (T → 1)": f"{part.growth.median():.3g} "
                      f"({part.growth.min():.3g}–{part.growth.max():.3g})",
+                     "growth from its smallest ‖u‖": f"{part.rebound.median():.3g} "
+                     f"({part.rebound.min():.3g}–{part.rebound.max():.3g})",
                      "steps with ⟨u, Hu⟩ < 0": common.mean_std(part.negative_steps),
                      "log-growth from those steps": common.mean_std(part.growth_share_negative),
                      "score share, first half of the epochs": common.mean_std(
@@ -123,12 +148,13 @@ def report(summary: pd.DataFrame, steps: pd.DataFrame, shares: pd.DataFrame, a,
         "epoch: exact (Algorithm 2, u ← (I − η_t H[t]) u), damped (u ← (1 − λη_t)(I − η_t H[t]) "
         "u) and with Gauss-Newton curvature (G[t], positive semi-definite, in place of H[t]). "
         "Growth: ‖u‖ after the last retraced step (t = 1) over ‖u_T‖, median (range) over "
-        "splits. A step grows ‖u‖² by −2η⟨u, Hu⟩ (positive only where the curvature along u is "
+        "splits; from its smallest: ‖u‖ at t = 1 over the smallest ‖u‖ along the retrace. A step grows ‖u‖² by −2η⟨u, Hu⟩ (positive only where the curvature along u is "
         "negative) plus η²‖Hu‖² (overshoot). *Log-growth from those steps*: of the summed "
         "log(‖u_new‖/‖u_old‖) of the steps where u grew, the share from the steps with ⟨u, Hu⟩ "
         "< 0. *Score share*: of Σ over epochs and images of |the score an epoch adds|, the share of "
         "the first half of the epochs and of the last epoch (mean ± std over splits).",
         common.markdown(pd.DataFrame(rows)),
+        reading(summary),
         f"![u along the retrace]({png.name})",
         f"Per step and split: `{a.name_out}-steps.csv`; per run: `{a.name_out}.csv`; per "
         f"epoch: `{a.name_out}-shares.csv`."]

@@ -83,19 +83,22 @@ def horizons(contrib: torch.Tensor) -> dict[int, torch.Tensor]:
 
 def growth_summary(steps: pd.DataFrame) -> dict:
     """How much u grew along the retrace and from what: total growth (‖u‖ at the end of the
-    retrace over ‖u‖ at its start, the query), the share of the steps with negative curvature
-    along u, the share of the log-growth of the growing steps that comes from steps with
-    negative curvature along u, and the share of the growth terms of ‖u‖² that is the
-    curvature term (the rest is overshoot)."""
+    retrace over ‖u‖ at its start, the query), rebound (‖u‖ at the end over its smallest
+    value along the retrace), the share of the steps with negative curvature along u, and the
+    share of the log-growth of the growing steps that comes from steps with negative curvature
+    along u, and the share that comes from the first quarter of the training steps."""
     growing = steps[steps.growth > 1]
     log_growth = np.log(growing.growth.to_numpy())
     negative = (growing.rayleigh < 0).to_numpy()
-    up = steps.curvature_term.clip(lower=0).sum()
     total = float(steps.growth.prod())
-    return {"growth": total, "negative_steps": float((steps.rayleigh < 0).mean()),
+    end = steps.norm.iloc[-1] * steps.growth.iloc[-1]  # ‖u‖ after the last retraced step
+    return {"growth": total, "rebound": float(end / min(steps.norm.min(), end)),
+            "negative_steps": float((steps.rayleigh < 0).mean()),
             "growth_share_negative": float(log_growth[negative].sum() / log_growth.sum())
             if len(growing) else 0.0,
-            "curvature_share": float(up / (up + steps.overshoot_term.sum()))}
+            "growth_share_first_quarter": float(
+                log_growth[(growing.t <= steps.t.max() / 4).to_numpy()].sum() / log_growth.sum())
+            if len(growing) else 0.0}
 
 
 def epoch_shares(contrib: torch.Tensor) -> torch.Tensor:
