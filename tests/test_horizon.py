@@ -144,6 +144,10 @@ def test_run_influence_takes_the_variants():
                                atol=1e-12)
     damped = run.influence(damping=1.0)
     assert np.abs(damped - exact).max() > 1e-3 * np.abs(exact).max()
+    # the registry's damped ranking is this retrace with its λ
+    from influence import methods
+    np.testing.assert_array_equal(methods.position_scores(run, "sgd-damped"),
+                                  run.influence(damping=methods.DAMPING))
     with pytest.raises(RunError, match="damping must be 0 or more"):
         run.influence(damping=-1.0)
     with pytest.raises(RunError, match="unknown curvature"):
