@@ -271,7 +271,7 @@ def per_split(groups: pd.DataFrame, info: pd.DataFrame, name: str, part: str,
               truth: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Group Spearman of every variant per split (rows) against `truth`, with the tuned
     variants (damped*, horizon*, best*) filled in from each split's choice; the choices."""
-    g = groups[groups.data == name]
+    g = groups[groups.data == name].dropna(axis=1, how="all")
     cols = [c.split(":", 1)[1] for c in g.columns if c.startswith(f"{part}:")]
     rho = pd.DataFrame({c: g.groupby("split").apply(
         lambda s, c=c: spearman(s[f"{part}:{c}"], s[truth]), include_groups=False)
@@ -349,8 +349,22 @@ def spearman_tables(groups, info, name: str) -> tuple[list[str], dict]:
     return sections, figures
 
 
+def tuned_topk(topk: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
+    """The digits top-k rows of the variants chosen on each split's selection part, under the
+    names damped*, horizon*, best* (the fixed variants keep theirs; MNIST's as they are)."""
+    digits = topk[topk.data == "digits"]
+    chosen = info[info.data == "digits"].set_index("split")
+    rows = [digits[digits.variant.isin(["exact", "E1", "gn"])]]
+    for v in [*TUNED, "best*"]:
+        for split, name in chosen[v].items() if len(chosen) else []:
+            rows.append(digits[(digits.split == split) & (digits.variant == name)]
+                        .assign(variant=v))
+    return pd.concat([*rows, topk[topk.data != "digits"]], ignore_index=True)
+
+
 def topk_table(topk: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
     rows = []
+    topk = tuned_topk(topk, info)
     topk = topk.assign(ratio=topk.predicted / topk.actual)
     for (name, v, k), part in topk.groupby(["data", "variant", "k"], sort=False):
         ratio = part.ratio.median()
