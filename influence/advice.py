@@ -119,7 +119,7 @@ def trust_verdict(trust: dict | None, loss: float | None = None, factor: float =
     `loss`, the query loss, by default the check's own); fail when the correlation is not
     significant or a top set's sign is wrong; unsure when significant but a magnitude is off
     or no top set was retrained; none without a check."""
-    if not trust or _number(trust.get("group_spearman")) is None and "group_spearman" not in trust:
+    if not trust or "group_spearman" not in trust:  # no check, or too few groups retrained
         return TrustVerdict("none", "This ranking has not been checked against real retraining "
                             "yet: run the trust check before removing images by it.")
     rho = _number(trust.get("group_spearman"))
@@ -267,8 +267,19 @@ def recommend(check: pd.DataFrame | None, ranked: pd.DataFrame | None, trust: di
                        + (f" ({how_many - len(remove)} of them are fixed instead)"
                           if len(remove) < how_many else "")
                        + ": its trust check passes on your data and removing them beat "
-                       f"removing {how_many} random images on the held-out selection images.")
+                       f"removing {how_many} random images on the held-out selection images."
+                       + _holds(curve, how_many))
     return Recommendation(fixes, remove, how_many, reasons, verdict)
+
+
+def _holds(curve: dict, k: int) -> str:
+    """What the suggested set holds: how many of its images the label check flags."""
+    if curve.get("flagged_in_set") is None:
+        return ""
+    random = curve.get("random_flagged")
+    return (f" {curve['flagged_in_set']} of these {k} are also flagged by the label check"
+            + (f" ({random:.1f} in a random set of {k} on average)." if random is not None
+               else "."))
 
 
 def _lower(sentence: str) -> str:

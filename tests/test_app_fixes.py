@@ -88,8 +88,16 @@ def test_review_the_flagged_training_labels_accept_reject_another_label_filter_a
     assert wait_for_job(at).status == "done"
     ok(at.run())
     last = Store().rounds()[-1]
-    assert last["fixes"] == stored_fixes(at) and last["removed"] == []
-    assert "What changed per class" in text(at)
+    chosen = stored_fixes(at)
+    assert last["fixes"] == chosen and last["removed"] == []
+    assert last["verdict"]["relabelled"] == 2 and len(last["verdict"]["control_errors"]) == 3
+    cleaned = Store().run(last["cleaned"])["config"]
+    assert {sid: c for sid, (c, _) in cleaned["fixes"].items()} == {
+        sid: [str(c) for c in range(10)].index(label) for sid, label in chosen.items()}
+    said = text(at)
+    assert "(fixing 2 random images the label check flags:" in said  # the fair controls
+    assert "Removing the fixed images instead of fixing them gave" in said
+    assert "What changed per class" in said
     assert "Fixed labels (CSV)" in [d.proto.label for d in at.get("download_button")]
 
 

@@ -98,6 +98,12 @@ with st.expander("Compute influence" + (" again, or another ranking to compare" 
                       help="SGD-influence (the first three) is what this tool is built on. The "
                       "others are well-known ways of ranking training images, for comparison: "
                       "the demo's flipped-label count and page 4's retraining work for all.")
+    seconds = {"sgd": "seconds_score", "sgd-refined": "seconds_score_refined",
+               "sgd-last": "seconds_score_last", "kl": "seconds_kl", "tracin": "seconds_tracin",
+               "confident-learning": "seconds_label_check"}
+    if warn := timing.long_warning(guess.get(seconds.get(chosen), 0),
+                                   "Fast: last epoch only"):
+        st.warning(warn, icon=":material/timer:")
     if st.button("Compute influence" if chosen in ours else "Compute this ranking",
                  type="primary", disabled=busy, icon=":material/calculate:"):
         try:
@@ -145,16 +151,25 @@ elif trust:
     recommend.trust_box(verdict, trust)
 else:
     tops = trust_check.top_sizes(len(frame))
-    took = timing.check_seconds(guess, len(tops), jobs.CHECK_GROUPS, ranking.retrain_mode)
-    st.markdown(f"How far can you trust this ranking on your data? The "
+    c1, c2 = st.columns([1, 3])
+    n_check = c1.number_input("Single images too (0: none)", 0, 50,
+                              key=session.remember("n_check", jobs.CHECK_SINGLES))
+    took = timing.check_seconds(guess, int(n_check), jobs.CHECK_GROUPS, ranking.retrain_mode)
+    c2.markdown(f"How far can you trust this ranking on your data? The "
                 f"{words.term('trust-check', 'trust check')} retrains the model for real "
                 f"without each of {jobs.CHECK_GROUPS} random groups of 5 % of the training "
-                f"images and without the ranking's top {' and top '.join(map(str, tops))}, all "
-                f"at once, and compares with the estimates ({words.seconds(took)}). Removing "
-                "images by the ranking is recommended only when it passes.")
-    if st.button("Check against real retraining", disabled=busy):
+                f"images and without the ranking's top {' and top '.join(map(str, tops))}"
+                + (f", and without each of {n_check} single images" if n_check else "")
+                + f", all at once, and compares with the estimates ({words.seconds(took)}). "
+                "Removing images by the ranking is recommended only when it passes. Single "
+                "images cost one retraining each and are mostly noise on deep models, so they "
+                "are off unless you ask.")
+    if warn := timing.long_warning(took, "the fast ranking's check, which retrains the last "
+                                         "epoch only"):
+        c2.warning(warn, icon=":material/timer:")
+    if c2.button("Check against real retraining", disabled=busy):
         try:
-            jobs.start_check(store, session.sid(), run_row["id"], method)
+            jobs.start_check(store, session.sid(), run_row["id"], method, int(n_check))
             st.rerun()
         except (runner.Busy, RunError) as e:
             panels.busy_error(e)
