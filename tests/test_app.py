@@ -286,6 +286,10 @@ def test_the_yardstick_is_checked_listed_with_ids_left_out_of_the_query_or_corre
     assert (f"**{len(flagged)}** of the {len(check)} validation images are left out of the "
             f"[query](glossary?term=query)") in text(at)
 
+    tested = editor(at, "test").value  # the test images: flagged ones marked, never changed
+    assert ((tested.note == "the label may be wrong") == tested.flagged).all()
+    assert "given label" in tested.columns and "true label" not in tested.columns
+
     kept, fixed = flagged[0], flagged[1]
     at = edit(at, "val", {0: {"left out of the query": False}, 1: {"decision": "accept"}})
     assert set(at.session_state["app"]["exclude"][run_id]) == set(flagged) - {kept}

@@ -76,6 +76,15 @@ with st.expander("Check the yardstick: the validation labels"
     else:
         review.grid("val", run_row, val_check, data, position, exclude)
 
+with st.expander("Check the test labels" + (
+        f" — {int(test_check.flagged.sum())} may be wrong" if test_check.flagged.any() else
+        " — all look right")):
+    st.caption("The test images judge every model on page 4; the model never trained on them, "
+               "so its own probabilities check their labels too. A flagged test image's label "
+               "may be wrong: page 4 lists such mistakes apart.")
+    review.grid("test", run_row, test_check, data, position)
+review.save_corrections(dataset_row, run_row, data, position)
+
 # --- scoring -----------------------------------------------------------------------------------
 guess = session.estimate(dataset_row["id"], run_row["config"])
 epochs = run_row["config"]["epochs"]
@@ -337,14 +346,6 @@ if len(shown):
         if item.sample_id in flipped:
             right.caption(f"Demo: the true label is {flipped[item.sample_id]}.")
 
-with st.expander("Check the test labels" + (
-        f" — {int(test_check.flagged.sum())} may be wrong" if test_check.flagged.any() else
-        " — all look right")):
-    st.caption("The test images judge every model on page 4; the model never trained on them, "
-               "so its own probabilities check their labels too. A flagged test image's label "
-               "may be wrong: page 4 lists such mistakes apart.")
-    review.grid("test", run_row, test_check, data, position)
-review.save_corrections(dataset_row, run_row, data, position)
 
 export = table.drop(columns=["predicted"]).rename(columns={"influence": "score"})
 st.download_button("Whole ranking (CSV)", export.to_csv(index=False),
