@@ -259,7 +259,7 @@ def recommend(check: pd.DataFrame | None, ranked: pd.DataFrame | None, trust: di
     if ranked is None:
         reasons.append("No influence ranking: nothing is recommended for removal.")
     elif not verdict.passes:
-        reasons.append("Remove nothing by the influence ranking: " + _lower(verdict.sentence))
+        reasons.append(f"No removal is recommended. {verdict.sentence}")
     elif how_many is not None:
         top = [str(s) for s in ranked.sample_id.head(how_many)]
         remove = [sid for sid in top if sid not in fixes]
@@ -280,10 +280,6 @@ def _holds(curve: dict, k: int) -> str:
     return (f" {curve['flagged_in_set']} of these {k} are also flagged by the label check"
             + (f" ({random:.1f} in a random set of {k} on average)." if random is not None
                else "."))
-
-
-def _lower(sentence: str) -> str:
-    return sentence[0].lower() + sentence[1:] if sentence else sentence
 
 
 # --- what the label check and the training log say --------------------------------------------

@@ -108,7 +108,8 @@ def test_a_failing_trust_check_gets_no_removal_recommendation():
     rec = advice.recommend(label_check(), ranking(), failing, PASSING_CURVE)
     assert rec.remove == [] and rec.trust.level == "fail"
     assert rec.how_many == 2  # the curve passes, but the ranking is not trusted
-    assert any(r.startswith("Remove nothing by the influence ranking") for r in rec.reasons)
+    assert any(r.startswith("No removal is recommended. Do not remove images by this ranking")
+               for r in rec.reasons)
     unsure = checked(tops=((10, -0.08, -0.015),))
     assert advice.recommend(label_check(), ranking(), unsure, PASSING_CURVE).remove == []
     assert advice.recommend(label_check(), ranking(), None, PASSING_CURVE).remove == []
