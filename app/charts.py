@@ -77,15 +77,16 @@ def controls_chart(v: dict) -> go.Figure:
     and after cleaning (green) marked: where the cleaned model falls among them."""
     controls = np.asarray(v["control_errors"], dtype=float)
     jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(controls))
-    fig = go.Figure(go.Scatter(x=controls, y=jitter, mode="markers", name="random removal",
+    what = "random round" if v.get("relabelled") else "random removal"
+    fig = go.Figure(go.Scatter(x=controls, y=jitter, mode="markers", name=what,
                                marker=dict(color=ORANGE, size=9, opacity=0.7),
-                               hovertemplate="%{x:.2%}<extra>random removal</extra>"))
-    for x, name, colour in ((v["test_error_before"], "before", GREY),
-                            (v["test_error_after"], "after cleaning", GREEN)):
+                               hovertemplate=f"%{{x:.2%}}<extra>{what}</extra>"))
+    for x, name, colour, side in ((v["test_error_before"], "before", GREY, "top left"),
+                                  (v["test_error_after"], "after cleaning", GREEN, "top right")):
         fig.add_vline(x=x, line_color=colour, line_width=3, annotation_text=name,
-                      annotation_position="top")
+                      annotation_position=side)  # apart, also when the two errors are equal
     fig.update_layout(height=220, margin=dict(l=10, r=10, t=50, b=10), showlegend=False,
-                      title="Test error: the cleaned model among random removals",
+                      title=f"Test error: the cleaned model among {what}s of the same size",
                       xaxis_tickformat=".1%", xaxis_title="test error (lower is better)",
                       yaxis=dict(visible=False, range=[-1, 1]))
     return fig
@@ -154,7 +155,7 @@ def confusion_chart(parts: dict[str, pd.DataFrame], classes) -> go.Figure:
         fig.add_trace(go.Heatmap(z=matrix, x=classes, y=classes, text=matrix,
                                  texttemplate="%{text}", coloraxis="coloraxis"), 1, i)
     fig.update_xaxes(title_text="predicted", type="category")
-    fig.update_yaxes(title_text="true label", type="category", autorange="reversed")
+    fig.update_yaxes(title_text="given label", type="category", autorange="reversed")
     fig.update_layout(height=360 if k <= 10 else 600, coloraxis=dict(colorscale="Blues"),
                       margin=dict(l=10, r=10, t=40, b=10))
     return fig

@@ -168,7 +168,8 @@ def split_settings() -> dict:
     return state()["split"]
 
 
-@st.cache_data(show_spinner="Estimating time and disk …", max_entries=32)
+@st.cache_data(show_spinner="Estimating time and disk …", max_entries=32, ttl=60)  # timed
+# anew after a minute: the machine's load changes
 def _estimate(dataset_id: str, settings: tuple) -> dict:
     data, _ = data_of(dataset_id)
     return timing.estimate(data, RunConfig(**dict(settings)))

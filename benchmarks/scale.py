@@ -1,6 +1,6 @@
 """How cost grows: time and peak memory of training, exact scoring (Algorithm 2 over every epoch)
-and a cleaning round (retrain without the 50 most harmful images plus 20 random controls, every
-epoch), against the number of images and against the number of parameters.
+and a cleaning round (retrain without the 50 most harmful images plus the default random controls,
+every epoch), against the number of images and against the number of parameters.
 
     python benchmarks/scale.py                  # the real MNIST test set: the first 1k, 2k, 5k, 10k
                                                 # images × 2 and 4 epochs; 7 models on 2k images

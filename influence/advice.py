@@ -10,19 +10,359 @@ the one suggested: on planted label noise it was right far more often
 (benchmarks/results/noisy-fix.md), and where the check keeps the given label, the suggested
 action is removal. The two are marked where they agree.
 
+What the app recommends (recommend), each action gated by a check computed on the user's own
+run and given with its reason in one plain sentence:
+
+* fixes: the label check's *flagged* images, each to the label check's suggested label, to be
+  accepted or rejected one at a time. SGD-influence's best other label is never the default:
+  on planted look-alike noise it was right about as often as chance.
+* removal by an influence ranking: only when that ranking's trust check on this run passes
+  (trust_verdict): its estimates of random groups correlate with real retraining (group
+  Spearman > 0, one-sided p < 0.05) and its estimate of its own top sets has the right sign and
+  lies within TRUST_FACTOR of the retrained change. Otherwise the ranking does not predict
+  retraining on this data and only the label check's fixes are recommended.
+* how many to remove: only when the k-curve's suggestion beats random sets of the same size on
+  the selection part's error and loss (influence.kcurve.suggest).
+
+Besides: which class pairs the label check finds confused (confused_pairs), whether the model
+learned (learned) and whether validation loss rose at the end of training (overfitting).
+
 The bookkeeping: "Fix top K" and the fix view's edits as ticks (removals) and fixes (sample id →
 new label, a class name), the labels in use in a run, what a round changed per class, the
 fixes as a CSV, and the demo's counts of flipped images removed and fixed.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from datasets import ImageSet
 
 CHECK = "confident-learning"  # the ranking that holds the label check of the training images
 ACTIONS = ("keep", "remove", "fix")  # what the fix view offers per image
+TRUST_FACTOR = 2.0  # a top set's summed estimate must lie within this factor of the retrained
+# change (either way) for the trust check to pass
+ALPHA = 0.05  # the level of the group correlation's one-sided test
+
+
+# --- the trust check in one verdict -----------------------------------------------------------
+COLOURS = {"pass": "green", "unsure": "orange", "fail": "red", "none": "grey"}
+ICONS = {"pass": ":material/verified:", "unsure": ":material/help:", "fail": ":material/error:",
+         "none": ":material/info:"}
+
+
+@dataclass(frozen=True)
+class TrustVerdict:
+    """What a ranking's trust check (influence.trust) means for the user."""
+    level: str  # "pass" | "unsure" | "fail" | "none"
+    sentence: str  # one plain sentence a non-expert can act on
+    group_spearman: float | None = None
+    group_p: float | None = None  # one-sided, H1: rho > 0
+    top_ratio: float | None = None  # summed estimate of the top set / retrained change (the
+    # top set furthest from agreeing, when several were retrained)
+    shown_estimate: float | None = None  # that set's summed estimate; None where it is
+    # impossible (a predicted drop larger than the loss itself)
+    top_size: int | None = None  # the images in that top set
+    top_actual: float | None = None  # its retrained change of the query loss
+
+    @property
+    def colour(self) -> str:
+        return COLOURS[self.level]
+
+    @property
+    def icon(self) -> str:
+        return ICONS[self.level]
+
+    @property
+    def passes(self) -> bool:
+        return self.level == "pass"
+
+
+def possible_estimate(estimate: float | None, loss: float | None) -> float | None:
+    """An estimated change of a loss as it may be shown: None where it is no number or where it
+    predicts a drop larger than the loss itself (a loss cannot fall below 0)."""
+    if estimate is None or not math.isfinite(float(estimate)):
+        return None
+    if loss is not None and math.isfinite(float(loss)) and -float(estimate) > float(loss):
+        return None
+    return float(estimate)
+
+
+def one_sided_p(rho: float, p_two_sided: float) -> float:
+    """The one-sided p (H1: rho > 0) from a two-sided test of a symmetric statistic."""
+    return p_two_sided / 2 if rho > 0 else 1 - p_two_sided / 2
+
+
+def _number(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _ratio_off(ratio: float) -> float:
+    """How far a ratio estimate / actual lies from 1 on a log scale (inf: wrong sign or none)."""
+    return abs(math.log(ratio)) if ratio > 0 and math.isfinite(ratio) else math.inf
+
+
+def trust_verdict(trust: dict | None, loss: float | None = None, factor: float = TRUST_FACTOR
+                  ) -> TrustVerdict:
+    """The verdict of a trust check (influence.trust.retraining_agreement / of_ranking, or its
+    kept figures): pass only when the group Spearman correlation is significantly above 0
+    (one-sided p < ALPHA) and every retrained top set's summed estimate has the sign of the
+    retrained change and lies within `factor` of it (and is possible: not a drop larger than
+    `loss`, the query loss, by default the check's own); fail when the correlation is not
+    significant or a top set's sign is wrong; unsure when significant but a magnitude is off
+    or no top set was retrained; none without a check."""
+    if not trust or "group_spearman" not in trust:  # no check, or too few groups retrained
+        return TrustVerdict("none", "This ranking has not been checked against real retraining "
+                            "yet: run the trust check before removing images by it.")
+    rho = _number(trust.get("group_spearman"))
+    p = _number(trust.get("group_p_greater"))
+    if p is None and rho is not None and _number(trust.get("group_p_value")) is not None:
+        p = one_sided_p(rho, float(trust["group_p_value"]))
+    loss = _number(loss if loss is not None else trust.get("query_loss"))
+    figures = dict(group_spearman=rho, group_p=p)
+    top = trust.get("top_rows")
+    top = pd.DataFrame(top) if top is not None else pd.DataFrame(
+        columns=["size", "estimate", "actual"])
+    worst = None
+    for row in top.itertuples():
+        ratio = row.estimate / row.actual if row.actual != 0 else math.inf
+        off = _ratio_off(ratio) if possible_estimate(row.estimate, loss) is not None else math.inf
+        if worst is None or off > worst[0] or (off == worst[0] and ratio < worst[1]):
+            worst = (off, ratio, row)
+    if worst is not None:
+        off, ratio, row = worst
+        figures.update(top_ratio=float(ratio) if math.isfinite(ratio) else None,
+                       shown_estimate=possible_estimate(row.estimate, loss),
+                       top_size=int(row.size), top_actual=float(row.actual))
+    if rho is None or p is None or rho <= 0 or p >= ALPHA:
+        said = "not computed" if rho is None else f"{rho:.2f}, p = {p:.2g}"
+        return TrustVerdict("fail", "Do not remove images by this ranking: on your data its "
+                            "estimates do not predict what retraining does (group correlation "
+                            f"{said}). Use the label check's fixes instead.", **figures)
+    if worst is None:
+        return TrustVerdict("unsure", "This ranking orders groups of images like real "
+                            f"retraining (group correlation {rho:.2f}, p = {p:.2g}), but its top "
+                            "images were not retrained, so the size of its estimates is "
+                            "unchecked: run the trust check again before removing by it.",
+                            **figures)
+    wrong_sign = [r for r in top.itertuples()
+                  if np.sign(r.estimate) != np.sign(r.actual) or r.actual == 0]
+    if wrong_sign:
+        r = wrong_sign[0]
+        return TrustVerdict("fail", f"Do not remove images by this ranking: removing its top "
+                            f"{int(r.size)} was estimated to {_direction(r.estimate)} the "
+                            f"validation loss, but retraining without them "
+                            f"{_direction(r.actual, past=True)} it. Use the label check's "
+                            "fixes instead.", **figures)
+    if worst[0] > math.log(factor):
+        return TrustVerdict("unsure", "This ranking points the right way on your data (group "
+                            f"correlation {rho:.2f}, p = {p:.2g}) but misjudges how much: its "
+                            f"top {figures['top_size']} were estimated to change the validation "
+                            f"loss by {_amount(figures['shown_estimate'])}, retraining changed "
+                            f"it by {figures['top_actual']:+.3g}. Prefer the label check's fixes; "
+                            "remove by it only with care.", **figures)
+    return TrustVerdict("pass", "This ranking predicts real retraining on your data (group "
+                        f"correlation {rho:.2f}, p = {p:.2g}; its top sets' estimates within "
+                        f"{factor:g}× of the retrained change): removing its top images is "
+                        "supported.", **figures)
+
+
+def _direction(change: float, past: bool = False) -> str:
+    if change == 0:
+        return "left" if past else "leave"
+    word = "lower" if change < 0 else "raise"
+    return word + ("ed" if past and word.endswith("r") else "d" if past else "")
+
+
+def _amount(estimate: float | None) -> str:
+    return "an impossible amount (more than the loss itself)" if estimate is None \
+        else f"{estimate:+.3g}"
+
+
+# --- what to do --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recommendation:
+    """The default actions on a run and why (recommend)."""
+    fixes: dict[str, str]  # sample id → the label check's suggested label, flagged images only
+    remove: list[str]  # empty unless the ranking's trust verdict passes
+    how_many: int | None  # the k-curve's passing size, or None
+    reasons: list[str] = field(default_factory=list)  # one plain sentence per action or not
+    trust: TrustVerdict | None = None  # the ranking's trust verdict
+
+
+def given_labels(check: pd.DataFrame) -> pd.Series | None:
+    """The given label per row of a label-check frame (column label or "given label"), as
+    text; None where the frame has neither."""
+    for column in ("label", "given label", "given_label"):
+        if column in check.columns:
+            return check[column].astype(str)
+    return None
+
+
+def check_fixes(check: pd.DataFrame | None) -> dict[str, str]:
+    """{sample id: suggested label} of the label check's flagged images whose suggested label
+    is another than the given one (where the frame holds the given label)."""
+    if check is None or not len(check):
+        return {}
+    flagged = check.flagged.astype(bool) & (check.suggested_label.astype(str) != "") \
+        & check.suggested_label.notna()
+    given = given_labels(check)
+    if given is not None:
+        flagged &= check.suggested_label.astype(str) != given
+    rows = check[flagged]
+    return dict(zip(rows.sample_id.astype(str), rows.suggested_label.astype(str)))
+
+
+def recommend(check: pd.DataFrame | None, ranked: pd.DataFrame | None, trust: dict | None,
+              curve: dict | None = None, loss: float | None = None) -> Recommendation:
+    """The default recommendation on a run. `check`: the label check of the training images
+    (sample_id, flagged, suggested_label, and label or "given label"); `ranked`: an influence
+    ranking (sample_id, influence, most harmful first); `trust`: its trust check; `curve`: the
+    k-curve's suggestion of that ranking (influence.kcurve.suggest); `loss`: the query loss
+    (for impossible estimates).
+    * fixes: every image the label check flags, to its suggested label;
+    * how_many: the curve's size when it beats random sets of that size (kcurve), else None;
+    * remove: the ranking's top how_many, less the images fixed, only when the trust check
+      passes (trust_verdict) and how_many is known; else nothing.
+    Each decision with its reason in `reasons`."""
+    reasons = []
+    fixes = check_fixes(check)
+    if check is None:
+        reasons.append("No label check yet: run it to find images whose label looks wrong.")
+    elif fixes:
+        reasons.append(f"Fix {len(fixes)} image{'s' * (len(fixes) != 1)} the label check flags, "
+                       "each to the label it suggests: a model that never saw the image "
+                       "predicts another label with confidence. Look at each one and accept "
+                       "or reject it.")
+    else:
+        reasons.append("The label check flags no image: no label needs fixing.")
+    verdict = trust_verdict(trust, loss) if ranked is not None else None
+    how_many = None
+    if curve is None:
+        reasons.append("How many to remove has not been checked: run it before removing "
+                       "images.")
+    elif curve.get("helps") and int(curve.get("k") or 0) > 0:
+        how_many = int(curve["k"])
+    else:
+        reasons.append("Remove no images by count: removing the ranking's top images did not "
+                       "do clearly better than removing as many random images on the held-out "
+                       "selection images.")
+    remove: list[str] = []
+    if ranked is None:
+        reasons.append("No influence ranking: nothing is recommended for removal.")
+    elif not verdict.passes:
+        reasons.append("Remove nothing by the influence ranking: " + _lower(verdict.sentence))
+    elif how_many is not None:
+        top = [str(s) for s in ranked.sample_id.head(how_many)]
+        remove = [sid for sid in top if sid not in fixes]
+        reasons.append(f"Remove the ranking's top {how_many}"
+                       + (f" ({how_many - len(remove)} of them are fixed instead)"
+                          if len(remove) < how_many else "")
+                       + ": its trust check passes on your data and removing them beat "
+                       f"removing {how_many} random images on the held-out selection images."
+                       + _holds(curve, how_many))
+    return Recommendation(fixes, remove, how_many, reasons, verdict)
+
+
+def _holds(curve: dict, k: int) -> str:
+    """What the suggested set holds: how many of its images the label check flags."""
+    if curve.get("flagged_in_set") is None:
+        return ""
+    random = curve.get("random_flagged")
+    return (f" {curve['flagged_in_set']} of these {k} are also flagged by the label check"
+            + (f" ({random:.1f} in a random set of {k} on average)." if random is not None
+               else "."))
+
+
+def _lower(sentence: str) -> str:
+    return sentence[0].lower() + sentence[1:] if sentence else sentence
+
+
+# --- what the label check and the training log say --------------------------------------------
+def confused_pairs(check: pd.DataFrame) -> pd.DataFrame:
+    """Among the label check's flagged images with another suggested label: per (given label,
+    suggested label) pair, the count and a sentence ("about 23 images labelled 1 look like
+    7"), most frequent first."""
+    columns = ["given", "looks_like", "count", "sentence"]
+    given = given_labels(check) if check is not None else None
+    if given is None or not len(check):
+        return pd.DataFrame(columns=columns)
+    rows = check.assign(given=given, looks_like=check.suggested_label.astype(str))
+    rows = rows[rows.flagged.astype(bool) & (rows.looks_like != rows.given)
+                & check.suggested_label.notna()]
+    counts = rows.groupby(["given", "looks_like"]).size().rename("count").reset_index()
+    counts = counts.sort_values(["count", "given", "looks_like"], ascending=[False, True, True],
+                                kind="stable").reset_index(drop=True)
+    counts["sentence"] = [
+        f"{'about ' if n > 1 else ''}{n} image{'s' * (n != 1)} labelled {g} look"
+        f"{'s' * (n == 1)} like {c}" for g, c, n in zip(counts.given, counts.looks_like,
+                                                        counts["count"])]
+    return counts[columns]
+
+
+def epochs(log: pd.DataFrame) -> pd.DataFrame:
+    """The training log's epoch-end rows (epoch, val_loss, val_accuracy), one per epoch."""
+    if log is None or "val_loss" not in log.columns:
+        return pd.DataFrame(columns=["epoch", "val_loss", "val_accuracy"])
+    rows = log.dropna(subset=["val_loss"])
+    return rows.groupby("epoch", as_index=False).last()[["epoch", "val_loss", "val_accuracy"]]
+
+
+def overfitting(log: pd.DataFrame, patience: int = 3) -> dict | None:
+    """From a training log (influence.run_folder.TrainingLog: validation loss on each epoch's
+    last row): the epoch of the lowest validation loss and how many epochs the loss has stayed
+    above it since, with a sentence offering fewer epochs; None when the last epoch is within
+    `patience` epochs of the lowest loss (not rising for that long)."""
+    ends = epochs(log)
+    if len(ends) < 2:
+        return None
+    best = ends.loc[ends.val_loss.idxmin()]
+    last = ends.iloc[-1]
+    since = int(last.epoch - best.epoch)
+    if since < patience:
+        return None
+    return {"best_epoch": int(best.epoch), "best_val_loss": float(best.val_loss),
+            "best_val_accuracy": float(best.val_accuracy), "epochs": int(last.epoch),
+            "final_val_loss": float(last.val_loss), "final_val_accuracy": float(last.val_accuracy),
+            "epochs_since_best": since,
+            "sentence": f"Validation loss was lowest after epoch {int(best.epoch)} "
+                        f"({best.val_loss:.3f}) and has been higher for the {since} epochs since "
+                        f"({last.val_loss:.3f} at the end): the model is starting to memorise "
+                        f"its training images. Training again with {int(best.epoch)} epochs "
+                        "would likely give a better model; this run is kept as it was trained "
+                        "and is the one scored."}
+
+
+def learned(log: pd.DataFrame, classes, n_val: int | None = None) -> str:
+    """Did the model learn? Its final validation accuracy against chance (1 / the number of
+    classes; `classes`: the class names or their count), in one sentence. With `n_val`
+    validation images, "learned" needs a one-sided binomial test against chance at ALPHA;
+    without, an accuracy of at least twice chance."""
+    count = classes if isinstance(classes, (int, np.integer)) else len(list(classes))
+    chance = 1 / max(int(count), 1)
+    ends = epochs(log)
+    if not len(ends) or pd.isna(ends.val_accuracy.iloc[-1]):
+        return "There are no validation images, so whether the model learned cannot be said."
+    accuracy = float(ends.val_accuracy.iloc[-1])
+    if n_val:
+        right = int(round(accuracy * n_val))
+        ok = stats.binomtest(right, int(n_val), chance, alternative="greater").pvalue < ALPHA
+    else:
+        ok = accuracy >= 2 * chance
+    said = (f"it gets {accuracy:.0%} of the validation images right, against {chance:.0%} by "
+            "guessing")
+    if ok:
+        return f"The model learned: {said}."
+    return (f"The model did not clearly learn: {said}. Train longer, with another learning "
+            "rate, or check the labels before trusting its rankings.")
 
 
 # --- suggested labels -------------------------------------------------------------------------

@@ -142,13 +142,14 @@ def retrace(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
 def retrace_with_relabel(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
                          keep_at: Callable[[int], torch.Tensor], u: Params, epochs: range,
                          classes: int, on_step: Callable[[int], None] | None = None,
-                         labels_at: Callable[[int], torch.Tensor] | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+                         labels_at: Callable[[int], torch.Tensor] | None = None,
+                         every: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 2 as `retrace`, also accumulating the relabel effect L̂_{j→c}(u) of every
     training position j and class c (N × classes) from the same pass (see the module notes):
     label c in every retraced step. 0 for removed instances, and for c = the label j has at
     every retraced step."""
-    return _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step, labels_at, classes)
+    return _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step, labels_at, classes,
+                    every)
 
 
 def retraced_steps(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
@@ -197,7 +198,8 @@ def _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step=None, label
 def retrace_queries(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
                     keep_at: Callable[[int], torch.Tensor], us: Params, epochs: range,
                     on_step: Callable[[int], None] | None = None,
-                    labels_at: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
+                    labels_at: Callable[[int], torch.Tensor] | None = None,
+                    every: int | None = None) -> torch.Tensor:
     """Algorithm 2 for Q queries at once: `us` holds Q query vectors u_q (parameters with a
     leading dimension Q). Returns the Q × N matrix L̂_{−j}(u_q). One replay of the θ[t] serves
     every query; each step's jvp carries the Q tangents together (torch.func.vmap over u), so
@@ -205,7 +207,7 @@ def retrace_queries(obj: Objective, schedule: Schedule, checkpoints: dict[int, P
     n_queries = next(iter(us.values())).shape[0]
     scores = torch.zeros(n_queries, obj.x.shape[0], dtype=obj.x.dtype, device=obj.x.device)
     for t, theta, idx, eta, w, labels in retraced_steps(obj, schedule, checkpoints, keep_at,
-                                                        epochs, on_step, labels_at):
+                                                        epochs, on_step, labels_at, every):
         hu, u_dot_g = vmap(lambda u: hvp_and_dot_grads(obj, theta, idx, w, u, labels))(us)
         # L̂_{−j}(u_q) += ⟨u_q, η_t/|S_t| g(z_j; θ[t])⟩ for every q
         scores.index_add_(1, idx, eta * w * u_dot_g)

@@ -9,7 +9,7 @@ from app.services.store import CANCELLED, DONE, FAILED, Store
 from helpers import (QUICK_MODEL, button, make_zip, new_app, ok, session_of, text, tick_and_clean,
                      train, trained_in_app, wait_for_job)
 import datasets
-from influence import labels as labels_module
+from influence import cleaning, labels as labels_module
 from influence.config import RunConfig
 
 pytestmark = pytest.mark.usefixtures("workspace")
@@ -108,12 +108,13 @@ def test_retrain_and_compare_shows_both_error_rates_and_a_history():
     labels = [m.label for m in at.metric]
     assert {"Test error — before", "Test error — after cleaning"} <= set(labels)
     said = text(at)
-    assert "Removing as many **random** images instead (20 times)" in said
-    assert "Holm-corrected" in said
-    assert "McNemar" in said or "No test image changed its answer" in said
+    assert f"Against {cleaning.CONTROLS} [random rounds](glossary?term=random-controls) " \
+           "(removing as many random images" in said
+    assert "McNemar" in said
     verdict = Store().rounds()[-1]["verdict"]
-    assert verdict["controls"] == 20 and len(verdict["control_errors"]) == 20
-    assert ("**better than chance**" in said) == verdict["better_than_chance"]
+    assert verdict["controls"] == cleaning.CONTROLS == len(verdict["control_errors"])
+    assert f"**{verdict['sentence']}**" in said
+    assert ("This round made the model better" in said) == verdict["better"]
     assert "History of this data set" in text(at)
     assert {"Test error — first", "Test error — second"} <= set(labels)  # any two, compared
     downloads = [d.proto.label for d in at.get("download_button")]

@@ -79,7 +79,8 @@ def test_fix_top_k_to_sgd_labels_then_retrain_with_the_fixes_and_export_them():
     assert {sid: c for sid, (c, _) in cleaned["fixes"].items()} == {
         sid: [str(c) for c in range(10)].index(label) for sid, label in chosen.items()}
     said = text(at)
-    assert "Fixing 5 labels" in said and "Doing the same to **random** images" in said
+    assert "(fixing 5 random images the label check flags:" in said  # the fair controls
+    assert "Removing the fixed images instead of fixing them gave" in said
     assert "What changed per class" in said
     assert "Fixed labels (CSV)" in [d.proto.label for d in at.get("download_button")]
     history = [d.value for d in at.dataframe if "fixed" in d.value.columns]

@@ -163,6 +163,17 @@ def test_groups_quick_sums_predict_group_removal(tmp_path):
     assert 0 <= result["sign_sgd"] <= 1
 
 
+def test_advice_quick_applies_the_default_recommendation(tmp_path):
+    result = run_quick("advice.py", tmp_path)
+    assert result["runs"] == 2  # one split of each noise kind
+    assert 0 < result["precision"] <= 1 and 0 < result["recall"] <= 1
+    text = assert_report(tmp_path, "advice-quick", "advice.py")
+    assert "## Targets" in text and "look-alike" in text
+    rows = pd.read_csv(tmp_path / "advice-quick.csv")
+    assert (rows.removed[rows.trust != "pass"] == 0).all()  # no removal without trust
+    assert (rows.corrected + rows.broken + rows.wrong_to_wrong == rows.fixes).all()
+
+
 def test_horizon_quick_measures_the_growth_of_u(tmp_path):
     result = run_quick("horizon.py", tmp_path)
     text = assert_report(tmp_path, "horizon-quick", "horizon.py")

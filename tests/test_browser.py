@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from influence import cleaning
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 ASSETS = (ROOT / "assets" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else
@@ -188,8 +190,9 @@ def test_whole_flow_on_digits(server, browser):
     body = page.inner_text("body")
     assert re.search(r"Test error — before\s+\d+\.\d\d%", body), body[:3000]
     assert re.search(r"Test error — after cleaning\s+\d+\.\d\d%", body), body[:3000]
-    assert "Removing as many random images instead (20 times)" in body, body[:3000]
-    assert "Holm-corrected" in body  # every comparison with its significance
+    assert f"Against {cleaning.CONTROLS} random rounds (removing as many random images" in body, body[:3000]
+    assert "McNemar's exact test" in body  # every claim with its test
+    assert "Captions: given label" in body and "true label" not in body.lower()
     shoot(page, "screenshot-4-compare.png")
 
     # a refresh keeps the session: same data set, run and ticks, from the URL's session id

@@ -12,7 +12,7 @@ from influence import explain, methods, trust
 from influence.config import RunError
 from influence.progress import Progress
 
-from . import jobs, runner
+from . import runner
 from .store import DONE, Store
 
 TOP = 20  # training images kept per side
@@ -59,7 +59,7 @@ def start_explain_check(store: Store, session: str, run_id: str, test_id: str,
                 f"random groups, all at once, to compare with the estimates for {test_id}")
         result = trust.of_test_image(run, method, test_id, CHECK_SINGLES,
                                      on_progress=job.report, groups=CHECK_GROUPS)
-        figures = {k: result[k] for k in jobs.TRUST if k in result}
+        figures = trust.figures(result)
         store.set_explanation_trust(run_id, test_id, method, figures)
         return figures
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from influence import cleaning, kcurve, methods, probe, relabel, run_folder, runs, trust
+from influence import advice, cleaning, kcurve, methods, probe, relabel, run_folder, runs, trust
 from influence.progress import Cancelled, Progress
 from influence.config import RunConfig, RunError
 
@@ -119,32 +119,37 @@ def start_scoring(store: Store, session: str, run_id: str, method: str,
                  result={"run": run_id, "method": method}, store=store, reads=[run_id])
 
 
-TRUST = ("method", "n", "tau", "p_value", "sign_agreement", "groups", "group_size",
-         "group_spearman", "group_p_value")  # what the trust check keeps
+TRUST = trust.FIGURES  # what the trust check keeps (trust.figures: JSON, enough for
+# influence.advice.trust_verdict)
 
 
-CHECK_GROUPS = 20  # random groups of 5 % of the training images in the trust check
+CHECK_GROUPS = trust.GROUPS  # random groups of 5 % of the training images in the trust check
+CHECK_SINGLES = trust.SINGLES  # single images retrained by default: none, on request only
 
 
-def start_check(store: Store, session: str, run_id: str, method: str, n: int = 10,
+def start_check(store: Store, session: str, run_id: str, method: str, n: int = CHECK_SINGLES,
                 groups: int = CHECK_GROUPS) -> Job:
-    """The engine's trust check: real retraining without n single images spread over the ranking
-    and without `groups` random groups of 5 % of the training images, all at once."""
+    """The engine's trust check: real retraining without `groups` random groups of 5 % of the
+    training images and the ranking's top sets (the go/no-go), and without n single images
+    spread over the ranking when asked (n ≥ 2), all at once."""
     methods.estimating_removal(method)  # refused here, before the job starts
     scores = store.scores(run_id, method)
     exclude = store.score_info(run_id)[method].get("query") or []
 
     def work(job: Job) -> dict:
         run = store.open_run(run_id)
-        job.say(f"retraining without each of {n} single images and {groups} random groups, "
-                "all at once, to compare with the estimates")
+        job.say(f"retraining without each of {groups} random groups and the ranking's top "
+                f"sets{f' and {n} single images' if n else ''}, all at once, to compare with "
+                "the estimates")
         result = trust.of_ranking(run, method, n, on_progress=job.report, ranked=scores,
                                   groups=groups, exclude=exclude)
-        figures = {k: result[k] for k in TRUST if k in result}
+        figures = trust.figures(result)
         store.set_trust(run_id, method, figures)
-        job.say(f"Kendall τ = {figures['tau']:.2f} over {figures['n']} images"
-                + (f"; Spearman {figures['group_spearman']:.2f} over {figures['groups']} groups"
-                   if "group_spearman" in figures else ""))
+        said = [f"Kendall τ = {figures['tau']:.2f} over {figures['n']} images"
+                if figures.get("tau") is not None else "",
+                f"Spearman {figures['group_spearman']:.2f} over {figures['groups']} groups"
+                if figures.get("group_spearman") is not None else ""]
+        job.say("; ".join(s for s in said if s) or "checked")
         return figures
 
     return start(session, "check", "Checking the ranking", work,
@@ -175,6 +180,16 @@ def start_curve(store: Store, session: str, run_id: str, method: str, mode: str 
                  reads=[run_id])
 
 
+def stored_flags(store: Store, run_id: str) -> dict[str, str] | None:
+    """The label check of a run's training images as its random fixes draw from them
+    (cleaning.flagged_labels), where page 3 has computed and kept it; None: the round computes
+    it itself."""
+    if advice.CHECK not in store.score_info(run_id):
+        return None
+    check = store.scores(run_id, advice.CHECK)
+    return cleaning.flagged_labels(check) if "flagged" in check.columns else None
+
+
 def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str],
                    mode: str = "all", method: str | None = None,
                    controls: int = cleaning.CONTROLS, seed: int = 0,
@@ -192,6 +207,7 @@ def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str
     planned = cleaning.check_round(base, remove_ids, mode, controls, fixes)  # refused here,
     remove_ids, fixes = list(planned.changes.removed), dict(fixes or {})  # before the job starts
     exclude = (store.score_info(run_id).get(method) or {}).get("query") or []
+    flagged = stored_flags(store, run_id) if fixes and controls else None
     cleaned = store.new_run(base_row["dataset"], "cleaned", base.config, session, run_id)
     round_id = store.new_round(base_row["dataset"], run_id, method, mode, remove_ids,
                                cleaned["id"], None, session, fixes)
@@ -204,7 +220,7 @@ def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str
                         f"{len(fixes)} fixed, mode {mode})")
                 child, verdict = cleaning.run_round(
                     base, planned, seed, exclude, store.root / cleaned["folder"],
-                    lambda p: job.report(p) if p.phase == "control" else curve(p))
+                    lambda p: job.report(p) if p.phase == "control" else curve(p), flagged)
                 store.finish_run(cleaned["id"], DONE, child.metrics, config=child.config)
             job.say(f"test error {verdict['test_error_after']:.1%} (before: "
                     f"{verdict['test_error_before']:.1%}; {controls} random removals: "

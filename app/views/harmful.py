@@ -112,6 +112,12 @@ with st.expander("Compute influence" + (" again, or another ranking to compare" 
                       help="SGD-influence (the first three) is what this tool is built on. The "
                       "others are well-known ways of ranking training images, for comparison: "
                       "the demo's flipped-label count and page 4's retraining work for all.")
+    seconds = {"sgd": "seconds_score", "sgd-refined": "seconds_score_refined",
+               "sgd-last": "seconds_score_last", "kl": "seconds_kl", "tracin": "seconds_tracin",
+               "confident-learning": "seconds_label_check"}
+    if warn := timing.long_warning(guess.get(seconds.get(chosen), 0),
+                                   "Fast: last epoch only"):
+        st.warning(warn, icon=":material/timer:")
     if st.button("Compute influence" if chosen in ours else "Compute this ranking",
                  type="primary", disabled=busy, icon=":material/calculate:"):
         try:
@@ -158,12 +164,20 @@ elif trust:
     st.success(words.trust(trust), icon=":material/verified:")
 else:
     c1, c2 = st.columns([1, 3])
-    n_check = c1.number_input("Images to check", 4, 50, key=session.remember("n_check", 10))
+    n_check = c1.number_input("Single images too (0: none)", 0, 50,
+                              key=session.remember("n_check", jobs.CHECK_SINGLES))
     took = timing.check_seconds(guess, int(n_check), jobs.CHECK_GROUPS, ranking.retrain_mode)
     c2.markdown(f"How far can you trust this ranking? The check retrains the model for real "
-                f"without each of {n_check} images spread over the ranking, and without each "
-                f"of {jobs.CHECK_GROUPS} random groups of 5 % of the training images, all at "
-                f"once, and compares ({words.seconds(took)}).")
+                f"without each of {jobs.CHECK_GROUPS} random groups of 5 % of the training "
+                "images and without the ranking's top images"
+                + (f", and without each of {n_check} single images" if n_check else "")
+                + f", all at once, and compares ({words.seconds(took)}). "
+                f"{jobs.CHECK_GROUPS} groups are enough for the go/no-go; single images cost "
+                "one retraining each and are mostly noise on deep models, so they are off "
+                "unless you ask.")
+    if warn := timing.long_warning(took, "the fast ranking's check, which retrains the last "
+                                         "epoch only"):
+        c2.warning(warn, icon=":material/timer:")
     if c2.button("Check against real retraining", disabled=busy):
         try:
             jobs.start_check(store, session.sid(), run_row["id"], method, int(n_check))
