@@ -42,6 +42,7 @@ import torch
 from scipy import stats
 
 import common
+from common import methods
 from groups import random_groups
 from influence import models
 from influence.compare import holm
@@ -56,7 +57,8 @@ EPOCHS = {"digits": None, "mnist": 6}
 SELECTION = {"digits": 0.5, "mnist": 0.0}  # digits: the app's selection part
 TITLE = {"digits": "digits (app defaults)", "mnist": "MNIST CNN"}
 TUNED = ("damped*", "horizon*")  # chosen per split: on the selection part, or leave one out
-COMPARED = ["damped*", "horizon*", "gn", "E1", "best*"]
+REGISTERED = f"damped-{methods.DAMPING:g}"  # the λ of the registry's damped ranking
+COMPARED = ["damped*", REGISTERED, "horizon*", "gn", "E1", "best*"]
 
 
 def part_loss(run, name: str):
@@ -284,6 +286,8 @@ def per_split(groups: pd.DataFrame, info: pd.DataFrame, name: str, part: str,
 
 
 def label(v: str, chosen: pd.DataFrame | None = None) -> str:
+    if v == REGISTERED:
+        return f"damped, λ = {methods.DAMPING:g} (the app's damped ranking)"
     names = {"exact": "exact (Algorithm 2)", "E1": "last epoch (E = 1)", "gn": "Gauss-Newton",
              "damped*": "damped, λ chosen", "horizon*": "last E epochs, E chosen",
              "best*": "best of the four, chosen"}
@@ -316,7 +320,7 @@ def spearman_tables(groups, info, name: str) -> tuple[list[str], dict]:
                                   **({"selection part (chooses)": common.mean_std(sel[v])}
                                      if name == "digits" else {}),
                                   "query part": common.mean_std(rho[v])})
-        for v in ["exact", *COMPARED]:
+        for v in ["exact", *[c for c in COMPARED if c in rho]]:
             row = {"truth": truth_name, "variant": label(v, chosen), "splits": len(rho),
                    "group Spearman": common.mean_std(rho[v]),
                    "≥ 0.7": f"{int((rho[v] >= 0.7).sum())}/{len(rho)}"}

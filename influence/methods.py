@@ -105,7 +105,7 @@ def label_check_in_words(score: float, suggested_label: str | None = None,
 REFINE = 50  # the ends re-scored by "sgd-refined": the 50 most harmful and 50 most helpful
 
 
-DAMPING = 0.1  # λ of "sgd-damped" (benchmarks/results/retrace-variants.md)
+DAMPING = 0.03  # λ of "sgd-damped" (benchmarks/results/retrace-variants.md)
 
 
 def sgd_influence(run: Run, *, last_epoch_only: bool = False, **options) -> np.ndarray:
