@@ -9,8 +9,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from datasets import DataError
 from influence import compare
 from influence.advice import demo_counts

@@ -28,7 +28,8 @@ from .counterfactual import Changes
 from .progress import Progress, ProgressFn
 from .sgd import (Objective, Params, Schedule, StepStats, initial_params, make_schedule,
                   per_sample_loss, predictions, replayed_steps, run_sgd)
-from .sgd_influence import loss_gradient, refine_extremes, retrace, retrace_with_relabel
+from .sgd_influence import (CURVATURE_PASSES, loss_gradient, refine_extremes, retrace,
+                            retrace_with_relabel)
 
 LEARNED = 0.9  # a model learned if its validation loss is at most this share of chance's
 
@@ -244,14 +245,24 @@ class Run:
 
     # --- SGD-influence (Algorithm 2) ------------------------------------------------------
     def influence(self, query: Params | Callable | None = None, last_epoch_only: bool = False,
-                  on_progress: ProgressFn | None = None, refine: int = 0) -> np.ndarray:
+                  on_progress: ProgressFn | None = None, refine: int = 0, damping: float = 0.0,
+                  curvature: str = "hessian") -> np.ndarray:
         """L̂_{−j}(u) for every training position j, retracing every epoch (or the last one only:
         the paper's approximate version, Section 7.2). The query u defaults to the gradient of
         the mean validation loss at θ[T]; give a loss function of θ or a vector instead.
         refine: then re-score the `refine` most negative and most positive with the forward,
-        first-order-exact estimate, which keeps the cross-epoch term (refine_extremes)."""
+        first-order-exact estimate, which keeps the cross-epoch term (refine_extremes).
+        damping λ ≥ 0 and curvature ("hessian" or "gauss-newton"): the retrace variants of
+        influence/horizon.py (retrace's options)."""
         if refine and last_epoch_only:
             raise RunError("the ends are refined after a retrace of every epoch")
+        if refine and (damping or curvature != "hessian"):
+            raise RunError("the ends are refined after the exact retrace")
+        if not damping >= 0:
+            raise RunError(f"the damping must be 0 or more, not {damping}")
+        if curvature not in CURVATURE_PASSES:
+            raise RunError(f"unknown curvature {curvature!r}: use one of "
+                           f"{', '.join(CURVATURE_PASSES)}")
         if refine and self.config.fixes:
             raise RunError("the refined ranking does not follow fixed labels yet: rank a run "
                            "without fixes, or use the exact ranking")
@@ -259,7 +270,8 @@ class Run:
         u, epochs, report = self._retrace_setup(query, last_epoch_only, on_progress,
                                                 self.schedule.steps if refine else 0, every)
         scores = retrace(self.objective, self.schedule, self.checkpoints, self.keep_at, u,
-                         epochs, report, self.labels_at, every)
+                         epochs, report, self.labels_at, every, damping=damping,
+                         curvature=curvature)
         if refine:
             scores = refine_extremes(self.objective, self.schedule, self.checkpoints,
                                      self.keep_at, u, scores, refine, report)

@@ -102,6 +102,8 @@ def test_the_verdict_names_its_tests_the_fair_controls_and_the_rounds():
     assert f"**{v['sentence']}**" in said
     assert "(glossary?term=mcnemar)" in said and "(glossary?term=holm)" in said
     assert "removing as many random images" in said
+    assert ("flags none of the 360 test images" in said) != ("[flags](glossary?term=flagged)" in
+                                                             said)  # said either way
     assert "no p-value is corrected for [rounds](glossary?term=rounds)" in said
     assert ("t with 9 degrees of freedom" in said) == (v["random_test"] == "prediction interval")
 
@@ -139,3 +141,18 @@ def test_an_impossible_estimate_is_never_shown_as_a_number_and_the_trust_check_c
     assert f"{5 * loss:.3g}" not in text(at) and "Do not remove images by this ranking" in said
     assert [e.proto.icon for e in at.error if "impossible" in e.value] == [":material/error:"]
     assert not any("impossible" in e.value for e in at.success)
+
+
+def test_the_controls_are_named_as_the_fair_alternatives_and_what_p_they_can_reach():
+    from app import words
+    label, help_ = words.controls_label(3, 2), words.controls_help(3, 2)
+    assert "2 random images the label check flags fixed to its label" in label
+    assert "without 3 random images" in label and "random other label" not in label
+    assert "never random wrong labels" in help_ and "removed instead of fixed" in help_
+    assert words.controls_label(3, 0) == ("Random controls: retrain without 3 random images, "
+                                          "this many times")
+    first, third = words.before_running(20, 1), words.before_running(20, 3)
+    assert "t with 19 degrees of freedom, at 0.05." in first and "would need" not in first
+    assert "will be round 3" in third and "multiplied by 3" in third
+    assert "at 0.0167" in third and "it would need 60 controls to go below 0.0167" in third
+    assert "counting alone at least 20" in words.before_running(1, 1)

@@ -147,6 +147,9 @@ def compare_models(run_rows: dict[str, dict], key: str) -> None:
                     + " and ".join(f"**{e:.2%}** {name}" for name, e in zip(names, without))
                     + f" (on {n_test - len(suspect):,} test images). The figures above and the "
                     "tests below count every test image with its given label.")
+    else:
+        st.caption(f"The {words.term('label-check', 'label check')} flags none of the "
+                   f"{n_test:,} test images: their given labels look right to the model.")
     colours = [charts.GREY, charts.GREEN, charts.ORANGE][:len(names)]
     left, right = st.columns(2)
     left.plotly_chart(charts.test_error_chart(names, errors, colours), key=f"{key}-errors")
