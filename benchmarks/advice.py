@@ -261,8 +261,9 @@ def report(frame: pd.DataFrame, a, out: Path) -> dict:
         "## Per noise kind (sums over the runs)\n\n" + common.markdown(per_kind),
         "## Test error (paired over splits)\n\n" + common.markdown(table) +
         f"\n\nHolm over the {int(table['p (paired t)'].notna().sum())} tests of this table. "
-        "With 5 splits a paired t-test has little power: a change of a few tenths of a point "
-        "is not detectable.",
+        f"With at most {int(table.splits.max())} splits per noise kind a paired t-test has "
+        "little power (none with one split: p is empty): a change of a point or less is not "
+        "detectable.",
         "## Per run\n\n" + common.markdown(frame[cols]),
         "## Why (the recommendation's reasons, first run of each kind)\n\n" + "\n".join(
             f"- {kind}: " + part.reasons.iloc[0] for kind, part in
