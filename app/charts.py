@@ -77,15 +77,16 @@ def controls_chart(v: dict) -> go.Figure:
     and after cleaning (green) marked: where the cleaned model falls among them."""
     controls = np.asarray(v["control_errors"], dtype=float)
     jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(controls))
-    fig = go.Figure(go.Scatter(x=controls, y=jitter, mode="markers", name="random removal",
+    what = "random round" if v.get("relabelled") else "random removal"
+    fig = go.Figure(go.Scatter(x=controls, y=jitter, mode="markers", name=what,
                                marker=dict(color=ORANGE, size=9, opacity=0.7),
-                               hovertemplate="%{x:.2%}<extra>random removal</extra>"))
-    for x, name, colour in ((v["test_error_before"], "before", GREY),
-                            (v["test_error_after"], "after cleaning", GREEN)):
+                               hovertemplate=f"%{{x:.2%}}<extra>{what}</extra>"))
+    for x, name, colour, side in ((v["test_error_before"], "before", GREY, "top left"),
+                                  (v["test_error_after"], "after cleaning", GREEN, "top right")):
         fig.add_vline(x=x, line_color=colour, line_width=3, annotation_text=name,
-                      annotation_position="top")
+                      annotation_position=side)  # apart, also when the two errors are equal
     fig.update_layout(height=220, margin=dict(l=10, r=10, t=50, b=10), showlegend=False,
-                      title="Test error: the cleaned model among random removals",
+                      title=f"Test error: the cleaned model among {what}s of the same size",
                       xaxis_tickformat=".1%", xaxis_title="test error (lower is better)",
                       yaxis=dict(visible=False, range=[-1, 1]))
     return fig
@@ -93,28 +94,38 @@ def controls_chart(v: dict) -> go.Figure:
 
 def k_curve_chart(band: pd.DataFrame, suggested: int) -> go.Figure:
     """Selection loss and error after removing the ranking's top k (line), and the range of as
-    many random removals (shaded, with their mean dashed), against k; the suggested k marked."""
+    many random removals (shaded, with their mean dashed), against k; the suggested k marked.
+    The sizes tried (0, 5, 10, … 500) sit evenly spaced at positions 0, 1, 2, … labelled with
+    their k: on a category axis a marker line at x = "200" is placed at position 200, which
+    squeezed every point against the left edge."""
     fig = make_subplots(1, 2, subplot_titles=("Selection loss (lower is better)",
                                               "Selection error (lower is better)"))
-    x = band.k.astype(str)
+    ks = pd.to_numeric(band.k).astype(int).to_numpy()
+    x = np.arange(len(ks))
     for col, what in enumerate(("selection_loss", "selection_error"), 1):
         low, high = band[f"random_low_{what}"], band[f"random_high_{what}"]
+        shown = ".1%" if what == "selection_error" else ".4f"
+        hover = f"k = %{{customdata}}: %{{y:{shown}}}<extra>%{{fullData.name}}</extra>"
         if low.notna().any():
             fig.add_trace(go.Scatter(x=x, y=high, mode="lines", line=dict(width=0),
                                      showlegend=False, hoverinfo="skip"), 1, col)
             fig.add_trace(go.Scatter(x=x, y=low, mode="lines", line=dict(width=0),
                                      fill="tonexty", fillcolor="rgba(255,127,14,0.2)",
                                      name="random removals (range)", showlegend=col == 1,
-                                     legendgroup="r"), 1, col)
+                                     legendgroup="r", hoverinfo="skip"), 1, col)
             fig.add_trace(go.Scatter(x=x, y=band[f"random_mean_{what}"], mode="lines",
-                                     line=dict(color=ORANGE, dash="dash"),
-                                     name="random removals (mean)", showlegend=col == 1,
-                                     legendgroup="m"), 1, col)
-        fig.add_trace(go.Scatter(x=x, y=band[what], mode="lines+markers",
-                                 line=dict(color=BLUE, width=2), name="top k of the ranking",
-                                 showlegend=col == 1, legendgroup="t"), 1, col)
-        fig.add_vline(x=str(suggested), line_color=GREEN, line_dash="dot", row=1, col=col)
-    fig.update_xaxes(title_text="k (images removed)", type="category")
+                                     line=dict(color=ORANGE, dash="dash"), customdata=ks,
+                                     hovertemplate=hover, name="random removals (mean)",
+                                     showlegend=col == 1, legendgroup="m"), 1, col)
+        fig.add_trace(go.Scatter(x=x, y=band[what], mode="lines+markers", customdata=ks,
+                                 hovertemplate=hover, line=dict(color=BLUE, width=2),
+                                 name="top k of the ranking", showlegend=col == 1,
+                                 legendgroup="t"), 1, col)
+        if suggested in ks:
+            fig.add_vline(x=int(np.flatnonzero(ks == suggested)[0]), line_color=GREEN,
+                          line_dash="dot", row=1, col=col)
+    fig.update_xaxes(title_text="k (images removed)", tickmode="array", tickvals=x,
+                     ticktext=[str(k) for k in ks], range=[-0.3, len(ks) - 0.7])
     fig.update_yaxes(tickformat=".1%", row=1, col=2)
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="h", y=-0.3))
@@ -154,7 +165,7 @@ def confusion_chart(parts: dict[str, pd.DataFrame], classes) -> go.Figure:
         fig.add_trace(go.Heatmap(z=matrix, x=classes, y=classes, text=matrix,
                                  texttemplate="%{text}", coloraxis="coloraxis"), 1, i)
     fig.update_xaxes(title_text="predicted", type="category")
-    fig.update_yaxes(title_text="true label", type="category", autorange="reversed")
+    fig.update_yaxes(title_text="given label", type="category", autorange="reversed")
     fig.update_layout(height=360 if k <= 10 else 600, coloraxis=dict(colorscale="Blues"),
                       margin=dict(l=10, r=10, t=40, b=10))
     return fig

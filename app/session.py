@@ -168,7 +168,8 @@ def split_settings() -> dict:
     return state()["split"]
 
 
-@st.cache_data(show_spinner="Estimating time and disk …", max_entries=32)
+@st.cache_data(show_spinner="Estimating time and disk …", max_entries=32, ttl=60)  # timed
+# anew after a minute: the machine's load changes
 def _estimate(dataset_id: str, settings: tuple) -> dict:
     data, _ = data_of(dataset_id)
     return timing.estimate(data, RunConfig(**dict(settings)))
@@ -232,13 +233,37 @@ def label_check(run_id: str, part: str) -> pd.DataFrame:
     return labels.check_part(store().open_run(run_id), part)
 
 
-def query_exclude(run_id: str, flagged) -> list[str]:
+def query_exclude(run_id: str, flagged, part=None) -> list[str]:
     """The validation images this session leaves out of the query for this run: by default the
-    ones the label check flags, until the user decides otherwise."""
+    ones the label check flags, until the user decides otherwise (then any of `part`, the
+    validation ids; without it, only flagged ones count)."""
     chosen = state().setdefault("exclude", {}).get(run_id)
-    return list(flagged) if chosen is None else [sid for sid in chosen if sid in set(flagged)]
+    allowed = set(flagged if part is None else part)
+    return list(flagged) if chosen is None else [sid for sid in chosen if sid in allowed]
 
 
 def set_query_exclude(run_id: str, ids) -> None:
     state().setdefault("exclude", {})[run_id] = sorted(ids)
     save()
+
+
+def reviewed(run_id: str, part: str) -> dict[str, str]:
+    """The review grid's decisions on a run's training, validation or test images: sample id →
+    the label the user accepted (a class name), or "" where the given label was kept. For the
+    training images the accepted labels are the run's fixes (fixes), kept there only."""
+    kept = state().setdefault("review", {}).get(run_id, {}).get(part, {})
+    if part != "train":
+        return dict(kept)
+    return {**{sid: "" for sid, label in kept.items() if not label},
+            **state().setdefault("fixes", {}).get(run_id, {})}
+
+
+def set_reviewed(run_id: str, part: str, decided: dict[str, str]) -> None:
+    """Keep the review grid's decisions; accepted labels of training images become fixes."""
+    review = state().setdefault("review", {}).setdefault(run_id, {})
+    if part == "train":
+        review[part] = {sid: "" for sid, label in decided.items() if not label}
+        set_fixes(run_id, {sid: label for sid, label in decided.items() if label})
+    else:
+        review[part] = dict(sorted(decided.items()))
+        save()

@@ -9,10 +9,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from datasets import DataError
-from influence.advice import demo_counts
+from influence import compare
+from influence.advice import demo_counts, possible_estimate
 from influence.config import RunConfig, RunError, selection_size
 from influence.sgd import Diverged
 
@@ -38,7 +37,8 @@ def progress_text(job) -> str:
     else:
         text = f"{what}: {job.done:,} of {job.total:,} {unit}, {job.elapsed:.0f} s so far"
     if job.running and 0 < job.done < job.total:
-        left = job.elapsed * (job.total - job.done) / job.done  # this phase's pace
+        spent = getattr(job, "phase_elapsed", job.elapsed)  # this phase's own pace
+        left = spent * (job.total - job.done) / job.done
         text += f", about {left:.0f} s left" if left < 90 else \
             f", about {left / 60:.0f} min left"
     return text
@@ -102,49 +102,68 @@ def p_value(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.1 else f"p = {p:.2f}"
 
 
-def verdict(v: dict, what: str = "Removing the ticked images",
-            random_way: str = "Removing as many **random** images instead") -> list[str]:
-    """A cleaning round's figures (influence.compare.cleaning_verdict) in plain sentences: what
-    changed, whether the test set can tell, and how it compares with random removal. "Better"
-    is only said where the Holm-corrected p-value is below 0.05."""
-    n = v["n_test"]
-    if not n:
-        return ["There are no test images, so nothing can be said about the test error."]
-    before, after = v["test_error_before"], v["test_error_after"]
-    verb = "lowered" if after < before else "raised" if after > before else "did not change"
-    lines = [f"{what} **{verb}** the test error"
-             + (f" from {percent(before)} to {percent(after)}" if after != before else
-                f" ({percent(before)})")
-             + f": {v['fixed']} test image{'s' * (v['fixed'] != 1)} became right and "
-               f"{v['broken']} became wrong, of {n:,}."]
-    if v["significant_vs_before"]:
-        lines.append(f"That change is larger than chance would give on {n:,} test images "
-                     f"(McNemar's exact test, {p_value(v['p_mcnemar_holm'])}, Holm-corrected).")
-    elif not (v["fixed"] or v["broken"]):
-        lines.append("No test image changed its answer: this test set shows no effect.")
-    else:
-        needed = v.get("test_images_needed")
-        lines.append(f"With {n:,} test images this change could well be chance (McNemar's "
-                     f"exact test, {p_value(v['p_mcnemar_holm'])}, Holm-corrected)"
-                     + (f": a change of this size would need about {needed:,} test images to "
-                        "show." if needed else "."))
+LINKED = (("McNemar's exact test", "mcnemar"), ("prediction-interval test", "prediction-interval"),
+          ("random rounds", "random-controls"), ("Bonferroni", "rounds"),
+          ('"better"', "better"))
+
+
+def linked(sentence: str) -> str:
+    """The engine's sentence with the first mention of each glossary term as its link."""
+    for phrase, anchor in LINKED:
+        sentence = sentence.replace(phrase, term(anchor, phrase), 1)
+    return sentence
+
+
+def verdict(v: dict) -> list[str]:
+    """A cleaning round's verdict (influence.compare.verdict_for_rounds, restated for the rounds
+    compared on the data set's test images) as page 4 says it: the headline in bold, then the
+    tests behind it (McNemar for "better than before", the prediction-interval or the empirical
+    test for "better than random", the correction for rounds), with glossary links."""
+    if not v["n_test"]:
+        return [v["sentence"]]
+    lines = [f"**{v['sentence']}**", *map(linked, v["details"])]
+    if v["rounds"] == 1:
+        lines.append(f"This is the only round compared on these test images so far, so no "
+                     f"p-value is corrected for {term('rounds', 'rounds')}; each later round "
+                     "multiplies every p-value by the number of rounds (Bonferroni).")
+    lines.append(f"The two claims need no {term('holm', 'Holm correction')} between them: "
+                 "\"better\" is only said when each passes on its own.")
     if not v["controls"]:
-        lines.append("No random removals were run, so this cannot say whether the chosen "
-                     "images did better than removing as many at random.")
-    else:
-        controls = v["control_errors"]
-        lines.append(f"{random_way} ({v['controls']} times) gave "
-                     f"{percent(float(np.mean(controls)))} on average; the chosen images did "
-                     f"better than {v['better_than_controls']} of the {v['controls']}. "
-                     + ("That is **better than chance** " if v["better_than_chance"] else
-                        "That is not enough to call it better than chance ")
-                     + f"({p_value(v['p_random_holm'])}, Holm-corrected).")
+        lines.append("With at least 2 random rounds the prediction-interval test can tell "
+                     "whether the chosen images beat chance.")
     return lines
 
 
+def before_running(controls: int, rounds: int) -> str:
+    """Page 4's caption under the number of random controls: the test that will be used and
+    whether p < 0.05 can be reached with this many (`rounds`: this round's count of rounds
+    compared on the data set's test images, itself included)."""
+    alpha = compare.ALPHA / rounds
+    needed = compare.controls_needed(alpha)
+    corrected = (f"This will be round {rounds} on these test images, so every p-value is "
+                 f"multiplied by {rounds} ({term('rounds', 'Bonferroni')}). ") if rounds > 1 \
+        else ""
+    if controls < 2:
+        return (corrected + f"With {controls} random control{'s' * (controls != 1)} "
+                "\"better than random\" cannot be shown: the "
+                f"{term('prediction-interval', 'prediction-interval test')} needs at least 2, "
+                f"counting alone at least {needed}.")
+    counting = (f" Counting alone (the share of controls at least as good) cannot go below "
+                f"1/{controls + 1} = {compare.smallest_empirical_p(controls):.3f}: it would need "
+                f"{needed} controls to go below {alpha:.3g}; it is shown beside it."
+                if controls < needed else " The share of controls at least as good is shown "
+                "beside it.")
+    return (corrected + f"\"Better than random\" uses the "
+            f"{term('prediction-interval', 'prediction-interval test')}: from the controls' "
+            f"mean and spread, t with {controls - 1} degrees of freedom, at {alpha:.3g}."
+            + counting)
+
+
 def trust(t: dict, of: str = "validation loss") -> str:
-    """The trust check's figures in words: groups first (what a user removes), then singles.
-    `of`: the loss whose change was estimated (e.g. "this test image's loss")."""
+    """The trust check's figures in words: groups first (what a user removes), the ranking's top
+    sets, then single images where they were retrained. `of`: the loss whose change was
+    estimated (e.g. "this test image's loss"). An estimate outside what is possible (a drop
+    larger than the loss itself) is never shown as a number."""
     text = "Checked against real retraining. "
     if t.get("group_spearman") is not None:
         rho = t["group_spearman"]
@@ -152,11 +171,18 @@ def trust(t: dict, of: str = "validation loss") -> str:
         text += (f"**Groups:** for {t['groups']} random groups of {t['group_size']:,} images, "
                  f"the summed estimates follow the real change of {of} {how} "
                  f"(Spearman {rho:.2f}; 1 = same order, 0 = no relation). ")
-    text += (f"**Single images:** Kendall τ = {t['tau']:.2f} over {t['n']} images, and the "
-             f"estimate had the right sign for {t['sign_agreement']:.0%} of them. On a deep "
-             "network the effect of one image is mostly noise of training itself; the group "
-             "figure is the one to go by when removing many.")
-    return text
+    for row in t.get("top_rows") or []:
+        shown = possible_estimate(row["estimate"], t.get("query_loss"))
+        text += (f"**Top {row['size']:,}:** removing them was estimated to change the {of} "
+                 + (f"by {shown:+.4f}" if shown is not None else
+                    "by more than the loss itself (impossible)")
+                 + f"; retraining changed it by {row['actual']:+.4f}. ")
+    if t.get("n") and t.get("tau") is not None and math.isfinite(t["tau"]):
+        text += (f"**Single images:** Kendall τ = {t['tau']:.2f} over {t['n']} images, and the "
+                 f"estimate had the right sign for {t['sign_agreement']:.0%} of them. On a deep "
+                 "network the effect of one image is mostly noise of training itself; the "
+                 "group figure is the one to go by when removing many.")
+    return text.strip()
 
 
 def selection_part(n_val: int, fraction: float = RunConfig.selection_fraction) -> str:
@@ -202,18 +228,24 @@ def retrain_button(k: int, f: int) -> str:
 
 
 def controls_label(k: int, f: int) -> str:
-    """The label of page 4's number of random controls."""
+    """The label of page 4's number of random controls: what each control does instead (the
+    fair alternatives of influence.cleaning)."""
     if not f:
         return f"Random controls: retrain without {k} random images, this many times"
-    return (f"Random controls: retrain with {f} random images given a random other label"
-            + (f" and without {k} random images" if k else "") + ", this many times")
+    return (f"Random controls: retrain with {f} random images the label check flags fixed to "
+            "its label" + (f" and without {k} random images" if k else "") + ", this many times")
 
 
-def controls_said(fixes: dict) -> str:
-    """How the verdict names a round's random controls."""
-    if not fixes:
-        return "Removing as many **random** images instead"
-    return "Doing the same to **random** images instead (random other labels, random removals)"
+def controls_help(k: int, f: int) -> str:
+    """The help of page 4's number of random controls."""
+    fair = ("removing as many random images" if not f else
+            f"fixing {f} random images the label check flags, to the label it suggests"
+            + (f", and removing {k} random images" if k else "")
+            + " (never random wrong labels, which would only add noise); and one more model "
+            "with the same images removed instead of fixed")
+    return (f"The fair alternatives to compare with ({term('random-controls', 'random controls')}"
+            f"): {fair}. All controls run together in one vectorised retraining. 0: none (then "
+            "nothing can be said about chance).")
 
 
 # --- the glossary: docs/glossary.md, shown by the Glossary page, linked from the others --------
@@ -250,3 +282,27 @@ def glossary_for_app(markdown: str) -> str:
     """An entry's Markdown as the Glossary page shows it: links to other entries (#anchor) stay,
     links to files of the repository (docs, results) keep only their text."""
     return re.sub(r"\[([^\]]*)\]\((?!#|https?:)[^)]*\)", r"\1", markdown)
+
+
+# --- page 3: what it recommends ----------------------------------------------------------------
+def left_out(n_out: int, n_val: int, n_flagged: int) -> str:
+    """How many validation images are left out of the query: never dropped silently."""
+    query = term("query", "query")
+    if not n_out:
+        return (f"All **{n_val:,}** validation images are in the {query}; none is left out"
+                + (f", though the label check flags {n_flagged}." if n_flagged else "."))
+    return (f"**{n_out:,}** of the {n_val:,} validation images are left out of the {query} "
+            f"({n_flagged:,} flagged by the label check); the other {n_val - n_out:,} measure "
+            "harm. Every one is listed below with its id.")
+
+
+def curve_not_followed() -> str:
+    return ("Shown for information only: removing by this ranking is not recommended on this "
+            f"data, because its {term('trust-check', 'trust check')} has not passed (see "
+            "above), so K is not filled in from it.")
+
+
+def not_predictive(title: str) -> str:
+    """The sentence when a ranking's trust check fails."""
+    return (f"{title} does not predict what retraining does on this data: removing images by "
+            "it is not recommended. Only the label check's fixes are.")

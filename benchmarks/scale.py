@@ -1,6 +1,6 @@
 """How cost grows: time and peak memory of training, exact scoring (Algorithm 2 over every epoch)
-and a cleaning round (retrain without the 50 most harmful images plus 20 random controls, every
-epoch), against the number of images and against the number of parameters.
+and a cleaning round (retrain without the 50 most harmful images plus the default random controls,
+every epoch), against the number of images and against the number of parameters.
 
     python benchmarks/scale.py                  # the real MNIST test set: the first 1k, 2k, 5k, 10k
                                                 # images × 2 and 4 epochs; 7 models on 2k images
@@ -272,8 +272,7 @@ def write(out: Path, rows, by_size, by_model, fits) -> None:
     n_train, n_data = hour_size(fits)
     last_train, last_data = hour_size(fits, clean_epochs=1)
     per_epoch = np.ceil(by_size["steps"] / by_size["epochs"])
-    every = np.ceil(np.sqrt(per_epoch))
-    replay_mb = ((np.ceil(per_epoch / every) + every) * by_size["parameters"] * 4 / 2 ** 20).max()
+    replay_mb = (per_epoch * by_size["parameters"] * 4 / 2 ** 20).max()  # every θ kept
     above = by_size["score peak RSS MB"] - by_size["loaded RSS MB"]
     model = by_size["model"][0]
     sections = [
@@ -294,11 +293,12 @@ def write(out: Path, rows, by_size, by_model, fits) -> None:
         markdown(fits),
         "## Memory",
         f"Scoring's peak lies {above.min():.0f} to {above.max():.0f} MB above the loaded RSS "
-        f"over these sizes. The replay's part of it is at most {replay_mb:.1f} MB (the kept θ and "
-        "one segment, ⌈T_k/⌈√T_k⌉⌉ + ⌈√T_k⌉ θ of float32); the rest is the query's gradient, "
-        "taken over every validation image (a fifth of the data) in one pass, and the "
-        "Hessian-vector pass of one batch. Training's and cleaning's peaks are bounded by the "
-        "batch and by evaluation in chunks of 1,024 images.",
+        f"over these sizes. The replay's part of it is at most {replay_mb:.1f} MB (every θ of an "
+        "epoch when they fit in the memory budget, as here; else ⌈T_k/⌈√T_k⌉⌉ + ⌈√T_k⌉ θ); the "
+        "rest is the query's gradient, taken over the validation images in chunks that fit the "
+        "budget (at most 1,024 images at a time: query-memory.md), and the Hessian-vector "
+        "pass of one batch. Training's and cleaning's peaks are bounded by the batch and by "
+        "evaluation in chunks of 1,024 images.",
         "## Against the number of parameters",
         f"{int(by_model['train images'][0]):,} training images, {int(by_model['epochs'][0])} "
         "epochs; the presets plus two wider CNNs built for this benchmark (`cnn-wide`: 16/32 "

@@ -253,6 +253,9 @@ def parser() -> argparse.ArgumentParser:
                         "judge how many images to remove (`curve`); 0: none")
     t.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
     t.add_argument("--dtype", default=d.dtype, choices=("float32", "float64"))
+    t.add_argument("--memory-mb", type=int, default=d.memory_mb,
+                   help="memory budget of scoring in MB (default: $INFLUENCE_MEMORY_BUDGET_MB, "
+                        "else half the free memory); the scores are the same either way")
     t.add_argument("--out", required=True, help="new run folder")
     t.set_defaults(func=cmd_train)
 

@@ -45,6 +45,9 @@ class RunConfig:
     # the query (runs saved before this setting existed read as 0)
     device: str = "auto"
     dtype: str = "float32"
+    memory_mb: int | None = None  # memory budget of scoring in MB (influence.memory): every θ
+    # of an epoch is kept when they fit, else ⌈√T_k⌉; None: $INFLUENCE_MEMORY_BUDGET_MB, else
+    # half the free memory. The scores are the same bits either way
     removed: dict[str, int] = field(default_factory=dict)  # sample id → first epoch without it
     fixes: dict[str, list[int]] = field(default_factory=dict)  # sample id → [class index of
     # its new label, first epoch with it]; the label is an index into the data set's classes
@@ -80,6 +83,9 @@ class RunConfig:
             problems.append("dtype must be float32 or float64")
         if ok("device") and self.device not in ("auto", "cpu", "cuda"):
             problems.append("device must be auto, cpu or cuda")
+        if ok("memory_mb") and self.memory_mb is not None and self.memory_mb < 1:
+            problems.append("memory budget must be at least 1 MB (or none: from the free "
+                            "memory)")
         if ok("removed") and any(v < 0 for v in self.removed.values()):
             problems.append("removed must map sample ids to epochs from 0")
         if ok("fixes") and any(len(v) != 2 or min(v) < 0 for v in self.fixes.values()):

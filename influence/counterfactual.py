@@ -200,10 +200,12 @@ def outcome_rows(run: Run, removals: list[list[str]], mode: str = "all",
         for sid, (c, _) in fix.items():
             fixed[m, run.position[sid]] = c
     theta0 = run.checkpoints[epochs.start]
+    from .costs import vmap_chunk  # costs times runs, which use this module
     thetas = counterfactual_sgd(
         run.objective, run.schedule, theta0, lambda k: run.keep_at(k)[None] & ~gone,
         epochs, on_step,
-        labels=lambda k: torch.where(fixed >= 0, fixed, run.labels_at(k)[None]))
+        labels=lambda k: torch.where(fixed >= 0, fixed, run.labels_at(k)[None]),
+        chunk_size=vmap_chunk(run) if len(gone) > 1 else None)
     rows = []
     for m in range(len(gone)):
         theta = {name: p[m] for name, p in thetas.items()}

@@ -41,7 +41,8 @@ def retrace_test_images(run: Run, test_ids: Iterable[str], last_epoch_only: bool
     K = run.schedule.epochs
     epochs = range(K - 1, K) if last_epoch_only else range(K)
     chunks = [positions[i:i + chunk] for i in range(0, len(positions), chunk)]
-    total = len(chunks) * run.retrace_steps(epochs)
+    every = run.replay_every()
+    total = len(chunks) * run.retrace_steps(epochs, every)
     done = iter(range(1, total + 1))
     report = (lambda t: on_progress(Progress("score", next(done), total))) \
         if on_progress else None
@@ -51,7 +52,7 @@ def retrace_test_images(run: Run, test_ids: Iterable[str], last_epoch_only: bool
         queries = Objective(run.model, test.x[part], test.y[part])
         us = sample_loss_gradients(queries, run.theta)
         rows.append(retrace_queries(run.objective, run.schedule, run.checkpoints,
-                                    run.keep_at, us, epochs, report, run.labels_at))
+                                    run.keep_at, us, epochs, report, run.labels_at, every))
     return torch.cat(rows).cpu().double().numpy()
 
 

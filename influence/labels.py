@@ -26,6 +26,7 @@ from sklearn.model_selection import StratifiedKFold
 from .progress import Progress, ProgressFn
 from .config import RunError
 from .runs import Run
+from .costs import vmap_chunk
 from .sgd import batch_weights, counterfactual_sgd, initial_params, kept_mean_weights
 
 FOLDS = 5
@@ -78,7 +79,8 @@ def fold_probabilities(run: Run, folds: int = FOLDS, seed: int | None = None,
     total = run.schedule.steps
     report = (lambda t: on_progress(Progress("rank", t + 1, total))) if on_progress else None
     thetas = counterfactual_sgd(run.objective, run.schedule, theta0, keeps, on_step=report,
-                                weights=kept_mean_weights if rescale else batch_weights)
+                                weights=kept_mean_weights if rescale else batch_weights,
+                                chunk_size=vmap_chunk(run))
     each = [run.probabilities("train", {k: v[f] for k, v in thetas.items()})
             for f in range(folds)]
     probs = np.mean(each, axis=0)  # images in no fold (removed) were seen by none of the models

@@ -105,8 +105,11 @@ def label_check_in_words(score: float, suggested_label: str | None = None,
 REFINE = 50  # the ends re-scored by "sgd-refined": the 50 most harmful and 50 most helpful
 
 
+DAMPING = 0.03  # λ of "sgd-damped" (benchmarks/results/retrace-variants.md)
+
+
 def sgd_influence(run: Run, *, last_epoch_only: bool = False, **options) -> np.ndarray:
-    """Run.influence: Algorithm 2 (its options: query, refine)."""
+    """Run.influence: Algorithm 2 (its options: query, refine, damping, curvature)."""
     return run.influence(last_epoch_only=last_epoch_only, **options)
 
 
@@ -125,6 +128,12 @@ REGISTRY: dict[str, Ranking] = {r.key: r for r in (
             "Section 7.2).",
             sgd_influence, retrain_mode="last", relabels=True, explains="batched",
             phase="score", options={"last_epoch_only": True}),
+    Ranking("sgd-damped", "SGD-influence (damped)", "SGD-influence, damped (all epochs)",
+            f"Follows the whole training run backwards like the exact ranking, but lets the "
+            f"pull of each earlier step fade a little (damping λ = {DAMPING:g}): over many "
+            "epochs the exact retrace can grow along directions where the loss curves "
+            "downwards, and the first epochs then swamp the sum.",
+            sgd_influence, explains="single", phase="score", options={"damping": DAMPING}),
     Ranking("confident-learning", "Confident learning", "likely wrong label (confident learning)",
             f"Your model is trained {labels.FOLDS} more times, each time without a different "
             f"1/{labels.FOLDS} of the images; each image is judged by the model that never saw "

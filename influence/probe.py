@@ -22,6 +22,7 @@ from datasets import ImageSet
 
 from .progress import Progress, ProgressFn
 from .config import RunConfig
+from .costs import vmap_chunk
 from .run_folder import refuse_existing, train_new
 from .runs import Run
 from .sgd import initial_params, sgd_step
@@ -45,7 +46,8 @@ def choose_lr(run: Run, factors=FACTORS, on_progress: ProgressFn | None = None) 
     obj, schedule, keep = run.objective, run.schedule, run.keep_at(0)
     theta0 = initial_params(run.model, run.device, run.dtype)
     thetas = {k: v.expand(len(rates), *v.shape).clone() for k, v in theta0.items()}
-    step = vmap(lambda th, lr, idx: sgd_step(obj, th, idx, lr, keep), in_dims=(0, 0, None))
+    step = vmap(lambda th, lr, idx: sgd_step(obj, th, idx, lr, keep), in_dims=(0, 0, None),
+                chunk_size=vmap_chunk(run))
     losses = np.zeros((steps, len(rates)))
     decay = schedule.lr / run.config.lr  # 1, or 1/√t for a decaying rate
     for t in range(steps):

@@ -22,13 +22,14 @@ import torch
 import datasets
 from datasets import ImageSet
 
-from . import counterfactual, models
+from . import counterfactual, memory, models
 from .config import RunConfig, RunError, default_epochs, device_of, selection_part
 from .counterfactual import Changes
 from .progress import Progress, ProgressFn
 from .sgd import (Objective, Params, Schedule, StepStats, initial_params, make_schedule,
                   per_sample_loss, predictions, replayed_steps, run_sgd)
-from .sgd_influence import loss_gradient, refine_extremes, retrace, retrace_with_relabel
+from .sgd_influence import (CURVATURE_PASSES, loss_gradient, refine_extremes, retrace,
+                            retrace_with_relabel)
 
 LEARNED = 0.9  # a model learned if its validation loss is at most this share of chance's
 
@@ -178,14 +179,26 @@ class Run:
         looks wrong)."""
         exclude = set(exclude) | self.selection_ids
         obj = self.part("val")
-        if not exclude:
-            return lambda theta: per_sample_loss(obj.outputs(theta, obj.x), obj.y).mean()
-        keep = torch.tensor([self.data.ids[i] not in exclude for i in self.split.val],
-                            device=self.device)
-        if not keep.any():
-            raise RunError("every validation image is left out of the query: keep at least one")
-        x, y = obj.x[keep], obj.y[keep]
-        return lambda theta: per_sample_loss(obj.outputs(theta, x), y).mean()
+        x, y = obj.x, obj.y
+        if exclude:
+            keep = torch.tensor([self.data.ids[i] not in exclude for i in self.split.val],
+                                device=self.device)
+            if not keep.any():
+                raise RunError("every validation image is left out of the query: keep at "
+                               "least one")
+            x, y = obj.x[keep], obj.y[keep]
+        chunk = memory.images_per_chunk(self.model, x, self.memory_budget()) if len(x) else 1
+        return memory.MeanLoss(obj.outputs, per_sample_loss, x, y, chunk)
+
+    def memory_budget(self) -> int:
+        """Bytes scoring may hold (influence.memory.budget_bytes of the config's memory_mb)."""
+        return memory.budget_bytes(self.config.memory_mb)
+
+    def replay_every(self) -> int:
+        """The epoch replay keeps every `replay_every()`-th θ: 1 when an epoch's θ fit in the
+        memory budget, else ⌈√T_k⌉ (influence.memory.replay_every); the same bits either way."""
+        theta = dict(self.model.named_parameters())
+        return memory.replay_every(self.schedule.steps_per_epoch, theta, self.memory_budget())
 
     # --- training (Algorithm 1) -----------------------------------------------------------
     def train(self, on_progress: ProgressFn | None = None, start: int = 0,
@@ -232,21 +245,33 @@ class Run:
 
     # --- SGD-influence (Algorithm 2) ------------------------------------------------------
     def influence(self, query: Params | Callable | None = None, last_epoch_only: bool = False,
-                  on_progress: ProgressFn | None = None, refine: int = 0) -> np.ndarray:
+                  on_progress: ProgressFn | None = None, refine: int = 0, damping: float = 0.0,
+                  curvature: str = "hessian") -> np.ndarray:
         """L̂_{−j}(u) for every training position j, retracing every epoch (or the last one only:
         the paper's approximate version, Section 7.2). The query u defaults to the gradient of
         the mean validation loss at θ[T]; give a loss function of θ or a vector instead.
         refine: then re-score the `refine` most negative and most positive with the forward,
-        first-order-exact estimate, which keeps the cross-epoch term (refine_extremes)."""
+        first-order-exact estimate, which keeps the cross-epoch term (refine_extremes).
+        damping λ ≥ 0 and curvature ("hessian" or "gauss-newton"): the retrace variants of
+        influence/horizon.py (retrace's options)."""
         if refine and last_epoch_only:
             raise RunError("the ends are refined after a retrace of every epoch")
+        if refine and (damping or curvature != "hessian"):
+            raise RunError("the ends are refined after the exact retrace")
+        if not damping >= 0:
+            raise RunError(f"the damping must be 0 or more, not {damping}")
+        if curvature not in CURVATURE_PASSES:
+            raise RunError(f"unknown curvature {curvature!r}: use one of "
+                           f"{', '.join(CURVATURE_PASSES)}")
         if refine and self.config.fixes:
             raise RunError("the refined ranking does not follow fixed labels yet: rank a run "
                            "without fixes, or use the exact ranking")
+        every = self.replay_every()
         u, epochs, report = self._retrace_setup(query, last_epoch_only, on_progress,
-                                                self.schedule.steps if refine else 0)
+                                                self.schedule.steps if refine else 0, every)
         scores = retrace(self.objective, self.schedule, self.checkpoints, self.keep_at, u,
-                         epochs, report, self.labels_at)
+                         epochs, report, self.labels_at, every, damping=damping,
+                         curvature=curvature)
         if refine:
             scores = refine_extremes(self.objective, self.schedule, self.checkpoints,
                                      self.keep_at, u, scores, refine, report)
@@ -262,35 +287,41 @@ class Run:
         means label c in every retraced epoch: an image fixed from the last epoch only, retraced
         over all epochs, has a non-zero effect for its new label too (its given label in the
         earlier epochs changes)."""
-        u, epochs, report = self._retrace_setup(query, last_epoch_only, on_progress)
+        every = self.replay_every()
+        u, epochs, report = self._retrace_setup(query, last_epoch_only, on_progress, 0, every)
         scores, effects = retrace_with_relabel(self.objective, self.schedule, self.checkpoints,
                                                self.keep_at, u, epochs, len(self.data.classes),
-                                               report, self.labels_at)
+                                               report, self.labels_at, every)
         effects = effects.cpu().double().numpy()
         effects[~self.keep_at(self.schedule.epochs - 1).cpu().numpy()] = np.nan
         return scores.cpu().double().numpy(), effects
 
     def _retrace_setup(self, query, last_epoch_only: bool, on_progress: ProgressFn | None,
-                       more_steps: int = 0):
+                       more_steps: int = 0, every: int | None = None):
         """u, the epochs to retrace and the progress report of Algorithm 2 (and `more_steps`
-        units of work after it)."""
+        units of work after it). A mean loss over images (query_loss, the default) gives its
+        gradient chunk by chunk."""
         if not (query is None or callable(query) or isinstance(query, dict)):
             raise RunError("the query must be a loss function of θ or a parameter vector")
-        if callable(query) or query is None:
-            query = loss_gradient(query or self.val_loss_fn, self.theta)
+        query = self.query_loss() if query is None else query
+        if isinstance(query, memory.MeanLoss):
+            query = query.gradient(self.theta)
+        elif callable(query):
+            query = loss_gradient(query, self.theta)
         K = self.schedule.epochs
         epochs = range(K - 1, K) if last_epoch_only else range(K)
-        total = self.retrace_steps(epochs) + more_steps
+        total = self.retrace_steps(epochs, every) + more_steps
         done = iter(range(1, total + 1))
         report = (lambda t: on_progress(Progress("score", next(done), total))) \
             if on_progress else None
         return query, epochs, report
 
-    def retrace_steps(self, epochs: range) -> int:
-        """Units of progress of one retrace over `epochs`: the replayed steps (some twice:
-        sgd.EpochReplay) and the retraced ones."""
+    def retrace_steps(self, epochs: range, every: int | None = None) -> int:
+        """Units of progress of one retrace over `epochs`: the replayed steps (some twice when
+        the replay keeps every `every`-th θ, default replay_every(): sgd.EpochReplay) and the
+        retraced ones."""
         steps = self.schedule.steps_per_epoch
-        return len(epochs) * (replayed_steps(steps) + steps)
+        return len(epochs) * (replayed_steps(steps, every or self.replay_every()) + steps)
 
     # --- single test images: the queries of "why this mistake?" (influence.explain) --------
     def test_positions(self, test_ids: Iterable[str]) -> np.ndarray:

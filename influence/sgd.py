@@ -303,8 +303,8 @@ def counterfactual_sgd(obj: Objective, schedule: Schedule, theta: Params,
                        epochs: range | None = None,
                        on_step: Callable[[int], None] | None = None,
                        weights: Callable = batch_weights,
-                       labels: torch.Tensor | Callable[[int], torch.Tensor] | None = None
-                       ) -> Params:
+                       labels: torch.Tensor | Callable[[int], torch.Tensor] | None = None,
+                       chunk_size: int | None = None) -> Params:
     """Definition 2 for many removal sets at once: θ_{−S}[T] for every row of `keeps` (M × N
     boolean masks; or a function giving them for epoch k), by one SGD run vectorised over the
     masks with torch.func.vmap, from θ at the start of the first of `epochs`. `labels`: the
@@ -312,8 +312,9 @@ def counterfactual_sgd(obj: Objective, schedule: Schedule, theta: Params,
     objective's y for all), so that counterfactuals with fixed labels run in the same vmap.
     on_step(t) is called after each step t (a progress report; raising from it stops the run).
     `weights`: how a batch weighs its kept instances (batch_weights: Definition 2;
-    kept_mean_weights: SGD on the kept instances alone). Returns parameters with a leading
-    dimension M."""
+    kept_mean_weights: SGD on the kept instances alone). `chunk_size`: vmap's, the masks
+    computed together (None: all M; 1: one after the other, which is faster for convolutions
+    on a CPU: costs.vmap_chunk measures it). Returns parameters with a leading dimension M."""
     epochs = epochs if epochs is not None else range(schedule.epochs)
     keeps_at = keeps if callable(keeps) else (lambda k: keeps)
     m = keeps_at(epochs.start).shape[0]
@@ -321,11 +322,11 @@ def counterfactual_sgd(obj: Objective, schedule: Schedule, theta: Params,
         (lambda k: labels) if labels is not None else (lambda k: obj.y.expand(m, -1)))
     thetas = {k: v.expand(m, *v.shape).clone() for k, v in theta.items()}
     step_all = vmap(lambda th, keep, y, idx, lr: sgd_step(obj, th, idx, lr, keep, weights, y)[0],
-                    in_dims=(0, 0, 0, None, None))
+                    in_dims=(0, 0, 0, None, None), chunk_size=chunk_size)
     for k in epochs:
         keep, y = keeps_at(k), labels_at(k)
         for t in schedule.epoch_steps(k):
-            idx = torch.as_tensor(schedule.batch(t), device=obj.x.device)
+            idx = torch.from_numpy(schedule.batch(t)).to(obj.x.device)
             thetas = step_all(thetas, keep, y, idx, float(schedule.lr[t]))
             if on_step:
                 on_step(t)

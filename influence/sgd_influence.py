@@ -37,7 +37,7 @@ import threading
 from typing import Callable
 
 import torch
-from torch.func import grad, jvp, vmap
+from torch.func import grad, jvp, vjp, vmap
 
 from .sgd import Objective, Params, Schedule, batch_weights, replay_epoch
 
@@ -67,6 +67,39 @@ def forward_over_reverse(obj: Objective, theta: Params, idx: torch.Tensor, w: to
     return hu, u_dot_g, out, ju
 
 
+def gauss_newton_pass(obj: Objective, theta: Params, idx: torch.Tensor, w: torch.Tensor,
+                      u: Params, labels: torch.Tensor | None = None
+                      ) -> tuple[Params, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """forward_over_reverse with the Gauss-Newton matrix G in place of H: G u with
+    G = Σ_i w_i J_iᵀ ∇²_f ℓ(f_i, y_i) J_i + α Σ_i w_i I (the outputs' Jacobian J_i, the loss's
+    curvature in the outputs, the L2 term α), which drops the part of H that comes from the
+    network's own second derivatives and is positive semi-definite for a convex loss of the
+    outputs, so (I − η_t G) never grows u along a negative-curvature direction. Equal to H u
+    for a model linear in θ. ⟨u, g(z_i; θ)⟩ = ⟨∂ℓ/∂f(f_i, y_i), J_i u⟩ + α⟨θ, u⟩ comes from
+    the same jvp (no Hessian needed)."""
+    y = (obj.y if labels is None else labels)[idx]
+
+    def outputs(th):
+        return obj.outputs(th, obj.x[idx])
+
+    def loss_grad(f):  # ∂ℓ/∂f(f_i, y_i) of every instance (the sum separates)
+        return grad(lambda f: obj.loss(f, y).sum())(f)
+
+    with FORWARD_AD:
+        out, ju = jvp(outputs, (theta,), (u,))  # f_i, J_i u
+        dl_df, h_ju = jvp(loss_grad, (out,), (ju,))  # ∂ℓ/∂f, ∇²_f ℓ J_i u
+    gu = vjp(outputs, theta)[1](w[:, None] * h_ju)[0]  # Σ_i w_i J_iᵀ ∇²_f ℓ J_i u
+    u_dot_g = (dl_df * ju).flatten(1).sum(1)
+    if obj.l2:
+        gu = {name: gu[name] + obj.l2 * w.sum() * u[name] for name in gu}
+        u_dot_g = u_dot_g + obj.l2 * sum((theta[name] * u[name]).sum() for name in u)
+    return gu, u_dot_g, out, ju
+
+
+# the curvature a retrace step uses: "hessian" (Algorithm 2) or "gauss-newton"
+CURVATURE_PASSES = {"hessian": forward_over_reverse, "gauss-newton": gauss_newton_pass}
+
+
 def hvp_and_dot_grads(obj: Objective, theta: Params, idx: torch.Tensor, w: torch.Tensor,
                       u: Params, labels: torch.Tensor | None = None
                       ) -> tuple[Params, torch.Tensor]:
@@ -91,26 +124,32 @@ def retrace(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
             keep_at: Callable[[int], torch.Tensor], u: Params, epochs: range,
             on_step: Callable[[int], None] | None = None,
             labels_at: Callable[[int], torch.Tensor] | None = None,
-            every: int | None = None) -> torch.Tensor:
+            every: int | None = None, damping: float = 0.0,
+            curvature: str = "hessian") -> torch.Tensor:
     """Algorithm 2 over the given epochs (all of them: exact retrace; the last one: the
     approximate version of Section 7.2). Returns L̂_{−j}(u) for every training position j.
     on_step(t) after every replayed step and every retraced step (progress). labels_at(k): the
     labels used in epoch k (default the objective's y). every: the replay keeps every
-    `every`-th θ of an epoch (replay_epoch; default ⌈√T_k⌉, 1: every θ)."""
+    `every`-th θ of an epoch (replay_epoch; default ⌈√T_k⌉, 1: every θ).
+    damping λ: the damped retrace u ← (1 − λη_t)(I − η_t H[t]) u, exact for counterfactual SGD
+    whose displacement from the recorded run decays by (1 − λη_t) at every step (influence/
+    horizon.py); curvature: "hessian" (H[t], Algorithm 2) or "gauss-newton" (its
+    Gauss-Newton part, gauss_newton_pass)."""
     return _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step, labels_at,
-                    every=every)[0]
+                    every=every, damping=damping, curvature=curvature)[0]
 
 
 def retrace_with_relabel(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
                          keep_at: Callable[[int], torch.Tensor], u: Params, epochs: range,
                          classes: int, on_step: Callable[[int], None] | None = None,
-                         labels_at: Callable[[int], torch.Tensor] | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+                         labels_at: Callable[[int], torch.Tensor] | None = None,
+                         every: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 2 as `retrace`, also accumulating the relabel effect L̂_{j→c}(u) of every
     training position j and class c (N × classes) from the same pass (see the module notes):
     label c in every retraced step. 0 for removed instances, and for c = the label j has at
     every retraced step."""
-    return _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step, labels_at, classes)
+    return _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step, labels_at, classes,
+                    every)
 
 
 def retraced_steps(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
@@ -134,13 +173,17 @@ def retraced_steps(obj: Objective, schedule: Schedule, checkpoints: dict[int, Pa
 
 
 def _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step=None, labels_at=None,
-             classes: int | None = None, every: int | None = None):
+             classes: int | None = None, every: int | None = None, damping: float = 0.0,
+             curvature: str = "hessian"):
+    step_pass = CURVATURE_PASSES[curvature]
     scores = torch.zeros(obj.x.shape[0], dtype=obj.x.dtype, device=obj.x.device)
     relabel = None if classes is None else torch.zeros(obj.x.shape[0], classes,
                                                        dtype=obj.x.dtype, device=obj.x.device)
     for t, theta, idx, eta, w, labels in retraced_steps(obj, schedule, checkpoints, keep_at,
                                                         epochs, on_step, labels_at, every):
-        hu, u_dot_g, out, ju = forward_over_reverse(obj, theta, idx, w, u, labels)
+        if damping:  # the damped retrace: u ← (1 − λη_t) u first (retrace)
+            u = {name: (1 - damping * eta) * v for name, v in u.items()}
+        hu, u_dot_g, out, ju = step_pass(obj, theta, idx, w, u, labels)
         # L̂_{−j} += ⟨u, η_t/|S_t| g(z_j; θ[t])⟩
         scores.index_add_(0, idx, eta * w * u_dot_g)
         if relabel is not None:  # L̂_{j→c} += −η_t/|S_t| ⟨J_j[t]u, Δ_jc⟩
@@ -155,7 +198,8 @@ def _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step=None, label
 def retrace_queries(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
                     keep_at: Callable[[int], torch.Tensor], us: Params, epochs: range,
                     on_step: Callable[[int], None] | None = None,
-                    labels_at: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
+                    labels_at: Callable[[int], torch.Tensor] | None = None,
+                    every: int | None = None) -> torch.Tensor:
     """Algorithm 2 for Q queries at once: `us` holds Q query vectors u_q (parameters with a
     leading dimension Q). Returns the Q × N matrix L̂_{−j}(u_q). One replay of the θ[t] serves
     every query; each step's jvp carries the Q tangents together (torch.func.vmap over u), so
@@ -163,7 +207,7 @@ def retrace_queries(obj: Objective, schedule: Schedule, checkpoints: dict[int, P
     n_queries = next(iter(us.values())).shape[0]
     scores = torch.zeros(n_queries, obj.x.shape[0], dtype=obj.x.dtype, device=obj.x.device)
     for t, theta, idx, eta, w, labels in retraced_steps(obj, schedule, checkpoints, keep_at,
-                                                        epochs, on_step, labels_at):
+                                                        epochs, on_step, labels_at, every):
         hu, u_dot_g = vmap(lambda u: hvp_and_dot_grads(obj, theta, idx, w, u, labels))(us)
         # L̂_{−j}(u_q) += ⟨u_q, η_t/|S_t| g(z_j; θ[t])⟩ for every q
         scores.index_add_(1, idx, eta * w * u_dot_g)

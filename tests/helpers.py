@@ -113,6 +113,20 @@ def tick_and_clean(at: AppTest, k: int) -> AppTest:
     return ok(at.run())
 
 
+def editor(at: AppTest, part: str):
+    """Page 3's review grid of one part ("train", "val", "test"): its data editor."""
+    found = [d for d in at.data_editor if d.key and d.key.startswith(f"review-editor-{part}-")]
+    assert len(found) == 1, [d.key for d in at.data_editor]
+    return found[0]
+
+
+def edit(at: AppTest, part: str, rows: dict[int, dict]) -> AppTest:
+    """Edit cells of a review grid as the browser does: {row: {column: value}}."""
+    at.session_state[editor(at, part).key] = {"edited_rows": rows, "added_rows": [],
+                                              "deleted_rows": []}
+    return ok(at.run())
+
+
 # --- files a user might upload ----------------------------------------------------------------
 def make_zip(classes=("cat", "dog"), n=4) -> bytes:
     """A small valid upload: class folders of grey 8×8 PNGs."""

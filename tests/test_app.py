@@ -6,10 +6,10 @@ import pytest
 
 from app.services import runner
 from app.services.store import CANCELLED, DONE, FAILED, Store
-from helpers import (QUICK_MODEL, button, make_zip, new_app, ok, session_of, text, tick_and_clean,
-                     train, trained_in_app, wait_for_job)
+from helpers import (QUICK_MODEL, button, edit, editor, make_zip, new_app, ok, session_of, text,
+                     tick_and_clean, train, trained_in_app, wait_for_job)
 import datasets
-from influence import labels as labels_module
+from influence import cleaning, labels as labels_module
 from influence.config import RunConfig
 
 pytestmark = pytest.mark.usefixtures("workspace")
@@ -108,12 +108,13 @@ def test_retrain_and_compare_shows_both_error_rates_and_a_history():
     labels = [m.label for m in at.metric]
     assert {"Test error — before", "Test error — after cleaning"} <= set(labels)
     said = text(at)
-    assert "Removing as many **random** images instead (20 times)" in said
-    assert "Holm-corrected" in said
-    assert "McNemar" in said or "No test image changed its answer" in said
+    assert f"Against {cleaning.CONTROLS} [random rounds](glossary?term=random-controls) " \
+           "(removing as many random images" in said
+    assert "McNemar" in said
     verdict = Store().rounds()[-1]["verdict"]
-    assert verdict["controls"] == 20 and len(verdict["control_errors"]) == 20
-    assert ("**better than chance**" in said) == verdict["better_than_chance"]
+    assert verdict["controls"] == cleaning.CONTROLS == len(verdict["control_errors"])
+    assert f"**{verdict['sentence']}**" in said
+    assert ("This round made the model better" in said) == verdict["better"]
     assert "History of this data set" in text(at)
     assert {"Test error — first", "Test error — second"} <= set(labels)  # any two, compared
     downloads = [d.proto.label for d in at.get("download_button")]
@@ -253,9 +254,10 @@ def test_after_a_restart_an_interrupted_run_says_so(workspace):
     assert "This run was interrupted" in text(ok(again))
 
 
-def test_the_yardstick_is_checked_and_wrong_validation_labels_leave_the_query():
-    """Validation labels with planted errors: page 3 shows the suspicious ones, leaves them out
-    of the query by default, and the ranking is computed with that query."""
+def test_the_yardstick_is_checked_listed_with_ids_left_out_of_the_query_or_corrected():
+    """Validation labels with planted errors: page 3 lists every flagged one with its id,
+    leaves them out of the query by default and says how many; one can be put back, another
+    corrected in a new copy of the data set. The ranking is computed with that query."""
     at = new_app()
     digits = datasets.load("digits")
     val = digits.split(0.2, 0.2, 0).val
@@ -271,20 +273,46 @@ def test_the_yardstick_is_checked_and_wrong_validation_labels_leave_the_query():
     at, job = train(at, epochs=10)
     at.switch_page("views/harmful.py").run()
     assert any("look wrong" in e.label for e in ok(at).expander)
-    leave_out = next(t for t in at.toggle if t.label.startswith("Leave these"))
-    assert leave_out.value  # by default the suspicious ones leave the query
-    check = labels_module.check_part(Store().open_run(at.session_state["app"]["run"]), "val")
-    hits = set(check.sample_id[check.flagged]) & {digits.ids[i] for i in wrong}
+    run_id = at.session_state["app"]["run"]
+    check = labels_module.check_part(Store().open_run(run_id), "val")
+    flagged = list(check.sample_id[check.flagged])
+    hits = set(flagged) & {digits.ids[i] for i in wrong}
     assert len(hits) >= 15, len(hits)
+    assert 25 < len(flagged) <= 50
+    at.selectbox(key="per-page-val").set_value(50).run()
+    shown = editor(ok(at), "val").value
+    assert list(shown["sample id"]) == flagged  # every flagged one, with its id
+    assert shown["left out of the query"].all()  # by default they leave the query
+    assert (f"**{len(flagged)}** of the {len(check)} validation images are left out of the "
+            f"[query](glossary?term=query)") in text(at)
+
+    tested = editor(at, "test").value  # the test images: flagged ones marked, never changed
+    assert ((tested.note == "the label may be wrong") == tested.flagged).all()
+    assert "given label" in tested.columns and "true label" not in tested.columns
+
+    kept, fixed = flagged[0], flagged[1]
+    at = edit(at, "val", {0: {"left out of the query": False}, 1: {"decision": "accept"}})
+    assert set(at.session_state["app"]["exclude"][run_id]) == set(flagged) - {kept}
+    assert f"**{len(flagged) - 1}** of the {len(check)} validation images" in text(at)
     at.radio(key="score_method").set_value("sgd-last")
     button(at.run(), "Compute influence").click().run()
     assert wait_for_job(at).status == DONE
-    info = Store().score_info(at.session_state["app"]["run"])["sgd-last"]
-    assert set(info["query"]) == set(check.sample_id[check.flagged])
-    assert "flagged validation images left out of the query" in text(ok(at.run()))
+    info = Store().score_info(run_id)["sgd-last"]
+    assert set(info["query"]) == set(flagged) - {kept}
+    assert f"Computed with {len(flagged) - 1} validation images left out" in text(ok(at.run()))
+
+    suggested = check.set_index("sample_id").suggested_label[fixed]
+    assert "**1** validation or test label corrected" in text(at)
+    button(at, "Save a copy of the data set with the 1 corrected label").click().run()
+    new_row = Store().dataset(at.session_state["app"]["dataset"])
+    assert new_row["id"] != row["id"] and "(1 labels corrected)" in new_row["name"]
+    copy = Store().load_data(new_row["id"])
+    i = copy.ids.index(fixed)
+    assert copy.classes[copy.labels[i]] == suggested != noisy.classes[noisy.labels[i]]
+    assert (copy.split(0.2, 0.2, 0).val == val).all()  # the same split
 
 
-def test_how_many_to_remove_draws_the_curve_and_prefills_k(monkeypatch):
+def test_how_many_to_remove_is_recommended_only_when_the_trust_check_passes(monkeypatch):
     from influence import kcurve
 
     real = kcurve.suggest
@@ -310,10 +338,40 @@ def test_how_many_to_remove_draws_the_curve_and_prefills_k(monkeypatch):
     assert all(r["random_low_selection_loss"] <= r["random_high_selection_loss"]
                for r in band[1:])
     ok(at.run())
-    assert "Suggested: remove the top 20." in text(at)
-    assert at.number_input(key="top_k").value == 20  # prefilled from the suggestion
-    button(at, "Tick top 20").click().run()
-    assert len(at.session_state["app"]["ticks"][job.result["run"]]) == 20
+    said = text(at)
+    assert "Suggested: remove the top 20." in said
+    assert "not recommended on this data" in said  # not checked yet: shown, not followed
+    assert at.number_input(key="top_k").value == 10
+    sizes = next(d.value for d in at.dataframe if "beats random" in d.value.columns)
+    assert sizes["remove top k"].tolist() == [5, 10, 20, 50, 100, 200, 500]
+
+    run_id = at.session_state["app"]["run"]
+    figures = {"method": "sgd-last", "n": 0, "groups": 20, "group_size": 45,
+               "query_loss": 0.5, "group_spearman": 0.1, "group_p_value": 0.6,
+               "group_p_greater": 0.3,
+               "top_rows": [{"size": 9, "estimate": -0.01, "actual": 0.004}]}
+    Store().set_trust(run_id, "sgd-last", figures)  # a trust check that fails
+    ok(at.run())
+    said = text(at)
+    assert [e for e in at.error if e.icon == ":material/error:"
+            and "Do not remove images by this ranking" in e.value]
+    assert not [s for s in at.success if s.icon == ":material/verified:"]
+    assert "Remove nothing by this ranking." in said and "does not predict" in said
+    assert not [b for b in at.button if "recommended for removal" in b.label]
+    assert at.number_input(key="top_k").value == 10
+
+    Store().set_trust(run_id, "sgd-last", {  # one that passes
+        **figures, "group_spearman": 0.8, "group_p_value": 0.0002, "group_p_greater": 0.0001,
+        "top_rows": [{"size": 9, "estimate": -0.01, "actual": -0.012}]})
+    ok(at.run())
+    assert [s for s in at.success if s.icon == ":material/verified:"
+            and "This ranking predicts real retraining on your data" in s.value]
+    assert not at.error
+    assert "Remove the top 20" in text(at)
+    assert at.number_input(key="top_k").value == 20  # prefilled from the recommendation
+    recommended = Store().scores(run_id, "sgd-last").sample_id.head(20)
+    button(at, "Tick the 20 recommended for removal").click().run()
+    assert set(at.session_state["app"]["ticks"][run_id]) == set(recommended)
     at.number_input(key="top_k").set_value(7).run()  # prefilled once: the user's K stays
     assert at.number_input(key="top_k").value == 7
     at.switch_page("views/data.py").run()  # page 1 states the selection part

@@ -1,7 +1,7 @@
-"""Fixing labels in the web app (Streamlit's AppTest and influence.advice): page 3's "fix labels"
-view with SGD-influence's relabel effects from the same scoring job and the label check's label,
-"Fix top K to their suggested labels", page 4's retraining with removals and fixes together,
-the per-class changes, the history and the exports."""
+"""Fixing labels in the web app (Streamlit's AppTest and influence.advice): page 3's review grid
+of the label check's flagged training images (accept, reject, another label; class-pair filter;
+search by id), what page 3 recommends and when it recommends no removal, page 4's retraining
+with the accepted fixes, the per-class changes, the history and the exports."""
 import io
 import zipfile
 
@@ -12,7 +12,7 @@ import pytest
 from app.services.store import Store
 from datasets.builtin import load_digits
 from datasets.export import to_zip
-from helpers import button, ok, text, trained_in_app, wait_for_job
+from helpers import button, edit, editor, ok, text, trained_in_app, wait_for_job
 from influence import advice
 
 pytestmark = pytest.mark.usefixtures("workspace")
@@ -27,90 +27,78 @@ def score(at, method: str):
     return ok(at.run())
 
 
-def fix_view(at) -> pd.DataFrame:
-    """The rows page 3's fix view shows (its data editor)."""
-    return next(d.value for d in at.dataframe if "fix to" in d.value.columns)
-
-
 def stored_fixes(at) -> dict:
     app = at.session_state["app"]
     return app.get("fixes", {}).get(app["run"], {})
 
 
-def test_fix_top_k_to_sgd_labels_then_retrain_with_the_fixes_and_export_them():
-    at = score(trained_in_app(), "sgd-last")
+def review_train(at):
+    """Page 3 after SGD-influence (fast) and the label check of the training images."""
+    at = score(at, "sgd-last")
+    button(at, "Run the label check on the training images").click().run()
+    assert wait_for_job(at).status == "done"
+    return ok(at.run())
+
+
+def test_review_the_flagged_training_labels_accept_reject_another_label_filter_and_search():
+    at = review_train(trained_in_app())
     run_id = at.session_state["app"]["run"]
-    store = Store()
-    effects = store.relabel(run_id, "sgd-last")  # kept with the scores, from the same job
-    ranking = store.scores(run_id, "sgd-last")
-    assert effects is not None and len(effects) == len(ranking)
-    assert set(effects.sample_id) == set(ranking.sample_id)
-    assert (effects.best_label != effects.label).all()
-    assert "Fix labels instead of removing — 0 fixed" in [e.label for e in at.expander]
-    shown = fix_view(at)
-    top = effects.set_index("sample_id").loc[shown["sample id"]]
-    assert (shown["SGD-influence's label"] == top.best_label.to_numpy()).all()
-    assert (shown["fix to"] == top.best_label.to_numpy()).all()  # the default: the suggestion
-    assert (shown.action == "keep").all() and (shown["label check's label"] == "").all()
-    assert shown["what it does"].iloc[0].startswith(
-        f"relabelling as {top.best_label.iloc[0]} is estimated to ")
-    assert "; removing it" in shown["what it does"].iloc[0]
+    check = Store().scores(run_id, advice.CHECK)
+    flagged = check[check.flagged]
+    assert len(flagged) >= 3, "one epoch of logistic regression leaves some labels doubtful"
+    assert not [b for b in at.button if b.label.startswith("Fix top")]  # never by removal rank
+    said = text(at)
+    pairs = advice.confused_pairs(check)
+    assert pairs.sentence.iloc[0] in said  # "about 3 images labelled 1 look like 7"
+    assert f"Fix {len(advice.check_fixes(check))} label" in said
+    shown = editor(at, "train").value
+    assert shown.flagged.all() and list(shown["sample id"]) == list(flagged.sample_id[:10])
+    assert (shown["label"] == flagged.suggested_label[:len(shown)].to_numpy()).all()
+    assert (shown.decision == "undecided").all() and not stored_fixes(at)
 
-    at.number_input(key="top_k").set_value(5)
-    button(at.run(), "Fix top 5 to their suggested labels").click().run()
-    ok(at)
-    chosen = stored_fixes(at)
-    best = effects.set_index("sample_id").best_label
-    assert list(chosen) == sorted(ranking.sample_id.head(5))  # the ranking's top 5 …
-    assert all(best[sid] == label for sid, label in chosen.items())  # … to SGD's best label
-    assert "Fix labels instead of removing — 5 fixed" in [e.label for e in at.expander]
+    other = next(c for c in map(str, range(10))
+                 if c not in (shown["given label"][2], shown["label"][2]))
+    at = edit(at, "train", {0: {"decision": "accept"}, 1: {"decision": "reject"},
+                            2: {"label": other}})
+    ids = list(shown["sample id"])
+    assert stored_fixes(at) == {ids[0]: shown["label"][0], ids[2]: other}
+    now = editor(at, "train").value.set_index("sample id")
+    assert now.loc[[ids[0], ids[1], ids[2]], "decision"].tolist() == ["accept", "reject", "accept"]
+    assert "**2** accepted, **1** rejected" in text(at)
 
-    at.switch_page("views/retrain.py").run()
-    assert "You fixed **5** labels" in text(ok(at))
+    pair = pairs.iloc[0]
+    option = f"labelled {pair.given}, looks like {pair.looks_like} ({pair['count']})"
+    at.selectbox(key="pair-train").set_value(option).run()
+    only = editor(ok(at), "train").value
+    assert len(only) == min(pair["count"], 10)  # a page of 10
+    n = int(pair["count"])
+    assert f"{n} image{'s' if n != 1 else ''} match" in text(at)
+    assert (only["given label"] == pair.given).all()
+    assert only["looks like"].str.startswith(f"{pair.looks_like} (").all()
+
+    calm = check.sample_id[~check.flagged].iloc[0]  # a search finds unflagged images too
+    at.text_input(key=f"search-train-{run_id}").set_value(calm).run()
+    assert editor(ok(at), "train").value["sample id"].tolist() == [calm]
+
+    at.switch_page("views/retrain.py").run()  # page 4 retrains with the accepted fixes
+    assert "You fixed **2** labels" in text(ok(at))
     at.radio(key="mode").set_value("last")
     at.number_input(key="controls").set_value(3)
-    button(at.run(), "Retrain with the 5 fixed labels").click().run()
+    button(at.run(), "Retrain with the 2 fixed labels").click().run()
     assert wait_for_job(at).status == "done"
     ok(at.run())
-    last = store.rounds()[-1]
+    last = Store().rounds()[-1]
+    chosen = stored_fixes(at)
     assert last["fixes"] == chosen and last["removed"] == []
-    assert last["verdict"]["relabelled"] == 5 and len(last["verdict"]["control_errors"]) == 3
-    cleaned = store.run(last["cleaned"])["config"]
+    assert last["verdict"]["relabelled"] == 2 and len(last["verdict"]["control_errors"]) == 3
+    cleaned = Store().run(last["cleaned"])["config"]
     assert {sid: c for sid, (c, _) in cleaned["fixes"].items()} == {
         sid: [str(c) for c in range(10)].index(label) for sid, label in chosen.items()}
     said = text(at)
-    assert "Fixing 5 labels" in said and "Doing the same to **random** images" in said
+    assert "(fixing 2 random images the label check flags:" in said  # the fair controls
+    assert "Removing the fixed images instead of fixing them gave" in said
     assert "What changed per class" in said
     assert "Fixed labels (CSV)" in [d.proto.label for d in at.get("download_button")]
-    history = [d.value for d in at.dataframe if "fixed" in d.value.columns]
-    assert history and history[-1]["fixed"].tolist() == [5]
-
-
-def test_with_the_label_check_its_label_is_suggested_and_kept_labels_are_removed():
-    at = score(trained_in_app(), "sgd-last")
-    at = score(at, "confident-learning")
-    run_id = at.session_state["app"]["run"]
-    check = Store().scores(run_id, "confident-learning").set_index("sample_id")
-    at.number_input(key="top_k").set_value(30)
-    button(at.run(), "Fix top 30 to their suggested labels").click().run()
-    ok(at)
-    chosen, ticked = stored_fixes(at), set(at.session_state["app"]["ticks"][run_id])
-    assert len(chosen) + len(ticked) == 30 and not chosen.keys() & ticked
-    assert chosen, "the label check gives another label to some of its top 30"
-    for sid, label in chosen.items():
-        assert label == check.suggested_label[sid] != check.label[sid]
-    for sid in ticked:
-        assert check.suggested_label[sid] == check.label[sid]
-    shown = fix_view(at)  # the first page of the ranking, as the fix view shows it
-    assert (shown["label check's label"] == check.suggested_label[shown["sample id"]].to_numpy()
-            ).all()
-    agree = shown["label check's label"] == shown["SGD-influence's label"]
-    assert ((shown.agree == "✓ agree") == agree).all()
-    for _, row in shown.iterrows():
-        sid = row["sample id"]
-        assert row.action == ("fix" if sid in chosen else "remove" if sid in ticked else "keep")
-        if sid in chosen:
-            assert row["fix to"] == chosen[sid]
 
 
 # --- the logic under the view -----------------------------------------------------------------

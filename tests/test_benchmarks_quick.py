@@ -172,3 +172,23 @@ def test_advice_quick_applies_the_default_recommendation(tmp_path):
     rows = pd.read_csv(tmp_path / "advice-quick.csv")
     assert (rows.removed[rows.trust != "pass"] == 0).all()  # no removal without trust
     assert (rows.corrected + rows.broken + rows.wrong_to_wrong == rows.fixes).all()
+
+
+def test_horizon_quick_measures_the_growth_of_u(tmp_path):
+    result = run_quick("horizon.py", tmp_path)
+    text = assert_report(tmp_path, "horizon-quick", "horizon.py")
+    assert "Gauss-Newton" in text and "damped" in text
+    assert result["growth"] > 0 and 0 <= result["growth_share_negative"] <= 1
+    steps = pd.read_csv(tmp_path / "horizon-quick-steps.csv")
+    gn = steps[steps.variant == "Gauss-Newton"]
+    assert (gn.rayleigh >= -1e-6).all()  # positive semi-definite curvature never grows u
+    assert (tmp_path / "horizon-quick.png").stat().st_size > 10_000
+
+
+def test_retrace_variants_quick_compares_variants_on_groups(tmp_path):
+    result = run_quick("retrace_variants.py", tmp_path)
+    text = assert_report(tmp_path, "retrace-variants-quick", "retrace_variants.py")
+    assert "damped, λ chosen" in text and "p (Holm)" in text and "median ratio" in text
+    assert all(-1 <= v <= 1 for v in result.values())
+    splits = pd.read_csv(tmp_path / "retrace-variants-quick-digits-splits.csv")
+    assert splits["damped*"].str.startswith("damped-").all()

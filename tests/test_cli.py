@@ -190,7 +190,7 @@ def test_check_reports_singles_and_groups(run_dir):
     out, _ = run_dir
     result = last_json(cli("check", out, "--method", "sgd-last", "--n", 3, "--groups", 4))
     assert result["n"] == 3 and result["groups"] == 4 and -1 <= result["group_spearman"] <= 1
-    assert "group share" in one_line_error(cli("check", out, "--group-share", 0.9))
+    assert "group and top-set shares" in one_line_error(cli("check", out, "--group-share", 0.9))
 
 
 def test_score_refine_rescores_the_ends(run_dir, tmp_path):

@@ -140,8 +140,9 @@ def test_a_one_image_difference_on_400_is_not_called_better():
     v = compare.cleaning_verdict(before, after, [0.1975] * 20)
     assert not v["better_than_before"] and not v["better"]
     assert v["sentence"] == "This round did not help: the test error rose from 18.75% to 19.00%."
-    said = " ".join(words.verdict(v))  # the page's older wording still reads the verdict
-    assert "could well be chance" in said
+    said = " ".join(words.verdict(v))  # as page 4 says it: the headline, then the tests
+    assert said.startswith(f"**{v['sentence']}**") and "McNemar" in said
+    assert "no p-value is corrected for [rounds](glossary?term=rounds)" in said
 
 
 def test_bad_inputs_get_plain_sentences():

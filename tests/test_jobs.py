@@ -14,7 +14,7 @@ import datasets
 from app import words
 from app.services import jobs, runner, timing
 from app.services.store import CANCELLED, DONE, FAILED, INTERRUPTED, RUNNING, Store
-from influence import methods, run_folder
+from influence import cleaning, methods, run_folder
 from influence.config import RunConfig, RunError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,8 +134,9 @@ def test_a_cleaning_round_retrains_without_the_ids_and_a_random_control(ws, trai
     assert rnd["status"] == DONE and rnd["removed"] == remove and rnd["mode"] == "last"
     cleaned = ws.run(rnd["cleaned"])
     assert set(cleaned["config"]["removed"]) == set(remove)
-    assert rnd["control"] is None and rnd["verdict"]["controls"] == 20  # in one vmapped run
-    assert len(rnd["verdict"]["control_errors"]) == 20 and rnd["verdict"]["removed"] == 7
+    verdict = rnd["verdict"]
+    assert rnd["control"] is None and verdict["controls"] == cleaning.CONTROLS  # one vmap
+    assert len(verdict["control_errors"]) == cleaning.CONTROLS and verdict["removed"] == 7
     assert cleaned["parent"] == run_id
     assert cleaned["metrics"]["train_size"] == base.metrics["train_size"] - 7
     direct = base.retrain(remove, "last")
@@ -144,6 +145,29 @@ def test_a_cleaning_round_retrains_without_the_ids_and_a_random_control(ws, trai
         jobs.start_cleaning(ws, "trainer", run_id, ["no-such-id"])
     with pytest.raises(RunError, match="at least one image to remove or to fix"):
         jobs.start_cleaning(ws, "trainer", run_id, [])
+
+
+def test_a_round_with_fixes_draws_its_random_fixes_from_the_stored_label_check(ws, trained,
+                                                                              monkeypatch):
+    """Page 3 kept the label check of the training images: the round's random fixes come from
+    its flagged images, and the check is not computed again."""
+    from influence import cleaning
+    run_id = trained.result["run"]
+    if "confident-learning" not in ws.score_info(run_id):
+        assert jobs.start_scoring(ws, "trainer", run_id, "confident-learning").wait(
+            120).status == DONE
+    check = ws.scores(run_id, "confident-learning")
+    flagged = jobs.stored_flags(ws, run_id)
+    assert flagged == dict(zip(check.sample_id[check.flagged], check.suggested_label[
+        check.flagged])) and flagged
+    monkeypatch.setattr(cleaning, "label_check_flags", lambda run: pytest.fail("computed again"))
+    fix = {sid: label for sid, label in list(flagged.items())[:3]}
+    job = jobs.start_cleaning(ws, "trainer", run_id, [], "last", "sgd-last", controls=4,
+                              fixes=fix).wait(120)
+    assert job.status == DONE, job.error
+    verdict = ws.round(job.result["round"])["verdict"]
+    assert verdict["relabelled"] == 3 and len(verdict["control_errors"]) == 4
+    assert jobs.stored_flags(ws, "no-such-run") is None
 
 
 def test_the_estimate_is_of_the_right_size(ws, trained):

@@ -37,10 +37,12 @@ def fakes(monkeypatch):
 
 def test_the_cli_choices_are_the_registry_keys():
     keys = list(methods.REGISTRY)
-    assert keys == ["sgd", "sgd-refined", "sgd-last", "confident-learning", "kl", "tracin",
-                    "isolation-forest", "autoencoder", "random", "confident-learning-pixels"]
+    assert keys == ["sgd", "sgd-refined", "sgd-last", "sgd-damped", "confident-learning", "kl",
+                    "tracin", "isolation-forest", "autoencoder", "random",
+                    "confident-learning-pixels"]
     assert cli_choices("score") == keys == cli_choices("curve")
-    assert cli_choices("check") == ["sgd", "sgd-refined", "sgd-last", "kl", "tracin"]
+    assert cli_choices("check") == ["sgd", "sgd-refined", "sgd-last", "sgd-damped", "kl",
+                                    "tracin"]
     assert cli_choices("explain") == ["sgd", "sgd-last"]
     assert methods.keys(relabels=True) == ("sgd", "sgd-last")
     assert methods.keys(in_app=True) == tuple(k for k in keys if "random" not in k

@@ -38,17 +38,41 @@ def latest_round(run_id: str, dataset_id: str) -> dict | None:
     return rounds[-1] if rounds else None
 
 
-def picked_image(data, position, wrong: pd.DataFrame) -> str:
-    """The gallery and the choice of one image; returns its sample id."""
-    shown = wrong.head(GALLERY)
+def flagged_ids(run_id: str) -> set[str]:
+    """The test images the label check flags by the model's own probabilities: their given
+    label may be wrong (influence.labels.check_part, cached by the session)."""
+    check = session.label_check(run_id, "test")
+    return set(check.sample_id[check.flagged])
+
+
+def gallery(data, position, shown: pd.DataFrame) -> None:
     images.image_grid(data, [position[i] for i in shown.sample_id],
                       [f"{data.classes[int(r.label)]} → {data.classes[int(r.predicted)]}"
                        for r in shown.itertuples()], per_row=12, side=48)
-    st.caption("Captions: true label → the model's answer."
-               + (f" The first {GALLERY} of {len(wrong)} are shown; all can be opened below."
-                  if len(wrong) > GALLERY else ""))
+
+
+def picked_image(data, position, wrong: pd.DataFrame, suspect: set[str]) -> str:
+    """The gallery, the flagged mistakes apart, and the choice of one image; returns its
+    sample id."""
+    flagged = wrong.sample_id.isin(suspect)
+    plain, doubtful = wrong[~flagged], wrong[flagged]
+    gallery(data, position, plain.head(GALLERY))
+    st.caption("Captions: given label → the model's answer."
+               + (f" The first {GALLERY} of {len(plain)} are shown; all can be opened below."
+                  if len(plain) > GALLERY else ""))
+    if len(doubtful):
+        st.markdown(f"**The label may be wrong ({len(doubtful)}):** the "
+                    f"{words.term('label-check', 'label check')} flags these test images, so "
+                    "the model's answer may be the right one and the given label the mistake.")
+        gallery(data, position, doubtful.head(GALLERY))
+        st.caption("Captions: given label → the model's answer."
+                   + (f" The first {GALLERY} of {len(doubtful)} are shown; all can be opened "
+                      "below." if len(doubtful) > GALLERY else ""))
     names = {r.sample_id: f"{r.sample_id}: {data.classes[int(r.label)]} taken for "
-                          f"{data.classes[int(r.predicted)]}" for r in wrong.itertuples()}
+                          f"{data.classes[int(r.predicted)]}"
+                          + (" (flagged: the label may be wrong)" if r.sample_id in suspect
+                             else "")
+             for r in pd.concat([plain, doubtful]).itertuples()}
     return st.selectbox("Open a misclassified test image", list(names), format_func=names.get,
                         key="why_image")
 
@@ -57,7 +81,7 @@ def image_card(data, position, r, run_row: dict, dataset_id: str) -> None:
     """The image, its label, the prediction and, after a retraining, the new prediction."""
     left, right = st.columns([1, 3])
     left.image(images.enlarge(data.images[position[r.sample_id]], 160), width=160)
-    right.markdown(f"**Label:** {data.classes[int(r.label)]}  \n**The model said:** "
+    right.markdown(f"**Given label:** {data.classes[int(r.label)]}  \n**The model said:** "
                    f"{data.classes[int(r.predicted)]} ({r.confidence:.0%} sure)")
     last = latest_round(run_row["id"], dataset_id)
     if last is not None and session.usable(session.store().run(last["cleaned"])):
@@ -139,11 +163,22 @@ def show(run_row: dict, dataset_row: dict) -> None:
     if wrong.empty:
         st.success("The model gets every test image right: there is no mistake to explain.")
         return
-    st.caption(f"The model gets {len(wrong)} test images wrong. Open one to see which training "
-               "images SGD-influence holds responsible, estimated for that image alone.")
-    test_id = picked_image(data, position, wrong)
+    suspect = flagged_ids(run_row["id"]) & set(wrong.sample_id)
+    apart = (f" — {len(wrong) - len(suspect)} mistakes, and {len(suspect)} whose given label "
+             "may be wrong (below, apart)") if suspect else ""
+    st.caption(f"The model gets {len(wrong)} test images wrong by their given labels{apart}. "
+               "Open one to see which training images SGD-influence holds responsible, "
+               "estimated for that image alone.")
+    test_id = picked_image(data, position, wrong, suspect)
     image_card(data, position, next(wrong[wrong.sample_id == test_id].itertuples()), run_row,
                dataset_row["id"])
+    if test_id in suspect:
+        check = session.label_check(run_row["id"], "test").set_index("sample_id").loc[test_id]
+        st.warning(f"The {words.term('label-check', 'label check')} flags this test image: its "
+                   f"given label {check.label} may be wrong; it suggests "
+                   f"**{check.suggested_label}** ({check.suggested_p:.0%}). A training image that "
+                   "\"pushed it towards this mistake\" may have pushed it towards the right "
+                   "answer.", icon=":material/flag:")
     method = explain_controls(run_row, test_id,
                               session.estimate(dataset_row["id"], run_row["config"]))
     for kind in ("explain", "explain-check"):

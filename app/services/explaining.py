@@ -12,7 +12,7 @@ from influence import explain, methods, trust
 from influence.config import RunError
 from influence.progress import Progress
 
-from . import jobs, runner
+from . import runner
 from .store import DONE, Store
 
 TOP = 20  # training images kept per side

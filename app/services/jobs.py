@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from influence import cleaning, kcurve, methods, probe, relabel, run_folder, runs, trust
+from influence import advice, cleaning, kcurve, methods, probe, relabel, run_folder, runs, trust
 from influence.progress import Cancelled, Progress
 from influence.config import RunConfig, RunError
 
@@ -123,21 +123,24 @@ TRUST = trust.FIGURES  # what the trust check keeps (trust.figures: JSON, enough
 # influence.advice.trust_verdict)
 
 
-CHECK_GROUPS = 20  # random groups of 5 % of the training images in the trust check
+CHECK_GROUPS = trust.GROUPS  # random groups of 5 % of the training images in the trust check
+CHECK_SINGLES = trust.SINGLES  # single images retrained by default: none, on request only
 
 
-def start_check(store: Store, session: str, run_id: str, method: str, n: int = 10,
+def start_check(store: Store, session: str, run_id: str, method: str, n: int = CHECK_SINGLES,
                 groups: int = CHECK_GROUPS) -> Job:
-    """The engine's trust check: real retraining without n single images spread over the ranking
-    and without `groups` random groups of 5 % of the training images, all at once."""
+    """The engine's trust check: real retraining without `groups` random groups of 5 % of the
+    training images and the ranking's top sets (the go/no-go), and without n single images
+    spread over the ranking when asked (n ≥ 2), all at once."""
     methods.estimating_removal(method)  # refused here, before the job starts
     scores = store.scores(run_id, method)
     exclude = store.score_info(run_id)[method].get("query") or []
 
     def work(job: Job) -> dict:
         run = store.open_run(run_id)
-        job.say(f"retraining without each of {n} single images and {groups} random groups, "
-                "all at once, to compare with the estimates")
+        job.say(f"retraining without each of {groups} random groups and the ranking's top "
+                f"sets{f' and {n} single images' if n else ''}, all at once, to compare with "
+                "the estimates")
         result = trust.of_ranking(run, method, n, on_progress=job.report, ranked=scores,
                                   groups=groups, exclude=exclude)
         figures = trust.figures(result)
@@ -157,24 +160,38 @@ def start_curve(store: Store, session: str, run_id: str, method: str, mode: str 
                 controls: int = kcurve.CONTROLS, seed: int = 0) -> Job:
     """How many to remove: the k-curve of a computed ranking (influence.kcurve), every top-k
     and random removal in one vectorised retraining, judged on the run's selection images.
-    The job's result keeps the curve per k (`band`) and the suggestion."""
+    The job's result keeps the curve per k (`band`) and the suggestion, with how many of the
+    suggested set the label check flags when it has been computed for the run."""
     run = store.open_run(run_id)
     ranked = store.scores(run_id, method)
     kcurve.check_curve(run, ranked, mode, controls)  # refused here, before the job starts
-    exclude = (store.score_info(run_id).get(method) or {}).get("query") or []
+    info = store.score_info(run_id)
+    exclude = (info.get(method) or {}).get("query") or []
+    check = store.scores(run_id, advice.CHECK) if advice.CHECK in info else None
+    flagged = [] if check is None else list(check.sample_id[check.flagged.astype(bool)])
 
     def work(job: Job) -> dict:
         ks = kcurve.sizes(len(ranked))
         job.say(f"retraining without the top {', '.join(map(str, ks[1:]))} of the ranking and "
                 f"without {controls} random sets of each size, all at once (mode {mode})")
         frame, found = kcurve.curve(run, ranked, mode, controls, seed, exclude=exclude,
-                                    on_progress=job.report)
+                                    on_progress=job.report, flagged=flagged)
         job.say(found["sentence"])
         return {"band": kcurve.band(frame).to_dict("records"), "suggestion": found}
 
     return start(session, "curve", "Choosing how many to remove", work,
                  result={"run": run_id, "method": method, "mode": mode}, store=store,
                  reads=[run_id])
+
+
+def stored_flags(store: Store, run_id: str) -> dict[str, str] | None:
+    """The label check of a run's training images as its random fixes draw from them
+    (cleaning.flagged_labels), where page 3 has computed and kept it; None: the round computes
+    it itself."""
+    if advice.CHECK not in store.score_info(run_id):
+        return None
+    check = store.scores(run_id, advice.CHECK)
+    return cleaning.flagged_labels(check) if "flagged" in check.columns else None
 
 
 def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str],
@@ -194,6 +211,7 @@ def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str
     planned = cleaning.check_round(base, remove_ids, mode, controls, fixes)  # refused here,
     remove_ids, fixes = list(planned.changes.removed), dict(fixes or {})  # before the job starts
     exclude = (store.score_info(run_id).get(method) or {}).get("query") or []
+    flagged = stored_flags(store, run_id) if fixes and controls else None
     cleaned = store.new_run(base_row["dataset"], "cleaned", base.config, session, run_id)
     round_id = store.new_round(base_row["dataset"], run_id, method, mode, remove_ids,
                                cleaned["id"], None, session, fixes)
@@ -206,7 +224,7 @@ def start_cleaning(store: Store, session: str, run_id: str, remove_ids: list[str
                         f"{len(fixes)} fixed, mode {mode})")
                 child, verdict = cleaning.run_round(
                     base, planned, seed, exclude, store.root / cleaned["folder"],
-                    lambda p: job.report(p) if p.phase == "control" else curve(p))
+                    lambda p: job.report(p) if p.phase == "control" else curve(p), flagged)
                 store.finish_run(cleaned["id"], DONE, child.metrics, config=child.config)
             job.say(f"test error {verdict['test_error_after']:.1%} (before: "
                     f"{verdict['test_error_before']:.1%}; {controls} random removals: "

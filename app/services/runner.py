@@ -62,6 +62,7 @@ class Job:
         self.error: str | None = None
         self.suggested_lr: float | None = None
         self.started, self.finished = started or time.time(), None
+        self.phase_started = self.started  # when the phase now reported began
         self._cancel, self._ended = threading.Event(), threading.Event()
 
     # --- read by the page ------------------------------------------------------------------
@@ -76,6 +77,11 @@ class Job:
     @property
     def elapsed(self) -> float:
         return (self.finished or time.time()) - self.started
+
+    @property
+    def phase_elapsed(self) -> float:
+        """Seconds since the phase now reported began: its pace gives the time left."""
+        return (self.finished or time.time()) - self.phase_started
 
     def curve(self, phase: str | None = None) -> pd.DataFrame:
         """The training log of a phase (default: the latest one) as a table, so far."""
@@ -105,6 +111,8 @@ class Job:
         """The engine's progress callback; raising Cancelled here stops the work."""
         if self.cancelled:
             raise Cancelled()
+        if (phase or p.phase) != self.phase or p.done < self.done:  # a new phase, its own pace
+            self.phase_started = time.time()
         self.phase, self.done, self.total = phase or p.phase, p.done, p.total
         if p.val is not None and phase in self.curves:
             self.say(epoch_line(self.curves[phase].rows, p.val, self.epochs.get(phase)))

@@ -3,8 +3,9 @@
 Every estimate is built from the engine's unit costs (influence.costs: one training step, one
 retraced step, one vectorised counterfactual step and its cost per removal mask, one
 evaluation, one pass of per-image gradients), timed on the real model and data for a few steps
-of the run's own schedule; the steps the replay recomputes between its kept θ count as training
-steps. A job's time is then its count of each unit; benchmarks/estimates.py measures how close
+of the run's own schedule at the moment of the estimate, so the machine's load then is in them;
+the steps the replay recomputes between its kept θ (none when every θ of an epoch fits in the
+memory budget) count as training steps. A job's time is then its count of each unit; benchmarks/estimates.py measures how close
 that comes.
 """
 from __future__ import annotations
@@ -15,12 +16,22 @@ from dataclasses import replace
 import torch
 
 from datasets import ImageSet
-from influence import baselines, labels, methods, probe, runs
+from influence import baselines, labels, methods, probe, runs, trust
 from influence.costs import unit_costs
 from influence.config import RunConfig
 from influence.sgd import replayed_steps
 
 CHUNK = 32  # removal masks per vectorised run (counterfactual.outcomes)
+LONG = 300  # seconds: a job estimated to take longer is announced with a warning
+
+
+def long_warning(seconds: float, faster: str) -> str | None:
+    """A sentence to show before starting a job estimated over LONG seconds, naming the faster
+    option; None for a shorter one."""
+    if seconds <= LONG:
+        return None
+    return (f"This will take about {seconds / 60:.0f} minutes on this machine. Faster: "
+            f"{faster}.")
 
 
 def vectorised(costs: dict, masks: int, steps: int) -> float:
@@ -37,7 +48,7 @@ def estimate(data: ImageSet, config: RunConfig) -> dict:
     costs = unit_costs(run)
     steps, epochs = run.schedule.steps, run.schedule.epochs
     last = run.schedule.steps_per_epoch
-    again = replayed_steps(last) - (last - 1)  # steps of an epoch replayed a second time
+    again = replayed_steps(last, run.replay_every()) - (last - 1)  # steps replayed twice
     n_train, n_params = len(run.split.train), sum(p.numel() for p in run.model.parameters())
     finish = 3 * costs["eval"] * (len(data) / max(len(run.split.val), 1))  # every part, saved
     train = steps * costs["step"] + epochs * costs["eval"] + finish
@@ -74,5 +85,7 @@ def controls_seconds(guess: dict, controls: int, mode: str) -> float:
 
 
 def check_seconds(guess: dict, singles: int, groups: int, mode: str) -> float:
-    """The trust check with `singles` images and `groups` groups, retraining in `mode`."""
-    return controls_seconds(guess, 1 + singles + groups, mode)
+    """The trust check with `singles` images, `groups` groups and the ranking's top sets
+    (trust.top_sizes), retraining in `mode`."""
+    tops = len(trust.top_sizes(guess["n_train"]))
+    return controls_seconds(guess, 1 + singles + groups + tops, mode)

@@ -7,10 +7,11 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, images, panels, session, words
-from app.sections import fixes, how_many
+from app.sections import fixes, how_many, recommend, review
 from app.services import jobs, runner, timing
 from app.services.store import DONE
-from influence import methods
+from influence import advice, methods
+from influence import trust as trust_check
 from influence.config import RunError
 
 ROW_HEIGHT = 44
@@ -44,51 +45,45 @@ scored = store.score_info(run_row["id"])
 job = runner.latest(session.sid(), "score")
 busy = runner.active(session.sid()) is not None
 
-st.markdown("**Two questions, two rankings.** To decide what to **remove**, rank by "
-            "**SGD-influence**: it estimates what leaving each image out does to this model's "
-            "validation loss, and page 4 checks the outcome against random removal. To find "
-            "**wrong labels**, use the **label check** (confident learning on your own model): "
-            "look at the images it flags and correct their labels; removing them is possible, "
-            "but it is not what that check estimates.")
+st.markdown("**Fix first; remove only what is checked.** To find **wrong labels**, the "
+            f"{words.term('label-check', 'label check')} (confident learning on your own model) "
+            "flags images whose given label a model that never saw them finds unlikely, and "
+            "the label they look like: review them below and accept or reject each fix. To "
+            "**remove** images, SGD-influence estimates what leaving each one out does to the "
+            "validation loss; removing by it is recommended only when its "
+            f"{words.term('trust-check', 'trust check')} passes on your data.")
 
 # --- the yardstick: are the validation labels right? ----------------------------------------------
 val_check = session.label_check(run_row["id"], "val")
 test_check = session.label_check(run_row["id"], "test")
 suspicious = val_check[val_check.flagged]
-exclude = session.query_exclude(run_row["id"], suspicious.sample_id) \
+exclude = session.query_exclude(run_row["id"], suspicious.sample_id, val_check.sample_id) \
     if len(suspicious) < len(val_check) else []
 with st.expander("Check the yardstick: the validation labels"
                  + (f" — {len(suspicious)} look wrong" if len(suspicious) else " — all look right"),
                  expanded=bool(len(suspicious)) and not scored):
-    st.caption("Every influence score measures harm on the validation images. If some of their "
-               "labels are wrong, good training images that contradict them look harmful. The "
-               "trained model never saw these images, so its own probabilities check them "
-               "(cleanlab's find_label_issues).")
-    if not len(suspicious):
-        st.success(f"None of the {len(val_check):,} validation labels looks wrong.")
+    st.caption(f"Every influence score measures harm on the validation images (the "
+               f"{words.term('yardstick', 'yardstick')}; the ones used make the "
+               f"{words.term('query', 'query')}). If some of their labels are wrong, good "
+               "training images that contradict them look harmful. The trained model never "
+               "saw these images, so its own probabilities check them (cleanlab's "
+               "find_label_issues).")
+    st.markdown(words.left_out(len(exclude), len(val_check), len(suspicious)))
+    if len(suspicious) and len(suspicious) == len(val_check):
+        st.error("The check flags every validation image, so none would be left to "
+                 "measure with: look at the labels of your data before going on.")
+        review.grid("val", run_row, val_check, data, position)
     else:
-        images.image_grid(data, [position[sid] for sid in suspicious.sample_id[:24]],
-                          [f"{g} → {s} ({p:.0%})" for g, s, p in zip(
-                              suspicious.label, suspicious.suggested_label,
-                              suspicious.suggested_p)][:24], per_row=8, side=72)
-        st.caption("Captions: given label → the label the model suggests (its probability).")
-        if len(suspicious) == len(val_check):
-            st.error("The check flags every validation image, so none would be left to "
-                     "measure with: look at the labels of your data before going on.")
-        else:
-            leave_out = st.toggle(
-                f"Leave these {len(suspicious)} images out of the query", value=bool(exclude),
-                key=f"exclude-{run_row['id']}", help="SGD-influence, the trust check and page 4's "
-                "comparison then use the mean loss over the other validation images. The test "
-                "images are never touched.")
-            if leave_out != bool(exclude):
-                session.set_query_exclude(run_row["id"], suspicious.sample_id if leave_out else [])
-                st.rerun()
-    n_test = int(test_check.flagged.sum())
-    if n_test:
-        st.info(f"{n_test} of the {len(test_check):,} test images look mislabelled too. They "
-                "are left as they are: the test error on page 4 counts them with their given "
-                "labels.", icon=":material/info:")
+        review.grid("val", run_row, val_check, data, position, exclude)
+
+with st.expander("Check the test labels" + (
+        f" — {int(test_check.flagged.sum())} may be wrong" if test_check.flagged.any() else
+        " — all look right")):
+    st.caption("The test images judge every model on page 4; the model never trained on them, "
+               "so its own probabilities check their labels too. A flagged test image's label "
+               "may be wrong: page 4 lists such mistakes apart.")
+    review.grid("test", run_row, test_check, data, position)
+review.save_corrections(dataset_row, run_row, data, position)
 
 # --- scoring -----------------------------------------------------------------------------------
 guess = session.estimate(dataset_row["id"], run_row["config"])
@@ -112,6 +107,12 @@ with st.expander("Compute influence" + (" again, or another ranking to compare" 
                       help="SGD-influence (the first three) is what this tool is built on. The "
                       "others are well-known ways of ranking training images, for comparison: "
                       "the demo's flipped-label count and page 4's retraining work for all.")
+    seconds = {"sgd": "seconds_score", "sgd-refined": "seconds_score_refined",
+               "sgd-last": "seconds_score_last", "kl": "seconds_kl", "tracin": "seconds_tracin",
+               "confident-learning": "seconds_label_check"}
+    if warn := timing.long_warning(guess.get(seconds.get(chosen), 0),
+                                   "Fast: last epoch only"):
+        st.warning(warn, icon=":material/timer:")
     if st.button("Compute influence" if chosen in ours else "Compute this ranking",
                  type="primary", disabled=busy, icon=":material/calculate:"):
         try:
@@ -143,27 +144,38 @@ if methods.get(method).estimates_removal and (used or exclude) and set(used) != 
                f"query; now {len(exclude)} are. Compute it again to use the current query.",
                icon=":material/sync_problem:")
 elif used:
-    st.caption(f"Computed with the {len(used)} flagged validation images left out of the query.")
+    st.caption(f"Computed with {len(used)} validation images left out of the query.")
 ranking = methods.get(method)
 removal = ranking.estimates_removal  # a score in units of validation loss
 
 # --- trust check ------------------------------------------------------------------------------
 trust = scored[method].get("trust")
+verdict = advice.trust_verdict(trust) if removal else None  # against the check's query loss
 check_job = runner.latest(session.sid(), "check")
 if not removal:
     st.caption(f"This ranking ({ranking.title}) does not estimate what removing an "
                "image does to the model, so real retraining cannot check it image by image. "
                "Page 4 shows what removing its top images does.")
 elif trust:
-    st.success(words.trust(trust), icon=":material/verified:")
+    recommend.trust_box(verdict, trust)
 else:
+    tops = trust_check.top_sizes(len(frame))
     c1, c2 = st.columns([1, 3])
-    n_check = c1.number_input("Images to check", 4, 50, key=session.remember("n_check", 10))
+    n_check = c1.number_input("Single images too (0: none)", 0, 50,
+                              key=session.remember("n_check", jobs.CHECK_SINGLES))
     took = timing.check_seconds(guess, int(n_check), jobs.CHECK_GROUPS, ranking.retrain_mode)
-    c2.markdown(f"How far can you trust this ranking? The check retrains the model for real "
-                f"without each of {n_check} images spread over the ranking, and without each "
-                f"of {jobs.CHECK_GROUPS} random groups of 5 % of the training images, all at "
-                f"once, and compares ({words.seconds(took)}).")
+    c2.markdown(f"How far can you trust this ranking on your data? The "
+                f"{words.term('trust-check', 'trust check')} retrains the model for real "
+                f"without each of {jobs.CHECK_GROUPS} random groups of 5 % of the training "
+                f"images and without the ranking's top {' and top '.join(map(str, tops))}"
+                + (f", and without each of {n_check} single images" if n_check else "")
+                + f", all at once, and compares with the estimates ({words.seconds(took)}). "
+                "Removing images by the ranking is recommended only when it passes. Single "
+                "images cost one retraining each and are mostly noise on deep models, so they "
+                "are off unless you ask.")
+    if warn := timing.long_warning(took, "the fast ranking's check, which retrains the last "
+                                         "epoch only"):
+        c2.warning(warn, icon=":material/timer:")
     if c2.button("Check against real retraining", disabled=busy):
         try:
             jobs.start_check(store, session.sid(), run_row["id"], method, int(n_check))
@@ -175,7 +187,31 @@ if check_job is not None and check_job.result.get("run") == run_row["id"] and (
     panels.job_panel("check", curves=False, log_after=False)
     panels.job_outcome(check_job)
 
-how_many.section(run_row, method, busy)
+# --- what to do: recommended only where this run's own checks support it -----------------------
+check = fixes.label_check(run_row["id"])  # of the training images, once computed
+curve = how_many.latest(run_row, method)
+rec = advice.recommend(check, frame if removal else None, trust if removal else None,
+                       curve["suggestion"] if curve else None)
+recommend.section(rec, verdict, ranking.title, check is not None)
+ticked = session.ticks()
+if rec.remove and not set(rec.remove) <= ticked:
+    if st.button(f"Tick the {len(rec.remove)} recommended for removal",
+                 icon=":material/check_box:"):
+        session.set_ticks(ticked | set(rec.remove))
+        st.session_state.tick_version = st.session_state.get("tick_version", 0) + 1
+        st.rerun()
+
+how_many.section(run_row, method, busy, rec.how_many if rec.remove else None)  # gated by trust
+
+st.subheader("Review the flagged training labels")
+if check is None:
+    st.caption("The label check trains the model's own SGD on 5 folds of the training images "
+               "and flags the images whose given label their held-out fold model finds "
+               "unlikely (confident learning), with the label each looks like.")
+    recommend.label_check_button(run_row, guess["seconds_label_check"], busy)
+else:
+    review.grid("train", run_row, check, data, position,
+                truth=dataset_row.get("flipped") or None)
 
 # --- the ranking -------------------------------------------------------------------------------
 preds = session.predictions(run_row["id"]).set_index("sample_id")
@@ -208,6 +244,10 @@ with right:
                 icon=":material/science:")
 
 st.subheader("Ranked training images")
+if removal and not rec.remove:
+    st.caption("Removing by this ranking is not recommended on this data (see *What to do*): "
+               "what you tick here is your own choice, and page 4 checks it against random "
+               "removal.")
 c1, c2, c3 = st.columns([2, 2, 1])
 helpful = c1.toggle("Show the most helpful instead", key=session.remember("helpful", False))
 disagree = c1.toggle("Only where the given label ≠ the predicted one",
@@ -306,7 +346,6 @@ if len(shown):
         if item.sample_id in flipped:
             right.caption(f"Demo: the true label is {flipped[item.sample_id]}.")
 
-fixes.view(run_row, method, view, data, position, flipped, int(top_k), per_page, filters)
 
 export = table.drop(columns=["predicted"]).rename(columns={"influence": "score"})
 st.download_button("Whole ranking (CSV)", export.to_csv(index=False),

@@ -32,6 +32,16 @@ fixed = session.fixes(run_row["id"], set(ticked))  # sample id → new label
 method = session.method()
 busy = runner.active(session.sid()) is not None
 flipped = dataset_row.get("flipped") or {}
+SPLIT = ("seed", "val_fraction", "test_fraction")  # the same values: the same test images
+
+
+def rounds_on_test_images() -> list[dict]:
+    """The finished cleaning rounds of this data set, of any session, on the current model's
+    test images (the same split): each of them looked at these test images once."""
+    same = {k: (run_row["config"] or {}).get(k) for k in SPLIT}
+    return [r for r in store.rounds(dataset_row["id"]) if r["status"] == DONE and
+            {k: (store.run(r["base"])["config"] or {}).get(k) for k in SPLIT} == same]
+
 
 # --- retrain ---------------------------------------------------------------------------------
 st.subheader("Retrain")
@@ -60,14 +70,22 @@ else:
                f"({words.seconds(guess['seconds_retrain'])})",
         "last": f"only the last epoch without them — faster "
                 f"({words.seconds(guess['seconds_retrain_last'])})"}.get)
+    c1.caption(f"{words.term('retrain-mode', 'All or last epoch?')} All is what page 3's exact "
+               "ranking estimates; last is quicker and what its fast ranking estimates.")
     controls = c2.number_input(
         words.controls_label(len(ticked), len(fixed)), 0,
         100, key=session.remember("controls", cleaning.CONTROLS),
-        help="Shows whether removing the chosen images beat removing the same number at "
-        "random, with a p-value. All controls run together in one vectorised retraining. 0: "
-        "none (then nothing can be said about chance).")
+        help=words.controls_help(len(ticked), len(fixed)))
     more = timing.controls_seconds(guess, int(controls), mode)
-    c2.caption(f"The controls take {words.seconds(more)} more.")
+    c2.caption(f"The controls take {words.seconds(more)} more. "
+               + words.before_running(int(controls), len(rounds_on_test_images()) + 1)
+               + f" {cleaning.CONTROLS} controls are the default: with them the prediction-"
+               "interval test calls a cleaned error better when it lies "
+               f"{cleaning.interval_threshold():.1f} of the controls' standard deviations "
+               "below their mean (1.8 with 20), at a quarter of the time.")
+    took = guess["seconds_retrain" if mode == "all" else "seconds_retrain_last"] + more
+    if warn := timing.long_warning(took, "retrain the last epoch only, or fewer controls"):
+        st.warning(warn, icon=":material/timer:")
     if st.button(words.retrain_button(len(ticked), len(fixed)),
                  type="primary", disabled=busy, icon=":material/restart_alt:"):
         try:
@@ -95,6 +113,13 @@ def test_part(run_id: str) -> pd.DataFrame:
     return preds[preds.part == "test"].set_index("sample_id")
 
 
+def flagged_test_ids() -> set[str]:
+    """The test images the label check flags, by the current model's own probabilities (out of
+    sample for them; page 3 computes the same check, cached)."""
+    check = session.label_check(run_row["id"], "test")
+    return set(check.sample_id[check.flagged])
+
+
 def compare_models(run_rows: dict[str, dict], key: str) -> None:
     """Test error, per-class error, confusion matrices and the images that changed, for models
     named by the keys of `run_rows` (the first is the reference)."""
@@ -111,6 +136,20 @@ def compare_models(run_rows: dict[str, dict], key: str) -> None:
                        if change else "off", delta_arrow="auto" if change else "off")
     n_test = len(parts[names[0]])
     cols[-1].metric("Test images", f"{n_test:,}")
+    suspect = flagged_test_ids() & set(parts[names[0]].index)
+    if suspect:
+        without = [float((p.predicted != p.label).drop(index=list(suspect)).mean())
+                   for p in parts.values()]
+        st.markdown(f"The {words.term('label-check', 'label check')} "
+                    f"{words.term('flagged', 'flags')} **{len(suspect)}** of the {n_test:,} test "
+                    "images: their given label may be wrong, so a \"mistake\" on them may be "
+                    "a right answer. **Without them**, the test error is "
+                    + " and ".join(f"**{e:.2%}** {name}" for name, e in zip(names, without))
+                    + f" (on {n_test - len(suspect):,} test images). The figures above and the "
+                    "tests below count every test image with its given label.")
+    else:
+        st.caption(f"The {words.term('label-check', 'label check')} flags none of the "
+                   f"{n_test:,} test images: their given labels look right to the model.")
     colours = [charts.GREY, charts.GREEN, charts.ORANGE][:len(names)]
     left, right = st.columns(2)
     left.plotly_chart(charts.test_error_chart(names, errors, colours), key=f"{key}-errors")
@@ -119,8 +158,8 @@ def compare_models(run_rows: dict[str, dict], key: str) -> None:
 
     with st.expander("Confusion matrices"):
         st.plotly_chart(charts.confusion_chart(parts, data.classes), key=f"{key}-confusion")
-        st.caption("Rows: the true class; columns: what the model said. The diagonal counts "
-                   "correct answers.")
+        st.caption("Rows: the given label; columns: what the model said. The diagonal counts "
+                   "answers that agree with the given label.")
 
     before, after = parts[names[0]], parts[names[1]]
     ok_before = before.predicted == before.label
@@ -129,35 +168,43 @@ def compare_models(run_rows: dict[str, dict], key: str) -> None:
                         before.index[~ok_before & ok_after]),
                        (f"Test images that became wrong ({names[1]})",
                         before.index[ok_before & ~ok_after])):
-        st.markdown(f"**{title}: {len(ids)}**")
-        ids = list(ids)[:24]
+        ids = sorted(ids, key=lambda i: i in suspect)  # the flagged ones last, marked
+        marked = sum(i in suspect for i in ids)
+        st.markdown(f"**{title}: {len(ids)}**"
+                    + (f" — {marked} of them flagged: the label may be wrong" if marked else ""))
+        ids = ids[:24]
         if ids:
             images.image_grid(data, [position[i] for i in ids],
-                          [f"{data.classes[int(before.label[i])]}: "
-                           f"{data.classes[int(before.predicted[i])]}→"
-                           f"{data.classes[int(after.predicted[i])]}" for i in ids],
-                          per_row=8, side=96)
-    st.caption("Captions: true label: prediction before → after.")
+                              [("⚑ " if i in suspect else "")
+                               + f"{data.classes[int(before.label[i])]}: "
+                               f"{data.classes[int(before.predicted[i])]}→"
+                               f"{data.classes[int(after.predicted[i])]}" for i in ids],
+                              per_row=8, side=96)
+    st.caption("Captions: given label: prediction before → after"
+               + ("; ⚑ the label check flags the image (the label may be wrong)." if suspect
+                  else "."))
 
 
 def verdict_of(chosen: dict) -> dict:
-    """The round's statistics; a round saved before they were kept gets them from its saved
+    """The round's statistics, restated for the rounds compared on these test images so far
+    (compare.verdict_for_rounds); a round saved before they were kept gets them from its saved
     predictions (and its one random control run)."""
+    rounds = max(1, len(rounds_on_test_images()))
     if chosen.get("verdict"):
-        return chosen["verdict"]
+        return compare.verdict_for_rounds(chosen["verdict"], rounds)
     before, after = test_part(run_row["id"]), test_part(chosen["cleaned"]).reindex(
         test_part(run_row["id"]).index)
     control = store.run(chosen["control"]) if chosen.get("control") else None
     errors = [control["metrics"]["test_error"]] if control and session.usable(control) else []
     return compare.cleaning_verdict(before.predicted == before.label,
-                                    after.predicted == after.label, errors)
+                                    after.predicted == after.label, errors, rounds)
 
 
 def summary(chosen: dict, v: dict) -> None:
     """The outcome of a round in a few sentences, its random controls, and the estimate."""
     removed, changed = chosen["removed"], chosen.get("fixes") or {}
     k = len(removed)
-    lines = words.verdict(v, words.round_action(k, len(changed)), words.controls_said(changed))
+    lines = words.verdict(v)
     if flipped:
         hits = len(set(removed) & flipped.keys())
         lines.append(f"*Demo:* {hits} of the {k} removed images had a flipped label "
@@ -170,16 +217,37 @@ def summary(chosen: dict, v: dict) -> None:
         scores = session.scores(run_row["id"], chosen["method"]).set_index("sample_id").influence
         predicted = float(scores.reindex(removed).sum()) + advice.estimated_total(
             changed, session.relabel(run_row["id"], chosen["method"]))
-        actual = v["query_change"]
-        what = words.round_action(k, len(changed)).lower() if changed else "removing them"
         if np.isfinite(predicted):  # (fixes without relabel effects have no estimate)
-            st.caption(f"{ranking.name} estimated that {what} would "
-                       f"{'lower' if predicted < 0 else 'raise'} the validation loss by "
-                       f"{abs(predicted):.3g}; retraining "
-                       f"{'lowered' if actual < 0 else 'raised'} it by {abs(actual):.3g}.")
+            estimate(ranking, predicted, v["query_change"],
+                     store.score_info(run_row["id"])[chosen["method"]].get("trust"),
+                     words.round_action(k, len(changed)).lower() if changed else "removing them")
     fixes.show_per_class(data, position, run_row["config"], removed, changed)
     if v["controls"]:
         st.plotly_chart(charts.controls_chart(v), key=f"controls-{chosen['id']}")
+
+
+ALERTS = {"pass": st.success, "unsure": st.warning, "fail": st.error, "none": st.info}
+
+
+def estimate(ranking, predicted: float, actual: float, trust: dict | None, what: str) -> None:
+    """The ranking's estimate of the round next to what retraining did, in the colour and with
+    the icon of its trust check (advice.trust_verdict); an impossible estimate (a drop larger
+    than the validation loss itself) is named, never shown as a number."""
+    loss = (trust or {}).get("query_loss") or run_row["metrics"]["val_loss"]
+    verdict = advice.trust_verdict(trust, loss)
+    did = (f"retraining {'lowered' if actual < 0 else 'raised'} it by {abs(actual):.3g}"
+           f" (from {loss:.3g})")
+    if advice.possible_estimate(predicted, loss) is None:
+        said = (f"{ranking.name} estimated that {what} would lower the validation loss by more "
+                f"than the whole loss, which is impossible (a loss cannot fall below 0), so its "
+                f"number is not shown: on this run its estimates are off by more than their own "
+                f"size. In fact {did}.")
+    else:
+        said = (f"{ranking.name} estimated that {what} would "
+                f"{'lower' if predicted < 0 else 'raise'} the validation loss by "
+                f"{abs(predicted):.3g}; {did}.")
+    ALERTS[verdict.level](f"{said}  \n**{words.term('trust-check', 'Trust check')}:** "
+                          f"{verdict.sentence}", icon=verdict.icon)
 
 
 # --- the latest round of this model -------------------------------------------------------------
@@ -260,6 +328,17 @@ if history:
             return float(np.mean(r["verdict"]["control_errors"]))
         return error_of(r["control"])
 
+    looked = max(1, len(rounds_on_test_images()))
+
+    def claims(r: dict) -> dict:
+        """Which of the round's two claims pass, restated for the rounds compared so far."""
+        if not r.get("verdict"):
+            return {"better (claims passed)": "—"}
+        v = compare.verdict_for_rounds(r["verdict"], looked)
+        return {"better (claims passed)": "yes (both)" if v["better"] else
+                "no (than before only)" if v["better_than_before"] else
+                "no (than random only)" if v["better_than_random"] else "no (neither)"}
+
     st.dataframe(pd.DataFrame([{
         "round": number[r["id"]], "from model": words.run_label(store.run(r["base"])),
         "removed": len(r["removed"]), "fixed": len(r.get("fixes") or {}),
@@ -267,12 +346,17 @@ if history:
         "retrained": "all epochs" if r["mode"] == "all" else "last epoch",
         "test error before": error_of(r["base"]), "after": error_of(r["cleaned"]),
         "random removal": random_error(r),
-        "better than chance": {True: "yes", False: "not shown"}.get(
-            (r.get("verdict") or {}).get("better_than_chance"), "—"),
+        **claims(r),
         "status": r["status"]}
         for r in history]), hide_index=True, column_config={
             c: st.column_config.NumberColumn(format="percent")
             for c in ("test error before", "after", "random removal")})
+    st.caption(f"{words.term('better', 'Better')}: better than before and better than random, "
+               f"each at {compare.ALPHA:g}, "
+               + (f"with every p-value multiplied by the {looked} "
+                  f"{words.term('rounds', 'rounds')} compared on these test images so far."
+                  if looked > 1 else f"one {words.term('rounds', 'round')} so far on these test "
+                  "images (each later round multiplies every p-value by the count)."))
     done = [r for r in session.visible(store.runs(dataset_row["id"])) if session.usable(r)]
     if len(done) >= 2:
         with st.expander("Compare any two models of this data set"):

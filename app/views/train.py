@@ -1,14 +1,14 @@
 """Page 2: train a model with recorded SGD, in the background, with live curves."""
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 
 import pandas as pd
 import streamlit as st
 
 from app import charts, panels, session, words
-from app.services import jobs, runner
+from app.services import jobs, runner, timing
 from app.services.store import FAILED
 from datasets import DataError
-from influence import models, probe
+from influence import advice, models, probe
 from influence.config import MIN_STEPS, RunConfig, RunError, default_epochs
 
 st.title("2 · Train a model")
@@ -87,6 +87,9 @@ try:
             f"{words.seconds(guess['seconds_score'])} for the exact method or "
             f"{words.seconds(guess['seconds_score_last'])} for the fast one.",
             icon=":material/timer:")
+    if warn := timing.long_warning(took, "fewer epochs, or a learning rate of your own "
+                                         "instead of the probe"):
+        st.warning(warn, icon=":material/timer:")
     settings_ok = True
 except (RunError, DataError) as e:
     st.error(f"These settings cannot be used: {e}")
@@ -138,6 +141,33 @@ if session.usable(run_row) and run_row["dataset"] == dataset_row["id"]:
     used = run_row["config"]["lr"]
     if m.get("lr_probe"):
         st.caption(f"Learning rate {used:g}, chosen by the probe: {m['lr_probe']['reason']}.")
+    log = session.training_log(run_row["id"])
+    recorded = run_row["config"]
+    n_val = len(data.split(recorded["val_fraction"], recorded["test_fraction"],
+                           recorded["seed"]).val)
+    st.markdown(f"**Did it learn?** {advice.learned(log, data.classes, n_val)}")
+    over = advice.overfitting(log)
+    if over is not None and m.get("learned", True):
+        best = over["best_epoch"]
+        st.warning(f"**Validation loss has been rising for {over['epochs_since_best']} epochs** "
+                   f"({words.term('overfitting', 'what this means')}). {over['sentence']} "
+                   "Influence traces the recorded training to its last step, so an earlier "
+                   "epoch's model cannot be scored instead; training again makes a new recorded "
+                   f"run with the same settings and {best} epochs (this one stays in the list "
+                   "below and can be opened again).", icon=":material/trending_up:")
+        if st.button(f"Train again with {best} epochs", icon=":material/replay:",
+                     disabled=running):
+            same = RunConfig(**{f.name: recorded[f.name] for f in fields(RunConfig)
+                                if f.name in recorded and f.name not in (
+                                    "dataset", "fingerprint", "removed", "fixes", "parent")})
+            try:
+                job = jobs.start_training(session.store(), session.sid(), dataset_row["id"],
+                                          replace(same, epochs=best))
+                session.state()["previous_run"] = run_row["id"]
+                session.set_run(job.result["run"])
+                st.rerun()
+            except (runner.Busy, RunError, DataError) as e:
+                panels.busy_error(e)
     if not m.get("learned", True):
         longer = min(1000, 3 * run_row["config"]["epochs"])
         st.warning(f"**This model did not learn.** Its validation loss {m['val_loss']:.3g} is "
