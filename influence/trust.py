@@ -63,8 +63,7 @@ def retraining_agreement(run: Run, ranked: pd.DataFrame, mode: str = "all", n: i
     if n < 0 or n == 1 or groups < 0 or not 0 < group_share <= 0.5 \
             or not all(0 < share <= 0.5 for share in tops):
         raise RunError("the trust check needs 0 or at least 2 single images, 0 or more groups, "
-                       "a group share above 0 and at most 0.5, and top-set shares in the same "
-                       "range")
+                       "and group and top-set shares above 0 and at most 0.5")
     n = min(n, len(ranked))
     picked = ranked.iloc[np.unique(np.linspace(0, len(ranked) - 1, n).round().astype(int))] \
         if n else ranked.iloc[:0]
