@@ -6,6 +6,7 @@ measures the app's own time estimates, import it."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import shutil
 import sys
 import time
@@ -278,12 +279,13 @@ def method_scores(run: Run, keys: list[str], seed: int, hessian_samples: int = 5
     """Every method's score per training position (negative = suspicious) on the mean
     validation loss, and the seconds each took. K&L: Hessian on `hessian_samples` instances,
     `cg_iters` MINRES steps."""
-    options = {"sgd": {}, "sgd-refined": {}, "sgd-last": {}, "tracin": {},
-               "kl": {"hessian_samples": hessian_samples, "cg_iters": cg_iters, "seed": seed}}
+    options = {"kl": {"hessian_samples": hessian_samples, "cg_iters": cg_iters}}
     scores, seconds = {}, {}
     for m in keys:
+        seeded = "seed" in inspect.signature(methods.get(m).compute).parameters
         began = time.perf_counter()
-        scores[m] = methods.position_scores(run, m, **options.get(m, {"seed": seed}))
+        scores[m] = methods.position_scores(run, m, **options.get(m, {}),
+                                            **({"seed": seed} if seeded else {}))
         seconds[m] = time.perf_counter() - began
     return scores, seconds
 
