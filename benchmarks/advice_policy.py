@@ -261,7 +261,8 @@ def report(runs: pd.DataFrame, images: pd.DataFrame, a, out: Path) -> dict:
         "## Targets met, held out\n\n" + "\n".join(lines),
         *([f"## Confirmation on fresh splits: policy (b) with t = {CONFIRM_T}, fixed before "
            "these splits were run\n\n" + common.markdown(confirm) + "\n\n" + "\n".join(
-               f"- {row.policy}, t = {row.t}, on {row['reported on']} (splits "
+               f"- {row.policy}" + (f", t = {row.t:g}" if pd.notna(row.t) else "")
+               + f", on {row['reported on']} (splits "
                f"{row.splits}): {met_line(row)}" for _, row in confirm.iterrows())]
           if confirm is not None else []),
         "## Per run\n\n" + common.markdown(runs_all),
@@ -277,7 +278,7 @@ def report(runs: pd.DataFrame, images: pd.DataFrame, a, out: Path) -> dict:
     if confirm is not None:
         table = pd.concat([table, confirm.assign(**{"held out": "confirmation"})],
                           ignore_index=True)
-    table.to_csv(out / "advice-policy.csv", index=False)
+    table.to_csv(out / ("advice-policy" + ("-quick" if a.quick else "") + ".csv"), index=False)
     return {"runs": len(runs_all), "b_precision": float(b.precision.min()) if len(b) else np.nan,
             "b_recall": float(b.recall.min()) if len(b) else np.nan}
 
