@@ -13,9 +13,13 @@ action is removal. The two are marked where they agree.
 What the app recommends (recommend), each action gated by a check computed on the user's own
 run and given with its reason in one plain sentence:
 
-* fixes: the label check's *flagged* images, each to the label check's suggested label, to be
-  accepted or rejected one at a time. SGD-influence's best other label is never the default:
-  on planted look-alike noise it was right about as often as chance.
+* fixes: the label check's *flagged* images whose suggested label has a probability of at
+  least SURE, each to that label, to be accepted or rejected one at a time; the other flagged
+  images (remove_flagged) look wrong but the check is unsure of the right label: to remove or
+  to look at. Fixing every flagged image broke too many right labels on planted look-alike
+  noise; SURE was chosen held out (benchmarks/results/advice-policy.md). SGD-influence's best
+  other label is never the default: on planted look-alike noise it was right about as often
+  as chance.
 * removal by an influence ranking: only when that ranking's trust check on this run passes
   (trust_verdict): its estimates of random groups correlate with real retraining (group
   Spearman > 0, one-sided p < 0.05) and its estimate of its own top sets has the right sign and
