@@ -161,13 +161,6 @@ def grid(where: str, run_row: dict, check: pd.DataFrame, data: ImageSet,
     found = pairs(check)
     summary(found, int(check.flagged.sum()), len(check), about["name"])
     decided = session.reviewed(run_id, where)
-    if rec is not None and rec.fixes and not rec.fixes.keys() <= decided.keys():
-        if st.button(f"Accept the {len(rec.fixes)} recommended fixes (the check is sure)",
-                     key=f"accept-sure-{where}", icon=":material/done_all:"):
-            session.set_reviewed(run_id, where, {**rec.fixes, **decided})
-            st.session_state[f"review-version-{where}"] = \
-                st.session_state.get(f"review-version-{where}", 0) + 1
-            st.rerun()
     c1, c2, c3, c4 = st.columns([1, 2, 2, 1], vertical_alignment="bottom")
     flagged_only = c1.toggle("Flagged only", key=session.remember(f"flagged-{where}", True),
                              disabled=not check.flagged.any())
@@ -241,6 +234,13 @@ def grid(where: str, run_row: dict, check: pd.DataFrame, data: ImageSet,
     open_ = len(set(check.sample_id[check.flagged.astype(bool)]) - decided.keys())
     st.markdown(f"**{accepted}** accepted, **{len(decided) - accepted}** rejected, **{open_}** "
                 "flagged images not decided yet.")
+    if rec is not None and rec.fixes and not rec.fixes.keys() <= decided.keys():
+        if st.button(f"Accept the {len(rec.fixes)} recommended fixes (the check is sure)",
+                     key=f"accept-sure-{where}", icon=":material/done_all:"):
+            session.set_reviewed(run_id, where, {**rec.fixes, **decided})
+            st.session_state[f"review-version-{where}"] = \
+                st.session_state.get(f"review-version-{where}", 0) + 1
+            st.rerun()
     if decided and st.button("Forget these decisions", key=f"forget-{where}",
                              icon=":material/undo:"):
         session.set_reviewed(run_id, where, {})
