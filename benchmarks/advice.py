@@ -158,6 +158,7 @@ def one_run(data, kind: str, split: int, a) -> dict:
         "val_flagged": len(exclude),
         "trust": verdict.level, "group_spearman": verdict.group_spearman,
         "group_p": verdict.group_p, "top_ratio": verdict.top_ratio,
+        "sure": advice.SURE,  # the default's threshold for a fix (rows without: every flag)
         "how_many": rec.how_many, "fixes": len(fixes), "removed": len(rec.remove),
         "removed_flagged": len(remove) - len(rec.remove),
         "corrected": corrected, "broken": broken, "wrong_to_wrong": wrong_to_wrong,
@@ -191,8 +192,10 @@ def tests(frame: pd.DataFrame) -> pd.DataFrame:
         for on, other, what in COMPARISONS:
             x, y = part[f"error_{on}_advice"], part[f"error_{on}_{other}"]
             ok = x.notna() & y.notna()
-            p = stats.ttest_rel(x[ok], y[ok]).pvalue if ok.sum() > 1 and \
-                not np.allclose(x[ok], y[ok]) else np.nan
+            diff = (x[ok] - y[ok]).to_numpy()
+            # no p without a spread of the differences (one split, or all alike): t undefined
+            p = stats.ttest_rel(x[ok], y[ok]).pvalue if ok.sum() > 1 and np.ptp(diff) > 1e-12 \
+                else np.nan
             rows.append({"noise": kind, "comparison": what, "splits": int(ok.sum()),
                          "advice %": 100 * x[ok].mean(), "other %": 100 * y[ok].mean(),
                          "change (pp)": 100 * (x[ok] - y[ok]).mean(), "p (paired t)": p})
@@ -270,8 +273,8 @@ def report(frame: pd.DataFrame, a, out: Path) -> dict:
         "## Test error (paired over splits)\n\n" + common.markdown(table) +
         f"\n\nHolm over the {int(table['p (paired t)'].notna().sum())} tests of this table. "
         f"With at most {int(table.splits.max())} splits per noise kind a paired t-test has "
-        "little power (none with one split: p is empty): a change of a point or less is not "
-        "detectable.",
+        "little power (p is empty where the differences show no spread: one split, or the "
+        "same difference in every split): a change of a point or less is not detectable.",
         "## Per run\n\n" + common.markdown(frame[cols]),
         "## Why (the recommendation's reasons, first run of each kind)\n\n" + "\n".join(
             f"- {kind}: " + part.reasons.iloc[0] for kind, part in

@@ -16,7 +16,7 @@ from tqdm import tqdm
 import datasets
 from datasets import DataError
 
-from . import cleaning, explain, kcurve, methods, models, probe, relabel, run_folder, trust
+from . import advice, cleaning, explain, kcurve, methods, models, probe, relabel, run_folder, trust
 from .config import (MAX_EPOCHS, MIN_EPOCHS, MIN_STEPS, RETRAIN_MODES, RunConfig,
                      RunError)
 from .runs import Run
@@ -176,9 +176,10 @@ def cmd_check(a) -> None:
     result = trust.of_ranking(run, a.method, a.n, on_progress=progress_bar(), groups=a.groups,
                               group_share=a.group_share)
     print(result["rows"].to_string(index=False), file=sys.stderr)
-    keys = ("method", "n", "tau", "p_value", "sign_agreement", "groups", "group_size",
-            "group_spearman", "group_p_value")
-    print(json.dumps({k: result[k] for k in keys if k in result}))
+    print(result["top_rows"].to_string(index=False), file=sys.stderr)
+    verdict = advice.trust_verdict(result)
+    print(json.dumps(trust.figures(result) | {"verdict": verdict.level,
+                                              "sentence": verdict.sentence}))
 
 
 def cmd_curve(a) -> None:

@@ -7,6 +7,7 @@ import datasets
 from app.services.store import DONE, Store
 from helpers import button, new_app, ok, session_of, text, tick_and_clean, train, wait_for_job
 from influence import labels as labels_module, run_folder
+from influence.cleaning import CONTROLS
 
 pytestmark = pytest.mark.usefixtures("workspace")
 
@@ -86,7 +87,7 @@ def test_the_verdict_names_its_tests_the_fair_controls_and_the_rounds():
     button(at.run(), "Tick top 5").click().run()
     at.switch_page("views/retrain.py").run()
     said = text(ok(at))  # before the round: the test it will use, and what it can reach
-    assert "t with 19 degrees of freedom, at 0.05" in said
+    assert f"t with {CONTROLS - 1} degrees of freedom, at 0.05" in said
     at.number_input(key="controls").set_value(1)
     said = text(ok(at.run()))
     assert "With 1 random control \"better than random\" cannot be shown" in said
