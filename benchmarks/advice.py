@@ -16,7 +16,8 @@ selection part). Then what the pages do by default:
    its verdict passes, how many to remove (kcurve.curve): without a passing trust check the
    recommendation removes nothing whatever the curve says, so the curve is not computed;
 4. advice.recommend — the function the pages call — and its actions applied as they are:
-   every fix, every removal.
+   every fix, every removal (the ranking's, and the flagged images whose suggested label the
+   label check is unsure of: removed_flagged).
 
 The recommended round is retrained (counterfactual SGD, mode all: the whole training again on
 the same schedule) in one vectorised run with: nothing changed (the reference), CONTROLS random
@@ -121,7 +122,8 @@ def one_run(data, kind: str, split: int, a) -> dict:
         flagged = check.sample_id[check.flagged.astype(bool)]
         _, curve = kcurve.curve(run, ranked, exclude=exclude, flagged=flagged)
     rec = advice.recommend(check, ranked, checked, curve)
-    fixes, remove = rec.fixes, rec.remove
+    fixes = rec.fixes  # every removal: the ranking's (trust passed) and the unsure flagged ones
+    remove = [*rec.remove, *(sid for sid in rec.remove_flagged if sid not in rec.remove)]
     changed = len(fixes) + len(remove)
     # retrain: nothing, the round, random rounds of its size, the round's images removed instead
     in_use = list(run.train_ids)
@@ -156,7 +158,9 @@ def one_run(data, kind: str, split: int, a) -> dict:
         "val_flagged": len(exclude),
         "trust": verdict.level, "group_spearman": verdict.group_spearman,
         "group_p": verdict.group_p, "top_ratio": verdict.top_ratio,
-        "how_many": rec.how_many, "fixes": len(fixes), "removed": len(remove),
+        "sure": advice.SURE,  # the default's threshold for a fix (rows without: every flag)
+        "how_many": rec.how_many, "fixes": len(fixes), "removed": len(rec.remove),
+        "removed_flagged": len(remove) - len(rec.remove),
         "corrected": corrected, "broken": broken, "wrong_to_wrong": wrong_to_wrong,
         "removed_wrong": removed_wrong, "removed_right": len(remove) - removed_wrong,
         "wrong_left": len(wrong) - found,
@@ -224,10 +228,14 @@ def confidence_section(frame: pd.DataFrame) -> str:
 
 
 def report(frame: pd.DataFrame, a, out: Path) -> dict:
+    if "removed_flagged" not in frame:  # runs from before the recommendation removed any
+        frame = frame.assign(removed_flagged=0)
+    frame["removed_flagged"] = frame.removed_flagged.fillna(0).astype(int)
     per_kind = frame.groupby("kind", sort=False).agg(
         runs=("split", "size"), wrong_train=("wrong_train", "sum"), flagged=("flagged", "sum"),
         trust_pass=("trust", lambda s: int((s == "pass").sum())), fixes=("fixes", "sum"),
-        removed=("removed", "sum"), corrected=("corrected", "sum"), broken=("broken", "sum"),
+        removed=("removed", "sum"), removed_flagged=("removed_flagged", "sum"),
+        corrected=("corrected", "sum"), broken=("broken", "sum"),
         wrong_to_wrong=("wrong_to_wrong", "sum"), removed_wrong=("removed_wrong", "sum"),
         wrong_left=("wrong_left", "sum")).reset_index()
     per_kind["broken / corrected"] = per_kind.broken / per_kind.corrected.clip(lower=1)
@@ -248,6 +256,7 @@ def report(frame: pd.DataFrame, a, out: Path) -> dict:
     targets.append(f"- the default action never raises the true-label test error significantly "
                    f"(paired t, Holm): {met(never_raises)}")
     cols = ["kind", "split", "trust", "group_spearman", "top_ratio", "fixes", "removed",
+            "removed_flagged",
             "corrected", "broken", "wrong_to_wrong", "wrong_left", "precision", "recall",
             "error_true_none", "error_true_advice", "error_true_random", "error_true_instead",
             "error_given_none", "error_given_advice", "seconds"]

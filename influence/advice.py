@@ -13,9 +13,13 @@ action is removal. The two are marked where they agree.
 What the app recommends (recommend), each action gated by a check computed on the user's own
 run and given with its reason in one plain sentence:
 
-* fixes: the label check's *flagged* images, each to the label check's suggested label, to be
-  accepted or rejected one at a time. SGD-influence's best other label is never the default:
-  on planted look-alike noise it was right about as often as chance.
+* fixes: the label check's *flagged* images whose suggested label has a probability of at
+  least SURE, each to that label, to be accepted or rejected one at a time; the other flagged
+  images (remove_flagged) look wrong but the check is unsure of the right label: to remove or
+  to look at. Fixing every flagged image broke too many right labels on planted look-alike
+  noise; SURE was chosen held out (benchmarks/results/advice-policy.md). SGD-influence's best
+  other label is never the default: on planted look-alike noise it was right about as often
+  as chance.
 * removal by an influence ranking: only when that ranking's trust check on this run passes
   (trust_verdict): its estimates of random groups correlate with real retraining (group
   Spearman > 0, one-sided p < 0.05) and its estimate of its own top sets has the right sign and
@@ -47,6 +51,9 @@ ACTIONS = ("keep", "remove", "fix")  # what the fix view offers per image
 TRUST_FACTOR = 2.0  # a top set's summed estimate must lie within this factor of the retrained
 # change (either way) for the trust check to pass
 ALPHA = 0.05  # the level of the group correlation's one-sided test
+SURE = 0.95  # a flagged image is fixed by default only when its suggested label has at least
+# this probability (label check, out of sample); the other flagged images are to be removed or
+# looked at. Chosen held out on planted noise: benchmarks/results/advice-policy.md
 
 
 # --- the trust check in one verdict -----------------------------------------------------------
@@ -196,6 +203,9 @@ class Recommendation:
     how_many: int | None  # the k-curve's passing size, or None
     reasons: list[str] = field(default_factory=list)  # one plain sentence per action or not
     trust: TrustVerdict | None = None  # the ranking's trust verdict
+    remove_flagged: dict[str, str] = field(default_factory=dict)  # sample id → suggested
+    # label: flagged images whose suggested label the check is unsure of (suggested_p < SURE):
+    # to remove, or to look at one by one
 
 
 def given_labels(check: pd.DataFrame) -> pd.Series | None:
@@ -221,27 +231,49 @@ def check_fixes(check: pd.DataFrame | None) -> dict[str, str]:
     return dict(zip(rows.sample_id.astype(str), rows.suggested_label.astype(str)))
 
 
+def sure_fixes(check: pd.DataFrame | None, sure: float = SURE
+               ) -> tuple[dict[str, str], dict[str, str]]:
+    """check_fixes split in two: the flagged images whose suggested label has a probability of
+    at least `sure` (column suggested_p; none without it), and the others."""
+    fixes = check_fixes(check)
+    if not fixes:
+        return {}, {}
+    p = (check.set_index(check.sample_id.astype(str)).suggested_p
+         if "suggested_p" in check.columns else pd.Series(dtype=float))
+    confident = {sid for sid in fixes if sid in p.index and float(p.loc[sid]) >= sure}
+    return ({sid: v for sid, v in fixes.items() if sid in confident},
+            {sid: v for sid, v in fixes.items() if sid not in confident})
+
+
 def recommend(check: pd.DataFrame | None, ranked: pd.DataFrame | None, trust: dict | None,
-              curve: dict | None = None, loss: float | None = None) -> Recommendation:
+              curve: dict | None = None, loss: float | None = None, sure: float = SURE
+              ) -> Recommendation:
     """The default recommendation on a run. `check`: the label check of the training images
     (sample_id, flagged, suggested_label, and label or "given label"); `ranked`: an influence
     ranking (sample_id, influence, most harmful first); `trust`: its trust check; `curve`: the
     k-curve's suggestion of that ranking (influence.kcurve.suggest); `loss`: the query loss
     (for impossible estimates).
-    * fixes: every image the label check flags, to its suggested label;
+    * fixes: the images the label check flags whose suggested label has a probability of at
+      least `sure`, each to that label;
+    * remove_flagged: the other flagged images with another suggested label: to remove, or to
+      look at one by one;
     * how_many: the curve's size when it beats random sets of that size (kcurve), else None;
     * remove: the ranking's top how_many, less the images fixed, only when the trust check
       passes (trust_verdict) and how_many is known; else nothing.
     Each decision with its reason in `reasons`."""
     reasons = []
-    fixes = check_fixes(check)
+    fixes, unsure = sure_fixes(check, sure)
     if check is None:
         reasons.append("No label check yet: run it to find images whose label looks wrong.")
-    elif fixes:
-        reasons.append(f"Fix {len(fixes)} image{'s' * (len(fixes) != 1)} the label check flags, "
-                       "each to the label it suggests: a model that never saw the image "
-                       "predicts another label with confidence. Look at each one and accept "
-                       "or reject it.")
+    elif fixes or unsure:
+        n, m = len(fixes), len(unsure)
+        reasons.append(
+            (f"{n} flagged image{'s are' if n != 1 else ' is'} fixed to the label the check "
+             f"suggests: the check is sure (a model that never saw {'them' if n != 1 else 'it'} "
+             f"gives that label a probability of at least {sure:.0%})" if n else
+             "No flagged image is fixed by default: the check is sure of no suggested label")
+            + (f"; {m} more look{'s' * (m == 1)} wrong but the check is unsure of the right "
+               f"label: remove {'them' if m != 1 else 'it'} or look at each." if m else "."))
     else:
         reasons.append("The label check flags no image: no label needs fixing.")
     verdict = trust_verdict(trust, loss) if ranked is not None else None
@@ -269,7 +301,7 @@ def recommend(check: pd.DataFrame | None, ranked: pd.DataFrame | None, trust: di
                        + ": its trust check passes on your data and removing them beat "
                        f"removing {how_many} random images on the held-out selection images."
                        + _holds(curve, how_many))
-    return Recommendation(fixes, remove, how_many, reasons, verdict)
+    return Recommendation(fixes, remove, how_many, reasons, verdict, unsure)
 
 
 def _holds(curve: dict, k: int) -> str:

@@ -84,6 +84,7 @@ def label_check():
                          "label": ["1", "1", "7", "4", "9"],
                          "flagged": [True, False, True, True, False],
                          "suggested_label": ["7", "1", "1", "4", "4"],
+                         "suggested_p": [0.999, 0.9, 0.51, 0.95, 0.7],
                          "influence": [-0.9, -0.1, -0.8, -0.5, -0.6]})
 
 
@@ -95,12 +96,21 @@ def ranking():
 PASSING_CURVE = {"helps": True, "k": 2}
 
 
-def test_fixes_are_the_label_checks_flagged_images_to_its_suggested_label():
+def test_fixes_are_the_flagged_images_the_check_is_sure_of_the_others_to_remove_or_look_at():
+    assert 0.51 < advice.SURE <= 0.999
     rec = advice.recommend(label_check(), None, None)
-    assert rec.fixes == {"a": "7", "c": "1"}  # d is flagged but keeps its label; b, e unflagged
+    assert rec.fixes == {"a": "7"}  # d is flagged but keeps its label; b, e unflagged
+    assert rec.remove_flagged == {"c": "1"}  # flagged, its suggested label only 51 % likely
     assert rec.remove == [] and rec.how_many is None
-    assert any("Fix 2 images" in r for r in rec.reasons)
+    assert any(r.startswith("1 flagged image is fixed to the label the check suggests: the "
+                            "check is sure") and "1 more looks wrong but the check is unsure "
+               "of the right label: remove it or look at each." in r for r in rec.reasons)
     assert advice.recommend(None, None, None).fixes == {}
+    everything = advice.recommend(label_check(), None, None, sure=0.5)
+    assert everything.fixes == {"a": "7", "c": "1"} and everything.remove_flagged == {}
+    nothing = advice.recommend(label_check().drop(columns="suggested_p"), None, None)
+    assert nothing.fixes == {} and nothing.remove_flagged == {"a": "7", "c": "1"}
+    assert any(r.startswith("No flagged image is fixed by default") for r in nothing.reasons)
 
 
 def test_a_failing_trust_check_gets_no_removal_recommendation():
@@ -118,7 +128,7 @@ def test_a_failing_trust_check_gets_no_removal_recommendation():
 def test_a_passing_trust_check_and_curve_remove_the_top_k_less_the_fixed_ones():
     rec = advice.recommend(label_check(), ranking(), checked(), PASSING_CURVE)
     assert rec.how_many == 2 and rec.remove == ["e"]  # a, second, is fixed instead
-    assert rec.fixes == {"a": "7", "c": "1"}
+    assert rec.fixes == {"a": "7"} and rec.remove_flagged == {"c": "1"}
     assert any("1 of them are fixed instead" in r for r in rec.reasons)
     held = advice.recommend(label_check(), ranking(), checked(),
                             {**PASSING_CURVE, "flagged_in_set": 1, "random_flagged": 0.6})
@@ -135,8 +145,8 @@ def test_how_many_needs_the_curve_to_beat_random_sets():
 
 def test_sgd_influences_best_other_label_is_never_the_default():
     check = label_check().assign(best_label=["9", "9", "9", "9", "9"])
-    assert set(advice.recommend(check, ranking(), checked(), PASSING_CURVE).fixes.values()) \
-        == {"7", "1"}
+    rec = advice.recommend(check, ranking(), checked(), PASSING_CURVE)
+    assert {**rec.fixes, **rec.remove_flagged} == {"a": "7", "c": "1"}
 
 
 # --- confused pairs ----------------------------------------------------------------------------

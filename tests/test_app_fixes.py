@@ -50,11 +50,16 @@ def test_review_the_flagged_training_labels_accept_reject_another_label_filter_a
     said = text(at)
     pairs = advice.confused_pairs(check)
     assert pairs.sentence.iloc[0] in said  # "about 3 images labelled 1 look like 7"
-    assert f"Fix {len(advice.check_fixes(check))} label" in said
+    rec = advice.recommend(check, None, None)  # fixed by default only where the check is sure
+    assert rec.fixes or rec.remove_flagged
+    assert (f"Fix {len(rec.fixes)} label" in said) == bool(rec.fixes)
+    assert (f"Remove or look at {len(rec.remove_flagged)} more flagged" in said) \
+        == bool(rec.remove_flagged)
     shown = editor(at, "train").value
     assert shown.flagged.all() and list(shown["sample id"]) == list(flagged.sample_id[:10])
     assert (shown["label"] == flagged.suggested_label[:len(shown)].to_numpy()).all()
     assert (shown.decision == "undecided").all() and not stored_fixes(at)
+    assert shown.recommended.isin(["accept", "remove or look"]).all()
 
     other = next(c for c in map(str, range(10))
                  if c not in (shown["given label"][2], shown["label"][2]))

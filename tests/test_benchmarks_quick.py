@@ -174,6 +174,19 @@ def test_advice_quick_applies_the_default_recommendation(tmp_path):
     assert (rows.corrected + rows.broken + rows.wrong_to_wrong == rows.fixes).all()
 
 
+def test_advice_policy_quick_scores_the_policies_held_out(tmp_path):
+    result = run_quick("advice_policy.py", tmp_path)
+    assert result["runs"] == 2  # one split of each noise kind
+    text = assert_report(tmp_path, "advice-policy-quick", "advice_policy.py")
+    assert "## Held out" in text and "leave one run out" in text
+    table = pd.read_csv(tmp_path / "advice-policy-quick.csv")
+    fixed = table.corrected + table.broken + table.wrong_to_wrong
+    assert (fixed == table.fixes).all()
+    assert (table.removed[table.policy.str.startswith("(c)")] == 0).all()  # review, not remove
+    everything = table[table.policy.str.startswith("(a)")]
+    assert (everything.removed == 0).all() and (everything.review == 0).all()
+
+
 def test_horizon_quick_measures_the_growth_of_u(tmp_path):
     result = run_quick("horizon.py", tmp_path)
     text = assert_report(tmp_path, "horizon-quick", "horizon.py")

@@ -80,6 +80,19 @@ def test_grid_rows_and_edits_accept_reject_another_label_and_the_query():
     assert review.left_out(edited, shown, {"a1", "zz"}) == {"b2", "zz"}
 
 
+def test_the_grid_proposes_accept_only_for_the_recommended_fixes():
+    from app.sections import review
+    from influence import advice
+
+    check = check_frame()
+    rec = advice.recommend(check, None, None, sure=0.75)
+    assert rec.fixes == {"a1": "7", "b2": "7"} and rec.remove_flagged == {"c3": "9"}
+    shown = review.rows(check, {}, rec=rec)
+    assert shown.recommended.tolist() == ["accept", "accept", "remove or look", "", ""]
+    assert shown.decision.tolist() == ["undecided"] * 5  # proposed, not decided
+    assert "recommended" not in review.rows(check, {}).columns
+
+
 def test_corrections_change_only_the_corrected_labels():
     from app.sections import review
     from datasets.builtin import load_digits

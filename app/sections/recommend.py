@@ -38,11 +38,17 @@ def section(rec: advice.Recommendation, verdict: advice.TrustVerdict | None, tit
             has_check: bool) -> None:
     """What to do, from advice.recommend: fixes, removals and how many, each with why."""
     st.subheader("What to do")
-    if has_check and rec.fixes:
-        st.markdown(f"- **Fix {len(rec.fixes)} label{'s' * (len(rec.fixes) != 1)}** that the "
-                    f"{words.term('label-check', 'label check')} flags, each to the label it "
-                    "suggests — one image at a time in the review below (accept, reject or "
-                    "another label).")
+    if has_check and (rec.fixes or rec.remove_flagged):
+        if rec.fixes:
+            st.markdown(f"- **Fix {len(rec.fixes)} label{'s' * (len(rec.fixes) != 1)}** that "
+                        f"the {words.term('label-check', 'label check')} flags and is sure of, "
+                        "each to the label it suggests — in the review below (accept, reject "
+                        "or another label).")
+        if rec.remove_flagged:
+            n = len(rec.remove_flagged)
+            st.markdown(f"- **Remove or look at {n} more flagged image{'s' * (n != 1)}:** "
+                        f"{'they look' if n != 1 else 'it looks'} mislabelled but the check is "
+                        "unsure of the right label (marked *remove or look* in the review).")
     elif has_check:
         st.markdown("- **No label to fix:** the label check flags no training image.")
     else:

@@ -71,11 +71,12 @@ def select(check: pd.DataFrame, flagged_only: bool, pair: tuple[str, str] | None
 
 
 def rows(part: pd.DataFrame, decided: dict[str, str], exclude: set[str] | None = None,
-         test: bool = False) -> pd.DataFrame:
+         test: bool = False, rec: advice.Recommendation | None = None) -> pd.DataFrame:
     """The grid's rows for `part` (rows of a label check) without their thumbnails: the
     decision (undecided / accept / reject) and the label an acceptance gives (the accepted one,
-    else the suggested one), and for validation images whether they are left out of the
-    query."""
+    else the suggested one), for validation images whether they are left out of the query, and
+    with the recommendation `rec` (training images) what it proposes per image: accept (its
+    fixes, the check is sure) or remove or look (flagged, the check unsure of the label)."""
     ids = part.sample_id.astype(str).tolist()
     given = part.label.astype(str).to_numpy()
     suggested = part.suggested_label.astype(str).to_numpy()
@@ -89,6 +90,9 @@ def rows(part: pd.DataFrame, decided: dict[str, str], exclude: set[str] | None =
         "flagged": part.flagged.astype(bool).to_numpy()})
     if test:
         frame["note"] = np.where(frame.flagged, "the label may be wrong", "")
+    if rec is not None:
+        frame.insert(1, "recommended", ["accept" if sid in rec.fixes else "remove or look"
+                                        if sid in rec.remove_flagged else "" for sid in ids])
     if exclude is not None:
         frame.insert(0, "left out of the query", [sid in exclude for sid in ids])
     return frame
@@ -146,12 +150,13 @@ def summary(found: pd.DataFrame, flagged: int, total: int, what: str) -> None:
 
 def grid(where: str, run_row: dict, check: pd.DataFrame, data: ImageSet,
          position: dict[str, int], exclude: list[str] | None = None,
-         truth: dict[str, str] | None = None) -> None:
+         truth: dict[str, str] | None = None, rec: advice.Recommendation | None = None) -> None:
     """The review grid of one part (`where`: "train", "val" or "test") of a run, from its label
     check `check` (sample_id, label, flagged, suggested_label, suggested_p; likeliest errors
     first). For the validation images, `exclude` (the ids left out of the query) makes the
     "left out of the query" column; `truth` (the demo's flipped images → their true label)
-    a "demo: true label" column."""
+    a "demo: true label" column; `rec` (training images: advice.recommend) a "recommended"
+    column and a button accepting its fixes only."""
     run_id, about = run_row["id"], PARTS[where]
     found = pairs(check)
     summary(found, int(check.flagged.sum()), len(check), about["name"])
@@ -181,7 +186,7 @@ def grid(where: str, run_row: dict, check: pd.DataFrame, data: ImageSet,
     page = st.pagination(pages, key=f"review-page-{filters}")
     part = view.iloc[(page - 1) * per_page: page * per_page]
     left = set(exclude) if exclude is not None else None
-    shown = rows(part, decided, left, test=where == "test")
+    shown = rows(part, decided, left, test=where == "test", rec=rec)
     st.caption(f"{len(view):,} image{'s' * (len(view) != 1)} match; showing "
                f"{len(part)} (page {page} of {pages}). Per row choose **accept** (the label in "
                f"the *label* column), **reject** (the given label is right) or another label; "
@@ -229,6 +234,13 @@ def grid(where: str, run_row: dict, check: pd.DataFrame, data: ImageSet,
     open_ = len(set(check.sample_id[check.flagged.astype(bool)]) - decided.keys())
     st.markdown(f"**{accepted}** accepted, **{len(decided) - accepted}** rejected, **{open_}** "
                 "flagged images not decided yet.")
+    if rec is not None and rec.fixes and not rec.fixes.keys() <= decided.keys():
+        if st.button(f"Accept the {len(rec.fixes)} recommended fixes (the check is sure)",
+                     key=f"accept-sure-{where}", icon=":material/done_all:"):
+            session.set_reviewed(run_id, where, {**rec.fixes, **decided})
+            st.session_state[f"review-version-{where}"] = \
+                st.session_state.get(f"review-version-{where}", 0) + 1
+            st.rerun()
     if decided and st.button("Forget these decisions", key=f"forget-{where}",
                              icon=":material/undo:"):
         session.set_reviewed(run_id, where, {})

@@ -201,6 +201,13 @@ if rec.remove and not set(rec.remove) <= ticked:
         st.session_state.tick_version = st.session_state.get("tick_version", 0) + 1
         st.rerun()
 
+if rec.remove_flagged and not set(rec.remove_flagged) <= ticked:
+    if st.button(f"Tick the {len(rec.remove_flagged)} flagged images the check is unsure of "
+                 "for removal", icon=":material/check_box:"):
+        session.set_ticks(ticked | set(rec.remove_flagged))
+        st.session_state.tick_version = st.session_state.get("tick_version", 0) + 1
+        st.rerun()
+
 how_many.section(run_row, method, busy, rec.how_many if rec.remove else None)  # gated by trust
 
 st.subheader("Review the flagged training labels")
@@ -211,7 +218,7 @@ if check is None:
     recommend.label_check_button(run_row, guess["seconds_label_check"], busy)
 else:
     review.grid("train", run_row, check, data, position,
-                truth=dataset_row.get("flipped") or None)
+                truth=dataset_row.get("flipped") or None, rec=rec)
 
 # --- the ranking -------------------------------------------------------------------------------
 preds = session.predictions(run_row["id"]).set_index("sample_id")
