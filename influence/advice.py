@@ -278,21 +278,21 @@ def recommend(check: pd.DataFrame | None, ranked: pd.DataFrame | None, trust: di
         reasons.append("The label check flags no image: no label needs fixing.")
     verdict = trust_verdict(trust, loss) if ranked is not None else None
     how_many = None
-    if curve is None:
-        reasons.append("How many to remove has not been checked: run it before removing "
-                       "images.")
-    elif curve.get("helps") and int(curve.get("k") or 0) > 0:
+    if curve is not None and curve.get("helps") and int(curve.get("k") or 0) > 0:
         how_many = int(curve["k"])
-    else:
-        reasons.append("Remove no images by count: removing the ranking's top images did not "
-                       "do clearly better than removing as many random images on the held-out "
-                       "selection images.")
     remove: list[str] = []
     if ranked is None:
         reasons.append("No influence ranking: nothing is recommended for removal.")
-    elif not verdict.passes:
+    elif not verdict.passes:  # how many does not matter: the ranking is not to be followed
         reasons.append(f"No removal is recommended. {verdict.sentence}")
-    elif how_many is not None:
+    elif curve is None:
+        reasons.append("How many to remove has not been checked: run it before removing "
+                       "images.")
+    elif how_many is None:
+        reasons.append("Remove no images by count: removing the ranking's top images did not "
+                       "do clearly better than removing as many random images on the held-out "
+                       "selection images.")
+    else:
         top = [str(s) for s in ranked.sample_id.head(how_many)]
         remove = [sid for sid in top if sid not in fixes]
         reasons.append(f"Remove the ranking's top {how_many}"
