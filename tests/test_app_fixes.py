@@ -12,7 +12,8 @@ import pytest
 from app.services.store import Store
 from datasets.builtin import load_digits
 from datasets.export import to_zip
-from helpers import button, edit, editor, ok, text, trained_in_app, wait_for_job
+from helpers import (button, edit, editor, new_app, ok, text, train, trained_in_app,
+                     wait_for_job)
 from influence import advice
 
 pytestmark = pytest.mark.usefixtures("workspace")
@@ -104,6 +105,33 @@ def test_review_the_flagged_training_labels_accept_reject_another_label_filter_a
     assert "Removing the fixed images instead of fixing them gave" in said
     assert "What changed per class" in said
     assert "Fixed labels (CSV)" in [d.proto.label for d in at.get("download_button")]
+
+
+def test_one_click_accepts_the_fixes_the_check_is_sure_of_and_keeps_the_decisions_made():
+    at = new_app()  # the demo: 10 % of the training labels flipped, suggestions confident
+    next(t for t in at.toggle if t.label.startswith("Demo:")).set_value(True).run()
+    at, job = train(at, epochs=12, model="cnn-small")  # logistic regression is never sure
+    assert job.status == "done", job.error
+    at = review_train(at)
+    run_id = at.session_state["app"]["run"]
+    check = Store().scores(run_id, advice.CHECK)
+    rec = advice.recommend(check, None, None)
+    assert rec.fixes, "the check is sure of some suggested labels on this run"
+    first = next(iter(rec.fixes))  # rejected by hand first
+    at.text_input(key=f"search-train-{run_id}").set_value(first).run()
+    at = edit(ok(at), "train", {0: {"decision": "reject"}})
+    at.text_input(key=f"search-train-{run_id}").set_value("").run()
+    [accept] = [b for b in ok(at).button if b.label.startswith("Accept the ")]
+    assert accept.label == f"Accept the {len(rec.fixes)} recommended fixes (the check is sure)"
+    accept.click().run()
+    expected = {sid: v for sid, v in rec.fixes.items() if sid != first}
+    assert stored_fixes(ok(at)) == expected  # the rejected one stays rejected
+    assert at.session_state["app"]["review"][run_id]["train"] == {first: ""}
+    assert not [b for b in at.button if b.label.startswith("Accept the ")]  # all decided
+    shown = editor(at, "train").value.set_index("sample id")
+    for sid in shown.index.intersection(list(expected)):
+        assert shown.loc[sid, "decision"] == "accept" and shown.loc[sid, "label"] == expected[sid]
+    assert f"**{len(expected)}** accepted" in text(at)
 
 
 # --- the logic under the view -----------------------------------------------------------------
