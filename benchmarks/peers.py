@@ -1,0 +1,496 @@
+"""SGD-influence beside the public data-attribution libraries, on the trust check's groups.
+
+The same splits, random groups and retrained changes as benchmarks/groups.py (its stored
+`groups-groups.csv`, column `actual_all`): each split's run is trained again (deterministic on
+CPU; its validation loss and SGD-influence's group sums are checked against the stored ones),
+every method scores every training image on the mean validation loss, a group's predicted change
+is the sum of its members' scores, and the group Spearman is the Spearman correlation of
+predicted and actual change over the split's groups (TRAK's linear datamodeling score).
+
+Ours (influence/methods.py): SGD-influence ("sgd", "sgd-damped"), Koh & Liang ("kl"), TracIn
+("tracin"). Peers, each through its own public API on the same model, checkpoints and tensors:
+kronfluence (EK-FAC influence), TRAK (package `traker`, the epoch checkpoints as its models,
+CPU BasicProjector), dattri (TracIn and the influence function by conjugate gradients) and
+captum (TracInCP). Every score is turned to the project's sign: the estimated change of the
+mean validation loss when the image is removed (negative = removing it lowers the loss).
+
+The libraries live outside the product's environment (requirements-peers.txt):
+
+    python -m pip install --no-deps --target .peers-lib -r requirements-peers.txt
+    PYTHONPATH=.peers-lib OMP_NUM_THREADS=1 python benchmarks/peers.py --data mnist --resume
+    PYTHONPATH=.peers-lib python benchmarks/peers.py --quick   # digits, 1 split, small
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # the libraries' progress bars (read at import)
+import tempfile  # noqa: E402
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import common
+import groups
+from common import LABELS
+from influence.compare import holm
+
+OURS = ["sgd", "sgd-damped", "kl", "tracin"]
+TRAK_DIM = 2048  # TRAK's projection dimension (its default); --quick: 256
+
+
+@dataclass
+class Ground:
+    """What every library gets: the trained model, its epoch checkpoints with TracIn's weight
+    (the epoch's mean η over the batch size, as influence.baselines.tracin_scores), the
+    training and validation tensors in training-position order."""
+    model: nn.Module
+    checkpoints: list[dict[str, torch.Tensor]]
+    weights: list[float]
+    train: TensorDataset
+    val: TensorDataset
+    seed: int
+    trak_dim: int
+
+    def with_params(self, params: dict[str, torch.Tensor]) -> nn.Module:
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(params)
+        return model.eval()
+
+
+def ground(run, trak_dim: int, seed: int) -> Ground:
+    epochs = run.schedule.epochs
+    weights = []
+    for k in range(1, epochs + 1):
+        steps = run.schedule.epoch_steps(k - 1)
+        weights.append(float(np.mean(run.schedule.lr[steps.start:steps.stop]))
+                       / run.schedule.batch_size)
+    val = run.part("val")
+    return Ground(run.model, [{n: p.detach().clone() for n, p in run.checkpoints[k].items()}
+                              for k in range(1, epochs + 1)], weights,
+                  TensorDataset(run.objective.x, run.objective.y), TensorDataset(val.x, val.y),
+                  seed, trak_dim)
+
+
+def ce(outputs: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    return nn.functional.cross_entropy(outputs, y, reduction=reduction)
+
+
+# --- the peers: each returns one score per training position, the project's sign -------------
+def kronfluence_ekfac(g: Ground) -> np.ndarray:
+    """kronfluence's EK-FAC influence at the final θ (its default damping: 0.1 × the mean
+    eigenvalue), queried with every validation image; the mean over the queries is the score
+    on the mean validation loss. kronfluence's pairwise score is g_queryᵀ (G + λI)⁻¹ g_train:
+    positive when upweighting the training image lowers the query's loss, i.e. removing it
+    raises it, the project's sign."""
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments
+    from kronfluence.task import Task
+
+    class Classification(Task):
+        def compute_train_loss(self, batch, model, sample=False):
+            x, y = batch
+            logits = model(x)
+            if sample:  # the true Fisher: labels drawn from the model
+                with torch.no_grad():
+                    y = torch.multinomial(logits.softmax(-1), 1).flatten()
+            return ce(logits, y, "sum")
+
+        def compute_measurement(self, batch, model):
+            x, y = batch
+            return ce(model(x), y, "sum")
+
+    task = Classification()
+    model = prepare_model(g.with_params(g.checkpoints[-1]), task)
+    with tempfile.TemporaryDirectory() as folder:
+        analyzer = Analyzer("peers", model, task, cpu=True, disable_tqdm=True,
+                            disable_model_save=True, output_dir=folder)
+        analyzer.fit_all_factors("ekfac", g.train, per_device_batch_size=512,
+                                 factor_args=FactorArguments(strategy="ekfac"),
+                                 overwrite_output_dir=True)
+        analyzer.compute_pairwise_scores("scores", "ekfac", g.val, g.train,
+                                         per_device_query_batch_size=512,
+                                         per_device_train_batch_size=512,
+                                         overwrite_output_dir=True)
+        scores = analyzer.load_pairwise_scores("scores")["all_modules"]
+    return scores.double().mean(0).numpy()
+
+
+def trak(g: Ground) -> np.ndarray:
+    """TRAK (Park et al., 2023) with the epoch checkpoints as its models, on the validation
+    images' margins (TRAK's image-classification output), projected to g.trak_dim by TRAK's
+    CPU BasicProjector (its CUDA projector needs a GPU), float32. A positive TRAK score: the
+    training image raises the target's correct-class margin, so removing it raises its loss:
+    the project's sign. The mean over the validation targets."""
+    from trak import TRAKer
+    from trak.projectors import BasicProjector, ProjectionType
+
+    model = g.with_params(g.checkpoints[-1])
+    dim = sum(p.numel() for p in model.parameters())
+    projector = BasicProjector(dim, g.trak_dim, g.seed, ProjectionType.normal, "cpu",
+                               block_size=100)
+    with tempfile.TemporaryDirectory() as folder:
+        traker = TRAKer(model, "image_classification", len(g.train), save_dir=folder,
+                        device="cpu", projector=projector, use_half_precision=False,
+                        logging_level=40)
+        for i, params in enumerate(g.checkpoints):
+            traker.load_checkpoint(params, model_id=i)
+            for x, y in DataLoader(g.train, batch_size=256):
+                traker.featurize((x, y), num_samples=len(x))
+        traker.finalize_features()
+        for i, params in enumerate(g.checkpoints):
+            traker.start_scoring_checkpoint("val", params, model_id=i, num_targets=len(g.val))
+            for x, y in DataLoader(g.val, batch_size=256):
+                traker.score((x, y), num_samples=len(x))
+        scores = traker.finalize_scores("val")
+    return np.asarray(scores, dtype=np.float64).mean(1)
+
+
+def _dattri_task(g: Ground, checkpoints: list[dict[str, torch.Tensor]],
+                 mean_val_loss: bool = False):
+    """dattri's AttributionTask: the cross-entropy of one image or a batch (torch.func style);
+    with `mean_val_loss` its target is the mean validation loss itself, whatever the (one,
+    dummy) test item: one inverse-Hessian-vector product instead of one per validation image
+    (the scores are linear in the target's gradient, so the same as their mean)."""
+    from dattri.task import AttributionTask
+
+    def loss(params, data):
+        x, y = data
+        single = x.dim() == 3  # vmapped over images: one image without its batch axis
+        out = torch.func.functional_call(g.model, params, x.unsqueeze(0) if single else x)
+        return ce(out, y.unsqueeze(0) if single else y)
+
+    def val_loss(params, _):
+        return loss(params, g.val.tensors)
+
+    return AttributionTask(loss_func=loss, model=g.with_params(checkpoints[-1]),
+                           checkpoints=checkpoints,
+                           target_func=val_loss if mean_val_loss else None)
+
+
+def dattri_tracin(g: Ground) -> np.ndarray:
+    """dattri's TracInAttributor over the epoch checkpoints, weighted by η_k/|S| like ours,
+    gradients not normalised and not projected (dattri projects to 512 dimensions unless told
+    otherwise). A positive score: the gradients align, the training image lowers the
+    validation image's loss: the project's sign. The mean over the validation images."""
+    from dattri.algorithm.tracin import TracInAttributor
+
+    attributor = TracInAttributor(_dattri_task(g, g.checkpoints), torch.tensor(g.weights),
+                                  normalized_grad=False, projector_kwargs=None, device="cpu")
+    attributor.projector_kwargs = None  # the full gradients, as ours
+    with torch.no_grad():  # else every score keeps the autograd graph of its gradients
+        scores = attributor.attribute(DataLoader(g.train, batch_size=1000),
+                                      DataLoader(g.val, batch_size=len(g.val)))
+    return scores.double().mean(1).numpy()
+
+
+def dattri_if(g: Ground, damping: float = 0.01, hessian_samples: int = 500) -> np.ndarray:
+    """dattri's IFAttributorCG at the final θ: the Hessian of the mean loss over
+    `hessian_samples` random training images plus damping·I, 20 conjugate-gradient steps (the
+    settings of our K&L), on the mean validation loss (dattri's CG solves one system per test
+    item, batched: one per validation image needs gigabytes). Its score g_trainᵀ (H + λI)⁻¹
+    g_val is positive when removing the training image raises the validation loss: the
+    project's sign."""
+    from dattri.algorithm.influence_function import IFAttributorCG
+
+    attributor = IFAttributorCG(_dattri_task(g, [g.checkpoints[-1]], True), device="cpu",
+                                max_iter=20, regularization=damping)
+    rng = np.random.default_rng(g.seed)
+    sample = rng.choice(len(g.train), min(hessian_samples, len(g.train)), replace=False)
+    attributor.cache(DataLoader(torch.utils.data.Subset(g.train, sample.tolist()),
+                                batch_size=len(sample)))
+    dummy = TensorDataset(torch.zeros(1, 1))
+    with torch.no_grad():
+        scores = attributor.attribute(DataLoader(g.train, batch_size=1000), DataLoader(dummy))
+    return scores.double()[:, 0].numpy()
+
+
+def captum_tracincp(g: Ground) -> np.ndarray:
+    """captum's TracInCP over the epoch checkpoints (every layer), each weighted by the
+    learning rate its load function returns (η_k/|S|, as ours). A positive score: a proponent,
+    the project's sign. The mean over the validation images."""
+    from captum.influence import TracInCP
+
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for k, (params, w) in enumerate(zip(g.checkpoints, g.weights)):
+            paths.append(str(Path(folder) / f"epoch{k + 1}.pt"))
+            torch.save({"params": params, "weight": w}, paths[-1])
+
+        def load(model, path):
+            saved = torch.load(path, weights_only=True)
+            model.load_state_dict(saved["params"])
+            return saved["weight"]
+
+        model = g.with_params(g.checkpoints[-1])
+        tracin = TracInCP(model, g.train, paths, checkpoints_load_func=load,
+                          loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=1000,
+                          sample_wise_grads_per_batch=True)
+        x, y = g.val.tensors
+        scores = tracin.influence((x, y))  # validation × training
+    return scores.double().mean(0).numpy()
+
+
+PEERS = {  # key → (library, what it computes, scoring function, our method it should match)
+    "kronfluence-ekfac": ("kronfluence", "influence function, EK-FAC", kronfluence_ekfac, "kl"),
+    "trak": ("traker", "TRAK, epoch checkpoints", trak, "tracin"),
+    "dattri-tracin": ("dattri", "TracIn", dattri_tracin, "tracin"),
+    "dattri-if": ("dattri", "influence function, CG", dattri_if, "kl"),
+    "captum-tracincp": ("captum", "TracInCP", captum_tracincp, "tracin"),
+}
+
+
+def name_of(key: str) -> str:
+    return LABELS[key] if key in LABELS else f"{PEERS[key][0]}: {PEERS[key][1]}"
+
+
+# --- one split ------------------------------------------------------------------------------
+def stored_truth(truth: pd.DataFrame, times: pd.DataFrame, name: str, split: int):
+    """The split's stored groups (in order) and its run's stored validation loss."""
+    part = truth[(truth.data == name) & (truth.split == split)].sort_values("group")
+    if part.empty:
+        raise SystemExit(f"error: no stored groups for {name} split {split}: run "
+                         "benchmarks/groups.py for it first")
+    val_loss = times[(times.data == name) & (times.split == split)].val_loss.iloc[0]
+    return part.reset_index(drop=True), float(val_loss)
+
+
+def one_split(data, name: str, split: int, truth: pd.DataFrame, times: pd.DataFrame, a):
+    part, stored_val_loss = stored_truth(truth, times, name, split)
+    run = common.train_run(data, split, groups.EPOCHS[name], name)
+    val_loss = run.metrics["val_loss"]
+    if not np.isclose(val_loss, stored_val_loss, rtol=1e-5, atol=1e-7):
+        raise SystemExit(f"error: {name} split {split} trained to validation loss {val_loss} "
+                         f"here, {stored_val_loss} in groups.py's run: not the same run")
+    members = groups.random_groups(run.train_ids, len(part), a.share, split)
+    assert [len(m) for m in members] == part["size"].tolist(), "not groups.py's groups"
+    position = [[run.position[sid] for sid in m] for m in members]
+    scores, seconds = common.method_scores(run, OURS, split)
+    g = ground(run, a.trak_dim, split)
+    for key in a.peers:
+        began = time.perf_counter()
+        try:
+            scores[key] = PEERS[key][2](g)
+        except Exception as e:  # noqa: BLE001  a library that fails is reported, not fatal
+            print(f"{key} failed: {type(e).__name__}: {e}", flush=True)
+            scores[key] = np.full(len(run.train_ids), np.nan)
+        seconds[key] = time.perf_counter() - began
+    sums = pd.DataFrame({f"predicted_{m}": [float(s[p].sum()) for p in position]
+                         for m, s in scores.items()})
+    sums.insert(0, "group", part.group)
+    sums.insert(0, "split", split)
+    sums.insert(0, "data", name)
+    sums["actual_all"] = part.actual_all
+    sums["stored_predicted_sgd"] = part.predicted_sgd
+    rows = []
+    for m, s in scores.items():
+        same = PEERS[m][3] if m in PEERS else None
+        ok = np.isfinite(s).all()
+        rows.append({"data": name, "split": split, "method": m,
+                     "library": PEERS[m][0] if m in PEERS else "ours",
+                     "spearman": float(stats.spearmanr(sums[f"predicted_{m}"], part.actual_all
+                                                       ).statistic) if ok else np.nan,
+                     "seconds": seconds[m], "val_loss": val_loss,
+                     "compared_with": same or "",
+                     "image_spearman": float(stats.spearmanr(s, scores[same]).statistic)
+                     if same and ok else np.nan,
+                     "image_pearson": float(stats.pearsonr(s, scores[same]).statistic)
+                     if same and ok else np.nan,
+                     "scale": float(np.dot(s, scores[same]) / np.dot(scores[same], scores[same]))
+                     if same and ok else np.nan})
+    print(f"{name} split {split}: group Spearman " + " · ".join(
+        f"{r['method']} {r['spearman']:.2f} ({r['seconds']:.0f} s)" for r in rows), flush=True)
+    return rows, sums.to_dict("records")
+
+
+# --- report ---------------------------------------------------------------------------------
+def table(rho: pd.DataFrame) -> pd.DataFrame:
+    """Per data set and method: group Spearman mean ± std over splits, and SGD-influence minus
+    it paired by split (t-test; Holm over the table's tests)."""
+    rows = []
+    for name, per_data in rho.groupby("data", sort=False):
+        wide = per_data.pivot(index="split", columns="method", values="spearman")
+        secs = per_data.groupby("method").seconds.mean()
+        for m in dict.fromkeys(per_data.method):
+            diff = wide["sgd"] - wide[m]
+            both = diff.notna()
+            p = (stats.ttest_rel(wide["sgd"][both], wide[m][both]).pvalue
+                 if m != "sgd" and both.sum() > 1 else np.nan)
+            rows.append({"data": groups.TITLE[name], "method": name_of(m),
+                         "library": PEERS[m][0] if m in PEERS else "ours (influence/methods.py)",
+                         "splits": int(wide[m].notna().sum()),
+                         "group Spearman": common.mean_std(wide[m]),
+                         "SGD-influence − it": "" if m == "sgd" else common.mean_std(diff),
+                         "p (paired t)": float(p), "seconds per split": f"{secs[m]:.1f}",
+                         "_key": m, "_data": name, "_diff": diff.mean()})
+    out = pd.DataFrame(rows)
+    out.insert(out.columns.get_loc("p (paired t)") + 1, "p (Holm)", holm(out["p (paired t)"]))
+    return out
+
+
+def agreement(rho: pd.DataFrame) -> pd.DataFrame:
+    """Each library's per-image scores against our method of the same kind, on the same run."""
+    peers = rho[rho.compared_with != ""].dropna(subset=["image_spearman"])
+    rows = []
+    for (name, m), part in peers.groupby(["data", "method"], sort=False):
+        rows.append({"data": groups.TITLE[name], "library method": name_of(m),
+                     "ours": LABELS[part.compared_with.iloc[0]],
+                     "per-image Spearman": common.mean_std(part.image_spearman),
+                     "per-image Pearson": common.mean_std(part.image_pearson),
+                     "scale (least squares, theirs ≈ c·ours)": f"{part.scale.mean():.3g}"})
+    return pd.DataFrame(rows)
+
+
+NOTES = {
+    "dattri-tracin": "the same sum as ours (η_k/|S|·⟨∇L_val(θ_k), ∇ℓ_j(θ_k)⟩ over the epoch "
+    "checkpoints, full gradients); agreement up to float32 rounding is expected, and any gap "
+    "is a defect on one side.",
+    "captum-tracincp": "the same sum as ours, through captum's per-sample Jacobians; agreement "
+    "up to float32 rounding is expected.",
+    "dattri-if": "the same estimator as our Koh & Liang (Hessian on 500 random training images, "
+    "damping 0.01, 20 steps) but conjugate gradients instead of MINRES and a different random "
+    "Hessian sample: the mini-batch Hessian of a network after 6 epochs is indefinite, where "
+    "CG is not guaranteed to converge and 20 steps of either solver leave different residuals, "
+    "so close but not identical scores are expected.",
+    "kronfluence-ekfac": "a different curvature: the EK-FAC approximation of the Gauss–Newton "
+    "matrix (positive semi-definite, fitted on all training images, with its own damping) "
+    "instead of the exact Hessian on 500 images; it ranks like an influence function, not "
+    "like ours.",
+    "trak": "a different estimator: random projections of the gradients of the "
+    "correct-class margin, a Gauss–Newton-like kernel inverse per checkpoint, averaged over the "
+    "epoch checkpoints of one run (TRAK's paper ensembles independently trained models); "
+    "compared with TracIn only for scale.",
+}
+
+
+def report(rho: pd.DataFrame, sums: pd.DataFrame, a, out: Path) -> dict:
+    summary = table(rho)
+    agree = agreement(rho)
+    setup = []
+    for name, part in rho.groupby("data", sort=False):
+        s = sums[sums.data == name]
+        setup.append(f"- {groups.TITLE[name]}: {part.split.nunique()} splits "
+                     f"({', '.join(map(str, sorted(part.split.unique())))}), "
+                     f"{s.groupby('split').size().iloc[0]} random groups of 5 % per split; the "
+                     f"run trained again to the stored validation loss (mean "
+                     f"{part.val_loss.mean():.4f}); SGD-influence's group sums here against "
+                     f"groups.py's stored ones: largest relative gap "
+                     f"{(s.predicted_sgd / s.stored_predicted_sgd - 1).abs().max():.1e}.")
+    verdicts = []
+    for name, part in summary.groupby("_data", sort=False):
+        peers = part[part._key.isin(list(PEERS))]
+        if peers.empty:
+            continue
+        ahead = bool(((peers["p (Holm)"] < 0.05) & (peers._diff > 0)).all())
+        failed = peers[peers.splits == 0].method.tolist()
+        verdicts.append(f"- {groups.TITLE[name]}: SGD-influence ahead of every peer library in "
+                        f"group Spearman (paired by split, Holm p < 0.05): "
+                        f"{common.met(ahead and not failed)}"
+                        + (f" (no result: {', '.join(failed)})" if failed else "") + ".")
+    notes = [f"- {name_of(k)}: {NOTES[k]}" for k in PEERS if k in set(rho.method)]
+    versions = ", ".join(f"{lib} {v}" for lib, v in library_versions().items())
+    common.write_report(out, a.name_out, "SGD-influence beside the public attribution "
+                        "libraries", common.command(), [
+        "Install (outside the product's environment): `python -m pip install --no-deps "
+        "--target .peers-lib -r requirements-peers.txt`, run with `PYTHONPATH=.peers-lib`. "
+        f"Versions: {versions}; torch {torch.__version__.split('+')[0]}, one thread.",
+        "Setup: the splits, random groups and actual changes (retraining all epochs by "
+        "counterfactual SGD, Definition 2) of `groups.md`, read from `groups-groups.csv`:\n\n"
+        + "\n".join(setup) + "\n\nEvery method scores every training image on the mean "
+        "validation loss with the project's sign (the estimated change when the image is "
+        "removed; negative = removing it lowers the loss); a group's prediction is the sum of "
+        "its members' scores. Ours: SGD-influence (Algorithm 2), SGD-influence damped "
+        "(λ = 0.03), Koh & Liang (Hessian on 500 random training images, 20 MINRES steps, "
+        "damping 0.01) and TracIn (epoch checkpoints). Peers: kronfluence EK-FAC "
+        "(its default factors and damping, every validation image a query), TRAK "
+        f"(the epoch checkpoints as its models, BasicProjector to {a.trak_dim} dimensions, float32), dattri TracIn (full "
+        "gradients, η_k/|S| weights) and influence function (CG, 20 steps, damping 0.01, "
+        "Hessian on 500 random training images), captum TracInCP (every layer, η_k/|S| "
+        "weights).",
+        "**Group Spearman** (mean ± std over splits) and SGD-influence minus each method "
+        "paired by split (t-test):\n\n" + common.markdown(summary.filter(regex="^[^_]"))
+        + f"\n\np (Holm): over the {int(np.isfinite(summary['p (paired t)']).sum())} tests "
+        f"of this table; {int((summary['p (Holm)'] < 0.05).sum())} of them below 0.05. "
+        "Seconds per split: scoring every training image (one torch thread on a shared "
+        "2-core CPU), the method alone.",
+        "**Target**:\n\n" + "\n".join(verdicts),
+        "**Agreement with our implementations** on the same run: each library's per-image "
+        "scores against ours of the same kind (Spearman and Pearson over the training images, "
+        "and the least-squares factor c of theirs ≈ c·ours):\n\n"
+        + (common.markdown(agree) if len(agree) else "(none computed)") + "\n\n"
+        + "\n".join(notes),
+        f"Per split and method: `{a.name_out}.csv`; every group's sums: "
+        f"`{a.name_out}-groups.csv`."])
+    first = summary[summary._data == summary._data.iloc[0]]
+    return {f"spearman_{k.replace('-', '_')}": float(v) for k, v in
+            rho[rho.data == first._data.iloc[0]].groupby("method").spearman.mean().items()}
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for lib in dict.fromkeys(p[0] for p in PEERS.values()):
+        try:
+            found[lib] = version(lib)
+        except PackageNotFoundError:
+            found[lib] = "not installed"
+    return found
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="mnist", help="digits, mnist or both")
+    parser.add_argument("--splits", type=int, default=5)
+    parser.add_argument("--peers", default=",".join(PEERS), help="which libraries' methods")
+    parser.add_argument("--trak-dim", type=int, default=TRAK_DIM)
+    parser.add_argument("--share", type=float, default=0.05, help="group size (as groups.py)")
+    parser.add_argument("--truth", default=str(common.RESULTS / "groups-groups.csv"),
+                        help="groups.py's per-group CSV (its -times.csv beside it)")
+    common.add_data_option(parser)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the splits already in the CSVs and run only the others")
+    common.add_common_options(parser)
+    a = parser.parse_args(argv)
+    if a.quick:
+        a.data, a.splits, a.trak_dim = "digits", 1, min(a.trak_dim, 256)
+    common.setup(a.threads)
+    a.peers = [p for p in a.peers.split(",") if p]
+    names = a.data.split(",")
+    truth = pd.read_csv(a.truth)
+    times = pd.read_csv(a.truth.replace("-groups.csv", "-times.csv"))
+    a.name_out = "peers-quick" if a.quick else "peers" if names == ["mnist"] \
+        else f"peers-{'-'.join(names)}"
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / f"{a.name_out}.csv", out / f"{a.name_out}-groups.csv"]
+    tables = [common.stored(f) if a.resume else [] for f in files]
+    done = {(r["data"], r["split"]) for r in tables[0]}
+    for name in names:
+        data = common.image_data(name == "digits", a.data_dir)
+        for split in range(a.splits):
+            if (name, split) in done:
+                continue
+            rows, sums = one_split(data, name, split, truth, times, a)
+            tables = [tables[0] + rows, tables[1] + sums]
+            for f, part in zip(files, tables):  # partial results survive an interruption
+                pd.DataFrame(part).to_csv(f, index=False)
+    rho, sums = (pd.DataFrame(t) for t in tables)
+    rho, sums = (f[f.data.isin(names) & (f.split < a.splits)] for f in (rho, sums))
+    rho = rho.assign(compared_with=rho.compared_with.fillna(""))
+    result = report(rho, sums, a, out)
+    common.summary(**result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
