@@ -29,7 +29,7 @@ import os
 os.environ.setdefault("TQDM_DISABLE", "1")  # the libraries' progress bars (read at import)
 import tempfile  # noqa: E402
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,7 @@ class Ground:
     val: TensorDataset
     seed: int
     trak_dim: int
+    solved: dict[str, torch.Tensor] = field(default_factory=dict)  # a library's (H + λI)⁻¹ u
 
     def with_params(self, params: dict[str, torch.Tensor]) -> nn.Module:
         model = copy.deepcopy(self.model)
@@ -193,25 +194,61 @@ def dattri_tracin(g: Ground) -> np.ndarray:
     return scores.double().mean(1).numpy()
 
 
+def hessian_sample(n: int, size: int, seed: int) -> torch.Tensor:
+    """The training positions our Koh & Liang estimates the Hessian on (the draw of
+    influence.baselines.influence_function, every image kept)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]
+
+
 def dattri_if(g: Ground, damping: float = 0.01, hessian_samples: int = 500) -> np.ndarray:
-    """dattri's IFAttributorCG at the final θ: the Hessian of the mean loss over
-    `hessian_samples` random training images plus damping·I, 20 conjugate-gradient steps (the
-    settings of our K&L), on the mean validation loss (dattri's CG solves one system per test
-    item, batched: one per validation image needs gigabytes). Its score g_trainᵀ (H + λI)⁻¹
-    g_val is positive when removing the training image raises the validation loss: the
-    project's sign."""
+    """dattri's IFAttributorCG at the final θ: the Hessian of the mean loss over the same
+    `hessian_samples` training images as our K&L, plus damping·I, 20 conjugate-gradient steps
+    (our K&L: 20 MINRES steps), on the mean validation loss (dattri's CG solves one system per
+    test item, batched: one per validation image needs gigabytes). Its score
+    g_trainᵀ (H + λI)⁻¹ g_val is positive when removing the training image raises the
+    validation loss: the project's sign. Its (H + λI)⁻¹ g_val goes to g.solved."""
     from dattri.algorithm.influence_function import IFAttributorCG
 
     attributor = IFAttributorCG(_dattri_task(g, [g.checkpoints[-1]], True), device="cpu",
                                 max_iter=20, regularization=damping)
-    rng = np.random.default_rng(g.seed)
-    sample = rng.choice(len(g.train), min(hessian_samples, len(g.train)), replace=False)
+    sample = hessian_sample(len(g.train), hessian_samples, g.seed)
     attributor.cache(DataLoader(torch.utils.data.Subset(g.train, sample.tolist()),
                                 batch_size=len(sample)))
     dummy = TensorDataset(torch.zeros(1, 1))
     with torch.no_grad():
         scores = attributor.attribute(DataLoader(g.train, batch_size=1000), DataLoader(dummy))
+        u = attributor.generate_test_rep(0, (torch.zeros(1, 1),))
+        g.solved["dattri-if"] = attributor.transform_test_rep(0, u)[0]
     return scores.double()[:, 0].numpy()
+
+
+def solver_residuals(run, seed: int, damping: float = 0.01, hessian_samples: int = 500,
+                     iterations: int = 20, theirs: torch.Tensor | None = None) -> dict:
+    """Why two solvers of the same system disagree: the relative residual
+    ‖(H + λI)v − u‖/‖u‖ of our K&L's MINRES solution and of dattri's CG solution (`theirs`),
+    H the Hessian of the mean loss on the same training images, u the mean validation loss's
+    gradient."""
+    from influence.baselines import hvp, inverse_hvp
+    from influence.sgd_influence import loss_gradient
+
+    theta = run.theta
+    on = torch.zeros(len(run.train_ids), dtype=torch.bool)
+    on[hessian_sample(len(run.train_ids), hessian_samples, seed)] = True
+    u = loss_gradient(run.val_loss_fn, theta)
+    flat = lambda p: torch.cat([t.reshape(-1) for t in p.values()]).double()  # noqa: E731
+
+    def residual(v: dict) -> float:
+        hv = flat(hvp(run.objective, theta, on, v)) + damping * flat(v)
+        return float((hv - flat(u)).norm() / flat(u).norm())
+
+    found = {"kl": residual(inverse_hvp(run.objective, theta, on, u, damping, iterations))}
+    if theirs is not None:
+        shapes, i, v = theta, 0, {}
+        for k, t in shapes.items():
+            v[k] = theirs[i:i + t.numel()].reshape(t.shape).to(t.dtype)
+            i += t.numel()
+        found["dattri-if"] = residual(v)
+    return found
 
 
 def captum_tracincp(g: Ground) -> np.ndarray:
@@ -279,11 +316,14 @@ def one_split(data, name: str, split: int, truth: pd.DataFrame, times: pd.DataFr
     for key in a.peers:
         began = time.perf_counter()
         try:
-            scores[key] = PEERS[key][2](g)
+            with torch.random.fork_rng(devices=[]):  # e.g. kronfluence's sampled labels
+                torch.manual_seed(split)
+                scores[key] = PEERS[key][2](g)
         except Exception as e:  # noqa: BLE001  a library that fails is reported, not fatal
             print(f"{key} failed: {type(e).__name__}: {e}", flush=True)
             scores[key] = np.full(len(run.train_ids), np.nan)
         seconds[key] = time.perf_counter() - began
+    residual = solver_residuals(run, split, theirs=g.solved.get("dattri-if"))
     sums = pd.DataFrame({f"predicted_{m}": [float(s[p].sum()) for p in position]
                          for m, s in scores.items()})
     sums.insert(0, "group", part.group)
@@ -306,7 +346,7 @@ def one_split(data, name: str, split: int, truth: pd.DataFrame, times: pd.DataFr
                      "image_pearson": float(stats.pearsonr(s, scores[same]).statistic)
                      if same and ok else np.nan,
                      "scale": float(np.dot(s, scores[same]) / np.dot(scores[same], scores[same]))
-                     if same and ok else np.nan})
+                     if same and ok else np.nan, "solver_residual": residual.get(m, np.nan)})
     print(f"{name} split {split}: group Spearman " + " · ".join(
         f"{r['method']} {r['spearman']:.2f} ({r['seconds']:.0f} s)" for r in rows), flush=True)
     return rows, sums.to_dict("records")
@@ -342,33 +382,43 @@ def agreement(rho: pd.DataFrame) -> pd.DataFrame:
     peers = rho[rho.compared_with != ""].dropna(subset=["image_spearman"])
     rows = []
     for (name, m), part in peers.groupby(["data", "method"], sort=False):
-        rows.append({"data": groups.TITLE[name], "library method": name_of(m),
+        rows.append({"_data": name, "_key": m, "_ours": part.compared_with.iloc[0],
+                     "data": groups.TITLE[name], "library method": name_of(m),
                      "ours": LABELS[part.compared_with.iloc[0]],
                      "per-image Spearman": common.mean_std(part.image_spearman),
                      "per-image Pearson": common.mean_std(part.image_pearson),
                      "scale (least squares, theirs ≈ c·ours)": f"{part.scale.mean():.3g}"})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    solved = rho.dropna(subset=["solver_residual"]) if "solver_residual" in rho else rho[:0]
+    if len(solved) and len(out):
+        residual = solved.groupby(["data", "method"], sort=False).solver_residual.agg(
+            lambda r: f"{r.mean():.2f} (max {r.max():.2f})")
+        out["relative residual ‖(H + λI)v − u‖/‖u‖: theirs; ours"] = [
+            f"{residual[d, m]}; {residual[d, o]}" if (d, m) in residual else ""
+            for d, m, o in zip(out._data, out._key, out._ours)]
+    return out.drop(columns=["_data", "_key", "_ours"], errors="ignore")
 
 
 NOTES = {
     "dattri-tracin": "the same sum as ours (η_k/|S|·⟨∇L_val(θ_k), ∇ℓ_j(θ_k)⟩ over the epoch "
-    "checkpoints, full gradients); agreement up to float32 rounding is expected, and any gap "
-    "is a defect on one side.",
-    "captum-tracincp": "the same sum as ours, through captum's per-sample Jacobians; agreement "
-    "up to float32 rounding is expected.",
-    "dattri-if": "the same estimator as our Koh & Liang (Hessian on 500 random training images, "
-    "damping 0.01, 20 steps) but conjugate gradients instead of MINRES and a different random "
-    "Hessian sample: the mini-batch Hessian of a network after 6 epochs is indefinite, where "
-    "CG is not guaranteed to converge and 20 steps of either solver leave different residuals, "
-    "so close but not identical scores are expected.",
+    "checkpoints, full gradients, unprojected): equal up to float32 rounding.",
+    "captum-tracincp": "the same sum as ours, through captum's per-sample gradients: equal up "
+    "to float32 rounding.",
+    "dattri-if": "the same system as our Koh & Liang — the Hessian of the mean loss on the "
+    "same 500 training images, damping 0.01, 20 steps — solved by conjugate gradients where "
+    "ours uses MINRES. H + λI of a network after a few epochs of SGD is indefinite; CG assumes "
+    "a positive definite matrix and its 20-step solution is further from the exact one (the "
+    "relative residual column: above 1 means CG ended further from a solution than v = 0), so "
+    "the two differ by their solvers' errors, and neither is the exact solution. Ours "
+    "divides by n (the mean training loss), dattri does not: the scale.",
     "kronfluence-ekfac": "a different curvature: the EK-FAC approximation of the Gauss–Newton "
-    "matrix (positive semi-definite, fitted on all training images, with its own damping) "
-    "instead of the exact Hessian on 500 images; it ranks like an influence function, not "
-    "like ours.",
+    "matrix (positive semi-definite, fitted on all training images with labels sampled from "
+    "the model, damping 0.1 × its mean eigenvalue) instead of the exact Hessian on 500 "
+    "images; the losses are summed, not averaged: the scale.",
     "trak": "a different estimator: random projections of the gradients of the "
     "correct-class margin, a Gauss–Newton-like kernel inverse per checkpoint, averaged over the "
     "epoch checkpoints of one run (TRAK's paper ensembles independently trained models); "
-    "compared with TracIn only for scale.",
+    "set beside TracIn only because both use the epoch checkpoints.",
 }
 
 
