@@ -204,7 +204,7 @@ def dattri_if(g: Ground, damping: float = 0.01, hessian_samples: int = 500) -> n
     """dattri's IFAttributorCG at the final θ: the Hessian of the mean loss over the same
     `hessian_samples` training images as our K&L, plus damping·I, 20 conjugate-gradient steps
     (our K&L: 20 MINRES steps), on the mean validation loss (dattri's CG solves one system per
-    test item, batched: one per validation image needs gigabytes). Its score
+    test item, batched: one per validation image needs far more memory). Its score
     g_trainᵀ (H + λI)⁻¹ g_val is positive when removing the training image raises the
     validation loss: the project's sign. Its (H + λI)⁻¹ g_val goes to g.solved."""
     from dattri.algorithm.influence_function import IFAttributorCG
@@ -422,19 +422,38 @@ NOTES = {
 }
 
 
-def report(rho: pd.DataFrame, sums: pd.DataFrame, a, out: Path) -> dict:
+RAN_HERE = [
+    "TRAK's default projector (CudaProjector, the `fast_jl` CUDA kernels) needs a GPU: TRAK's "
+    "own CPU BasicProjector (Gaussian) is used instead.",
+    "dattri's TracIn projects gradients to 512 dimensions by default: turned off, to compute "
+    "the same sum as ours. Its attribute() keeps the autograd graph of every score when the "
+    "parameters require gradients (on digits' 36 checkpoints the memory grew until the "
+    "process was killed): it is called under torch.no_grad().",
+    "dattri's IFAttributorCG solves one system per test item, vmapped: for every validation "
+    "image at once it could not allocate its Hessian-vector products within 6 GB on digits; its target is the mean "
+    "validation loss instead (one system), which gives the same scores as the mean over the "
+    "validation images (they are linear in the target's gradient).",
+    "kronfluence runs on the CPU with `cpu=True`; accelerate, which it imports, needs none of "
+    "its optional dependencies here.",
+    "captum's TracInCP with sample_wise_grads_per_batch=True: per-sample gradients by hooks, "
+    "faster than its default per-sample Jacobians.",
+]
+
+
+def report(rho: pd.DataFrame, sums: pd.DataFrame, truth: pd.DataFrame, a, out: Path) -> dict:
     summary = table(rho)
     agree = agreement(rho)
+    stored = sums.merge(truth, on=["data", "split", "group"], suffixes=("", "_stored"))
     setup = []
     for name, part in rho.groupby("data", sort=False):
-        s = sums[sums.data == name]
+        s = stored[stored.data == name]
+        gaps = ", ".join(f"{LABELS[m]} {gap(s, m):.1e}" for m in ("sgd", "kl", "tracin"))
         setup.append(f"- {groups.TITLE[name]}: {part.split.nunique()} splits "
                      f"({', '.join(map(str, sorted(part.split.unique())))}), "
                      f"{s.groupby('split').size().iloc[0]} random groups of 5 % per split; the "
                      f"run trained again to the stored validation loss (mean "
-                     f"{part.val_loss.mean():.4f}); SGD-influence's group sums here against "
-                     f"groups.py's stored ones: largest relative gap "
-                     f"{(s.predicted_sgd / s.stored_predicted_sgd - 1).abs().max():.1e}.")
+                     f"{part.val_loss.mean():.4f}); our group sums here against groups.py's "
+                     f"stored ones, largest relative gap: {gaps}.")
     verdicts = []
     for name, part in summary.groupby("_data", sort=False):
         peers = part[part._key.isin(list(PEERS))]
@@ -478,11 +497,19 @@ def report(rho: pd.DataFrame, sums: pd.DataFrame, a, out: Path) -> dict:
         "and the least-squares factor c of theirs ≈ c·ours):\n\n"
         + (common.markdown(agree) if len(agree) else "(none computed)") + "\n\n"
         + "\n".join(notes),
+        "**How each library ran here** (all four installed and ran on this CPU): "
+        + " ".join(RAN_HERE),
         f"Per split and method: `{a.name_out}.csv`; every group's sums: "
         f"`{a.name_out}-groups.csv`."])
     first = summary[summary._data == summary._data.iloc[0]]
     return {f"spearman_{k.replace('-', '_')}": float(v) for k, v in
             rho[rho.data == first._data.iloc[0]].groupby("method").spearman.mean().items()}
+
+
+def gap(groups_both: pd.DataFrame, method: str) -> float:
+    """Largest relative gap between a method's group sums here and groups.py's stored ones."""
+    here, kept = groups_both[f"predicted_{method}"], groups_both[f"predicted_{method}_stored"]
+    return float((here / kept - 1).abs().max())
 
 
 def library_versions() -> dict[str, str]:
@@ -518,8 +545,7 @@ def main(argv=None) -> dict:
     names = a.data.split(",")
     truth = pd.read_csv(a.truth)
     times = pd.read_csv(a.truth.replace("-groups.csv", "-times.csv"))
-    a.name_out = "peers-quick" if a.quick else "peers" if names == ["mnist"] \
-        else f"peers-{'-'.join(names)}"
+    a.name_out = "peers-quick" if a.quick else "peers"  # rows per data set and split
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / f"{a.name_out}.csv", out / f"{a.name_out}-groups.csv"]
@@ -537,7 +563,7 @@ def main(argv=None) -> dict:
     rho, sums = (pd.DataFrame(t) for t in tables)
     rho, sums = (f[f.data.isin(names) & (f.split < a.splits)] for f in (rho, sums))
     rho = rho.assign(compared_with=rho.compared_with.fillna(""))
-    result = report(rho, sums, a, out)
+    result = report(rho, sums, truth, a, out)
     common.summary(**result)
     return result
 

@@ -46,6 +46,10 @@ def test_peers_quick_scores_groups_py_groups(tmp_path):
         assert by.loc[peer, "scale"] == pytest.approx(1, rel=1e-3)
         assert by.loc[peer, "spearman"] == pytest.approx(by.loc["tracin", "spearman"], abs=0.02)
 
+    # The two influence-function solvers of the same system: both residuals measured.
+    assert by.loc["dattri-if", "compared_with"] == "kl"
+    assert by.loc[["kl", "dattri-if"], "solver_residual"].gt(0).all()
+
     text = (tmp_path / "peers-quick.md").read_text()
     assert "Command: `python benchmarks/peers.py --quick" in text
     assert "captum: TracInCP" in text and "| kronfluence" in text and "p (Holm)" in text
