@@ -65,15 +65,20 @@ THRESHOLDS = (0.5, 0.8, 0.9)  # for information: how many of the flagged images'
 TARGETS = {"broken / corrected": 0.10, "fix precision": 0.9, "recall": 0.8}
 
 
-def parse(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_noise_options(parser: argparse.ArgumentParser) -> None:
+    """The planted-noise runs' options, shared with advice_policy.py."""
     parser.add_argument("--splits", type=int, default=5)
     parser.add_argument("--size", type=int, default=2000, help="images drawn from the data")
     parser.add_argument("--noise", type=float, default=0.1, help="share of wrong labels per part")
     parser.add_argument("--kinds", default=",".join(KINDS), help="uniform,look-alike")
-    parser.add_argument("--controls", type=int, default=CONTROLS)
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs stored in the CSV; compute only what is missing")
+
+
+def parse(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_noise_options(parser)
+    parser.add_argument("--controls", type=int, default=CONTROLS)
     parser.add_argument("--report-only", action="store_true",
                         help="with --resume: write the report of the stored runs, compute none "
                              "(the report gives the command without this option, which computes "

@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 import common
-from advice import KINDS, draw
+from advice import KINDS, add_noise_options, draw
 from common import met
 from datasets import plant_noise
 from influence import labels
@@ -65,12 +65,7 @@ TARGETS = {"precision": 0.9, "broken / corrected": 0.10, "recall": 0.8}
 
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--splits", type=int, default=5)
-    parser.add_argument("--size", type=int, default=2000, help="images drawn from the data")
-    parser.add_argument("--noise", type=float, default=0.1, help="share of wrong labels per part")
-    parser.add_argument("--kinds", default=",".join(KINDS), help="uniform,look-alike")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the runs stored in the CSVs; compute only what is missing")
+    add_noise_options(parser)
     parser.add_argument("--report-only", action="store_true",
                         help="with --resume: write the report of the stored runs, compute none")
     common.add_data_option(parser)

@@ -433,6 +433,30 @@ def stored(path: Path) -> list[dict]:
     return pd.read_csv(path).to_dict("records") if path.exists() else []
 
 
+def kept_tables(files: list[Path], resume: bool, jobs, compute, key=("data", "split"),
+                last: int = -1) -> list[pd.DataFrame]:
+    """Rows of several tables computed job by job and kept in the CSV `files`: a job is the
+    values of the columns `key` (e.g. a data set and a split), compute(*job) gives its rows of
+    each table (a list of rows, or one row). Every file is written again after each job, so
+    partial results survive an interruption. With `resume`, the jobs that the table `last`
+    holds already are kept and not computed again. Returns the tables' rows of the jobs asked
+    (rows of other jobs stay in the files)."""
+    tables = ([stored(f) for f in files] if resume and all(f.exists() for f in files)
+              else [[] for _ in files])
+    done = {tuple(r[k] for k in key) for r in tables[last]}
+    for job in jobs:
+        if tuple(job) in done:
+            continue
+        new = compute(*job)
+        tables = [old + (rows if isinstance(rows, list) else [rows])
+                  for old, rows in zip(tables, new)]
+        for f, rows in zip(files, tables):
+            pd.DataFrame(rows).to_csv(f, index=False)
+    asked = {tuple(job) for job in jobs}
+    return [pd.DataFrame([r for r in rows if tuple(r[k] for k in key) in asked])
+            for rows in tables]
+
+
 def by_split(data, out: Path, a, suffix: str, one_split, report) -> dict:
     """An experiment of two tables kept per split in <name>.csv and <name>-<suffix>.csv, for
     the splits 0 … a.splits − 1: one_split(data, split, a) gives a split's rows of both (with

@@ -358,20 +358,10 @@ def main(argv=None) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / f"{a.name_out}-{part}.csv" for part in ("groups", "topk", "times")]
-    tables = ([pd.read_csv(f).to_dict("records") for f in files]
-              if a.resume and all(f.exists() for f in files) else [[], [], []])
-    done = {(r["data"], r["split"]) for r in tables[2]}
     splits = {"digits": a.splits, "mnist": a.splits if a.mnist_splits is None else a.mnist_splits}
-    for name in names:
-        for split in range(splits[name]):
-            if (name, split) in done:
-                continue
-            g, t, times = one_split(a.data[name], name, split, a)
-            tables = [tables[0] + g, tables[1] + t, tables[2] + [times]]
-            for f, rows in zip(files, tables):  # partial results survive an interruption
-                pd.DataFrame(rows).to_csv(f, index=False)
-    frames = [pd.DataFrame(rows) for rows in tables]
-    frames = [f[f.data.isin(names) & (f.split < f.data.map(splits))] for f in frames]
+    jobs = [(name, split) for name in names for split in range(splits[name])]
+    frames = common.kept_tables(files, a.resume, jobs, lambda name, split: one_split(
+        a.data[name], name, split, a))
     result = report(*frames, a, out)
     common.summary(**result)
     return result

@@ -188,20 +188,10 @@ def main(argv=None) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / f"{a.name_out}{part}.csv" for part in ("", "-steps", "-shares")]
-    tables = ([pd.read_csv(f).to_dict("records") for f in files]
-              if a.resume and all(f.exists() for f in files) else [[], [], []])
-    done = {(r["data"], r["split"]) for r in tables[0]}
-    for name in names:
-        data = common.image_data(name == "digits", a.data_dir)
-        for split in range(splits[name]):
-            if (name, split) in done:
-                continue
-            new = one_split(data, name, split, a)
-            tables = [old + rows for old, rows in zip(tables, new)]
-            for f, rows in zip(files, tables):
-                pd.DataFrame(rows).to_csv(f, index=False)
-    frames = [pd.DataFrame(rows) for rows in tables]
-    frames = [f[f.data.isin(names) & (f.split < f.data.map(splits))] for f in frames]
+    data = {name: common.image_data(name == "digits", a.data_dir) for name in names}
+    jobs = [(name, split) for name in names for split in range(splits[name])]
+    frames = common.kept_tables(files, a.resume, jobs, lambda name, split: one_split(
+        data[name], name, split, a), last=0)
     result = report(*frames, a, out)
     common.summary(**result)
     return result

@@ -32,6 +32,7 @@ Paired t-tests over splits of each variant against the exact retrace, Holm over 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -452,23 +453,14 @@ def main(argv=None) -> dict:
     a.name_out = "retrace-variants-quick" if a.quick else "retrace-variants"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    everything = [[], [], []]
+    parts = [[], [], []]
     for name in names:  # one set of CSVs per data set: each can run in its own process
         files = [out / f"{a.name_out}-{name}-{part}.csv" for part in ("groups", "topk", "splits")]
-        tables = ([pd.read_csv(f).to_dict("records") for f in files]
-                  if a.resume and all(f.exists() for f in files) else [[], [], []])
-        done = {r["split"] for r in tables[2]}
-        data = None
-        for split in range(a.splits):
-            if split in done:
-                continue
-            data = data if data is not None else common.image_data(name == "digits",
-                                                                    a.data_dir)
-            new = (digits_split if name == "digits" else mnist_split)(data, split, a)
-            tables = [old + (rows if isinstance(rows, list) else [rows])
-                      for old, rows in zip(tables, new)]
-            for f, rows in zip(files, tables):  # partial results survive an interruption
-                pd.DataFrame(rows).to_csv(f, index=False)
+        data = functools.cache(lambda name=name: common.image_data(name == "digits", a.data_dir))
+        one = digits_split if name == "digits" else mnist_split
+        tables = common.kept_tables(files, a.resume, [(split,) for split in range(a.splits)],
+                                    lambda split, one=one, data=data: one(data(), split, a),
+                                    key=("split",))
         if name == "mnist":  # the retrained top-k of more variants, in a file of its own
             extra = out / f"{a.name_out}-mnist-retrained-topk.csv"
             rows = pd.read_csv(extra).to_dict("records") if extra.exists() else []
@@ -476,12 +468,11 @@ def main(argv=None) -> dict:
                 wanted = [v for v in a.mnist_topk.split(",") if v and not any(
                     r["split"] == split and r["variant"] == v for r in rows)]
                 if wanted:
-                    data = data if data is not None else common.image_data(False, a.data_dir)
-                    rows += mnist_topk(data, split, wanted, a)
+                    rows += mnist_topk(data(), split, wanted, a)
                     pd.DataFrame(rows).to_csv(extra, index=False)
-            tables[1] = tables[1] + rows
-        everything = [old + rows for old, rows in zip(everything, tables)]
-    frames = [pd.DataFrame(rows) for rows in everything]
+            tables[1] = pd.concat([tables[1], pd.DataFrame(rows)], ignore_index=True)
+        parts = [old + [table] for old, table in zip(parts, tables)]
+    frames = [pd.concat(tables, ignore_index=True) for tables in parts]
     frames = [f[f.split < a.splits] for f in frames]
     figures = report(*frames, a, out)
     common.summary(**figures)

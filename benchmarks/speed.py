@@ -242,6 +242,14 @@ query vectors vmapped through the same jvp. Medians of {a.repeats} alternating r
     Path(a.out).write_text(text)
 
 
+def replay_note(every: int) -> str:
+    """How many θ of an epoch the replay keeps, in words."""
+    if every == 1:
+        return "The replay keeps every θ of an epoch (they fit in the memory budget)."
+    return (f"The replay keeps one θ in {every} of an epoch (√T checkpoints: every θ would not "
+            "fit in the memory budget).")
+
+
 def write_report(a, argv, run, r, stored, per_step, machine) -> None:
     command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     s = run.schedule
@@ -251,10 +259,9 @@ def write_report(a, argv, run, r, stored, per_step, machine) -> None:
 Command: `{command.strip()}`
 
 Machine: {machine}. Data: {data}; {len(run.train_ids)} training images,
-model `{run.preset}`, batch {s.batch_size}, {s.epochs} epochs = {s.steps} steps.
+model `{run.preset.name}`, batch {s.batch_size}, {s.epochs} epochs = {s.steps} steps.
 Medians of {a.repeats} alternating repeats; the reference and ours timed on the same
-{a.ref_steps} steps, alternating. The replay keeps every {r['replay_every']}-th θ of an epoch
-({'every θ: they fit in the memory budget' if r['replay_every'] == 1 else '√T: every θ would not fit in the memory budget'}).
+{a.ref_steps} steps, alternating. {replay_note(r['replay_every'])}
 Load average {r['load_before']:.1f} before, {r['load_after']:.1f} after on {os.cpu_count()} cores:
 the machine is shared, so absolute seconds vary; the ratios come from timings taken side by side.
 
