@@ -17,8 +17,11 @@ mean validation loss when the image is removed (negative = removing it lowers th
 The libraries live outside the product's environment (requirements-peers.txt):
 
     python -m pip install --no-deps --target .peers-lib -r requirements-peers.txt
-    PYTHONPATH=.peers-lib OMP_NUM_THREADS=1 python benchmarks/peers.py --data mnist --resume
-    PYTHONPATH=.peers-lib python benchmarks/peers.py --quick   # digits, 1 split, small
+    PYTHONPATH=.peers-lib python benchmarks/peers.py --data mnist,digits --resume
+    PYTHONPATH=.peers-lib python benchmarks/peers.py --quick   # digits, split 0, small TRAK
+
+Needs groups.py's results for the same splits (benchmarks/results/groups-groups.csv and
+groups-times.csv, or --truth).
 """
 from __future__ import annotations
 
