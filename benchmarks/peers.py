@@ -129,18 +129,25 @@ def kronfluence_ekfac(g: Ground) -> np.ndarray:
     return scores.double().mean(0).numpy()
 
 
+def trak_dim(g: Ground) -> int:
+    """TRAK's projection dimension: g.trak_dim, at most half the training images. TRAK
+    inverts Φᵀ Φ (projection dimension squared, summed over the training images) with no damping
+    by default: with more dimensions than images it is singular."""
+    return min(g.trak_dim, len(g.train) // 2)
+
+
 def trak(g: Ground) -> np.ndarray:
     """TRAK (Park et al., 2023) with the epoch checkpoints as its models, on the validation
-    images' margins (TRAK's image-classification output), projected to g.trak_dim by TRAK's
-    CPU BasicProjector (its CUDA projector needs a GPU), float32. A positive TRAK score: the
-    training image raises the target's correct-class margin, so removing it raises its loss:
-    the project's sign. The mean over the validation targets."""
+    images' margins (TRAK's image-classification output), projected to trak_dim(g) dimensions
+    by TRAK's CPU BasicProjector (its CUDA projector needs a GPU), float32. A positive TRAK
+    score: the training image raises the target's correct-class margin, so removing it raises
+    its loss: the project's sign. The mean over the validation targets."""
     from trak import TRAKer
     from trak.projectors import BasicProjector, ProjectionType
 
     model = g.with_params(g.checkpoints[-1])
     dim = sum(p.numel() for p in model.parameters())
-    projector = BasicProjector(dim, g.trak_dim, g.seed, ProjectionType.normal, "cpu",
+    projector = BasicProjector(dim, trak_dim(g), g.seed, ProjectionType.normal, "cpu",
                                block_size=100)
     with tempfile.TemporaryDirectory() as folder:
         traker = TRAKer(model, "image_classification", len(g.train), save_dir=folder,
@@ -358,7 +365,7 @@ def one_split(data, name: str, split: int, truth: pd.DataFrame, times: pd.DataFr
 # --- report ---------------------------------------------------------------------------------
 def table(rho: pd.DataFrame) -> pd.DataFrame:
     """Per data set and method: group Spearman mean ± std over splits, and SGD-influence minus
-    it paired by split (t-test; Holm over the table's tests)."""
+    it paired by split (t-test; Holm over a data set's tests)."""
     rows = []
     for name, per_data in rho.groupby("data", sort=False):
         wide = per_data.pivot(index="split", columns="method", values="spearman")
@@ -376,7 +383,8 @@ def table(rho: pd.DataFrame) -> pd.DataFrame:
                          "p (paired t)": float(p), "seconds per split": f"{secs[m]:.1f}",
                          "_key": m, "_data": name, "_diff": diff.mean()})
     out = pd.DataFrame(rows)
-    out.insert(out.columns.get_loc("p (paired t)") + 1, "p (Holm)", holm(out["p (paired t)"]))
+    out.insert(out.columns.get_loc("p (paired t)") + 1, "p (Holm)",
+               out.groupby("_data", sort=False)["p (paired t)"].transform(holm))
     return out
 
 
@@ -411,10 +419,13 @@ def verdict(tests: pd.DataFrame, base: str, peers: list[str]) -> list[str]:
         ahead = len(part) == len(peers) and bool(((part["p (Holm)"] < 0.05)
                                                   & (part._diff > 0)).all())
         behind = [name_of(k) for k in part[~(part._diff > 0)]._key]
+        unsure = [f"{name_of(k)} (Holm p = {p:.2g})" for k, p in zip(
+            part._key, part["p (Holm)"]) if name_of(k) not in behind and not p < 0.05]
         lines.append(f"- {groups.TITLE[name]}: {LABELS[base]} ahead of every peer library in "
                      f"group Spearman (paired by split, Holm p < 0.05): {common.met(ahead)}"
                      + (f"; not ahead on average of: {', '.join(behind)}" if behind else "")
-                     + ".")
+                     + (f"; ahead on average, not significantly, of: {', '.join(unsure)}"
+                        if unsure else "") + ".")
     return lines
 
 
@@ -465,17 +476,19 @@ NOTES = {
 
 RAN_HERE = [
     "TRAK's default projector (CudaProjector, the `fast_jl` CUDA kernels) needs a GPU: TRAK's "
-    "own CPU BasicProjector (Gaussian) is used instead.",
+    "own CPU BasicProjector (Gaussian) is used instead. TRAK inverts Φᵀ Φ with no damping by "
+    "default, so the projection has at most half as many dimensions as there are training "
+    "images (digits: 538 instead of 2,048).",
     "dattri's TracIn projects gradients to 512 dimensions by default: turned off, to compute "
     "the same sum as ours. Its attribute() keeps the autograd graph of every score when the "
     "parameters require gradients (on digits' 36 checkpoints the memory grew until the "
     "process was killed): it is called under torch.no_grad().",
     "dattri's IFAttributorCG solves one system per test item, vmapped: for every validation "
-    "image at once it could not allocate its Hessian-vector products within 6 GB on digits; its target is the mean "
-    "validation loss instead (one system), which gives the same scores as the mean over the "
+    "image at once it could not allocate its Hessian-vector products within 6 GB on digits; "
+    "its target is the mean validation loss instead (one system), which gives the same scores as the mean over the "
     "validation images (they are linear in the target's gradient).",
-    "kronfluence runs on the CPU with `cpu=True`; accelerate, which it imports, needs none of "
-    "its optional dependencies here.",
+    "kronfluence runs on the CPU with `cpu=True`; accelerate, which it imports, ran without "
+    "psutil and huggingface_hub, two of its declared dependencies, not installed here.",
     "captum's TracInCP with sample_wise_grads_per_batch=True: per-sample gradients by hooks, "
     "faster than its default per-sample Jacobians.",
 ]
@@ -507,27 +520,33 @@ def report(rho: pd.DataFrame, sums: pd.DataFrame, truth: pd.DataFrame, a, out: P
         f"Versions: {versions}; torch {torch.__version__.split('+')[0]}, one thread.",
         "Setup: the splits, random groups and actual changes (retraining all epochs by "
         "counterfactual SGD, Definition 2) of `groups.md`, read from `groups-groups.csv`:\n\n"
-        + "\n".join(setup) + "\n\nEvery method scores every training image on the mean "
+        + "\n".join(setup) + "\n\nA gap above 0: the float32 arithmetic of the two "
+        "processes differs in rounding (SGD-influence's sums show how little), and K&L's 20 "
+        "MINRES steps carry it further; compare the group Spearman of ours with `groups.md`'s."
+        "\n\nEvery method scores every training image on the mean "
         "validation loss with the project's sign (the estimated change when the image is "
         "removed; negative = removing it lowers the loss); a group's prediction is the sum of "
         "its members' scores. Ours: SGD-influence (Algorithm 2), SGD-influence damped "
         "(λ = 0.03), Koh & Liang (Hessian on 500 random training images, 20 MINRES steps, "
         "damping 0.01) and TracIn (epoch checkpoints). Peers: kronfluence EK-FAC "
         "(its default factors and damping, every validation image a query), TRAK "
-        f"(the epoch checkpoints as its models, BasicProjector to {a.trak_dim} dimensions, float32), dattri TracIn (full "
+        f"(the epoch checkpoints as its models, BasicProjector to {a.trak_dim} dimensions or "
+        "half the training images if fewer, float32), dattri TracIn (full "
         "gradients, η_k/|S| weights) and influence function (CG, 20 steps, damping 0.01, "
         "Hessian on 500 random training images), captum TracInCP (every layer, η_k/|S| "
         "weights).",
         "**Group Spearman** (mean ± std over splits) and SGD-influence minus each method "
         "paired by split (t-test):\n\n" + common.markdown(summary.filter(regex="^[^_]"))
-        + f"\n\np (Holm): over the {int(np.isfinite(summary['p (paired t)']).sum())} tests "
-        f"of this table; {int((summary['p (Holm)'] < 0.05).sum())} of them below 0.05. "
+        + "\n\np (Holm): over a data set's tests ("
+        + ", ".join(f"{groups.TITLE[d]}: {int(np.isfinite(t['p (paired t)']).sum())}, "
+                    f"{int((t['p (Holm)'] < 0.05).sum())} below 0.05"
+                    for d, t in summary.groupby("_data", sort=False)) + "). "
         "Seconds per split: scoring every training image (one torch thread on a shared "
         "2-core CPU), the method alone.",
         "SGD-influence (damped) against each peer library, paired by split (t-test; Holm "
         "over these tests of a data set):\n\n" + common.markdown(damped.filter(regex="^[^_]")),
-        "**Target** (the issue's: SGD-influence, Holm over the first table's tests; the "
-        "damped variant beside it):\n\n"
+        "**Target** (the issue's: SGD-influence, Holm over the data set's tests of the first "
+        "table; the damped variant beside it, Holm over the second's):\n\n"
         + "\n".join(verdicts),
         "**Agreement with our implementations** on the same run: each library's per-image "
         "scores against ours of the same kind (Spearman and Pearson over the training images, "
