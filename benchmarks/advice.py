@@ -304,8 +304,11 @@ def report(frame: pd.DataFrame, a, out: Path) -> dict:
     ]
     sections += [s for s in [confidence_section(frame)] if s]
     if a.size < 10000 and not a.quick:
-        sections.append(f"Only {a.size:,} images: the 10,000-image version (`--size 10000`) "
-                        "was not run for lack of compute time.")
+        larger = out / "advice-10000.md"
+        sections.append(
+            f"The 10,000-image version (`--size 10000`): [{larger.name}]({larger.name})."
+            if larger.exists() else f"Only {a.size:,} images: the 10,000-image version "
+            "(`--size 10000`) was not run for lack of compute time.")
     cmd = common.command().replace(" --report-only", "")
     common.write_report(out, a.name_out, "Advice that never hurts: the default recommendation "
                         "on planted label noise", cmd, sections)

@@ -93,6 +93,19 @@ def test_the_grid_proposes_accept_only_for_the_recommended_fixes():
     assert "recommended" not in review.rows(check, {}).columns
 
 
+def test_a_probability_just_under_the_sure_threshold_never_reads_as_the_threshold():
+    from app.sections import review
+    from influence import advice
+
+    check = check_frame().assign(suggested_p=[advice.SURE - 4e-4, advice.SURE, 0.29, 0.95, 1.0])
+    rec = advice.recommend(check, None, None)
+    shown = review.rows(check, {}, rec=rec)
+    assert shown.recommended.tolist()[:2] == ["remove or look", "accept"]
+    assert shown["looks like"].tolist() == ["7 (94%)", "7 (95%)", "9 (29%)",
+                                            "3 (its given label, 95%)",
+                                            "7 (its given label, 100%)"]
+
+
 def test_corrections_change_only_the_corrected_labels():
     from app.sections import review
     from datasets.builtin import load_digits

@@ -70,6 +70,12 @@ def select(check: pd.DataFrame, flagged_only: bool, pair: tuple[str, str] | None
     return view
 
 
+def percent(p: float) -> str:
+    """A probability as a whole percentage rounded down, so that one just under the label
+    check's threshold for a sure fix (94.96 %) never reads as the threshold itself (95 %)."""
+    return f"{math.floor(100 * p + 1e-9)}%"
+
+
 def rows(part: pd.DataFrame, decided: dict[str, str], exclude: set[str] | None = None,
          test: bool = False, rec: advice.Recommendation | None = None) -> pd.DataFrame:
     """The grid's rows for `part` (rows of a label check) without their thumbnails: the
@@ -85,8 +91,8 @@ def rows(part: pd.DataFrame, decided: dict[str, str], exclude: set[str] | None =
     label = [decided.get(sid) or s for sid, s in zip(ids, suggested)]
     frame = pd.DataFrame({
         "decision": decision, "label": label, "sample id": ids, "given label": given,
-        "looks like": [f"{s} ({p:.0%})" if s != g else f"{g} (its given label, {p:.0%})"
-                       for s, g, p in zip(suggested, given, part.suggested_p)],
+        "looks like": [f"{s} ({percent(p)})" if s != g else f"{g} (its given label, "
+                       f"{percent(p)})" for s, g, p in zip(suggested, given, part.suggested_p)],
         "flagged": part.flagged.astype(bool).to_numpy()})
     if test:
         frame["note"] = np.where(frame.flagged, "the label may be wrong", "")
