@@ -478,7 +478,7 @@ RAN_HERE = [
     "TRAK's default projector (CudaProjector, the `fast_jl` CUDA kernels) needs a GPU: TRAK's "
     "own CPU BasicProjector (Gaussian) is used instead. TRAK inverts Φᵀ Φ with no damping by "
     "default, so the projection has at most half as many dimensions as there are training "
-    "images (digits: 538 instead of 2,048).",
+    "images (fewer than the default 2,048 on digits).",
     "dattri's TracIn projects gradients to 512 dimensions by default: turned off, to compute "
     "the same sum as ours. Its attribute() keeps the autograd graph of every score when the "
     "parameters require gradients (on digits' 36 checkpoints the memory grew until the "
