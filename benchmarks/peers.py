@@ -605,19 +605,10 @@ def main(argv=None) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / f"{a.name_out}.csv", out / f"{a.name_out}-groups.csv"]
-    tables = [common.stored(f) if a.resume else [] for f in files]
-    done = {(r["data"], r["split"]) for r in tables[0]}
-    for name in names:
-        data = common.image_data(name == "digits", a.data_dir)
-        for split in range(a.splits):
-            if (name, split) in done:
-                continue
-            rows, sums = one_split(data, name, split, truth, times, a)
-            tables = [tables[0] + rows, tables[1] + sums]
-            for f, part in zip(files, tables):  # partial results survive an interruption
-                pd.DataFrame(part).to_csv(f, index=False)
-    rho, sums = (pd.DataFrame(t) for t in tables)
-    rho, sums = (f[f.data.isin(names) & (f.split < a.splits)] for f in (rho, sums))
+    data = {name: common.image_data(name == "digits", a.data_dir) for name in names}
+    jobs = [(name, split) for name in names for split in range(a.splits)]
+    rho, sums = common.kept_tables(files, a.resume, jobs, lambda name, split: one_split(
+        data[name], name, split, truth, times, a), last=0)
     rho = rho.assign(compared_with=rho.compared_with.fillna(""))
     result = report(rho, sums, truth, a, out)
     common.summary(**result)
