@@ -107,7 +107,7 @@ def test_review_the_flagged_training_labels_accept_reject_another_label_filter_a
     assert "Fixed labels (CSV)" in [d.proto.label for d in at.get("download_button")]
 
 
-def test_one_click_accepts_the_fixes_the_check_is_sure_of_and_keeps_the_decisions_made():
+def test_one_click_accepts_the_sure_fixes_another_ticks_the_unsure_page_4_retrains_both():
     at = new_app()  # the demo: 10 % of the training labels flipped, suggestions confident
     next(t for t in at.toggle if t.label.startswith("Demo:")).set_value(True).run()
     at, job = train(at, epochs=12, model="cnn-small")  # logistic regression is never sure
@@ -132,6 +132,26 @@ def test_one_click_accepts_the_fixes_the_check_is_sure_of_and_keeps_the_decision
     for sid in shown.index.intersection(list(expected)):
         assert shown.loc[sid, "decision"] == "accept" and shown.loc[sid, "label"] == expected[sid]
     assert f"**{len(expected)}** accepted" in text(at)
+
+    # the flagged images the check is unsure of: one click ticks them; page 4 retrains both
+    unsure = sorted(rec.remove_flagged)
+    assert unsure, "the check is unsure of some flagged images on this run"
+    [tick] = [b for b in at.button if b.label.startswith("Tick the ")
+              and "unsure" in b.label]
+    assert tick.label == (f"Tick the {len(unsure)} flagged images the check is unsure of for "
+                          "removal")
+    tick.click().run()
+    assert sorted(ok(at).session_state["app"]["ticks"][run_id]) == unsure
+    assert not [b for b in at.button if "unsure" in b.label]  # all ticked
+    at.switch_page("views/retrain.py").run()
+    at.radio(key="mode").set_value("last")
+    at.number_input(key="controls").set_value(2)
+    button(at.run(), f"Retrain with the {len(expected)} fixed labels and without the "
+                     f"{len(unsure)} ticked images").click().run()
+    assert wait_for_job(at).status == "done"
+    ok(at.run())
+    last = Store().rounds()[-1]
+    assert last["fixes"] == expected and sorted(last["removed"]) == unsure
 
 
 # --- the logic under the view -----------------------------------------------------------------

@@ -193,18 +193,12 @@ curve = how_many.latest(run_row, method)
 rec = advice.recommend(check, frame if removal else None, trust if removal else None,
                        curve["suggestion"] if curve else None)
 recommend.section(rec, verdict, ranking.title, check is not None)
-ticked = session.ticks()
-if rec.remove and not set(rec.remove) <= ticked:
-    if st.button(f"Tick the {len(rec.remove)} recommended for removal",
-                 icon=":material/check_box:"):
-        session.set_ticks(ticked | set(rec.remove))
-        st.session_state.tick_version = st.session_state.get("tick_version", 0) + 1
-        st.rerun()
-
-if rec.remove_flagged and not set(rec.remove_flagged) <= ticked:
-    if st.button(f"Tick the {len(rec.remove_flagged)} flagged images the check is unsure of "
-                 "for removal", icon=":material/check_box:"):
-        session.set_ticks(ticked | set(rec.remove_flagged))
+for ids, what in ((rec.remove, "recommended for removal"),
+                  (rec.remove_flagged, "flagged images the check is unsure of for removal")):
+    ticked = session.ticks()
+    if ids and not set(ids) <= ticked and st.button(f"Tick the {len(ids)} {what}",
+                                                    icon=":material/check_box:"):
+        session.set_ticks(ticked | set(ids))
         st.session_state.tick_version = st.session_state.get("tick_version", 0) + 1
         st.rerun()
 
