@@ -152,10 +152,13 @@ def upload_main(a) -> None:
         "random controls. Each job timed through `app.services.jobs` as the app runs it, next "
         "to the page's estimate computed right before it (`estimating_s`: the seconds that "
         "took). One repeat.",
-        f"Machine: {machine}. The machine is shared with other jobs (load well above its 2 "
-        "cores): absolute seconds are slower than on an idle laptop, while the estimates, "
-        "timed minutes apart in the same conditions, and the ratios between jobs of one run "
-        "are comparable.",
+        f"Machine: {machine}. " + (
+            f"The machine is shared with other jobs (load above its {os.cpu_count()} cores): "
+            "absolute seconds are slower than on an idle laptop, while the estimates, timed "
+            "minutes apart in the same conditions, and the ratios between jobs of one run are "
+            "comparable." if max(load_before[0], load_after[0]) > os.cpu_count() else
+            f"Nothing else ran (load below its {os.cpu_count()} cores): the seconds are those "
+            "of an idle machine."),
         frame.to_markdown(index=False, floatfmt=".3g"),
         f"**Jobs: {jobs_s:.0f} s ({jobs_s / 60:.1f} min)** against the pages' estimates "
         f"{estimates_s:.0f} s: actual / estimate {ratio:.2f} (target within "
