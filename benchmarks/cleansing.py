@@ -200,8 +200,7 @@ def main(argv=None) -> dict:
                              "or both (all only for SGD-influence and random)")
     parser.add_argument("--methods", default=",".join(common.METHODS))
     common.add_data_option(parser)
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the splits already in the CSV and run only the others")
+    common.add_resume_option(parser)
     parser.add_argument("--selection", type=float, default=0.0,
                         help="share of the validation images held out of the query as the "
                              "selection part; above 0: also the suggested-k row (default 0: "

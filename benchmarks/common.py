@@ -199,6 +199,12 @@ def adult_folder(given: str | None = None) -> Path:
     return folder
 
 
+def add_resume_option(parser) -> None:
+    """--resume, for the scripts that keep their results per split in CSVs."""
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the splits already in the CSVs and run only the others")
+
+
 def add_data_option(parser) -> None:
     """--data-dir, for the scripts whose data is MNIST's test set."""
     parser.add_argument("--data-dir", default=None,
@@ -404,8 +410,7 @@ def label_noise_parser(doc: str, fractions: str, fractions_help: str) -> argpars
     parser.add_argument("--noise", type=float, default=0.1, help="fraction of labels flipped")
     parser.add_argument("--fractions", default=fractions, help=fractions_help)
     parser.add_argument("--mode", choices=["last", "all"], default="last")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep stored per-split results; compute only what is missing")
+    add_resume_option(parser)
     add_data_option(parser)
     add_common_options(parser)
     add_ray_option(parser)

@@ -341,8 +341,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--recheck", type=int, default=5,
                         help="groups per split also retrained one at a time")
     common.add_data_option(parser)
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the splits already in the CSVs and run only the others")
+    common.add_resume_option(parser)
     common.add_common_options(parser)
     a = parser.parse_args(argv)
     if a.quick:

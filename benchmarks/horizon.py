@@ -174,8 +174,7 @@ def main(argv=None) -> dict:
                         help="splits on MNIST (default: --splits; 0: digits only)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--damping", type=float, default=DAMPING)
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the splits already in the CSVs and run only the others")
+    common.add_resume_option(parser)
     common.add_data_option(parser)
     common.add_common_options(parser)
     a = parser.parse_args(argv)

@@ -590,8 +590,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--truth", default=str(common.RESULTS / "groups-groups.csv"),
                         help="groups.py's per-group CSV (its -times.csv beside it)")
     common.add_data_option(parser)
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the splits already in the CSVs and run only the others")
+    common.add_resume_option(parser)
     common.add_common_options(parser)
     a = parser.parse_args(argv)
     if a.quick:

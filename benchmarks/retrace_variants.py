@@ -438,8 +438,7 @@ def main(argv=None) -> dict:
                         help="variants whose MNIST top-k are retrained, e.g. damped-0.1,gn")
     parser.add_argument("--mnist-topk-splits", type=int, default=0,
                         help="on how many MNIST splits --mnist-topk is retrained")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the splits already in the CSVs and run only the others")
+    common.add_resume_option(parser)
     common.add_data_option(parser)
     common.add_common_options(parser)
     a = parser.parse_args(argv)

@@ -101,6 +101,19 @@ def trained_in_app() -> AppTest:
     return at
 
 
+def score(at: AppTest, method: str) -> AppTest:
+    """Page 3: compute a ranking (its "Compute influence" or "Compute this ranking" button)
+    and wait for it."""
+    at.switch_page("views/harmful.py").run()
+    at.radio(key="score_method").set_value(method)
+    [start] = [b for b in at.run().button
+               if b.label in ("Compute influence", "Compute this ranking")]
+    start.click().run()
+    job = wait_for_job(at)
+    assert job.status == DONE, job.error
+    return ok(at.run())
+
+
 def tick_and_clean(at: AppTest, k: int) -> AppTest:
     """On page 3: tick the top k of the ranking shown; on page 4: retrain the last epoch
     without them (and the random control)."""

@@ -6,8 +6,8 @@ import pytest
 
 from app.services import runner
 from app.services.store import CANCELLED, DONE, FAILED, Store
-from helpers import (QUICK_MODEL, button, edit, editor, make_zip, new_app, ok, session_of, text,
-                     tick_and_clean, train, trained_in_app, wait_for_job)
+from helpers import (QUICK_MODEL, button, edit, editor, make_zip, new_app, ok, score, session_of,
+                     text, tick_and_clean, train, trained_in_app, wait_for_job)
 import datasets
 from influence import cleaning, labels as labels_module
 from influence.config import RunConfig
@@ -36,10 +36,7 @@ def test_train_score_tick_and_the_ticks_survive_pages_and_a_refresh():
     run_id = at.session_state["app"]["run"]
     assert run_id == job.result["run"]
 
-    at.switch_page("views/harmful.py").run()
-    at.radio(key="score_method").set_value("sgd-last")
-    button(at.run(), "Compute influence").click().run()
-    assert wait_for_job(at).status == DONE
+    at = score(at, "sgd-last")
     ok(at.run())
     assert "Ranked training images" in text(at)
     button(at, "Tick top 10").click().run()
@@ -323,10 +320,7 @@ def test_how_many_to_remove_is_recommended_only_when_the_trust_check_passes(monk
 
     monkeypatch.setattr(kcurve, "suggest", helps_at_20)
     at = trained_in_app()
-    at.switch_page("views/harmful.py").run()
-    at.radio(key="score_method").set_value("sgd-last")
-    button(at.run(), "Compute influence").click().run()
-    assert wait_for_job(at).status == DONE
+    at = score(at, "sgd-last")
     ok(at.run())
     assert "How many to remove?" in text(at) and "78 models, all at once" in text(at)
     assert at.number_input(key="top_k").value == 10

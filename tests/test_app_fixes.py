@@ -12,20 +12,11 @@ import pytest
 from app.services.store import Store
 from datasets.builtin import load_digits
 from datasets.export import to_zip
-from helpers import (button, edit, editor, new_app, ok, text, train, trained_in_app,
+from helpers import (button, edit, editor, new_app, ok, score, text, train, trained_in_app,
                      wait_for_job)
 from influence import advice
 
 pytestmark = pytest.mark.usefixtures("workspace")
-
-
-def score(at, method: str):
-    """Page 3: compute a ranking and wait for it."""
-    at.switch_page("views/harmful.py").run()
-    at.radio(key="score_method").set_value(method)
-    button(at.run(), "Compute").click().run()
-    assert wait_for_job(at).status == "done"
-    return ok(at.run())
 
 
 def stored_fixes(at) -> dict:

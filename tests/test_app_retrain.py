@@ -5,7 +5,8 @@ import pytest
 
 import datasets
 from app.services.store import DONE, Store
-from helpers import button, new_app, ok, session_of, text, tick_and_clean, train, wait_for_job
+from helpers import (button, new_app, ok, score, session_of, text, tick_and_clean, train,
+                     wait_for_job)
 from influence import labels as labels_module, run_folder
 from influence.cleaning import CONTROLS
 
@@ -37,10 +38,7 @@ def test_flagged_test_images_are_listed_apart_with_the_error_without_them():
     at, job = train(at, epochs=10)
     assert job.status == DONE, job.error
     run_id = at.session_state["app"]["run"]
-    at.switch_page("views/harmful.py").run()
-    at.radio(key="score_method").set_value("sgd-last")
-    button(at.run(), "Compute influence").click().run()
-    assert wait_for_job(at).status == DONE
+    at = score(at, "sgd-last")
     tick_and_clean(ok(at.run()), 5)
 
     check = labels_module.check_part(Store().open_run(run_id), "test")
@@ -78,10 +76,7 @@ def test_flagged_test_images_are_listed_apart_with_the_error_without_them():
 
 def test_the_verdict_names_its_tests_the_fair_controls_and_the_rounds():
     at, job = train(new_app(), epochs=2)
-    at.switch_page("views/harmful.py").run()
-    at.radio(key="score_method").set_value("sgd-last")
-    button(at.run(), "Compute influence").click().run()
-    assert wait_for_job(at).status == DONE
+    at = score(at, "sgd-last")
     at.run()
     at.number_input(key="top_k").set_value(5)
     button(at.run(), "Tick top 5").click().run()
@@ -118,10 +113,7 @@ def test_the_verdict_names_its_tests_the_fair_controls_and_the_rounds():
 def test_an_impossible_estimate_is_never_shown_as_a_number_and_the_trust_check_colours_it():
     at, job = train(new_app(), epochs=2)
     run_id = at.session_state["app"]["run"]
-    at.switch_page("views/harmful.py").run()
-    at.radio(key="score_method").set_value("sgd-last")
-    button(at.run(), "Compute influence").click().run()
-    assert wait_for_job(at).status == DONE
+    at = score(at, "sgd-last")
     tick_and_clean(ok(at.run()), 5)
     store = Store()
     removed = store.rounds()[-1]["removed"]

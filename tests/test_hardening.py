@@ -27,7 +27,7 @@ from datasets import limits
 from app.services import jobs, runner
 from app.services.store import DONE, FAILED, INTERRUPTED, Store
 from helpers import (bomb_png, button, central_directory_patch, errors, make_zip, new_app, ok, png,
-                     session_of, set_lr, text, trained_in_app, two_classes, wait_for_job,
+                     score, session_of, set_lr, text, trained_in_app, two_classes, wait_for_job,
                      zip_bytes)
 from influence import cli, run_folder
 from influence.config import RunConfig, RunError
@@ -311,10 +311,7 @@ def test_tampered_run_folders_are_refused_and_never_unpickled(saved_run, tmp_pat
 
 def test_app_refuses_a_tampered_run_and_damaged_results_and_says_why(workspace):
     at = trained_in_app()
-    at.switch_page("views/harmful.py").run()
-    at.radio(key="score_method").set_value("sgd-last")
-    button(at.run(), "Compute influence").click().run()
-    assert wait_for_job(at).status == DONE
+    at = score(at, "sgd-last")
     assert "Ranked training images" in text(ok(at.run()))
     folder = Store().run_folder(at.session_state["app"]["run"])
 
