@@ -25,8 +25,9 @@ rounds of the same size (as many random training images removed as the round cha
 alternative with as little knowledge), the round's images removed instead of fixed, and
 CONTROLS rounds that fix as many random flagged images as the round fixes (each to the label
 check's suggested label) and remove the other flagged ones, with the ranking's removals: is the
-choice of which flagged images to fix worth anything? Rows of the CSV computed under another rule for the fixes (column `sure`, the
-threshold of advice.SURE) are computed again by --resume.
+choice of which flagged images to fix worth anything? Rows of the CSV computed under another
+rule for the fixes (column `sure`, the threshold of advice.SURE) are computed again by
+--resume.
 
 Per run: wrong labels corrected, correct labels broken (a right label changed), wrong labels
 changed to another wrong one, wrong labels left, fix precision, recall of the wrong training
