@@ -7,6 +7,7 @@ with it before reading any value.
 from __future__ import annotations
 
 import math
+import os
 import types
 from dataclasses import dataclass, field, fields
 from typing import get_args, get_origin, get_type_hints
@@ -156,3 +157,19 @@ def device_of(name: str) -> torch.device:
     if device.type == "cuda":
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     return device
+
+
+def workers(device: torch.device) -> int:
+    """Threads that share the masks of a counterfactual SGD run (sgd.in_parallel), each with
+    torch's threads per operator: $INFLUENCE_WORKERS, else the CPU cores this process may use
+    divided by torch's threads (a laptop's cores all work on the trust check, the controls and
+    the label check); 1 on a GPU, which one vmap over every mask keeps busy."""
+    if device.type != "cpu":
+        return 1
+    if os.environ.get("INFLUENCE_WORKERS"):
+        try:
+            return max(1, int(os.environ["INFLUENCE_WORKERS"]))
+        except ValueError:
+            raise RunError("INFLUENCE_WORKERS must be a whole number of threads, not "
+                           f"{os.environ['INFLUENCE_WORKERS']!r}") from None
+    return max(1, len(os.sched_getaffinity(0)) // torch.get_num_threads())

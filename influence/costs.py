@@ -8,16 +8,20 @@ is then about its count of each unit (the app's time estimates, app.services.tim
     mask       … and its cost per removal mask (it grows about linearly in the masks)
     eval       one evaluation of the validation images
     gradients  one pass of per-image gradient products
+    parallel   how much slower a unit runs while the other workers run theirs (≥ 1): the
+               shares of counterfactual SGD and the replay ahead of the retrace run at once
 """
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 
 import torch
 from torch.func import vmap
 
 from . import baselines
+from .config import workers
 from .runs import Run
 from .sgd import batch_stats, batch_weights, initial_params, sgd_step
 from .sgd_influence import hvp_and_dot_grads
@@ -66,6 +70,24 @@ def vmap_chunk(run: Run, masks: int = 8) -> int | None:
     return _FASTEST[key]
 
 
+def slowdown(fn, workers: int, device: torch.device) -> float:
+    """fn's seconds while `workers` threads run it at once, over its seconds alone (≥ 1)."""
+    if workers < 2:
+        return 1.0
+    alone = timed(fn, device, budget=0.2, most=4)
+    together = []
+
+    def one():
+        together.append(timed(fn, device, budget=0.2, most=4))
+
+    threads = [threading.Thread(target=one) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return max(1.0, statistics.median(together) / alone)
+
+
 def unit_costs(run: Run) -> dict:
     """Seconds of each unit of work, timed on this run's model, data and schedule."""
     obj, schedule, device = run.objective, run.schedule, run.device
@@ -97,7 +119,9 @@ def unit_costs(run: Run) -> dict:
 
     chunk = vmap_chunk(run)
     one, eight = (timed(vector_step(m), device) for m in (1, 8))
+    parallel = slowdown(vector_step(1), workers(device), device)
     return {"step": timed(train_step, device), "retrace": timed(retrace_step, device),
             "mask": max((eight - one) / 7, 1e-6), "vector": max(one - (eight - one) / 7, 0.0),
             "eval": timed(lambda: run.evaluate("val", theta), device),
-            "gradients": timed(lambda: baselines.dot_grads(obj, theta, theta), device)}
+            "gradients": timed(lambda: baselines.dot_grads(obj, theta, theta), device),
+            "parallel": parallel}

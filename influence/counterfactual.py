@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import RunError, check_mode
+from .config import RunError, check_mode, workers
 from .progress import Progress, ProgressFn
 from .sgd import Params, counterfactual_sgd
 
@@ -205,7 +205,7 @@ def outcome_rows(run: Run, removals: list[list[str]], mode: str = "all",
         run.objective, run.schedule, theta0, lambda k: run.keep_at(k)[None] & ~gone,
         epochs, on_step,
         labels=lambda k: torch.where(fixed >= 0, fixed, run.labels_at(k)[None]),
-        chunk_size=vmap_chunk(run) if len(gone) > 1 else None)
+        chunk_size=vmap_chunk(run) if len(gone) > 1 else None, workers=workers(run.device))
     rows = []
     for m in range(len(gone)):
         theta = {name: p[m] for name, p in thetas.items()}

@@ -52,7 +52,8 @@ def retrace_test_images(run: Run, test_ids: Iterable[str], last_epoch_only: bool
         queries = Objective(run.model, test.x[part], test.y[part])
         us = sample_loss_gradients(queries, run.theta)
         rows.append(retrace_queries(run.objective, run.schedule, run.checkpoints,
-                                    run.keep_at, us, epochs, report, run.labels_at, every))
+                                    run.keep_at, us, epochs, report, run.labels_at, every,
+                                    run.replay_ahead()))
     return torch.cat(rows).cpu().double().numpy()
 
 

@@ -24,7 +24,7 @@ import torch
 from sklearn.model_selection import StratifiedKFold
 
 from .progress import Progress, ProgressFn
-from .config import RunError
+from .config import RunError, workers
 from .runs import Run
 from .costs import vmap_chunk
 from .sgd import batch_weights, counterfactual_sgd, initial_params, kept_mean_weights
@@ -80,7 +80,7 @@ def fold_probabilities(run: Run, folds: int = FOLDS, seed: int | None = None,
     report = (lambda t: on_progress(Progress("rank", t + 1, total))) if on_progress else None
     thetas = counterfactual_sgd(run.objective, run.schedule, theta0, keeps, on_step=report,
                                 weights=kept_mean_weights if rescale else batch_weights,
-                                chunk_size=vmap_chunk(run))
+                                chunk_size=vmap_chunk(run), workers=workers(run.device))
     each = [run.probabilities("train", {k: v[f] for k, v in thetas.items()})
             for f in range(folds)]
     probs = np.mean(each, axis=0)  # images in no fold (removed) were seen by none of the models

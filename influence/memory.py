@@ -62,6 +62,13 @@ def replay_every(steps: int, theta: Params, budget: int) -> int:
     return 1 if steps * params_bytes(theta) <= budget else checkpoint_every(steps)
 
 
+def replay_ahead(steps: int, theta: Params, budget: int, workers: int) -> bool:
+    """Replay each epoch's θ in a thread while the retrace works on the epoch after it
+    (sgd_influence.replayed_epochs): with a second core (workers ≥ 2) and when two epochs of θ
+    fit in the budget."""
+    return workers >= 2 and 2 * steps * params_bytes(theta) <= budget
+
+
 def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     """Bytes one image's forward pass keeps for the backward pass, about: every module's output
     (hooks on one image), twice (the output and its gradient)."""

@@ -3,6 +3,9 @@ couples the instances of a batch, so per-instance gradients would be ill-defined
 would make replay depend on random draws that are not recorded."""
 from __future__ import annotations
 
+import copy
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -116,14 +119,35 @@ def last_layer(model: nn.Module) -> nn.Linear:
     return linear[-1]
 
 
+_copies = threading.local()  # per thread: model → that thread's copy of it
+
+
+def own_copy(model: nn.Module) -> nn.Module:
+    """This thread's copy of `model`. functional_call swaps the module's parameters for θ while
+    it runs, so two threads calling it on one module would compute with each other's θ (and
+    vmap fails outright): every thread computes on a copy of its own."""
+    if not hasattr(_copies, "of"):
+        _copies.of = weakref.WeakKeyDictionary()
+    if model not in _copies.of:
+        _copies.of[model] = copy.deepcopy(model)
+    return _copies.of[model]
+
+
+def outputs(model: nn.Module, theta: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """f(x; θ): the model's outputs at parameters θ (torch.func.functional_call), safe to call
+    from several threads at once (own_copy)."""
+    return functional_call(own_copy(model), theta, (x,))
+
+
 def penultimate_features(model: nn.Module, theta: dict[str, torch.Tensor],
                          x: torch.Tensor) -> torch.Tensor:
     """What the output layer sees (the network's features), at parameters θ: caught by a
     forward hook on that layer, whatever the model's structure or parameter names."""
     seen = []
-    hook = last_layer(model).register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
+    mine = own_copy(model)
+    hook = last_layer(mine).register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
     try:
-        functional_call(model, theta, (x,))
+        functional_call(mine, theta, (x,))
     finally:
         hook.remove()
     return seen[0].reshape(len(x), -1)

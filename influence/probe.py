@@ -1,13 +1,13 @@
 """A learning rate that trains: a short probe before the recorded run.
 
 The probe trains copies of the model from the run's own initialisation on the first steps of its
-own batch order, one copy per candidate rate, all at once (torch.func.vmap over the rates). A
-rate is steady if it did not diverge and lowered the training loss at least half as much as the
-best rate did. The probe keeps the candidate one step (a factor 3) below the largest steady
-rate: the fastest rate of a short run is too fast for the whole, much longer run (the usual
-reading of a learning-rate range test), and a near tie between rates, common when nothing has
-been learned yet, must not decide. It touches neither the recorded run nor the validation or
-test images.
+own batch order, one copy per candidate rate, all at once (torch.func.vmap over the rates,
+shared among the CPU cores: influence.sgd.in_parallel). A rate is steady if it did not diverge
+and lowered the training loss at least half as much as the best rate did. The probe keeps the
+candidate one step (a factor 3) below the largest steady rate: the fastest rate of a short run
+is too fast for the whole, much longer run (the usual reading of a learning-rate range test),
+and a near tie between rates, common when nothing has been learned yet, must not decide. It
+touches neither the recorded run nor the validation or test images.
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ from dataclasses import replace
 from datasets import ImageSet
 
 from .progress import Progress, ProgressFn
-from .config import RunConfig
+from .config import RunConfig, workers
 from .costs import vmap_chunk
 from .run_folder import refuse_existing, train_new
 from .runs import Run
-from .sgd import initial_params, sgd_step
+from .sgd import in_parallel, initial_params, sgd_step, shares
 
 FACTORS = (1 / 3, 1.0, 3.0, 10.0)  # candidate rates, times the preset's own
 MAX_STEPS = 200  # probe steps at most (and an eighth of the run's steps, at least 50)
@@ -45,17 +45,26 @@ def choose_lr(run: Run, factors=FACTORS, on_progress: ProgressFn | None = None) 
     steps = probe_steps(run)
     obj, schedule, keep = run.objective, run.schedule, run.keep_at(0)
     theta0 = initial_params(run.model, run.device, run.dtype)
-    thetas = {k: v.expand(len(rates), *v.shape).clone() for k, v in theta0.items()}
+    chunk = vmap_chunk(run)
     step = vmap(lambda th, lr, idx: sgd_step(obj, th, idx, lr, keep), in_dims=(0, 0, None),
-                chunk_size=vmap_chunk(run))
-    losses = np.zeros((steps, len(rates)))
+                chunk_size=chunk)
     decay = schedule.lr / run.config.lr  # 1, or 1/√t for a decaying rate
-    for t in range(steps):
-        idx = torch.as_tensor(schedule.batch(t), device=run.device)
-        thetas, (ell, _) = step(thetas, rates * float(decay[t]), idx)
-        losses[t] = ell.mean(1).detach().cpu().double().numpy()
-        if on_progress:
-            on_progress(Progress("probe", t + 1, steps))
+
+    def probe_rates(rows: slice, on_step) -> dict[str, torch.Tensor]:
+        """The training loss of each rate of `rows` after every probe step (rates × steps)."""
+        share = rates[rows]
+        thetas = {k: v.expand(len(share), *v.shape).clone() for k, v in theta0.items()}
+        losses = torch.zeros(len(share), steps, dtype=torch.float64)
+        for t in range(steps):
+            idx = torch.as_tensor(schedule.batch(t), device=run.device)
+            thetas, (ell, _) = step(thetas, share * float(decay[t]), idx)
+            losses[:, t] = ell.mean(1).detach().cpu().double()
+            on_step(t)
+        return {"losses": losses}
+
+    report = (lambda t: on_progress(Progress("probe", t + 1, steps))) if on_progress else None
+    losses = in_parallel(probe_rates, shares(len(rates), workers(run.device), chunk),
+                         report)["losses"].T.numpy()  # steps × rates, the rates at once
     tail = losses[-max(1, steps // 5):]
     blown = ~np.isfinite(losses).all(0) | (losses.max(0) > 100 * max(losses[0].max(), 1.0))
     final = np.where(blown, np.inf, tail.mean(0))

@@ -23,7 +23,7 @@ import datasets
 from datasets import ImageSet
 
 from . import counterfactual, memory, models
-from .config import RunConfig, RunError, default_epochs, device_of, selection_part
+from .config import RunConfig, RunError, default_epochs, device_of, selection_part, workers
 from .counterfactual import Changes
 from .progress import Progress, ProgressFn
 from .sgd import (Objective, Params, Schedule, StepStats, initial_params, make_schedule,
@@ -200,6 +200,14 @@ class Run:
         theta = dict(self.model.named_parameters())
         return memory.replay_every(self.schedule.steps_per_epoch, theta, self.memory_budget())
 
+    def replay_ahead(self) -> bool:
+        """Whether the retrace replays each epoch in a thread while it retraces the epoch after
+        it (influence.memory.replay_ahead: a second core and two epochs of θ in the budget);
+        every θ is kept then. The same bits either way."""
+        theta = dict(self.model.named_parameters())
+        return memory.replay_ahead(self.schedule.steps_per_epoch, theta, self.memory_budget(),
+                                   workers(self.device))
+
     # --- training (Algorithm 1) -----------------------------------------------------------
     def train(self, on_progress: ProgressFn | None = None, start: int = 0,
               checkpoints: dict[int, Params] | None = None) -> dict:
@@ -271,7 +279,7 @@ class Run:
                                                 self.schedule.steps if refine else 0, every)
         scores = retrace(self.objective, self.schedule, self.checkpoints, self.keep_at, u,
                          epochs, report, self.labels_at, every, damping=damping,
-                         curvature=curvature)
+                         curvature=curvature, ahead=self.replay_ahead())
         if refine:
             scores = refine_extremes(self.objective, self.schedule, self.checkpoints,
                                      self.keep_at, u, scores, refine, report)
@@ -291,7 +299,8 @@ class Run:
         u, epochs, report = self._retrace_setup(query, last_epoch_only, on_progress, 0, every)
         scores, effects = retrace_with_relabel(self.objective, self.schedule, self.checkpoints,
                                                self.keep_at, u, epochs, len(self.data.classes),
-                                               report, self.labels_at, every)
+                                               report, self.labels_at, every,
+                                               self.replay_ahead())
         effects = effects.cpu().double().numpy()
         effects[~self.keep_at(self.schedule.epochs - 1).cpu().numpy()] = np.nan
         return scores.cpu().double().numpy(), effects

@@ -14,13 +14,17 @@ things a counterfactual run may change, nothing else.
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
+
+from . import models
 
 Params = dict[str, torch.Tensor]
 
@@ -57,7 +61,7 @@ class Objective:
         self.model, self.x, self.y, self.l2, self.loss = model, x, y, l2, loss
 
     def outputs(self, theta: Params, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.model, theta, (x,))
+        return models.outputs(self.model, theta, x)
 
     def losses(self, theta: Params, idx: torch.Tensor, labels: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -304,7 +308,7 @@ def counterfactual_sgd(obj: Objective, schedule: Schedule, theta: Params,
                        on_step: Callable[[int], None] | None = None,
                        weights: Callable = batch_weights,
                        labels: torch.Tensor | Callable[[int], torch.Tensor] | None = None,
-                       chunk_size: int | None = None) -> Params:
+                       chunk_size: int | None = None, workers: int = 1) -> Params:
     """Definition 2 for many removal sets at once: θ_{−S}[T] for every row of `keeps` (M × N
     boolean masks; or a function giving them for epoch k), by one SGD run vectorised over the
     masks with torch.func.vmap, from θ at the start of the first of `epochs`. `labels`: the
@@ -314,12 +318,20 @@ def counterfactual_sgd(obj: Objective, schedule: Schedule, theta: Params,
     `weights`: how a batch weighs its kept instances (batch_weights: Definition 2;
     kept_mean_weights: SGD on the kept instances alone). `chunk_size`: vmap's, the masks
     computed together (None: all M; 1: one after the other, which is faster for convolutions
-    on a CPU: costs.vmap_chunk measures it). Returns parameters with a leading dimension M."""
+    on a CPU: costs.vmap_chunk measures it). `workers`: threads that each run a share of the
+    masks (in_parallel; each share's rows are the bits it gives alone). Returns parameters with
+    a leading dimension M."""
     epochs = epochs if epochs is not None else range(schedule.epochs)
     keeps_at = keeps if callable(keeps) else (lambda k: keeps)
     m = keeps_at(epochs.start).shape[0]
     labels_at = labels if callable(labels) else (
         (lambda k: labels) if labels is not None else (lambda k: obj.y.expand(m, -1)))
+    if workers > 1 and m > 1:
+        return in_parallel(
+            lambda rows, report: counterfactual_sgd(
+                obj, schedule, theta, lambda k: keeps_at(k)[rows], epochs, report, weights,
+                lambda k: labels_at(k)[rows], chunk_size),
+            shares(m, workers, chunk_size), on_step)
     thetas = {k: v.expand(m, *v.shape).clone() for k, v in theta.items()}
     step_all = vmap(lambda th, keep, y, idx, lr: sgd_step(obj, th, idx, lr, keep, weights, y)[0],
                     in_dims=(0, 0, 0, None, None), chunk_size=chunk_size)
@@ -331,3 +343,54 @@ def counterfactual_sgd(obj: Objective, schedule: Schedule, theta: Params,
             if on_step:
                 on_step(t)
     return thetas
+
+
+def shares(m: int, workers: int, chunk_size: int | None = None) -> list[slice]:
+    """The masks 0..m−1 cut into at most `workers` consecutive shares of about equal size, each
+    a whole number of vmap chunks (so that each mask's bits are those of one run)."""
+    size = math.ceil(m / workers)
+    if chunk_size:
+        size = math.ceil(size / chunk_size) * chunk_size
+    return [slice(start, min(start + size, m)) for start in range(0, m, size)]
+
+
+class Stopped(RuntimeError):
+    """A share of in_parallel stopped because another share failed or was stopped."""
+
+
+def in_parallel(run_share: Callable[[slice, Callable | None], Params], rows: list[slice],
+                on_step: Callable[[int], None] | None = None) -> Params:
+    """run_share(rows, report) for every share of the masks in a thread of its own, the results
+    concatenated along the masks. The first share reports its steps through on_step (the shares
+    run the same steps); when any share raises (on_step may, to stop the run: cancelled), the
+    others stop at their next step and its exception is raised here. Each thread computes on
+    its own copy of the model (models.outputs); torch releases the GIL inside its operators, so
+    the shares use as many CPU cores."""
+    if len(rows) == 1:
+        return run_share(rows[0], on_step or (lambda t: None))
+    failed = threading.Event()
+
+    def report(first: bool):
+        def after(t: int):
+            if failed.is_set():
+                raise Stopped()
+            if first and on_step:
+                on_step(t)
+        return after
+
+    def share(rows: slice, first: bool) -> Params:
+        try:
+            return run_share(rows, report(first))
+        except BaseException:
+            failed.set()
+            raise
+
+    with ThreadPoolExecutor(len(rows)) as pool:
+        futures = [pool.submit(share, r, i == 0) for i, r in enumerate(rows)]
+        wait(futures)
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    real = [e for e in errors if not isinstance(e, Stopped)]
+    if errors:
+        raise (real or errors)[0]
+    parts = [f.result() for f in futures]
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}

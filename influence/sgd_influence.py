@@ -34,6 +34,7 @@ instances; refine_extremes applies it to the two ends of an Algorithm-2 ranking.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
@@ -125,47 +126,75 @@ def retrace(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
             on_step: Callable[[int], None] | None = None,
             labels_at: Callable[[int], torch.Tensor] | None = None,
             every: int | None = None, damping: float = 0.0,
-            curvature: str = "hessian") -> torch.Tensor:
+            curvature: str = "hessian", ahead: bool = False) -> torch.Tensor:
     """Algorithm 2 over the given epochs (all of them: exact retrace; the last one: the
     approximate version of Section 7.2). Returns L̂_{−j}(u) for every training position j.
     on_step(t) after every replayed step and every retraced step (progress). labels_at(k): the
     labels used in epoch k (default the objective's y). every: the replay keeps every
-    `every`-th θ of an epoch (replay_epoch; default ⌈√T_k⌉, 1: every θ).
+    `every`-th θ of an epoch (replay_epoch; default ⌈√T_k⌉, 1: every θ); ahead: each epoch
+    replayed in a thread while the epoch after it is retraced (replayed_epochs).
     damping λ: the damped retrace u ← (1 − λη_t)(I − η_t H[t]) u, exact for counterfactual SGD
     whose displacement from the recorded run decays by (1 − λη_t) at every step (influence/
     horizon.py); curvature: "hessian" (H[t], Algorithm 2) or "gauss-newton" (its
     Gauss-Newton part, gauss_newton_pass)."""
     return _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step, labels_at,
-                    every=every, damping=damping, curvature=curvature)[0]
+                    every=every, damping=damping, curvature=curvature, ahead=ahead)[0]
 
 
 def retrace_with_relabel(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
                          keep_at: Callable[[int], torch.Tensor], u: Params, epochs: range,
                          classes: int, on_step: Callable[[int], None] | None = None,
                          labels_at: Callable[[int], torch.Tensor] | None = None,
-                         every: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         every: int | None = None, ahead: bool = False
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 2 as `retrace`, also accumulating the relabel effect L̂_{j→c}(u) of every
     training position j and class c (N × classes) from the same pass (see the module notes):
     label c in every retraced step. 0 for removed instances, and for c = the label j has at
     every retraced step."""
     return _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step, labels_at, classes,
-                    every)
+                    every, ahead=ahead)
+
+
+def replayed_epochs(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
+                    keep_at: Callable[[int], torch.Tensor], epochs: range,
+                    on_step: Callable[[int], None] | None = None,
+                    labels_at: Callable[[int], torch.Tensor] | None = None,
+                    every: int | None = None, ahead: bool = False):
+    """(k, the epoch's mask, its labels, θ[t] of its steps) for the epochs from the last back,
+    θ[t] replayed from the epoch's checkpoint (replay_epoch, keeping every `every`-th θ).
+    ahead: every θ of an epoch is replayed in a thread of its own while the caller retraces the
+    epoch after it (two epochs of θ in memory; the replay is a fifth of a retraced step's work
+    and runs on another core). The same bits either way."""
+    def replay(k: int):
+        keep = keep_at(k)
+        labels = labels_at(k) if labels_at else obj.y
+        thetas = replay_epoch(obj, schedule, checkpoints[k], k, keep, on_step, labels,
+                              1 if ahead else every)
+        return k, keep, labels, list(thetas) if ahead else thetas
+
+    order = list(reversed(epochs))
+    if not ahead:
+        yield from map(replay, order)
+        return
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(replay, order[0])
+        for k in order[1:]:
+            replayed, pending = pending.result(), pool.submit(replay, k)
+            yield replayed
+        yield pending.result()
 
 
 def retraced_steps(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
                    keep_at: Callable[[int], torch.Tensor], epochs: range,
                    on_step: Callable[[int], None] | None = None,
                    labels_at: Callable[[int], torch.Tensor] | None = None,
-                   every: int | None = None):
+                   every: int | None = None, ahead: bool = False):
     """The steps of Algorithm 2 in the order it retraces them, t = T−1, …, 1 over `epochs`:
     (t, θ[t], S_t, η_t, w, labels) with w_i = 1/|S_t| (0 for removed instances). θ[t] is
-    replayed epoch by epoch from the checkpoints (on_step(t) after each replayed step); the
-    caller calls on_step(t) after retracing step t."""
-    for k in reversed(epochs):
-        keep = keep_at(k)
-        labels = labels_at(k) if labels_at else obj.y
-        thetas = replay_epoch(obj, schedule, checkpoints[k], k, keep, on_step, labels,
-                              every)  # θ[t]
+    replayed epoch by epoch from the checkpoints (replayed_epochs; on_step(t) after each
+    replayed step); the caller calls on_step(t) after retracing step t."""
+    for k, keep, labels, thetas in replayed_epochs(obj, schedule, checkpoints, keep_at, epochs,
+                                                   on_step, labels_at, every, ahead):
         for t, theta in zip(reversed(schedule.epoch_steps(k)), reversed(thetas)):
             idx = torch.as_tensor(schedule.batch(t), device=obj.x.device)
             yield t, theta, idx, float(schedule.lr[t]), batch_weights(keep, idx, obj.x.dtype), \
@@ -174,13 +203,14 @@ def retraced_steps(obj: Objective, schedule: Schedule, checkpoints: dict[int, Pa
 
 def _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step=None, labels_at=None,
              classes: int | None = None, every: int | None = None, damping: float = 0.0,
-             curvature: str = "hessian"):
+             curvature: str = "hessian", ahead: bool = False):
     step_pass = CURVATURE_PASSES[curvature]
     scores = torch.zeros(obj.x.shape[0], dtype=obj.x.dtype, device=obj.x.device)
     relabel = None if classes is None else torch.zeros(obj.x.shape[0], classes,
                                                        dtype=obj.x.dtype, device=obj.x.device)
     for t, theta, idx, eta, w, labels in retraced_steps(obj, schedule, checkpoints, keep_at,
-                                                        epochs, on_step, labels_at, every):
+                                                        epochs, on_step, labels_at, every,
+                                                        ahead):
         if damping:  # the damped retrace: u ← (1 − λη_t) u first (retrace)
             u = {name: (1 - damping * eta) * v for name, v in u.items()}
         hu, u_dot_g, out, ju = step_pass(obj, theta, idx, w, u, labels)
@@ -199,7 +229,7 @@ def retrace_queries(obj: Objective, schedule: Schedule, checkpoints: dict[int, P
                     keep_at: Callable[[int], torch.Tensor], us: Params, epochs: range,
                     on_step: Callable[[int], None] | None = None,
                     labels_at: Callable[[int], torch.Tensor] | None = None,
-                    every: int | None = None) -> torch.Tensor:
+                    every: int | None = None, ahead: bool = False) -> torch.Tensor:
     """Algorithm 2 for Q queries at once: `us` holds Q query vectors u_q (parameters with a
     leading dimension Q). Returns the Q × N matrix L̂_{−j}(u_q). One replay of the θ[t] serves
     every query; each step's jvp carries the Q tangents together (torch.func.vmap over u), so
@@ -207,7 +237,8 @@ def retrace_queries(obj: Objective, schedule: Schedule, checkpoints: dict[int, P
     n_queries = next(iter(us.values())).shape[0]
     scores = torch.zeros(n_queries, obj.x.shape[0], dtype=obj.x.dtype, device=obj.x.device)
     for t, theta, idx, eta, w, labels in retraced_steps(obj, schedule, checkpoints, keep_at,
-                                                        epochs, on_step, labels_at, every):
+                                                        epochs, on_step, labels_at, every,
+                                                        ahead):
         hu, u_dot_g = vmap(lambda u: hvp_and_dot_grads(obj, theta, idx, w, u, labels))(us)
         # L̂_{−j}(u_q) += ⟨u_q, η_t/|S_t| g(z_j; θ[t])⟩ for every q
         scores.index_add_(1, idx, eta * w * u_dot_g)

@@ -5,8 +5,10 @@ retraced step, one vectorised counterfactual step and its cost per removal mask,
 evaluation, one pass of per-image gradients), timed on the real model and data for a few steps
 of the run's own schedule at the moment of the estimate, so the machine's load then is in them;
 the steps the replay recomputes between its kept θ (none when every θ of an epoch fits in the
-memory budget) count as training steps. A job's time is then its count of each unit; benchmarks/estimates.py measures how close
-that comes.
+memory budget) count as training steps. Work that the engine shares among the CPU cores (the
+masks of counterfactual SGD, the replay ahead of the retrace) counts once per core, a little
+slower (the parallel unit). A job's time is then its count of each unit;
+benchmarks/estimates.py measures how close that comes.
 """
 from __future__ import annotations
 
@@ -17,9 +19,9 @@ import torch
 
 from datasets import ImageSet
 from influence import baselines, labels, methods, probe, runs, trust
-from influence.costs import unit_costs
-from influence.config import RunConfig
-from influence.sgd import replayed_steps
+from influence.costs import unit_costs, vmap_chunk
+from influence.config import RunConfig, workers
+from influence.sgd import replayed_steps, shares
 
 CHUNK = 32  # removal masks per vectorised run (counterfactual.outcomes)
 LONG = 300  # seconds: a job estimated to take longer is announced with a warning
@@ -34,10 +36,16 @@ def long_warning(seconds: float, faster: str) -> str | None:
             f"{faster}.")
 
 
-def vectorised(costs: dict, masks: int, steps: int) -> float:
-    """A counterfactual run of `steps` steps for `masks` removal sets, CHUNK at a time."""
+def vectorised(guess: dict, masks: int, steps: int) -> float:
+    """A counterfactual run of `steps` steps for `masks` removal sets, CHUNK at a time, each
+    chunk's masks shared among the workers (influence.sgd.shares), which run at once a little
+    slower each (costs' parallel)."""
+    costs = guess["costs"]
     chunks = math.ceil(masks / CHUNK) if masks else 0
-    per_chunk = costs["vector"] + costs["mask"] * min(masks, CHUNK)
+    parts = shares(min(masks, CHUNK), guess["workers"], guess["vmap_chunk"]) if masks else []
+    widest = max((part.stop - part.start for part in parts), default=0)
+    per_chunk = (costs["vector"] + costs["mask"] * widest) * (
+        costs["parallel"] if len(parts) > 1 else 1.0)
     return chunks * steps * per_chunk
 
 
@@ -49,13 +57,18 @@ def estimate(data: ImageSet, config: RunConfig) -> dict:
     steps, epochs = run.schedule.steps, run.schedule.epochs
     last = run.schedule.steps_per_epoch
     again = replayed_steps(last, run.replay_every()) - (last - 1)  # steps replayed twice
+    sharing = {"costs": costs, "workers": workers(run.device), "vmap_chunk": vmap_chunk(run)}
     n_train, n_params = len(run.split.train), sum(p.numel() for p in run.model.parameters())
     finish = 3 * costs["eval"] * (len(data) / max(len(run.split.val), 1))  # every part, saved
     train = steps * costs["step"] + epochs * costs["eval"] + finish
-    probe_time = vectorised(costs, len(probe.FACTORS), probe.probe_steps(run))
+    probe_time = vectorised(sharing, len(probe.FACTORS), probe.probe_steps(run))
     ends = min(2 * methods.REFINE, n_train)  # one Hessian-vector product (≈ 3 steps) each
     refine_time = steps * (costs["step"] + 3 * costs["mask"] * ends)
-    score = steps * costs["retrace"] + epochs * again * costs["step"] + costs["eval"]
+    if run.replay_ahead():  # the replay runs beside the retrace: only the first epoch's waits
+        score = ((steps - last) * (costs["retrace"] - costs["step"]) * costs["parallel"]
+                 + last * costs["retrace"] + costs["eval"])
+    else:
+        score = steps * costs["retrace"] + epochs * again * costs["step"] + costs["eval"]
     per_image = costs["gradients"] / n_train  # one per-image gradient product
     bytes_per = torch.finfo(run.dtype).bits // 8
     disk = ((epochs + 2) * n_params * bytes_per + run.schedule.order.size * 4 + steps * 8
@@ -64,7 +77,7 @@ def estimate(data: ImageSet, config: RunConfig) -> dict:
         "preset": run.preset.name, "reason": run.preset_reason, "lr": run.config.lr,
         "epochs": epochs, "n_train": n_train, "n_val": len(run.split.val),
         "n_test": len(run.split.test), "steps": steps, "n_params": n_params,
-        "costs": costs,
+        **sharing,
         "seconds_train": train, "seconds_probe": probe_time,
         "seconds_score": score,
         "seconds_score_last": last * costs["retrace"] + again * costs["step"] + costs["eval"],
@@ -74,14 +87,14 @@ def estimate(data: ImageSet, config: RunConfig) -> dict:
         "seconds_kl": (baselines.KL_ITERATIONS * min(n_train, baselines.KL_HESSIAN_SAMPLES)
                        * per_image * 3 + costs["gradients"]),
         "seconds_tracin": epochs * (costs["gradients"] + costs["eval"]),
-        "seconds_label_check": vectorised(costs, labels.FOLDS, steps) + costs["gradients"],
+        "seconds_label_check": vectorised(sharing, labels.FOLDS, steps) + costs["gradients"],
         "disk_bytes": int(disk)}
 
 
 def controls_seconds(guess: dict, controls: int, mode: str) -> float:
     """The random controls of a cleaning round: `controls` masks in `mode`."""
     steps = guess["steps"] if mode == "all" else guess["steps"] // guess["epochs"]
-    return vectorised(guess["costs"], controls, steps) + controls * guess["costs"]["eval"]
+    return vectorised(guess, controls, steps) + controls * guess["costs"]["eval"]
 
 
 def check_seconds(guess: dict, singles: int, groups: int, mode: str) -> float:

@@ -1,0 +1,176 @@
+"""Work shared among the CPU cores: counterfactual SGD with its masks split among threads, the
+replay run one epoch ahead of the retrace in a thread, the probe's rates split among threads.
+Each gives the same bits as one thread doing it all (shares cut at vmap chunks), a failure or a
+cancellation in any thread stops the others, and one model is safe to use from many threads."""
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from influence import counterfactual, probe
+from influence.config import RunConfig, RunError, workers
+from influence.runs import Run
+from influence.sgd import Objective, counterfactual_sgd, in_parallel, shares
+from influence.sgd_influence import retrace
+
+
+@pytest.fixture(scope="module")
+def small_cnn():
+    """The small CNN on the digits, 2 epochs: convolutions, max pooling, several parameters."""
+    run = Run(RunConfig(dataset="digits", model="cnn-small", epochs=2, memory_mb=1024))
+    run.train()
+    return run
+
+
+def identical(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_shares_are_whole_vmap_chunks_and_cover_every_mask_once():
+    assert shares(13, 2) == [slice(0, 7), slice(7, 13)]
+    assert shares(13, 2, 4) == [slice(0, 8), slice(8, 13)]
+    assert shares(5, 8) == [slice(k, k + 1) for k in range(5)]
+    assert shares(1, 2) == [slice(0, 1)]
+    for m, w, c in [(13, 3, None), (32, 2, 1), (7, 4, 2), (32, 5, 8)]:
+        parts = shares(m, w, c)
+        assert len(parts) <= w and parts[0].start == 0 and parts[-1].stop == m
+        assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+        assert all((p.stop - p.start) % c == 0 for p in parts[:-1]) if c else True
+
+
+def test_one_model_gives_each_thread_its_own_parameters(small_cnn):
+    """functional_call swaps a module's parameters while it runs: without a copy per thread two
+    threads computing on one model at two θ saw each other's (or failed inside vmap)."""
+    obj = small_cnn.objective
+    thetas = [small_cnn.checkpoints[0], small_cnn.theta]
+    idx = torch.arange(64)
+    alone = [obj.weighted(theta, torch.full((64,), 1 / 64), idx)[0] for theta in thetas]
+    together, errors = [None, None], []
+
+    def compute(i):
+        try:
+            for _ in range(30):
+                value = obj.weighted(thetas[i], torch.full((64,), 1 / 64), idx)[0]
+                assert torch.equal(value, alone[i])
+            together[i] = value
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=compute, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and not torch.equal(alone[0], alone[1])
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 2])
+def test_masks_shared_among_threads_give_each_share_its_own_bits(small_cnn, chunk):
+    run = small_cnn
+    n = len(run.train_ids)
+    keeps = torch.ones(5, n, dtype=torch.bool)
+    for m in range(5):
+        keeps[m, m * 40:(m + 1) * 40] = False
+    one = counterfactual_sgd(run.objective, run.schedule, run.checkpoints[0], keeps,
+                             chunk_size=chunk)
+    steps = []
+    two = counterfactual_sgd(run.objective, run.schedule, run.checkpoints[0], keeps,
+                             on_step=steps.append, chunk_size=chunk, workers=2)
+    assert steps == list(range(run.schedule.steps))  # the first share reports every step
+    parts = shares(5, 2, chunk)
+    each = [counterfactual_sgd(run.objective, run.schedule, run.checkpoints[0], keeps[rows],
+                               chunk_size=chunk) for rows in parts]
+    assert identical(two, {name: torch.cat([e[name] for e in each]) for name in two})
+    if chunk == 1:  # one mask after the other either way: the very bits of one thread
+        assert identical(two, one)
+    else:  # vmap over more masks at once sums in another order: the same to float precision
+        for name in one:
+            torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6)
+
+
+def test_outcomes_do_not_depend_on_the_number_of_workers(small_cnn, monkeypatch):
+    sets = [[], small_cnn.train_ids[:30], small_cnn.train_ids[100:160]]
+    monkeypatch.setenv("INFLUENCE_WORKERS", "1")
+    alone = counterfactual.outcomes(small_cnn, sets)
+    monkeypatch.setenv("INFLUENCE_WORKERS", "3")
+    assert workers(small_cnn.device) == 3
+    shared = counterfactual.outcomes(small_cnn, sets)
+    np.testing.assert_allclose(shared.to_numpy(), alone.to_numpy(), rtol=1e-4, atol=1e-6)
+    assert shared.query_loss.iloc[1] != shared.query_loss.iloc[0]
+
+
+def test_a_failure_in_any_share_stops_the_others_and_is_raised():
+    started, stopped_at = threading.Barrier(2), {}
+
+    def run_share(rows, on_step):
+        started.wait()
+        for t in range(10 ** 6):
+            if rows.start == 1 and t == 5:
+                raise ValueError("share 1 broke")
+            try:
+                on_step(t)
+            except Exception:
+                stopped_at[rows.start] = t
+                raise
+        return {"x": torch.zeros(1)}
+
+    with pytest.raises(ValueError, match="share 1 broke"):
+        in_parallel(run_share, [slice(0, 1), slice(1, 2)])
+    assert stopped_at[0] < 10 ** 6 - 1  # share 0 stopped early
+
+
+def test_a_cancelled_first_share_cancels_the_run(small_cnn):
+    class Cancel(Exception):
+        pass
+
+    def cancel_at(t):
+        if t == 3:
+            raise Cancel()
+
+    keeps = torch.ones(4, len(small_cnn.train_ids), dtype=torch.bool)
+    with pytest.raises(Cancel):
+        counterfactual_sgd(small_cnn.objective, small_cnn.schedule, small_cnn.checkpoints[0],
+                           keeps, on_step=cancel_at, workers=2)
+
+
+def test_the_replay_ahead_of_the_retrace_gives_the_same_bits(small_cnn):
+    run = small_cnn
+    u = run.query_loss().gradient(run.theta)
+    steps = {True: [], False: []}
+    scores = {ahead: retrace(run.objective, run.schedule, run.checkpoints, run.keep_at, u,
+                             range(run.schedule.epochs), steps[ahead].append, run.labels_at,
+                             every=1, ahead=ahead) for ahead in (False, True)}
+    assert torch.equal(scores[True], scores[False])
+    assert sorted(steps[True]) == sorted(steps[False])  # the same progress, in another order
+
+
+def test_the_run_replays_ahead_with_a_second_core_and_two_epochs_in_memory(small_cnn,
+                                                                             monkeypatch):
+    monkeypatch.setenv("INFLUENCE_WORKERS", "2")
+    assert small_cnn.replay_ahead()
+    monkeypatch.setenv("INFLUENCE_WORKERS", "1")
+    assert not small_cnn.replay_ahead()
+    monkeypatch.setenv("INFLUENCE_WORKERS", "two")
+    with pytest.raises(RunError, match="whole number"):
+        workers(small_cnn.device)
+
+
+def test_the_probe_chooses_the_same_rate_with_its_rates_shared(small_cnn, monkeypatch):
+    monkeypatch.setenv("INFLUENCE_WORKERS", "1")
+    alone = probe.choose_lr(small_cnn)
+    monkeypatch.setenv("INFLUENCE_WORKERS", "2")
+    shared = probe.choose_lr(small_cnn)
+    assert shared["lr"] == alone["lr"]
+    np.testing.assert_allclose(shared["losses"], alone["losses"], rtol=1e-4)
+
+
+def test_objectives_built_in_one_thread_work_in_another(small_cnn):
+    """An objective made here and used only by a worker thread: that thread's own model copy."""
+    obj = Objective(small_cnn.model, small_cnn.objective.x[:10], small_cnn.objective.y[:10])
+    here = obj.outputs(small_cnn.theta, obj.x)
+    there = []
+    thread = threading.Thread(target=lambda: there.append(obj.outputs(small_cnn.theta, obj.x)))
+    thread.start()
+    thread.join()
+    assert torch.equal(here, there[0])
