@@ -87,6 +87,11 @@ def seconds(s: float) -> str:
     return f"about {s / 60:.0f} min"
 
 
+def on_cores(workers: int) -> str:
+    """" on this computer's N CPU cores" where the work is shared among several, else ""."""
+    return f" on this computer's {workers} CPU cores" if workers > 1 else ""
+
+
 def size(n: float) -> str:
     for unit in ("bytes", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":

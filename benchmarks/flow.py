@@ -43,7 +43,7 @@ import datasets  # noqa: E402
 from app.services import jobs, runner, timing  # noqa: E402
 from app.services.store import DONE, Store  # noqa: E402
 from influence import advice, cleaning  # noqa: E402
-from influence.config import MIN_STEPS, RunConfig  # noqa: E402
+from influence.config import MIN_STEPS, RunConfig, workers  # noqa: E402
 
 TARGET_S = 60
 UPLOAD_TARGET_S, ESTIMATE_TARGET = 360, 1.5
@@ -140,7 +140,9 @@ def upload_main(a) -> None:
     alone = frame.training_alone_s.iloc[0]
     check, retrain = frame.actual_s.iloc[3], frame.actual_s.iloc[4]
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-               f"torch {torch.__version__}, Python {platform.python_version()}, 1 torch thread; "
+               f"torch {torch.__version__}, Python {platform.python_version()}, 1 torch thread "
+               f"per worker, {workers(torch.device('cpu'))} workers (the jobs' counterfactual "
+               "runs, probe and replay share the cores); "
                f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     ratio = jobs_s / estimates_s
     sections = [

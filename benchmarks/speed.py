@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from common import data_name, device_or_exit, mnist_folder  # noqa: E402  (benchmarks/ on path)
 from influence import explain, run_folder  # noqa: E402
-from influence.config import RunConfig  # noqa: E402
+from influence.config import RunConfig, workers  # noqa: E402
 from influence.runs import Run  # noqa: E402
 from influence.sgd import batch_weights, replay_epoch, sgd_step  # noqa: E402
 from influence.sgd_influence import hvp_and_dot_grads, loss_gradient  # noqa: E402
@@ -199,7 +199,7 @@ def main(argv=None) -> dict:
 
     result = {
         "load_before": load_before, "load_after": os.getloadavg()[0],
-        "replay_every": run.replay_every(),
+        "replay_every": run.replay_every(), "replay_ahead": run.replay_ahead(),
         "score_over_train": full_t / train_t,
         "last_over_train": last_t / train_t,
         "relabel_over_score": relabel_t / full_t,
@@ -217,7 +217,8 @@ def main(argv=None) -> dict:
 
 def machine_of(run) -> str:
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), device "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads, "
+            f"{workers(run.device)} workers), device "
             f"{run.device}" + (f" ({torch.cuda.get_device_name()})"
                                if run.device.type == "cuda" else ""))
 
@@ -242,8 +243,12 @@ query vectors vmapped through the same jvp. Medians of {a.repeats} alternating r
     Path(a.out).write_text(text)
 
 
-def replay_note(every: int) -> str:
-    """How many θ of an epoch the replay keeps, in words."""
+def replay_note(every: int, ahead: bool) -> str:
+    """How many θ of an epoch the replay keeps and whether it runs ahead, in words."""
+    if ahead:
+        return ("The replay keeps every θ of an epoch and runs one epoch ahead of the retrace "
+                "on a second core (two epochs of θ fit in the memory budget); training has "
+                "one step after another to do and uses one core.")
     if every == 1:
         return "The replay keeps every θ of an epoch (they fit in the memory budget)."
     return (f"The replay keeps one θ in {every} of an epoch (√T checkpoints: every θ would not "
@@ -261,7 +266,7 @@ Command: `{command.strip()}`
 Machine: {machine}. Data: {data}; {len(run.train_ids)} training images,
 model `{run.preset.name}`, batch {s.batch_size}, {s.epochs} epochs = {s.steps} steps.
 Medians of {a.repeats} alternating repeats; the reference and ours timed on the same
-{a.ref_steps} steps, alternating. {replay_note(r['replay_every'])}
+{a.ref_steps} steps, alternating. {replay_note(r['replay_every'], r['replay_ahead'])}
 Load average {r['load_before']:.1f} before, {r['load_after']:.1f} after on {os.cpu_count()} cores:
 the machine is shared, so absolute seconds vary; the ratios come from timings taken side by side.
 

@@ -22,7 +22,7 @@ owned by it in the store ("ray:<namespace>/<name>"), so a restarted app finds it
 (Backend.reattach) instead of marking its runs interrupted. The runs a job opens on a worker
 hand their chunks of counterfactual retraining to Ray as tasks (Run.outcome_executor =
 outcomes_on_cluster). On the CPU, results are bit for bit those of the threads here (same code,
-same torch thread count).
+same torch thread count, the masks cut into the same shares: influence.config.workers).
 
 Imported only when a cluster is configured (app.services.cluster): the app never imports Ray
 otherwise.
@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import pickle
 import shutil
 import socket
@@ -50,7 +51,7 @@ from datasets import DataError, ImageSet
 from datasets.storage import atomic_folder
 from influence import counterfactual, run_folder, runs
 from influence.progress import Cancelled
-from influence.config import RunConfig, RunError
+from influence.config import RunConfig, RunError, workers
 
 from ..words import plain_message
 from . import runner
@@ -129,7 +130,7 @@ class Backend:
         try:
             spec = {"id": job.id, "session": job.session, "kind": job.kind, "title": job.title,
                     "result": dict(job.result), "started": job.started, "owns": owns,
-                    "threads": runner.cpu_threads(),
+                    "threads": runner.cpu_threads(), "workers": workers(torch.device("cpu")),
                     **ship(work, store, reads, owns)}
             for run_id in owns:
                 store.set_owner(run_id, f"ray:{space}/{name}")
@@ -423,6 +424,7 @@ class JobActor:
             return
         spec = self.spec
         runner.use_cpu_threads(spec["threads"])  # as in the app: the same float sums
+        os.environ["INFLUENCE_WORKERS"] = str(spec["workers"])  # the same shares of masks
         self.store = WorkerStore(self.root / "workspace", spec["app_root"])
         for table in ("datasets", "runs", "scores"):
             self.store.insert_rows(table, spec["rows"][table])
@@ -470,16 +472,18 @@ class JobActor:
 # --- fan-out: the chunks of counterfactual.outcomes as tasks ------------------------------------
 @ray.remote
 def _outcome_chunk(run: runs.Run, chunk: tuple[list, list], mode: str, exclude: list[str],
-                   threads: int) -> list[dict]:
+                   threads: int, cpu_workers: int) -> list[dict]:
     torch.set_num_threads(threads)
+    os.environ["INFLUENCE_WORKERS"] = str(cpu_workers)
     removals, fixes = chunk
     return counterfactual.outcome_rows(run, removals, mode, exclude, None, fixes)
 
 
 def outcomes_on_cluster(run: runs.Run, chunks: list, mode: str, exclude: list[str]):
     """A run's outcome_executor on a cluster: each chunk of removal masks as a Ray task (with
-    the caller's torch thread count, so each chunk's figures are the local ones), when the
-    cluster has more than the one CPU this job holds; None (keep them here) otherwise."""
+    the caller's torch thread count and workers, so each chunk's figures are the local ones),
+    when the cluster has more than the one CPU this job holds; None (keep them here)
+    otherwise."""
     if ray.cluster_resources().get("CPU", 0) < 2:
         return None
     return _gathered(run, chunks, mode, exclude)
@@ -489,7 +493,8 @@ def _gathered(run: runs.Run, chunks: list, mode: str, exclude: list[str]):
     shared = ray.put(run)
     gpus = 1 if run.device.type == "cuda" else 0
     refs = [_outcome_chunk.options(num_cpus=1, num_gpus=gpus).remote(
-        shared, chunk, mode, exclude, torch.get_num_threads()) for chunk in chunks]
+        shared, chunk, mode, exclude, torch.get_num_threads(), workers(run.device))
+        for chunk in chunks]
     taken = 0
     try:
         for ref in refs:

@@ -169,7 +169,8 @@ else:
                 f"without each of {jobs.CHECK_GROUPS} random groups of 5 % of the training "
                 f"images and without the ranking's top {' and top '.join(map(str, tops))}"
                 + (f", and without each of {n_check} single images" if n_check else "")
-                + f", all at once, and compares with the estimates ({words.seconds(took)}). "
+                + f", all at once{words.on_cores(guess['workers'])}, and compares with the "
+                f"estimates ({words.seconds(took)}). "
                 "Removing images by the ranking is recommended only when it passes. Single "
                 "images cost one retraining each and are mostly noise on deep models, so they "
                 "are off unless you ask.")

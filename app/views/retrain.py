@@ -77,7 +77,8 @@ else:
         100, key=session.remember("controls", cleaning.CONTROLS),
         help=words.controls_help(len(ticked), len(fixed)))
     more = timing.controls_seconds(guess, int(controls), mode)
-    c2.caption(f"The controls take {words.seconds(more)} more. "
+    c2.caption(f"The controls take {words.seconds(more)} more"
+               f"{words.on_cores(guess['workers']) if controls > 1 else ''}. "
                + words.before_running(int(controls), len(rounds_on_test_images()) + 1)
                + f" {cleaning.CONTROLS} controls are the default: with them the prediction-"
                "interval test calls a cleaned error better when it lies "
