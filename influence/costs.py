@@ -119,7 +119,7 @@ def unit_costs(run: Run) -> dict:
 
     chunk = vmap_chunk(run)
     one, eight = (timed(vector_step(m), device) for m in (1, 8))
-    parallel = slowdown(vector_step(1), workers(device), device)
+    parallel = slowdown(vector_step(chunk or 8), workers(device), device)  # a share's step
     return {"step": timed(train_step, device), "retrace": timed(retrace_step, device),
             "mask": max((eight - one) / 7, 1e-6), "vector": max(one - (eight - one) / 7, 0.0),
             "eval": timed(lambda: run.evaluate("val", theta), device),
