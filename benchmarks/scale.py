@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from influence import cleaning
-from influence.config import RunConfig
+from influence.config import RunConfig, workers
 from influence.runs import Run
 
 MODELS = ["logreg", "dnn", "cnn-small", "cnn", "cnn-cifar", "cnn-wide", "cnn-wider"]
@@ -209,6 +209,8 @@ def measure_all(a, argv: list[str], csv: Path) -> None:
     """Every configuration, each in a fresh process; the rows go to `csv` with the command and
     the machine, from which report() writes the tables and the chart."""
     device = device_or_exit(a.device)
+    load_before = os.getloadavg()[0]
+    setup(a.threads)  # as in the children, so that workers() below is theirs
     sizes = [int(s) for s in a.sizes.split(",")]
     epochs = [int(e) for e in a.epochs.split(",")]
     size_rows = [spawn(a, argv, n=n, epochs=e, model=a.model, clean=True)
@@ -221,8 +223,9 @@ def measure_all(a, argv: list[str], csv: Path) -> None:
     pd.concat([pd.DataFrame(size_rows).assign(series="size"),
                pd.DataFrame(model_rows).assign(series="model")]).assign(
         command=command(), data=data_name(full, a.quick, a.data_dir),
-        machine=f"{os.cpu_count()} CPU cores (shared with other jobs), torch "
-                f"{torch.__version__}, {a.threads} torch thread(s), device {device}{gpu}",
+        machine=f"{os.cpu_count()} CPU cores (load average {load_before:.1f} before, "
+                f"{os.getloadavg()[0]:.1f} after), torch {torch.__version__}, {a.threads} torch "
+                f"thread(s) per worker, {workers(device)} worker(s), device {device}{gpu}",
         repeats=a.repeats).to_csv(csv, index=False)
 
 
@@ -314,7 +317,7 @@ def write(out: Path, rows, by_size, by_model, fits) -> None:
         f"{n_data:,} images of this size at a 60/20/20 split. Retraining only the last epoch in "
         f"the cleaning round (the clean slope counted for 1 epoch instead of 20): n_train ≈ "
         f"{last_train:,}, about {last_data:,} images. Both extrapolate the lines beyond the "
-        "largest size measured; the machine's cores were shared with other jobs."]
+        "largest size measured."]
     write_report(out.parent, out.stem, "How cost grows with images and parameters",
                  rows.command[0], sections)
 
