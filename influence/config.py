@@ -172,4 +172,6 @@ def workers(device: torch.device) -> int:
         except ValueError:
             raise RunError("INFLUENCE_WORKERS must be a whole number of threads, not "
                            f"{os.environ['INFLUENCE_WORKERS']!r}") from None
-    return max(1, len(os.sched_getaffinity(0)) // torch.get_num_threads())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        os.cpu_count() or 1  # macOS and Windows have no affinity: every core
+    return max(1, cores // torch.get_num_threads())

@@ -174,3 +174,13 @@ def test_objectives_built_in_one_thread_work_in_another(small_cnn):
     thread.start()
     thread.join()
     assert torch.equal(here, there[0])
+
+
+def test_workers_count_the_cores_where_there_is_no_cpu_affinity(monkeypatch):
+    """macOS and Windows have no os.sched_getaffinity: every core counts."""
+    monkeypatch.delenv("INFLUENCE_WORKERS", raising=False)
+    monkeypatch.delattr("os.sched_getaffinity", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert workers(torch.device("cpu")) == 2
+    assert workers(torch.device("cuda")) == 1
