@@ -41,7 +41,9 @@ def timed(fn, device: torch.device, budget: float = 0.4, most: int = 12) -> floa
     return statistics.median(times)
 
 
-CHUNK_SIZES = (None, 4, 1)  # vmap over every mask at once, 4 at a time, one after the other
+CHUNK_SIZES = {"cpu": (8, 4, 1),  # vmap over 8 masks at a time, 4, one after the other: on a
+               # CPU the shares of the workers (sgd.shares) are cut at these chunks
+               "cuda": (None, 4, 1)}  # a GPU: every mask at once too
 _FASTEST: dict[tuple, int | None] = {}  # the model, image and batch sizes → the fastest chunk
 
 
@@ -65,7 +67,7 @@ def vmap_chunk(run: Run, masks: int = 8) -> int | None:
             return lambda: one(thetas, keeps)
 
         seconds = {chunk: timed(step(chunk), run.device, budget=0.2, most=3)
-                   for chunk in CHUNK_SIZES}
+                   for chunk in CHUNK_SIZES.get(run.device.type, CHUNK_SIZES["cuda"])}
         _FASTEST[key] = min(seconds, key=seconds.get)
     return _FASTEST[key]
 

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from .config import RunError, check_mode, workers
-from .progress import Progress, ProgressFn
+from .progress import Progress, ProgressFn, counted
 from .sgd import Params, counterfactual_sgd
 
 if TYPE_CHECKING:
@@ -164,9 +164,7 @@ def outcomes(run: Run, removals: list[list[str]], mode: str = "all", exclude: It
     chunks = [(removals[start:start + chunk], fixes[start:start + chunk])
               for start in range(0, len(removals), chunk)]
     total = len(chunks) * per_chunk
-    done = iter(range(1, total + 1))
-    report = (lambda t: on_progress(Progress(phase, next(done), total))) \
-        if on_progress else None
+    report = counted(on_progress, phase, total)
     executor = run.outcome_executor
     elsewhere = executor(run, chunks, mode, list(exclude)) \
         if executor is not None and len(chunks) > 1 and query is None and measure is None \

@@ -17,7 +17,7 @@ import torch
 
 from . import methods
 from .config import RunError
-from .progress import Progress, ProgressFn
+from .progress import ProgressFn, counted
 from .runs import Run
 from .sgd import Objective
 from .sgd_influence import retrace_queries, sample_loss_gradients
@@ -42,10 +42,7 @@ def retrace_test_images(run: Run, test_ids: Iterable[str], last_epoch_only: bool
     epochs = range(K - 1, K) if last_epoch_only else range(K)
     chunks = [positions[i:i + chunk] for i in range(0, len(positions), chunk)]
     every = run.replay_every()
-    total = len(chunks) * run.retrace_steps(epochs, every)
-    done = iter(range(1, total + 1))
-    report = (lambda t: on_progress(Progress("score", next(done), total))) \
-        if on_progress else None
+    report = counted(on_progress, "score", len(chunks) * run.retrace_steps(epochs, every))
     test = run.part("test")
     rows = []
     for part in chunks:

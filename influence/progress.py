@@ -3,6 +3,7 @@ check and the baselines all report through a ProgressFn; raising Cancelled from 
 with nothing written."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -26,3 +27,18 @@ class Progress:
 
 
 ProgressFn = Callable[[Progress], None]
+
+
+def counted(on_progress: ProgressFn | None, phase: str, total: int
+            ) -> Callable[[int], None] | None:
+    """A per-step callback (its argument, the step, is not used) that reports the units 1, 2, …,
+    `total` of `phase` to on_progress in order, whichever thread calls it (the replay ahead of
+    the retrace reports from a thread of its own); None without on_progress."""
+    if on_progress is None:
+        return None
+    lock, done = threading.Lock(), iter(range(1, total + 1))
+
+    def report(t: int) -> None:
+        with lock:
+            on_progress(Progress(phase, next(done), total))
+    return report

@@ -25,7 +25,7 @@ from datasets import ImageSet
 from . import counterfactual, memory, models
 from .config import RunConfig, RunError, default_epochs, device_of, selection_part, workers
 from .counterfactual import Changes
-from .progress import Progress, ProgressFn
+from .progress import Progress, ProgressFn, counted
 from .sgd import (Objective, Params, Schedule, StepStats, initial_params, make_schedule,
                   per_sample_loss, predictions, replayed_steps, run_sgd)
 from .sgd_influence import (CURVATURE_PASSES, loss_gradient, refine_extremes, retrace,
@@ -320,10 +320,7 @@ class Run:
         K = self.schedule.epochs
         epochs = range(K - 1, K) if last_epoch_only else range(K)
         total = self.retrace_steps(epochs, every) + more_steps
-        done = iter(range(1, total + 1))
-        report = (lambda t: on_progress(Progress("score", next(done), total))) \
-            if on_progress else None
-        return query, epochs, report
+        return query, epochs, counted(on_progress, "score", total)
 
     def retrace_steps(self, epochs: range, every: int | None = None) -> int:
         """Units of progress of one retrace over `epochs`: the replayed steps (some twice when

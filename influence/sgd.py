@@ -319,8 +319,8 @@ def counterfactual_sgd(obj: Objective, schedule: Schedule, theta: Params,
     kept_mean_weights: SGD on the kept instances alone). `chunk_size`: vmap's, the masks
     computed together (None: all M; 1: one after the other, which is faster for convolutions
     on a CPU: costs.vmap_chunk measures it). `workers`: threads that each run a share of the
-    masks (in_parallel; each share's rows are the bits it gives alone). Returns parameters with
-    a leading dimension M."""
+    masks (shares, in_parallel), with the same bits as one thread. Returns parameters with a
+    leading dimension M."""
     epochs = epochs if epochs is not None else range(schedule.epochs)
     keeps_at = keeps if callable(keeps) else (lambda k: keeps)
     m = keeps_at(epochs.start).shape[0]
@@ -347,10 +347,12 @@ def counterfactual_sgd(obj: Objective, schedule: Schedule, theta: Params,
 
 def shares(m: int, workers: int, chunk_size: int | None = None) -> list[slice]:
     """The masks 0..m−1 cut into at most `workers` consecutive shares of about equal size, each
-    a whole number of vmap chunks (so that each mask's bits are those of one run)."""
-    size = math.ceil(m / workers)
-    if chunk_size:
-        size = math.ceil(size / chunk_size) * chunk_size
+    a whole number of vmap chunks, so that every mask is computed in the same chunk whatever
+    the number of workers: the same bits. Without a chunk size (one vmap over every mask), one
+    share."""
+    if not chunk_size:
+        return [slice(0, m)]
+    size = math.ceil(math.ceil(m / workers) / chunk_size) * chunk_size
     return [slice(start, min(start + size, m)) for start in range(0, m, size)]
 
 

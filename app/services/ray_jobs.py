@@ -22,7 +22,8 @@ owned by it in the store ("ray:<namespace>/<name>"), so a restarted app finds it
 (Backend.reattach) instead of marking its runs interrupted. The runs a job opens on a worker
 hand their chunks of counterfactual retraining to Ray as tasks (Run.outcome_executor =
 outcomes_on_cluster). On the CPU, results are bit for bit those of the threads here (same code,
-same torch thread count, the masks cut into the same shares: influence.config.workers).
+same torch thread count; a job there uses the one CPU Ray gives it, and the workers that share
+the masks here do not change the bits: influence.sgd.shares).
 
 Imported only when a cluster is configured (app.services.cluster): the app never imports Ray
 otherwise.
@@ -51,7 +52,7 @@ from datasets import DataError, ImageSet
 from datasets.storage import atomic_folder
 from influence import counterfactual, run_folder, runs
 from influence.progress import Cancelled
-from influence.config import RunConfig, RunError, workers
+from influence.config import RunConfig, RunError
 
 from ..words import plain_message
 from . import runner
@@ -130,7 +131,7 @@ class Backend:
         try:
             spec = {"id": job.id, "session": job.session, "kind": job.kind, "title": job.title,
                     "result": dict(job.result), "started": job.started, "owns": owns,
-                    "threads": runner.cpu_threads(), "workers": workers(torch.device("cpu")),
+                    "threads": runner.cpu_threads(),
                     **ship(work, store, reads, owns)}
             for run_id in owns:
                 store.set_owner(run_id, f"ray:{space}/{name}")
@@ -424,7 +425,7 @@ class JobActor:
             return
         spec = self.spec
         runner.use_cpu_threads(spec["threads"])  # as in the app: the same float sums
-        os.environ["INFLUENCE_WORKERS"] = str(spec["workers"])  # the same shares of masks
+        os.environ["INFLUENCE_WORKERS"] = "1"  # the one CPU Ray gave it (the same bits)
         self.store = WorkerStore(self.root / "workspace", spec["app_root"])
         for table in ("datasets", "runs", "scores"):
             self.store.insert_rows(table, spec["rows"][table])
@@ -472,18 +473,17 @@ class JobActor:
 # --- fan-out: the chunks of counterfactual.outcomes as tasks ------------------------------------
 @ray.remote
 def _outcome_chunk(run: runs.Run, chunk: tuple[list, list], mode: str, exclude: list[str],
-                   threads: int, cpu_workers: int) -> list[dict]:
+                   threads: int) -> list[dict]:
     torch.set_num_threads(threads)
-    os.environ["INFLUENCE_WORKERS"] = str(cpu_workers)
+    os.environ["INFLUENCE_WORKERS"] = "1"  # the one CPU Ray gave it (the same bits)
     removals, fixes = chunk
     return counterfactual.outcome_rows(run, removals, mode, exclude, None, fixes)
 
 
 def outcomes_on_cluster(run: runs.Run, chunks: list, mode: str, exclude: list[str]):
     """A run's outcome_executor on a cluster: each chunk of removal masks as a Ray task (with
-    the caller's torch thread count and workers, so each chunk's figures are the local ones),
-    when the cluster has more than the one CPU this job holds; None (keep them here)
-    otherwise."""
+    the caller's torch thread count, so each chunk's figures are the local ones), when the
+    cluster has more than the one CPU this job holds; None (keep them here) otherwise."""
     if ray.cluster_resources().get("CPU", 0) < 2:
         return None
     return _gathered(run, chunks, mode, exclude)
@@ -493,8 +493,7 @@ def _gathered(run: runs.Run, chunks: list, mode: str, exclude: list[str]):
     shared = ray.put(run)
     gpus = 1 if run.device.type == "cuda" else 0
     refs = [_outcome_chunk.options(num_cpus=1, num_gpus=gpus).remote(
-        shared, chunk, mode, exclude, torch.get_num_threads(), workers(run.device))
-        for chunk in chunks]
+        shared, chunk, mode, exclude, torch.get_num_threads()) for chunk in chunks]
     taken = 0
     try:
         for ref in refs:
