@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from datasets import ImageSet
 
-from .progress import Progress, ProgressFn
+from .progress import ProgressFn, counted
 from .config import RunConfig, workers
 from .costs import vmap_chunk
 from .run_folder import refuse_existing, train_new
@@ -62,9 +62,9 @@ def choose_lr(run: Run, factors=FACTORS, on_progress: ProgressFn | None = None) 
             on_step(t)
         return {"losses": losses}
 
-    report = (lambda t: on_progress(Progress("probe", t + 1, steps))) if on_progress else None
     losses = in_parallel(probe_rates, shares(len(rates), workers(run.device), chunk),
-                         report)["losses"].T.numpy()  # steps × rates, the rates at once
+                         counted(on_progress, "probe", steps)
+                         )["losses"].T.numpy()  # steps × rates, the rates at once
     tail = losses[-max(1, steps // 5):]
     blown = ~np.isfinite(losses).all(0) | (losses.max(0) > 100 * max(losses[0].max(), 1.0))
     final = np.where(blown, np.inf, tail.mean(0))

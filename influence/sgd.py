@@ -365,12 +365,12 @@ def in_parallel(run_share: Callable[[slice, Callable | None], Params], rows: lis
     """run_share(rows, report) for every share of the masks in a thread of its own, the results
     concatenated along the masks. The first share reports its steps through on_step (the shares
     run the same steps); when any share raises (on_step may, to stop the run: cancelled), the
-    others stop at their next step and its exception is raised here. Each thread computes on
-    its own copy of the model (models.outputs); torch releases the GIL inside its operators, so
+    others stop at their next step and its exception is raised here. Each thread computes with
+    the caller's torch threads, on its own copy of the model (models.outputs); torch releases the GIL inside its operators, so
     the shares use as many CPU cores."""
     if len(rows) == 1:
         return run_share(rows[0], on_step or (lambda t: None))
-    failed = threading.Event()
+    failed, threads = threading.Event(), torch.get_num_threads()
 
     def report(first: bool):
         def after(t: int):
@@ -381,6 +381,7 @@ def in_parallel(run_share: Callable[[slice, Callable | None], Params], rows: lis
         return after
 
     def share(rows: slice, first: bool) -> Params:
+        torch.set_num_threads(threads)  # the caller's: the same sums, the same bits
         try:
             return run_share(rows, report(first))
         except BaseException:

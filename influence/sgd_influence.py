@@ -176,7 +176,9 @@ def replayed_epochs(obj: Objective, schedule: Schedule, checkpoints: dict[int, P
     if not ahead:
         yield from map(replay, order)
         return
-    with ThreadPoolExecutor(1) as pool:
+    threads = torch.get_num_threads()  # the replay thread sums as the caller does: same bits
+    with ThreadPoolExecutor(1, initializer=torch.set_num_threads,
+                            initargs=(threads,)) as pool:
         pending = pool.submit(replay, order[0])
         for k in order[1:]:
             replayed, pending = pending.result(), pool.submit(replay, k)
