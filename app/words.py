@@ -36,9 +36,10 @@ def progress_text(job) -> str:
         text = f"{what}: {job.fraction:.0%} done, {job.elapsed:.0f} s so far"
     else:
         text = f"{what}: {job.done:,} of {job.total:,} {unit}, {job.elapsed:.0f} s so far"
-    if job.running and 0 < job.done < job.total:
+    paced = job.done - getattr(job, "phase_done", 0)  # units since this phase was first seen
+    if job.running and paced > 0 and job.done < job.total:
         spent = getattr(job, "phase_elapsed", job.elapsed)  # this phase's own pace
-        left = spent * (job.total - job.done) / job.done
+        left = spent * (job.total - job.done) / paced
         text += f", about {left:.0f} s left" if left < 90 else \
             f", about {left / 60:.0f} min left"
     return text

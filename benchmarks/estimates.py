@@ -80,10 +80,8 @@ def measure(name: str, data: datasets.ImageSet) -> list[dict]:
                 finished(jobs.start_check(store, session, run_id, method)))
         top = store.scores(run_id, "sgd").sample_id.head(10).tolist()
         for mode in ("all", "last"):
-            guess = fresh()
-            retrain = guess["seconds_retrain" if mode == "all" else "seconds_retrain_last"]
             row(f"clean ({mode}, {cleaning.CONTROLS} controls)",
-                retrain + timing.controls_seconds(guess, cleaning.CONTROLS, mode),
+                timing.round_seconds(fresh(), cleaning.CONTROLS, mode),
                 finished(jobs.start_cleaning(store, session, run_id, top, mode, "sgd")))
     return rows
 

@@ -122,8 +122,7 @@ def upload_flow(data: datasets.ImageSet) -> list[dict]:
              lambda: jobs.start_check(store, session, run_id, "sgd"))
         top10 = store.scores(run_id, "sgd").sample_id.head(10).tolist()
         step(f"retrain (all) + {cleaning.CONTROLS} controls",
-             lambda g: g["seconds_retrain"] + timing.controls_seconds(g, cleaning.CONTROLS,
-                                                                       "all"),
+             lambda g: timing.round_seconds(g, cleaning.CONTROLS, "all"),
              lambda: jobs.start_cleaning(store, session, run_id, top10, "all", "sgd"))
     return rows
 

@@ -32,7 +32,7 @@ from scipy import stats
 from . import compare
 from .config import RunError
 from .counterfactual import Changes, changes, check_training_ids, class_index, outcomes
-from .progress import ProgressFn
+from .progress import HeldBack, ProgressFn
 from .run_folder import TrainingLog, save
 from .runs import Run
 
@@ -157,26 +157,34 @@ def run_round(run: Run, planned: Round, seed: int = 0, exclude: Iterable[str] = 
     rounds of the same size (random_controls; random fixes come from `flagged`, the label
     check's flagged images → suggested labels: flagged_labels; without it a round with fixes
     computes the label check here, label_check_flags) and, with fixes, the same images removed
-    instead (removed_instead).
+    instead (removed_instead). The cleaned run retrains at the same time as its controls, on a
+    CPU core of its own where one is free (sgd.in_parallel); their progress is reported once it
+    is done.
     Returns the cleaned run and the verdict (compare.cleaning_verdict for `rounds` rounds
     compared on the test images) with the change of the query loss (the mean validation loss
     without `exclude`), which a ranking's summed scores estimate."""
     checked, mode, controls = planned.changes, planned.mode, planned.controls
     remove_ids, fixes = list(checked.removed), dict(checked.fixes)
-    log = TrainingLog(on_progress)
-    child = run.apply(checked, log)
-    if out is not None:
-        save(child, out, log.frame())
     exclude = list(exclude)
     if fixes and controls and flagged is None:
         flagged = label_check_flags(run)
     sets = random_controls(run, len(remove_ids), len(fixes), controls, seed, flagged)
     if fixes:
         sets.append((removed_instead(remove_ids, fixes), {}))
-    rows = outcomes(run, [r for r, _ in sets], mode, exclude, on_progress, phase="control",
+    log, cleaned = TrainingLog(on_progress), []
+    controls_progress = HeldBack(on_progress) if on_progress else None
+
+    def retrain() -> None:  # the cleaned run, recorded, while the controls retrain beside it
+        cleaned.append(run.apply(checked, log))
+        if controls_progress:
+            controls_progress.release()
+    rows = outcomes(run, [r for r, _ in sets], mode, exclude, controls_progress, phase="control",
                     fixes=[f for _, f in sets],
                     measure=(lambda theta: {"test_right": run.correct("test", theta)})
-                    if fixes else None) if sets else None
+                    if fixes else None, beside=retrain) if sets else retrain()
+    child = cleaned[0]
+    if out is not None:
+        save(child, out, log.frame())
     errors = list(rows.test_error[:controls]) if rows is not None else []
     query = run.query_loss(exclude)
     verdict = compare.cleaning_verdict(

@@ -139,7 +139,8 @@ def outcomes(run: Run, removals: list[list[str]], mode: str = "all", exclude: It
              on_progress: ProgressFn | None = None, phase: str = "retrain",
              chunk: int = 32, fixes: list[Mapping[str, str | int]] | None = None,
              query: Callable[[Params], torch.Tensor] | None = None,
-             measure: Callable[[Params], Mapping] | None = None) -> pd.DataFrame:
+             measure: Callable[[Params], Mapping] | None = None,
+             beside: Callable[[], None] | None = None) -> pd.DataFrame:
     """Retrain without each set of ids (Definition 2; mode all: from the first epoch, last:
     the last epoch only), with the set's `fixes` (sample id → new label, one mapping per
     set, see checked_fixes) from the same epoch, every set in one SGD run vectorised over the
@@ -149,7 +150,9 @@ def outcomes(run: Run, removals: list[list[str]], mode: str = "all", exclude: It
     scores estimate), val_loss, val_error, selection_loss, selection_error (NaN without a
     selection part), test_loss, test_error. `query`: another query loss of θ (e.g. one
     test image's, test_loss_fn) instead of the validation one; `measure(θ)`: more columns
-    of each row (a mapping).
+    of each row (a mapping). `beside`: other work done at the same time as the first chunk
+    (sgd.in_parallel: on a core of its own where one is free), or first when the chunks run
+    elsewhere.
     With the run's `outcome_executor` set, more than one chunk and neither `query` nor
     `measure`, the chunks may run elsewhere (each chunk is computed the same way wherever it
     runs; progress then comes per chunk)."""
@@ -172,7 +175,11 @@ def outcomes(run: Run, removals: list[list[str]], mode: str = "all", exclude: It
     rows = []
     if elsewhere is None:
         for part, fixed in chunks:
-            rows += outcome_rows(run, part, mode, exclude, report, fixed, query, measure)
+            rows += outcome_rows(run, part, mode, exclude, report, fixed, query, measure, beside)
+            beside = None
+    if beside is not None:  # no chunks here
+        beside()
+    if elsewhere is None:
         return pd.DataFrame(rows)
     for k, part in enumerate(elsewhere, 1):
         rows += part
@@ -184,9 +191,11 @@ def outcome_rows(run: Run, removals: list[list[str]], mode: str = "all",
                  exclude: Iterable[str] = (), on_step: Callable | None = None,
                  fixes: list[Mapping[str, list[int]]] | None = None,
                  query: Callable[[Params], torch.Tensor] | None = None,
-                 measure: Callable[[Params], Mapping] | None = None) -> list[dict]:
+                 measure: Callable[[Params], Mapping] | None = None,
+                 beside: Callable[[], None] | None = None) -> list[dict]:
     """One chunk of outcomes(): every set of ids, with its checked fixes (checked_fixes: sample
-    id → [class index, first epoch]), in one vectorised counterfactual SGD run."""
+    id → [class index, first epoch]), in one vectorised counterfactual SGD run, `beside` done at
+    the same time (sgd.in_parallel)."""
     epochs = range(first_retrained(run, mode), run.schedule.epochs)
     query = query or run.query_loss(exclude)
     fixes = fixes if fixes is not None else [{}] * len(removals)
@@ -203,7 +212,8 @@ def outcome_rows(run: Run, removals: list[list[str]], mode: str = "all",
         run.objective, run.schedule, theta0, lambda k: run.keep_at(k)[None] & ~gone,
         epochs, on_step,
         labels=lambda k: torch.where(fixed >= 0, fixed, run.labels_at(k)[None]),
-        chunk_size=vmap_chunk(run) if len(gone) > 1 else None, workers=workers(run.device))
+        chunk_size=vmap_chunk(run) if len(gone) > 1 else None, workers=workers(run.device),
+        beside=beside)
     rows = []
     for m in range(len(gone)):
         theta = {name: p[m] for name, p in thetas.items()}

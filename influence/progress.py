@@ -42,3 +42,26 @@ def counted(on_progress: ProgressFn | None, phase: str, total: int
         with lock:
             on_progress(Progress(phase, next(done), total))
     return report
+
+
+class HeldBack:
+    """The progress of work done beside other work (a cleaning round's controls beside its
+    cleaned run), held back until that work is done (release) and then reported from where it
+    has got to: the page shows one phase at a time, each counting up."""
+
+    def __init__(self, on_progress: ProgressFn):
+        self.on_progress, self.lock = on_progress, threading.Lock()
+        self.latest: Progress | None = None
+        self.released = False
+
+    def __call__(self, p: Progress) -> None:
+        with self.lock:
+            self.latest = p
+            if self.released:
+                self.on_progress(p)
+
+    def release(self) -> None:
+        with self.lock:
+            self.released = True
+            if self.latest is not None:
+                self.on_progress(self.latest)

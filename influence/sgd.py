@@ -308,7 +308,8 @@ def counterfactual_sgd(obj: Objective, schedule: Schedule, theta: Params,
                        on_step: Callable[[int], None] | None = None,
                        weights: Callable = batch_weights,
                        labels: torch.Tensor | Callable[[int], torch.Tensor] | None = None,
-                       chunk_size: int | None = None, workers: int = 1) -> Params:
+                       chunk_size: int | None = None, workers: int = 1,
+                       beside: Callable[[], None] | None = None) -> Params:
     """Definition 2 for many removal sets at once: θ_{−S}[T] for every row of `keeps` (M × N
     boolean masks; or a function giving them for epoch k), by one SGD run vectorised over the
     masks with torch.func.vmap, from θ at the start of the first of `epochs`. `labels`: the
@@ -319,19 +320,19 @@ def counterfactual_sgd(obj: Objective, schedule: Schedule, theta: Params,
     kept_mean_weights: SGD on the kept instances alone). `chunk_size`: vmap's, the masks
     computed together (None: all M; 1: one after the other, which is faster for convolutions
     on a CPU: costs.vmap_chunk measures it). `workers`: threads that each run a share of the
-    masks (shares, in_parallel), with the same bits as one thread. Returns parameters with a
-    leading dimension M."""
+    masks (shares, in_parallel), with the same bits as one thread; `beside`: other work run at
+    the same time (in_parallel). Returns parameters with a leading dimension M."""
     epochs = epochs if epochs is not None else range(schedule.epochs)
     keeps_at = keeps if callable(keeps) else (lambda k: keeps)
     m = keeps_at(epochs.start).shape[0]
     labels_at = labels if callable(labels) else (
         (lambda k: labels) if labels is not None else (lambda k: obj.y.expand(m, -1)))
-    if workers > 1 and m > 1:
+    if (workers > 1 and m > 1) or beside is not None:
         return in_parallel(
             lambda rows, report: counterfactual_sgd(
                 obj, schedule, theta, lambda k: keeps_at(k)[rows], epochs, report, weights,
                 lambda k: labels_at(k)[rows], chunk_size),
-            shares(m, workers, chunk_size), on_step)
+            shares(m, workers, chunk_size), on_step, beside, workers)
     thetas = {k: v.expand(m, *v.shape).clone() for k, v in theta.items()}
     step_all = vmap(lambda th, keep, y, idx, lr: sgd_step(obj, th, idx, lr, keep, weights, y)[0],
                     in_dims=(0, 0, 0, None, None), chunk_size=chunk_size)
@@ -361,14 +362,28 @@ class Stopped(RuntimeError):
 
 
 def in_parallel(run_share: Callable[[slice, Callable | None], Params], rows: list[slice],
-                on_step: Callable[[int], None] | None = None) -> Params:
+                on_step: Callable[[int], None] | None = None,
+                beside: Callable[[], None] | None = None, workers: int = 1) -> Params:
     """run_share(rows, report) for every share of the masks in a thread of its own, the results
     concatenated along the masks. The first share reports its steps through on_step (the shares
     run the same steps); when any share raises (on_step may, to stop the run: cancelled), the
     others stop at their next step and its exception is raised here. Each thread computes with
-    the caller's torch threads, on its own copy of the model (models.outputs); torch releases the GIL inside its operators, so
-    the shares use as many CPU cores."""
-    if len(rows) == 1:
+    the caller's torch threads, on its own copy of the model (models.outputs); torch releases
+    the GIL inside its operators, so the shares use as many CPU cores.
+    `beside`: other work done at the same time (e.g. a recorded retraining beside its random
+    controls): in a thread of its own when there are fewer shares than `workers`, else before the
+    last share (shares are cut equal from the front: the last is the smallest), in its thread;
+    with one worker, first. When it raises, the shares stop as above; a share's failure is
+    raised once it has finished."""
+    if beside is not None and len(rows) < workers:
+        plan = [[beside]] + [[r] for r in rows]
+    elif beside is not None:
+        plan = [[r] for r in rows[:-1]] + [[beside, rows[-1]]]
+    else:
+        plan = [[r] for r in rows]
+    if len(plan) == 1:
+        if beside is not None:
+            beside()
         return run_share(rows[0], on_step or (lambda t: None))
     failed, threads = threading.Event(), torch.get_num_threads()
 
@@ -380,20 +395,24 @@ def in_parallel(run_share: Callable[[slice, Callable | None], Params], rows: lis
                 on_step(t)
         return after
 
-    def share(rows: slice, first: bool) -> Params:
+    def thread(parts: list) -> Params | None:
         torch.set_num_threads(threads)  # the caller's: the same sums, the same bits
         try:
-            return run_share(rows, report(first))
+            done = None
+            for part in parts:
+                done = run_share(part, report(part is rows[0])) if isinstance(part, slice) \
+                    else part()
+            return done
         except BaseException:
             failed.set()
             raise
 
-    with ThreadPoolExecutor(len(rows)) as pool:
-        futures = [pool.submit(share, r, i == 0) for i, r in enumerate(rows)]
+    with ThreadPoolExecutor(len(plan)) as pool:
+        futures = [pool.submit(thread, parts) for parts in plan]
         wait(futures)
     errors = [f.exception() for f in futures if f.exception() is not None]
     real = [e for e in errors if not isinstance(e, Stopped)]
     if errors:
         raise (real or errors)[0]
-    parts = [f.result() for f in futures]
+    parts = [f.result() for f, p in zip(futures, plan) if isinstance(p[-1], slice)]
     return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}

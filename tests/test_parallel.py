@@ -13,7 +13,7 @@ import torch
 from influence import counterfactual, probe
 from influence.config import RunConfig, RunError, workers
 from influence.runs import Run
-from influence.progress import counted
+from influence.progress import HeldBack, Progress, counted
 from influence.sgd import Objective, counterfactual_sgd, in_parallel, shares
 from influence.sgd_influence import retrace
 
@@ -204,3 +204,90 @@ def test_progress_counts_up_whichever_thread_reports():
         sys.setswitchinterval(interval)
     assert seen == [("score", k, 4000) for k in range(1, 4001)]
     assert counted(None, "score", 10) is None
+
+
+@pytest.mark.parametrize("rows, workers", [
+    ([slice(0, 1)], 2),  # fewer shares than workers: a thread of its own
+    ([slice(0, 3), slice(3, 5)], 2),  # as many: before the last share, in its thread
+    ([slice(0, 5)], 1),  # one worker: first, in this thread
+])
+def test_work_beside_the_shares_runs_once_at_the_same_time(rows, workers):
+    seen, meet = [], threading.Barrier(2, timeout=10)
+
+    def run_share(part, on_step):
+        if workers > 1 and part.start == 0:
+            meet.wait()  # the first share and the work beside run at the same time
+        seen.append((threading.get_ident(), part.start))
+        on_step(0)
+        return {"x": torch.arange(part.start, part.stop)}
+
+    def beside():
+        if workers > 1:
+            meet.wait()
+        seen.append((threading.get_ident(), "beside"))
+
+    steps = []
+    out = in_parallel(run_share, rows, steps.append, beside, workers)
+    assert torch.equal(out["x"], torch.arange(rows[-1].stop)) and steps == [0]
+    assert sorted(map(str, [what for _, what in seen])) == sorted(
+        map(str, ["beside", *[r.start for r in rows]]))  # each once
+    where = dict((what, ident) for ident, what in seen)
+    if len(rows) == workers:  # before the last share, in its thread
+        order = [what for _, what in seen]
+        assert where[rows[-1].start] == where["beside"]
+        assert order.index("beside") < order.index(rows[-1].start)
+    if workers == 1:
+        assert where["beside"] == threading.get_ident()
+
+
+def test_a_failure_beside_the_shares_stops_them_and_is_raised():
+    started, stopped = threading.Barrier(2), []
+
+    def run_share(part, on_step):
+        started.wait()
+        for t in range(10 ** 6):
+            try:
+                on_step(t)
+            except Exception:
+                stopped.append(t)
+                raise
+        return {"x": torch.zeros(1)}
+
+    def beside():
+        started.wait()
+        raise ValueError("the work beside broke")
+
+    with pytest.raises(ValueError, match="beside broke"):
+        in_parallel(run_share, [slice(0, 1)], None, beside, 2)
+    assert stopped and stopped[0] < 10 ** 6 - 1
+
+
+def test_a_cleaning_round_retrains_beside_its_controls_with_the_same_bits(small_cnn, monkeypatch):
+    """The cleaned run retrains at the same time as its random controls: the same cleaned run
+    and the same controls as one after the other, and the controls' progress comes after the
+    cleaned run's."""
+    from influence import cleaning
+    removed = small_cnn.train_ids[:20]
+    monkeypatch.setenv("INFLUENCE_WORKERS", "1")
+    child_alone, alone = cleaning.clean(small_cnn, removed, controls=3)
+    monkeypatch.setenv("INFLUENCE_WORKERS", "2")
+    phases = []
+    child, verdict = cleaning.clean(small_cnn, removed, controls=3,
+                                    on_progress=lambda p: phases.append(p.phase))
+    assert identical(child.theta, child_alone.theta)
+    assert identical(child.theta, small_cnn.retrain(removed).theta)
+    assert verdict["control_errors"] == alone["control_errors"]
+    assert verdict["test_error_after"] == alone["test_error_after"]
+    first_control = phases.index("control")
+    assert set(phases[:first_control]) == {"train"} and set(phases[first_control:]) == {"control"}
+
+
+def test_progress_held_back_is_reported_from_where_it_got_once_released():
+    seen = []
+    held = HeldBack(lambda p: seen.append((p.phase, p.done)))
+    held(Progress("control", 1, 9))
+    held(Progress("control", 4, 9))
+    assert seen == []
+    held.release()
+    held(Progress("control", 5, 9))
+    assert seen == [("control", 4), ("control", 5)]

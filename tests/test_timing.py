@@ -17,7 +17,20 @@ def test_time_left_follows_the_phase_now_running():
     job = runner.Job("s", "clean", "Retraining", started=time.time() - 100)  # a slow first phase
     job.report(Progress("retrain", 10, 10))
     job.phase_started -= 100  # the retraining took 100 s
-    job.report(Progress("control", 5, 10))  # a new phase: its own clock
+    job.report(Progress("control", 1, 10))  # a new phase: its own clock
     assert job.phase_elapsed < 5 < job.elapsed
-    job.phase_started = time.time() - 10  # half of the controls in 10 s
-    assert "about 10 s left" in words.progress_text(job)
+    job.phase_started = time.time() - 10
+    job.report(Progress("control", 6, 10))  # 5 steps of the controls in 10 s
+    assert "about 8 s left" in words.progress_text(job)
+
+
+def test_a_phase_first_reported_part_way_paces_from_there():
+    """The controls of a cleaning round run beside the cleaned run and are reported once it is
+    done, by then part way: the time left counts only the steps seen since."""
+    job = runner.Job("s", "clean", "Retraining")
+    job.report(Progress("retrain", 10, 10))
+    job.report(Progress("control", 40, 100))  # 40 steps done beside the retraining
+    assert "left" not in words.progress_text(job)  # no pace yet
+    job.phase_started = time.time() - 10
+    job.report(Progress("control", 50, 100))  # 10 steps in 10 s: 50 left
+    assert "about 50 s left" in words.progress_text(job)

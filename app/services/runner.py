@@ -63,6 +63,7 @@ class Job:
         self.suggested_lr: float | None = None
         self.started, self.finished = started or time.time(), None
         self.phase_started = self.started  # when the phase now reported began
+        self.phase_done = 0  # its units done when it began (work done before it was reported)
         self._cancel, self._ended = threading.Event(), threading.Event()
 
     # --- read by the page ------------------------------------------------------------------
@@ -112,7 +113,7 @@ class Job:
         if self.cancelled:
             raise Cancelled()
         if (phase or p.phase) != self.phase or p.done < self.done:  # a new phase, its own pace
-            self.phase_started = time.time()
+            self.phase_started, self.phase_done = time.time(), p.done
         self.phase, self.done, self.total = phase or p.phase, p.done, p.total
         if p.val is not None and phase in self.curves:
             self.say(epoch_line(self.curves[phase].rows, p.val, self.epochs.get(phase)))

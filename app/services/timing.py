@@ -97,6 +97,26 @@ def controls_seconds(guess: dict, controls: int, mode: str) -> float:
     return vectorised(guess, controls, steps) + controls * guess["costs"]["eval"]
 
 
+def round_seconds(guess: dict, controls: int, mode: str) -> float:
+    """A cleaning round: the cleaned run retrained in `mode` and its `controls` random controls,
+    which retrain at the same time where the workers allow (influence.sgd.in_parallel: the
+    cleaned run on a core of its own when the controls' shares leave one free, else before the
+    last share), a little slower each (costs' parallel)."""
+    retrain = guess["seconds_retrain" if mode == "all" else "seconds_retrain_last"]
+    if not controls or guess["workers"] == 1:
+        return retrain + controls_seconds(guess, controls, mode)
+    costs = guess["costs"]
+    steps = guess["steps"] if mode == "all" else guess["steps"] // guess["epochs"]
+    first = min(controls, CHUNK)  # the first chunk of masks runs beside the cleaned run
+    parts = [part.stop - part.start for part in shares(first, guess["workers"],
+                                                        guess["vmap_chunk"])]
+    share = [steps * (costs["vector"] + costs["mask"] * n) for n in parts]
+    busiest = max(retrain, *share) if len(parts) < guess["workers"] \
+        else max(*share[:-1], retrain + share[-1])
+    return (busiest * costs["parallel"] + vectorised(guess, controls - first, steps)
+            + controls * costs["eval"])
+
+
 def check_seconds(guess: dict, singles: int, groups: int, mode: str) -> float:
     """The trust check with `singles` images, `groups` groups and the ranking's top sets
     (trust.top_sizes), retraining in `mode`."""

@@ -76,15 +76,15 @@ else:
         words.controls_label(len(ticked), len(fixed)), 0,
         100, key=session.remember("controls", cleaning.CONTROLS),
         help=words.controls_help(len(ticked), len(fixed)))
-    more = timing.controls_seconds(guess, int(controls), mode)
+    took = timing.round_seconds(guess, int(controls), mode)
+    more = took - guess["seconds_retrain" if mode == "all" else "seconds_retrain_last"]
     c2.caption(f"The controls take {words.seconds(more)} more"
-               f"{words.on_cores(guess['workers']) if controls > 1 else ''}. "
+               f"{words.on_cores(guess['workers']) if controls else ''}. "
                + words.before_running(int(controls), len(rounds_on_test_images()) + 1)
                + f" {cleaning.CONTROLS} controls are the default: with them the prediction-"
                "interval test calls a cleaned error better when it lies "
                f"{cleaning.interval_threshold():.1f} of the controls' standard deviations "
                "below their mean (1.8 with 20), at a quarter of the time.")
-    took = guess["seconds_retrain" if mode == "all" else "seconds_retrain_last"] + more
     if warn := timing.long_warning(took, "retrain the last epoch only, or fewer controls"):
         st.warning(warn, icon=":material/timer:")
     if st.button(words.retrain_button(len(ticked), len(fixed)),
