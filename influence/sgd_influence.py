@@ -109,16 +109,23 @@ def hvp_and_dot_grads(obj: Objective, theta: Params, idx: torch.Tensor, w: torch
     return hu, u_dot_g
 
 
-def label_gradient_change(loss: Callable, out: torch.Tensor, y: torch.Tensor,
-                          classes: int) -> torch.Tensor:
-    """Δ_ic = ∂ℓ/∂f(f_i, c) − ∂ℓ/∂f(f_i, y_i) for every instance i and class c (B × C × outputs):
-    relabelling i from y_i to c changes g(z_i; θ) by J_iᵀ Δ_ic. Computed from the loss itself
-    (any loss of the outputs): e_{y_i} − e_c for cross-entropy and for squared loss on one-hot
-    targets, y_i − c for binary cross-entropy on one logit; 0 for c = y_i."""
-    dl_df = grad(lambda f, target: loss(f, target).sum())  # per instance: the sum separates
-    per_class = vmap(lambda c: dl_df(out, c.expand_as(y)))(
-        torch.arange(classes, device=out.device))  # C × B × outputs
-    return per_class.transpose(0, 1) - dl_df(out, y)[:, None]
+def label_change_dots(loss: Callable, out: torch.Tensor, ju: torch.Tensor, y: torch.Tensor,
+                      classes: int) -> torch.Tensor:
+    """⟨Δ_ic, J_i u⟩ for every instance i and class c (B × C), Δ_ic = ∂ℓ/∂f(f_i, c) −
+    ∂ℓ/∂f(f_i, y_i): relabelling i from y_i to c changes ⟨g(z_i; θ), u⟩ by this (g = J_iᵀ ∂ℓ/∂f).
+    ⟨∂ℓ/∂f(f_i, c), J_i u⟩ is the tangent of the loss at label c along the outputs' tangent J_i u:
+    one jvp of the loss itself at every label (any loss of the outputs). Closed forms: (J_i u)_{y_i}
+    − (J_i u)_c for cross-entropy and for squared loss on one-hot targets, (y_i − c)(J_i u) for
+    binary cross-entropy on one logit; 0 for c = y_i."""
+    b = out.shape[0]
+    labels = torch.arange(classes, device=out.device).repeat_interleave(b)
+
+    def every_label(f):  # ℓ(f_i, c) for every class c: B × C
+        return loss(f.repeat(classes, *[1] * (f.dim() - 1)), labels).view(classes, b).T
+
+    with FORWARD_AD:
+        along = jvp(every_label, (out,), (ju,))[1]
+    return along - along.gather(1, y[:, None])
 
 
 def retrace(obj: Objective, schedule: Schedule, checkpoints: dict[int, Params],
@@ -219,8 +226,8 @@ def _retrace(obj, schedule, checkpoints, keep_at, u, epochs, on_step=None, label
         # L̂_{−j} += ⟨u, η_t/|S_t| g(z_j; θ[t])⟩
         scores.index_add_(0, idx, eta * w * u_dot_g)
         if relabel is not None:  # L̂_{j→c} += −η_t/|S_t| ⟨J_j[t]u, Δ_jc⟩
-            delta = label_gradient_change(obj.loss, out, labels[idx], classes)
-            relabel.index_add_(0, idx, -eta * w[:, None] * (delta @ ju[:, :, None])[..., 0])
+            dots = label_change_dots(obj.loss, out, ju, labels[idx], classes)
+            relabel.index_add_(0, idx, -eta * w[:, None] * dots)
         u = {name: u[name] - eta * hu[name] for name in u}  # u ← (I − η_t H[t]) u
         if on_step:
             on_step(t)

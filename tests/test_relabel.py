@@ -20,7 +20,7 @@ from influence.config import RunConfig, RunError
 from influence.counterfactual import changes, class_index, outcomes
 from influence.sgd import (Objective, SGDConfig, counterfactual_sgd, initial_params,
                            make_schedule, per_sample_loss, run_sgd)
-from influence.sgd_influence import (label_gradient_change, loss_gradient, retrace,
+from influence.sgd_influence import (label_change_dots, loss_gradient, retrace,
                                      retrace_with_relabel)
 
 CLASSES = 3
@@ -105,15 +105,17 @@ def test_vectorised_relabels_match_one_at_a_time():
     assert not torch.allclose(batched["weight"][0], batched["weight"][2])
 
 
-def test_label_gradient_change_has_the_closed_forms():
+def test_label_change_dots_have_the_closed_forms():
     gen = torch.Generator().manual_seed(0)
     out, y = torch.randn(6, 4, generator=gen, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 1, 0])
-    expected = torch.eye(4, dtype=torch.float64)[y][:, None, :] - torch.eye(4)[None].double()
-    for loss in (per_sample_loss, squared_one_hot):  # e_y − e_c
-        torch.testing.assert_close(label_gradient_change(loss, out, y, 4), expected)
+    ju = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    expected = ju.gather(1, y[:, None]) - ju  # (J u)_y − (J u)_c
+    for loss in (per_sample_loss, squared_one_hot):
+        torch.testing.assert_close(label_change_dots(loss, out, ju, y, 4), expected)
     logit, b = torch.randn(6, 1, generator=gen, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1, 0])
-    change = label_gradient_change(per_sample_loss, logit, b, 2)  # BCE: y − c
-    torch.testing.assert_close(change[:, :, 0], (b[:, None] - torch.arange(2)[None]).double())
+    ju = torch.randn(6, 1, generator=gen, dtype=torch.float64)
+    change = label_change_dots(per_sample_loss, logit, ju, b, 2)  # BCE: (y − c)(J u)
+    torch.testing.assert_close(change, (b[:, None] - torch.arange(2)[None]).double() * ju)
 
 
 def digits_logreg(classes: list[int], n_train: int, n_val: int, batch_size: int):
