@@ -72,22 +72,43 @@ def vmap_chunk(run: Run, masks: int = 8) -> int | None:
     return _FASTEST[key]
 
 
-def slowdown(fn, workers: int, device: torch.device) -> float:
-    """fn's seconds while `workers` threads run it at once, over its seconds alone (≥ 1)."""
+def slowdown(fn, workers: int, device: torch.device, rounds: int = 3) -> float:
+    """fn's seconds while `workers` threads call it at once, over its seconds alone (≥ 1): in each
+    of `rounds` rounds, a few calls timed alone, then the same calls in every thread from a
+    common start until the last is done (the caller's torch threads in each); the median over
+    the rounds, so that a moment of load on a shared machine does not decide it."""
     if workers < 2:
         return 1.0
-    alone = timed(fn, device, budget=0.2, most=4)
-    together = []
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    calls = max(2, min(20, round(0.08 / max(timed(fn, device, budget=0.1, most=3), 1e-6))))
+    threads = torch.get_num_threads()
 
-    def one():
-        together.append(timed(fn, device, budget=0.2, most=4))
+    def some_calls() -> None:
+        for _ in range(calls):
+            fn()
+        sync()
 
-    threads = [threading.Thread(target=one) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return max(1.0, statistics.median(together) / alone)
+    ratios = []
+    for _ in range(rounds):
+        begun = time.perf_counter()
+        some_calls()
+        alone = time.perf_counter() - begun
+        start = threading.Barrier(workers + 1)
+
+        def one() -> None:
+            torch.set_num_threads(threads)
+            start.wait()
+            some_calls()
+
+        pool = [threading.Thread(target=one) for _ in range(workers)]
+        for thread in pool:
+            thread.start()
+        start.wait()
+        begun = time.perf_counter()
+        for thread in pool:
+            thread.join()
+        ratios.append((time.perf_counter() - begun) / alone)
+    return max(1.0, statistics.median(ratios))
 
 
 def unit_costs(run: Run) -> dict:

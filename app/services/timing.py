@@ -36,6 +36,14 @@ def long_warning(seconds: float, faster: str) -> str | None:
             f"{faster}.")
 
 
+def at_once(seconds: list[float], parallel: float) -> float:
+    """Work of these seconds each (timed alone), one piece per thread, run at the same time: the
+    longest, plus (parallel − 1) times the second longest (while two run, each runs `parallel`
+    times slower: costs' parallel, timed with every worker busy)."""
+    longest = sorted(seconds, reverse=True) + [0.0, 0.0]
+    return longest[0] + (parallel - 1) * longest[1]
+
+
 def vectorised(guess: dict, masks: int, steps: int) -> float:
     """A counterfactual run of `steps` steps for `masks` removal sets, CHUNK at a time, each
     chunk's masks shared among the workers (influence.sgd.shares), which run at once a little
@@ -43,9 +51,8 @@ def vectorised(guess: dict, masks: int, steps: int) -> float:
     costs = guess["costs"]
     chunks = math.ceil(masks / CHUNK) if masks else 0
     parts = shares(min(masks, CHUNK), guess["workers"], guess["vmap_chunk"]) if masks else []
-    widest = max((part.stop - part.start for part in parts), default=0)
-    per_chunk = (costs["vector"] + costs["mask"] * widest) * (
-        costs["parallel"] if len(parts) > 1 else 1.0)
+    per_chunk = at_once([costs["vector"] + costs["mask"] * (part.stop - part.start)
+                         for part in parts], costs["parallel"])
     return chunks * steps * per_chunk
 
 
@@ -65,7 +72,8 @@ def estimate(data: ImageSet, config: RunConfig) -> dict:
     ends = min(2 * methods.REFINE, n_train)  # one Hessian-vector product (≈ 3 steps) each
     refine_time = steps * (costs["step"] + 3 * costs["mask"] * ends)
     if run.replay_ahead():  # the replay runs beside the retrace: only the first epoch's waits
-        score = ((steps - last) * (costs["retrace"] - costs["step"]) * costs["parallel"]
+        score = ((steps - last) * at_once([costs["retrace"] - costs["step"], costs["step"]],
+                                          costs["parallel"])
                  + last * costs["retrace"] + costs["eval"])
     else:
         score = steps * costs["retrace"] + epochs * again * costs["step"] + costs["eval"]
@@ -111,9 +119,9 @@ def round_seconds(guess: dict, controls: int, mode: str) -> float:
     parts = [part.stop - part.start for part in shares(first, guess["workers"],
                                                         guess["vmap_chunk"])]
     share = [steps * (costs["vector"] + costs["mask"] * n) for n in parts]
-    busiest = max(retrain, *share) if len(parts) < guess["workers"] \
-        else max(*share[:-1], retrain + share[-1])
-    return (busiest * costs["parallel"] + vectorised(guess, controls - first, steps)
+    threads = [retrain, *share] if len(parts) < guess["workers"] \
+        else [*share[:-1], retrain + share[-1]]
+    return (at_once(threads, costs["parallel"]) + vectorised(guess, controls - first, steps)
             + controls * costs["eval"])
 
 
