@@ -206,21 +206,20 @@ def autoencoder(run, epochs: int = 20, hidden: int = 64, code: int = 16, seed: i
     reconstructs worst rank first."""
     x = run.objective.x.reshape(len(run.objective.x), -1).float()
     d = x.shape[1]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with models.seeded(seed):
         net = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, code), nn.ReLU(),
                             nn.Linear(code, hidden), nn.ReLU(), nn.Linear(hidden, d),
                             nn.Sigmoid()).to(x.device)
-        opt = torch.optim.Adam(net.parameters(), lr=lr)
-        gen = torch.Generator().manual_seed(seed)
-        for epoch in range(epochs):
-            for idx in torch.randperm(len(x), generator=gen).split(batch_size):
-                loss = ((net(x[idx]) - x[idx]) ** 2).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            if on_progress:
-                on_progress(Progress("rank", epoch + 1, epochs))
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(batch_size):
+            loss = ((net(x[idx]) - x[idx]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if on_progress:
+            on_progress(Progress("rank", epoch + 1, epochs))
     with torch.no_grad():
         error = torch.cat([((net(xb) - xb) ** 2).mean(1) for xb in x.split(CHUNK)])
     return -error.cpu().double().numpy()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import threading
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -104,10 +105,22 @@ def n_outputs(n_classes: int) -> int:
     return 1 if n_classes == 2 else n_classes
 
 
+_SEEDING = threading.Lock()  # torch's global random state is one for the whole process
+
+
+@contextmanager
+def seeded(seed: int):
+    """torch's global random numbers drawn from `seed` inside, and as they were after; one thread
+    at a time: two threads building models at once would otherwise draw from each other's seed
+    (jobs of several browser sessions, a cleaned run built beside its controls)."""
+    with _SEEDING, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def build(name: str, shape: Shape, n_classes: int, seed: int) -> nn.Module:
     """A freshly initialised preset; the same seed gives the same θ[1] on every machine."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return PRESETS[name].build(*shape, n_outputs(n_classes))
 
 

@@ -291,3 +291,33 @@ def test_progress_held_back_is_reported_from_where_it_got_once_released():
     held.release()
     held(Progress("control", 5, 9))
     assert seen == [("control", 4), ("control", 5)]
+
+
+def test_models_built_in_many_threads_at_once_each_have_their_seed():
+    """torch's global random state is one per process: models built at once in several threads
+    (two browser sessions' jobs) drew from each other's seed before models.seeded."""
+    from influence import models
+    shape, seeds = (8, 8, 1), range(6)
+    alone = {s: models.build("cnn-small", shape, 10, s).state_dict() for s in seeds}
+    built, errors = {}, []
+
+    def build(seed):
+        try:
+            for _ in range(15):
+                model = models.build("cnn-small", shape, 10, seed).state_dict()
+                assert all(torch.equal(model[k], alone[seed][k]) for k in model), seed
+            built[seed] = True
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=build, args=(s,)) for s in seeds]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors and sorted(built) == list(seeds)
