@@ -20,13 +20,16 @@ same seed, so the same groups):
   are compared with that file's to show the runs are the same. λ and E are chosen per split on
   the other splits (leave one split out). --mnist-topk retrains the top-k of the variants given
   on the first --mnist-topk-splits splits (the exact retrace's top-k comes from groups-topk.csv).
-Paired t-tests over splits of each variant against the exact retrace, Holm over the table.
+Paired t-tests over splits of each variant against the exact retrace, Holm over the table; and
+of the retrained change without each variant's top k against that without the exact retrace's.
 
     python benchmarks/retrace_variants.py --splits 5 --seeds 2 --resume
     python benchmarks/retrace_variants.py --data mnist --splits 5 --lambdas 0.03,0.1,0.3,1 --resume
     python benchmarks/retrace_variants.py --data mnist --splits 5 --resume \
         --mnist-topk damped-0.1,gn --mnist-topk-splits 2
-    python benchmarks/retrace_variants.py --data digits,mnist --splits 5 --resume  # the report
+    python benchmarks/retrace_variants.py --splits 7 --resume          # two more digits splits
+    python benchmarks/retrace_variants.py --data digits,mnist --splits 5 --digits-splits 7 \
+        --resume --mnist-topk damped-0.03,gn --mnist-topk-splits 3      # the report
     python benchmarks/retrace_variants.py --quick      # digits, 2 splits, 10 epochs
 """
 from __future__ import annotations
@@ -384,6 +387,38 @@ def topk_table(topk: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def small_mean_std(values: pd.Series) -> str:
+    return f"{values.mean():+.2e} ± {values.std(ddof=0):.1e}"
+
+
+def removal_table(topk: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
+    """Does removing a variant's top k lower the query loss more than removing the exact
+    retrace's top k? Per data set, variant and k: the retrained change of the query loss without
+    the variant's k minus that without the exact retrace's k on the same split (negative: the
+    variant's top k hold more harm), paired t-test over the splits both have; Holm over each
+    data set's tests."""
+    topk = tuned_topk(topk, info)
+    rows = []
+    for (name, v, k), part in topk[topk.variant != "exact"].groupby(["data", "variant", "k"],
+                                                                    sort=False):
+        exact = topk[(topk.data == name) & (topk.variant == "exact") & (topk.k == k)]
+        pair = part.set_index("split").actual.to_frame("variant").join(
+            exact.set_index("split").actual.rename("exact"), how="inner")
+        diff = pair.variant - pair.exact
+        rows.append({"data": TITLE[name], "variant": label(v), "k": k, "splits": len(pair),
+                     "actual, variant's top k": small_mean_std(pair.variant),
+                     "actual, exact's top k": small_mean_std(pair.exact),
+                     "difference": small_mean_std(diff),
+                     "lower in": f"{int((diff < 0).sum())}/{len(pair)}",
+                     "p (paired t)": float(stats.ttest_rel(pair.variant, pair.exact).pvalue)
+                     if len(pair) > 1 and diff.abs().sum() > 0 else np.nan})
+    frame = pd.DataFrame(rows)
+    if len(frame):
+        frame["p (Holm)"] = frame.groupby("data", sort=False)["p (paired t)"].transform(
+            lambda p: pd.Series(holm(p), index=p.index))
+    return frame
+
+
 def report(groups, topk, info, a, out: Path) -> dict:
     sections, figures = [], {}
     setup = []
@@ -411,7 +446,13 @@ def report(groups, topk, info, a, out: Path) -> dict:
     sections += ["### Top-k removals\n\nEach variant's k lowest query scores removed and "
                  "retrained (all epochs): the summed estimate over the actual change of the "
                  "query loss, median over splits; within 2×: a median ratio from 0.5 to 2.",
-                 common.markdown(tops)]
+                 common.markdown(tops),
+                 "### Top-k removals against the exact retrace's\n\nThe retrained change of "
+                 "the query loss without each variant's top k minus that without the exact "
+                 "retrace's top k on the same split (negative: the variant's top k hold more "
+                 "harm; *lower in*: splits where it is negative), paired t-test over the splits "
+                 "both were retrained on; Holm over each data set's tests.",
+                 common.markdown(removal_table(topk, info))]
     sections.append(f"Per data set <name>: per group, `{a.name_out}-<name>-groups.csv` (summed "
                     "scores of every variant on each part, retrained changes); per top-k set, "
                     f"`{a.name_out}-<name>-topk.csv`; per split (choices, seconds), "
@@ -426,6 +467,8 @@ def main(argv=None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="digits", help="digits, mnist or digits,mnist")
     parser.add_argument("--splits", type=int, default=5)
+    parser.add_argument("--digits-splits", type=int, default=None,
+                        help="splits of the digits, if other than --splits")
     parser.add_argument("--groups", type=int, default=20, help="random groups per split")
     parser.add_argument("--seeds", type=int, default=2,
                         help="more training seeds the digits truth is averaged over")
@@ -444,11 +487,14 @@ def main(argv=None) -> dict:
     a = parser.parse_args(argv)
     if a.quick:
         a.splits, a.data, a.groups, a.seeds = min(a.splits, 2), "digits", 8, 1
+        a.digits_splits = None
         a.epochs, a.lambdas = a.epochs or 10, "0.1,1"
     a.lambdas = [float(x) for x in a.lambdas.split(",")]
     a.ks = [int(k) for k in a.ks.split(",")]
     common.setup(a.threads)
     names = a.data.split(",")
+    splits = {name: a.digits_splits if name == "digits" and a.digits_splits else a.splits
+              for name in names}
     a.name_out = "retrace-variants-quick" if a.quick else "retrace-variants"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -457,22 +503,22 @@ def main(argv=None) -> dict:
         files = [out / f"{a.name_out}-{name}-{part}.csv" for part in ("groups", "topk", "splits")]
         data = functools.cache(lambda name=name: common.image_data(name == "digits", a.data_dir))
         one = digits_split if name == "digits" else mnist_split
-        tables = common.kept_tables(files, a.resume, [(split,) for split in range(a.splits)],
+        tables = common.kept_tables(files, a.resume,
+                                    [(split,) for split in range(splits[name])],
                                     lambda split, one=one, data=data: one(data(), split, a),
                                     key=("split",))
         if name == "mnist":  # the retrained top-k of more variants, in a file of its own
             extra = out / f"{a.name_out}-mnist-retrained-topk.csv"
             rows = pd.read_csv(extra).to_dict("records") if extra.exists() else []
-            for split in range(min(a.mnist_topk_splits, a.splits)):
+            for split in range(min(a.mnist_topk_splits, splits[name])):
                 wanted = [v for v in a.mnist_topk.split(",") if v and not any(
                     r["split"] == split and r["variant"] == v for r in rows)]
                 if wanted:
                     rows += mnist_topk(data(), split, wanted, a)
                     pd.DataFrame(rows).to_csv(extra, index=False)
             tables[1] = pd.concat([tables[1], pd.DataFrame(rows)], ignore_index=True)
-        parts = [old + [table] for old, table in zip(parts, tables)]
+        parts = [old + [table[table.split < splits[name]]] for old, table in zip(parts, tables)]
     frames = [pd.concat(tables, ignore_index=True) for tables in parts]
-    frames = [f[f.split < a.splits] for f in frames]
     figures = report(*frames, a, out)
     common.summary(**figures)
     return figures

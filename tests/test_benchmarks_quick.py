@@ -2,6 +2,7 @@
 reports, and show what they should, loosely. No timing assertions."""
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -202,6 +203,9 @@ def test_retrace_variants_quick_compares_variants_on_groups(tmp_path):
     result = run_quick("retrace_variants.py", tmp_path)
     text = assert_report(tmp_path, "retrace-variants-quick", "retrace_variants.py")
     assert "damped, λ chosen" in text and "p (Holm)" in text and "median ratio" in text
+    assert "### Top-k removals against the exact retrace's" in text  # paired over the splits
+    assert re.search(r"\| digits \(app defaults\) \| last E epochs, E chosen +\| +10 \| +2 \|",
+                     text)
     assert all(-1 <= v <= 1 for v in result.values())
     splits = pd.read_csv(tmp_path / "retrace-variants-quick-digits-splits.csv")
     assert splits["damped*"].str.startswith("damped-").all()
