@@ -26,6 +26,21 @@ def small_cnn():
     return run
 
 
+def switching_often(targets) -> None:
+    """Each function in a thread of its own, all at once, the interpreter switching threads as
+    often as it can (races show)."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=target) for target in targets]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+
+
 def identical(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
 
@@ -191,17 +206,7 @@ def test_progress_counts_up_whichever_thread_reports():
     unit reported out of order restarts the page's time-left clock)."""
     seen = []
     report = counted(lambda p: seen.append((p.phase, p.done, p.total)), "score", 4000)
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible
-    try:
-        threads = [threading.Thread(target=lambda: [report(t) for t in range(2000)])
-                   for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
+    switching_often([lambda: [report(t) for t in range(2000)]] * 2)
     assert seen == [("score", k, 4000) for k in range(1, 4001)]
     assert counted(None, "score", 10) is None
 
@@ -310,14 +315,5 @@ def test_models_built_in_many_threads_at_once_each_have_their_seed():
         except Exception as e:  # noqa: BLE001  (reported below)
             errors.append(e)
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible
-    try:
-        threads = [threading.Thread(target=build, args=(s,)) for s in seeds]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
+    switching_often([lambda s=s: build(s) for s in seeds])
     assert not errors and sorted(built) == list(seeds)
