@@ -29,7 +29,7 @@ of the retrained change without each variant's top k against that without the ex
         --mnist-topk damped-0.1,gn --mnist-topk-splits 2
     python benchmarks/retrace_variants.py --splits 7 --resume          # two more digits splits
     python benchmarks/retrace_variants.py --data digits,mnist --splits 5 --digits-splits 7 \
-        --resume --mnist-topk damped-0.03,gn --mnist-topk-splits 3      # the report
+        --resume --mnist-topk damped-0.03,gn,E4 --mnist-topk-splits 3   # the report
     python benchmarks/retrace_variants.py --quick      # digits, 2 splits, 10 epochs
 """
 from __future__ import annotations
