@@ -103,9 +103,10 @@ def command() -> str:
     return " ".join(["python", str(script), *sys.argv[1:]])
 
 
-def mean_std(values) -> str:
+def mean_std(values, mean: str = ".3f", spread: str = ".3f") -> str:
+    """"mean ± standard deviation" of the values (NaN left out), in these formats."""
     values = np.asarray(values, dtype=float)
-    return f"{np.nanmean(values):.3f} ± {np.nanstd(values):.3f}"
+    return f"{np.nanmean(values):{mean}} ± {np.nanstd(values):{spread}}"
 
 
 def markdown(frame: pd.DataFrame) -> str:

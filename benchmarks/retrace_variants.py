@@ -387,10 +387,6 @@ def topk_table(topk: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def small_mean_std(values: pd.Series) -> str:
-    return f"{values.mean():+.2e} ± {values.std(ddof=0):.1e}"
-
-
 def removal_table(topk: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
     """Does removing a variant's top k lower the query loss more than removing the exact
     retrace's top k? Per data set, variant and k: the retrained change of the query loss without
@@ -406,9 +402,9 @@ def removal_table(topk: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
             exact.set_index("split").actual.rename("exact"), how="inner")
         diff = pair.variant - pair.exact
         rows.append({"data": TITLE[name], "variant": label(v), "k": k, "splits": len(pair),
-                     "actual, variant's top k": small_mean_std(pair.variant),
-                     "actual, exact's top k": small_mean_std(pair.exact),
-                     "difference": small_mean_std(diff),
+                     "actual, variant's top k": common.mean_std(pair.variant, "+.2e", ".1e"),
+                     "actual, exact's top k": common.mean_std(pair.exact, "+.2e", ".1e"),
+                     "difference": common.mean_std(diff, "+.2e", ".1e"),
                      "lower in": f"{int((diff < 0).sum())}/{len(pair)}",
                      "p (paired t)": float(stats.ttest_rel(pair.variant, pair.exact).pvalue)
                      if len(pair) > 1 and diff.abs().sum() > 0 else np.nan})

@@ -178,10 +178,14 @@ def run_round(run: Run, planned: Round, seed: int = 0, exclude: Iterable[str] = 
         cleaned.append(run.apply(checked, log))
         if controls_progress:
             controls_progress.release()
-    rows = outcomes(run, [r for r, _ in sets], mode, exclude, controls_progress, phase="control",
-                    fixes=[f for _, f in sets],
-                    measure=(lambda theta: {"test_right": run.correct("test", theta)})
-                    if fixes else None, beside=retrain) if sets else retrain()
+    rows = None
+    if sets:
+        rows = outcomes(run, [r for r, _ in sets], mode, exclude, controls_progress,
+                        phase="control", fixes=[f for _, f in sets],
+                        measure=(lambda theta: {"test_right": run.correct("test", theta)})
+                        if fixes else None, beside=retrain)
+    else:
+        retrain()
     child = cleaned[0]
     if out is not None:
         save(child, out, log.frame())

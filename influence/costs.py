@@ -27,9 +27,14 @@ from .sgd import batch_stats, batch_weights, initial_params, sgd_step
 from .sgd_influence import hvp_and_dot_grads
 
 
+def synchronizer(device: torch.device):
+    """What waits for the device's queued work to finish (nothing to wait for on a CPU)."""
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
 def timed(fn, device: torch.device, budget: float = 0.4, most: int = 12) -> float:
     """Median seconds of fn() over repeated calls (after one warm-up), within a time budget."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     fn()
     sync()
     times, begun = [], time.perf_counter()
@@ -79,7 +84,7 @@ def slowdown(fn, workers: int, device: torch.device, rounds: int = 3) -> float:
     the rounds, so that a moment of load on a shared machine does not decide it."""
     if workers < 2:
         return 1.0
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     calls = max(2, min(20, round(0.08 / max(timed(fn, device, budget=0.1, most=3), 1e-6))))
     threads = torch.get_num_threads()
 

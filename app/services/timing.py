@@ -99,10 +99,20 @@ def estimate(data: ImageSet, config: RunConfig) -> dict:
         "disk_bytes": int(disk)}
 
 
+def retrained_steps(guess: dict, mode: str) -> int:
+    """The SGD steps a retraining in `mode` runs: every epoch's (all) or the last one's."""
+    return guess["steps"] if mode == "all" else guess["steps"] // guess["epochs"]
+
+
+def retrain_seconds(guess: dict, mode: str) -> float:
+    """The recorded retraining of a cleaning round in `mode`, alone."""
+    return guess["seconds_retrain" if mode == "all" else "seconds_retrain_last"]
+
+
 def controls_seconds(guess: dict, controls: int, mode: str) -> float:
     """The random controls of a cleaning round: `controls` masks in `mode`."""
-    steps = guess["steps"] if mode == "all" else guess["steps"] // guess["epochs"]
-    return vectorised(guess, controls, steps) + controls * guess["costs"]["eval"]
+    return (vectorised(guess, controls, retrained_steps(guess, mode))
+            + controls * guess["costs"]["eval"])
 
 
 def round_seconds(guess: dict, controls: int, mode: str) -> float:
@@ -110,11 +120,11 @@ def round_seconds(guess: dict, controls: int, mode: str) -> float:
     which retrain at the same time where the workers allow (influence.sgd.in_parallel: the
     cleaned run on a core of its own when the controls' shares leave one free, else before the
     last share), a little slower each (costs' parallel)."""
-    retrain = guess["seconds_retrain" if mode == "all" else "seconds_retrain_last"]
+    retrain = retrain_seconds(guess, mode)
     if not controls or guess["workers"] == 1:
         return retrain + controls_seconds(guess, controls, mode)
     costs = guess["costs"]
-    steps = guess["steps"] if mode == "all" else guess["steps"] // guess["epochs"]
+    steps = retrained_steps(guess, mode)
     first = min(controls, CHUNK)  # the first chunk of masks runs beside the cleaned run
     parts = [part.stop - part.start for part in shares(first, guess["workers"],
                                                         guess["vmap_chunk"])]

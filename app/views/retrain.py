@@ -77,7 +77,7 @@ else:
         100, key=session.remember("controls", cleaning.CONTROLS),
         help=words.controls_help(len(ticked), len(fixed)))
     took = timing.round_seconds(guess, int(controls), mode)
-    more = took - guess["seconds_retrain" if mode == "all" else "seconds_retrain_last"]
+    more = took - timing.retrain_seconds(guess, mode)
     c2.caption(f"The controls take {words.seconds(more)} more"
                f"{words.on_cores(guess['workers']) if controls else ''}. "
                + words.before_running(int(controls), len(rounds_on_test_images()) + 1)
