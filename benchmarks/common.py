@@ -261,14 +261,15 @@ def prepare_experiment(a, stem: str) -> tuple[datasets.ImageSet, Path]:
 
 
 def train_run(data: datasets.ImageSet, seed: int, epochs: int, name: str,
-              selection: float = 0.0) -> Run:
+              selection: float = 0.0, dtype: str = "float32") -> Run:
     """The paper's Section 7.2 recipe at our scale: the preset CNN for the image size, plain SGD,
     batch 64, the preset's learning rate (0.05 for the MNIST CNN), no momentum or decay;
     train/validation/test = 60/20/20 % of the data, split by `seed`. `selection`: the share of
     the validation images held out of the query (0, the paper's setting: the whole validation
     part is the query)."""
     run = Run(RunConfig(dataset=name, model="auto", epochs=epochs, batch_size=64,
-                        seed=seed, device="cpu", selection_fraction=selection), data)
+                        seed=seed, device="cpu", selection_fraction=selection, dtype=dtype),
+              data)
     run.train()
     return run
 

@@ -209,3 +209,15 @@ def test_retrace_variants_quick_compares_variants_on_groups(tmp_path):
     assert all(-1 <= v <= 1 for v in result.values())
     splits = pd.read_csv(tmp_path / "retrace-variants-quick-digits-splits.csv")
     assert splits["damped*"].str.startswith("damped-").all()
+
+
+def test_linearity_quick_the_retrace_is_the_slope_of_retraining(tmp_path):
+    result = run_quick("linearity.py", tmp_path)
+    text = assert_report(tmp_path, "linearity-quick", "linearity.py")
+    assert "### The estimate is the slope" in text and "one world against another" in text
+    # float64, 10 epochs: each group retrained at weight 1 − 1e-7 changes the query loss by
+    # 1e-7 times the retrace's estimate (the exact derivative of this multi-epoch run).
+    assert result["slope_rho"] > 0.99 and abs(result["slope_ratio"] - 1) < 1e-3
+    groups = pd.read_csv(tmp_path / "linearity-quick-groups.csv")
+    assert (groups["change_world_0"] == groups["change_eps_1"]).all()  # world 0: the run
+    assert -1 <= result["world_rho"] <= 1 and -1 <= result["estimate_rho_mean"] <= 1
