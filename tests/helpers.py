@@ -260,3 +260,18 @@ def least_squares(n: int, epochs: int, batch_size: int, l2: float, lr_decay: str
     theta0 = initial_params(model, "cpu", torch.float64)
     u = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in theta0.items()}
     return obj, make_schedule(n, cfg), theta0, u
+
+
+def logistic(n=50, l2=0.01, hidden=None):
+    """Softmax regression on n random instances of 4 features and 3 classes (float64), or a
+    network with one tanh layer of `hidden` units; θ[0] and a random query u."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,), generator=gen)
+    torch.manual_seed(2)
+    model = (nn.Linear(4, 3) if hidden is None else
+             nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, 3))).double()
+    obj = Objective(model, x, y, l2=l2)
+    theta0 = initial_params(model, "cpu", torch.float64)
+    u = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in theta0.items()}
+    return obj, theta0, u

@@ -6,12 +6,10 @@ last E per-epoch contributions of the full retrace."""
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from helpers import least_squares
+from helpers import least_squares, logistic
 from influence.horizon import epoch_shares, growth_summary, horizons, retrace_by_epoch
-from influence.sgd import (Objective, SGDConfig, initial_params, make_schedule, run_sgd,
-                           sgd_step)
+from influence.sgd import SGDConfig, make_schedule, run_sgd, sgd_step
 from influence.sgd_influence import forward_over_reverse, gauss_newton_pass, retrace
 
 
@@ -59,19 +57,6 @@ def test_zero_damping_is_algorithm_2():
     a = retrace(obj, schedule, checkpoints, lambda k: everyone, u, range(2))
     b = retrace(obj, schedule, checkpoints, lambda k: everyone, u, range(2), damping=0.0)
     assert torch.equal(a, b)
-
-
-def logistic(n=50, l2=0.01, hidden=None):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 4, generator=gen, dtype=torch.float64)
-    y = torch.randint(0, 3, (n,), generator=gen)
-    torch.manual_seed(2)
-    model = (nn.Linear(4, 3) if hidden is None else
-             nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, 3))).double()
-    obj = Objective(model, x, y, l2=l2)
-    theta0 = initial_params(model, "cpu", torch.float64)
-    u = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in theta0.items()}
-    return obj, theta0, u
 
 
 def test_gauss_newton_is_the_hessian_of_a_linear_model():
