@@ -266,7 +266,7 @@ def train_run(data: datasets.ImageSet, seed: int, epochs: int, name: str,
     batch 64, the preset's learning rate (0.05 for the MNIST CNN), no momentum or decay;
     train/validation/test = 60/20/20 % of the data, split by `seed`. `selection`: the share of
     the validation images held out of the query (0, the paper's setting: the whole validation
-    part is the query)."""
+    part is the query); `dtype`: the run's precision."""
     run = Run(RunConfig(dataset=name, model="auto", epochs=epochs, batch_size=64,
                         seed=seed, device="cpu", selection_fraction=selection, dtype=dtype),
               data)

@@ -4,19 +4,19 @@ retrained loss, but the retrained loss is far from linear in the removal.
 SGD-influence (Algorithm 2) is linear: it estimates d/dε of the query loss when a group's weight
 in every step it is used goes from 1 to 1 − ε, at ε = 0, and predicts full removal (ε = 1) as
 that slope. Per split, the run of benchmarks/groups.py (digits with the app's defaults: 36
-epochs, η = 0.2, half the validation images held out of the query) and its 20 random groups of
-5 % (groups.random_groups, the same seed):
+epochs, η = 0.2, half the validation images held out of the query; or, with --data mnist, the
+MNIST CNN, 6 epochs) and its 20 random groups of 5 % (groups.random_groups, the same seed):
 * slope check: every group retrained at weight 1 − ε (counterfactual SGD, Definition 2 with a
   weight instead of 0: batch_weights takes any keep value) for ε in --eps; the retrained change
   over ε against the summed estimate (Spearman, median ratio). Where they agree, the retrace is
   the derivative of this very run; where they do not, the change is no longer linear in ε.
 * size: the typical change at each ε against that of full removal (ratio of medians of
   |change|). A change that stays large however small ε is comes from the kinks of the network
-  (a ReLU or a max-pool switching along 612 steps): the loss jumps where a switch flips, and
+  (a ReLU or a max-pool switching somewhere along the steps): the loss jumps where a switch flips, and
   a removal of any size flips some.
 * reproducibility of the truth: --worlds more "worlds", each the same run with every image's
   weight jittered by a relative 1e-4 (together a random displacement of a few thousandths of
-  one image, against 54 images removed per group; nothing else changes: same batches, same
+  one image, against 54 images removed per group on the digits; nothing else changes: same batches, same
   initialisation); in each world every group fully removed, its change measured against that
   world's own reference. The group Spearman between two worlds says how far one retraining
   reproduces itself (is the truth noise?); the estimate against each world and against their
@@ -24,8 +24,10 @@ epochs, η = 0.2, half the validation images held out of the query) and its 20 r
 
     python benchmarks/linearity.py --splits 5 --resume                   # float64
     python benchmarks/linearity.py --splits 5 --dtype float32 --resume   # the app's precision
-    python benchmarks/linearity.py --data mnist --splits 1 --dtype float32 --eps 1e-3,0.1 \
-        --worlds 1 --resume                # the MNIST CNN, 6 epochs (whole validation part)
+    python benchmarks/linearity.py --data mnist --splits 5 --dtype float32 --eps 1e-3,0.1 \
+        --worlds 1 --resume              # the MNIST CNN, 6 epochs (whole validation part)
+    python benchmarks/linearity.py --data mnist --splits 1 --dtype float64 --eps 1e-7 \
+        --worlds 0 --resume              # its slope check
     python benchmarks/linearity.py --quick                               # 1 split, 10 epochs
 """
 from __future__ import annotations
@@ -102,7 +104,8 @@ def one_split(data, split: int, a) -> tuple[list[dict], list[dict]]:
             for k in range(g)]
     info = {"split": split, "data": a.data, "epochs": run.config.epochs,
             "steps": run.schedule.steps, "lr": run.config.lr, "n_train": n, "dtype": a.dtype,
-            "reference_shift": float(np.median(np.abs(rest[:, 0] - reference))),
+            "reference_shift": float(np.median(np.abs(rest[:, 0] - reference)))
+            if a.worlds else np.nan,
             "seconds": time.perf_counter() - began}
     print(f"split {split}: slope at ε = {min(a.eps):g} "
           f"{spearman(predicted, by_eps[min(a.eps)]):.3f}, full removal "
@@ -122,12 +125,32 @@ def per_split(groups: pd.DataFrame, eps: list[float], worlds: int) -> pd.DataFra
             row[f"size_{e:g}"] = float(np.median(np.abs(change)) /
                                        np.median(np.abs(part["change_eps_1"])))
         row["world_rho"] = float(np.mean([spearman(full[:, i], full[:, j]) for i, j in
-                                          itertools.combinations(range(worlds + 1), 2)]))
+                                          itertools.combinations(range(worlds + 1), 2)])
+                                 ) if worlds else np.nan
         row["estimate_rho_one"] = float(np.mean([spearman(part.predicted, full[:, w])
                                                  for w in range(worlds + 1)]))
         row["estimate_rho_mean"] = spearman(part.predicted, full.mean(1))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def worlds_section(splits: pd.DataFrame, info: pd.DataFrame, a) -> list[str]:
+    """The truth's reproducibility over the jittered worlds (none without them)."""
+    if not a.worlds:
+        return []
+    m = lambda col: common.mean_std(splits[col])  # noqa: E731
+    truth = pd.DataFrame([
+        {"comparison": "one world against another (the truth's own reproducibility)",
+         "group Spearman": m("world_rho")},
+        {"comparison": "estimate against one world", "group Spearman": m("estimate_rho_one")},
+        {"comparison": f"estimate against the mean of the {a.worlds + 1} worlds",
+         "group Spearman": m("estimate_rho_mean")}])
+    return [f"### How far one retraining reproduces itself\n\n{a.worlds} more "
+            f"world{'s' if a.worlds > 1 else ''}: the same run with every image's weight "
+            f"jittered by a relative {JITTER:g} (same batches, same initialisation), each group "
+            "fully removed and measured against the world's own reference (whose query loss "
+            f"moves by a median {info.reference_shift.median():.2g} from the jitter alone).",
+            common.markdown(truth)]
 
 
 def report(groups: pd.DataFrame, info: pd.DataFrame, a, out: Path) -> dict:
@@ -141,12 +164,6 @@ def report(groups: pd.DataFrame, info: pd.DataFrame, a, out: Path) -> dict:
                                                           ".2g"),
         "median |change| / full removal's": common.mean_std(splits[f"size_{e:g}"], ".3g",
                                                                   ".2g")} for e in a.eps])
-    truth = pd.DataFrame([
-        {"comparison": "one world against another (the truth's own reproducibility)",
-         "group Spearman": m("world_rho")},
-        {"comparison": "estimate against one world", "group Spearman": m("estimate_rho_one")},
-        {"comparison": f"estimate against the mean of the {a.worlds + 1} worlds",
-         "group Spearman": m("estimate_rho_mean")}])
     smallest = min(a.eps)
     figures = {"slope_rho": float(splits[f"slope_rho_{smallest:g}"].mean()),
                "slope_ratio": float(splits[f"slope_ratio_{smallest:g}"].median()),
@@ -155,7 +172,7 @@ def report(groups: pd.DataFrame, info: pd.DataFrame, a, out: Path) -> dict:
                "estimate_rho_mean": float(splits.estimate_rho_mean.mean())}
     sections = [
         f"Setup: {TITLE[t['data']]}, {int(t.n_train)} training images, {int(t.epochs)} epochs "
-        f"({int(t.steps)} steps), η = {t.lr:g}, {t['dtype']}, {len(splits)} splits, "
+        f"({int(t.steps)} steps), η = {t.lr:g}, {t['dtype']}, {len(splits)} split{'s' * (len(splits) > 1)}, "
         f"{int(groups.groupby('split').size().iloc[0])} random groups of 5 % per split, the "
         f"query loss ({query}); {info.seconds.mean():.0f} s per split. Mean ± "
         "std over splits.",
@@ -164,13 +181,7 @@ def report(groups: pd.DataFrame, info: pd.DataFrame, a, out: Path) -> dict:
         "retrace is the exact derivative of this run. The last column: how large the change "
         "is against full removal's: a change that does not shrink with ε is not the slope's but "
         "the jumps of the network's kinks (ReLU and max-pool switches) that any removal flips.",
-        common.markdown(slope),
-        f"### How far one retraining reproduces itself\n\n{a.worlds} more worlds: the same "
-        f"run with every image's weight jittered by a relative {JITTER:g} (same batches, same "
-        "initialisation), each group fully removed and measured against the world's own "
-        "reference (whose query loss moves by a median "
-        f"{info.reference_shift.median():.2g} from the jitter alone).",
-        common.markdown(truth),
+        common.markdown(slope), *worlds_section(splits, info, a),
         f"Per group: `{a.name_out}-groups.csv` (estimate, change at each ε, change in each "
         f"world); per split: `{a.name_out}-splits.csv`."]
     common.write_report(out, a.name_out, "The estimate is the exact slope; the retrained "
