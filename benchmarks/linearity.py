@@ -203,7 +203,12 @@ def main(argv=None) -> dict:
     common.add_data_option(parser)
     common.add_common_options(parser)
     a = parser.parse_args(argv)
-    a.eps = sorted({float(e) for e in a.eps.split(",")} | {1.0})
+    try:
+        a.eps = sorted({float(e) for e in a.eps.split(",")} | {1.0})
+    except ValueError:
+        parser.error(f"--eps takes numbers separated by commas, not {a.eps!r}")
+    if not all(0 < e <= 1 for e in a.eps):
+        parser.error("every ε of --eps must be above 0 and at most 1")
     if a.quick:
         a.splits, a.epochs, a.groups, a.worlds = 1, a.epochs or 10, 8, 2
     common.setup(a.threads)
